@@ -1,0 +1,243 @@
+"""Configuration: one TOML file, `NOROSHI_SECTION__KEY` environment overrides, `${VAR}` secrets.
+
+Every problem is reported as a `ConfigError` whose message starts with the dotted path of the
+key at fault, so the CLI can print one line and exit 2 instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+import msgspec
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "DeploymentConfig",
+    "ModelConfig",
+    "ProviderConfig",
+    "RoutingConfig",
+    "ServerConfig",
+    "find_config_file",
+    "load_config",
+]
+
+ENV_PREFIX = "NOROSHI_"
+T = TypeVar("T")
+Positive = Annotated[float, msgspec.Meta(gt=0)]
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+
+
+class ConfigError(Exception):
+    """A configuration problem, already phrased for a person."""
+
+
+class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class ServerConfig(_Section):
+    host: str = "127.0.0.1"
+    port: Port = 8080
+    workers: Annotated[int, msgspec.Meta(ge=1)] = 1
+    max_body_bytes: Annotated[int, msgspec.Meta(ge=1)] = 1024 * 1024
+    drain_timeout_s: Annotated[float, msgspec.Meta(ge=0)] = 30.0
+
+
+class ProviderConfig(_Section):
+    type: Literal["openai", "anthropic"]
+    base_url: str = ""
+    api_key: str = ""
+    headers: dict[str, str] = {}
+    connect_timeout_s: Positive = 5.0
+    first_byte_timeout_s: Positive = 60.0
+    idle_timeout_s: Positive = 30.0
+    total_timeout_s: Positive = 600.0
+    max_connections: Annotated[int, msgspec.Meta(ge=1)] = 256
+    anthropic_version: str = "2023-06-01"
+
+    def __post_init__(self) -> None:
+        if not self.base_url:
+            self.base_url = _DEFAULT_BASE_URLS[self.type]
+        self.base_url = self.base_url.rstrip("/")
+
+
+_DEFAULT_BASE_URLS = {
+    "openai": "https://api.openai.com/v1",
+    "anthropic": "https://api.anthropic.com",
+}
+
+
+class DeploymentConfig(_Section):
+    provider: str
+    model: str
+    weight: Positive = 1.0
+
+
+class ModelConfig(_Section):
+    name: Annotated[str, msgspec.Meta(min_length=1)]
+    deployments: Annotated[list[DeploymentConfig], msgspec.Meta(min_length=1)]
+    fallbacks: list[str] = []
+
+
+class RoutingConfig(_Section):
+    retries: Annotated[int, msgspec.Meta(ge=0)] = 2
+    backoff_base_s: Annotated[float, msgspec.Meta(ge=0)] = 0.25
+    backoff_max_s: Annotated[float, msgspec.Meta(ge=0)] = 8.0
+    max_retry_after_s: Annotated[float, msgspec.Meta(ge=0)] = 30.0
+    cooldown_failures: Annotated[int, msgspec.Meta(ge=1)] = 3
+    cooldown_s: Annotated[float, msgspec.Meta(ge=0)] = 30.0
+
+
+class Config(_Section):
+    server: ServerConfig = msgspec.field(default_factory=ServerConfig)
+    providers: dict[str, ProviderConfig] = {}
+    models: list[ModelConfig] = []
+    routing: RoutingConfig = msgspec.field(default_factory=RoutingConfig)
+    source: str | None = None
+
+    def model(self, name: str) -> ModelConfig | None:
+        for m in self.models:
+            if m.name == name:
+                return m
+        return None
+
+
+def find_config_file(path: str | os.PathLike[str] | None = None) -> Path | None:
+    """The file named, else $NOROSHI_CONFIG, else ./noroshi.toml if present."""
+    if path:
+        return Path(path)
+    env = os.environ.get("NOROSHI_CONFIG")
+    if env:
+        return Path(env)
+    local = Path("noroshi.toml")
+    return local if local.is_file() else None
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None
+) -> Config:
+    environ = os.environ if environ is None else environ
+    file = find_config_file(path) if environ is os.environ else (Path(path) if path else None)
+    raw: dict[str, Any] = {}
+    if file is not None:
+        try:
+            raw = tomllib.loads(file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file {file} does not exist") from None
+        except OSError as exc:
+            raise ConfigError(f"config file {file} cannot be read: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {file} is not valid TOML: {exc}") from None
+    _apply_env_overrides(raw, environ)
+    missing: list[str] = []
+    raw = _interpolate(raw, environ, "", missing)
+    if missing:
+        raise ConfigError("; ".join(missing))
+    providers = raw.pop("providers", {})
+    if not isinstance(providers, dict):
+        raise ConfigError("providers: expected a table of named providers")
+    config = _convert(raw, Config, "")
+    config.providers = {
+        name: _convert(value, ProviderConfig, f"providers.{name}")
+        for name, value in providers.items()
+    }
+    _check_references(config)
+    config.source = str(file) if file is not None else None
+    return config
+
+
+def _apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
+    """NOROSHI_SERVER__PORT=9000 sets server.port; values parse as TOML, else as strings."""
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        keys = [k.lower() for k in name[len(ENV_PREFIX) :].split("__")]
+        node = raw
+        for key in keys[:-1]:
+            child = node.setdefault(key, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"{name}: {'.'.join(keys[:-1])} is not a table")
+            node = child
+        node[keys[-1]] = _parse_env_value(value)
+
+
+def _parse_env_value(value: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        return value
+
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _interpolate(node: Any, environ: Mapping[str, str], path: str, missing: list[str]) -> Any:
+    if isinstance(node, str):
+
+        def sub(m: re.Match[str]) -> str:
+            value = environ.get(m.group(1))
+            if value is not None:
+                return value
+            if m.group(2) is not None:
+                return m.group(2)
+            missing.append(f"{path}: environment variable {m.group(1)} is not set")
+            return ""
+
+        return _VAR.sub(sub, node)
+    if isinstance(node, dict):
+        return {
+            k: _interpolate(v, environ, f"{path}.{k}" if path else k, missing)
+            for k, v in node.items()
+        }
+    if isinstance(node, list):
+        return [_interpolate(v, environ, f"{path}.{i}", missing) for i, v in enumerate(node)]
+    return node
+
+
+_AT = re.compile(r"^(.*) - at `\$(.*)`$")
+
+
+def _convert(raw: Any, kind: type[T], prefix: str) -> T:
+    """msgspec.convert, its error rephrased as 'server.port: expected `int`, got `str`'."""
+    try:
+        return msgspec.convert(raw, kind)
+    except msgspec.ValidationError as exc:
+        message, path = _split_validation_error(str(exc))
+        where = ".".join(p for p in (prefix, path) if p) or "config"
+        raise ConfigError(f"{where}: {message[:1].lower()}{message[1:]}") from None
+
+
+def _split_validation_error(text: str) -> tuple[str, str]:
+    m = _AT.match(text)
+    if not m:
+        return text, ""
+    path = re.sub(r"\[(\d+)\]", r".\1", m.group(2)).lstrip(".")
+    path = re.sub(r"\[['\"]?([^\]'\"]*)['\"]?\]", r".\1", path)
+    return m.group(1), path
+
+
+def _check_references(config: Config) -> None:
+    names = [m.name for m in config.models]
+    seen: set[str] = set()
+    for i, model in enumerate(config.models):
+        if model.name in seen:
+            raise ConfigError(f"models.{i}.name: model '{model.name}' is defined twice")
+        seen.add(model.name)
+        for j, dep in enumerate(model.deployments):
+            if dep.provider not in config.providers:
+                known = ", ".join(sorted(config.providers)) or "none"
+                raise ConfigError(
+                    f"models.{i}.deployments.{j}.provider: no provider named '{dep.provider}'"
+                    f" (configured: {known})"
+                )
+        for j, fallback in enumerate(model.fallbacks):
+            if fallback not in names:
+                raise ConfigError(f"models.{i}.fallbacks.{j}: no model named '{fallback}'")
+            if fallback == model.name:
+                raise ConfigError(f"models.{i}.fallbacks.{j}: a model cannot fall back to itself")

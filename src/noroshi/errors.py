@@ -1,0 +1,178 @@
+"""Every error a client can see, in OpenAI's envelope.
+
+    NoroshiError                  status, type, code, param, headers
+     ├── BadRequest               400  malformed JSON, failed validation (param names the field)
+     ├── NotFound                 404  unknown route
+     │    └── ModelNotFound       404  unknown model (param "model")
+     ├── MethodNotAllowed         405
+     ├── PayloadTooLarge          413
+     ├── UnsupportedMediaType     415
+     ├── RateLimited              429  carries Retry-After
+     ├── UpstreamError            502  the upstream failed; `upstream_status` keeps what it said
+     │    ├── UpstreamConnectError     could not reach it, or it reset the connection
+     │    └── UpstreamProtocolError    it answered something that is not its wire format
+     ├── UpstreamTimeout          504  connect, first byte, idle or total timeout
+     ├── NoDeployment             503  every deployment is cooling down or none is configured
+     └── Unavailable              503  overloaded or shutting down
+
+An error raised before the first byte becomes a status and a JSON body (`body()`);
+after it, the stream encoders turn the same object into an error event.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+__all__ = [
+    "BadRequest",
+    "MethodNotAllowed",
+    "ModelNotFound",
+    "NoDeployment",
+    "NoroshiError",
+    "NotFound",
+    "PayloadTooLarge",
+    "RateLimited",
+    "Unavailable",
+    "UnsupportedMediaType",
+    "UpstreamConnectError",
+    "UpstreamError",
+    "UpstreamProtocolError",
+    "UpstreamTimeout",
+]
+
+_encode = msgspec.json.encode
+
+
+class NoroshiError(Exception):
+    status = 500
+    type = "server_error"
+    code: str | None = "internal_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        self.headers = headers or {}
+
+    def envelope(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+    def body(self) -> bytes:
+        return _encode(self.envelope())
+
+
+class BadRequest(NoroshiError):
+    status = 400
+    type = "invalid_request_error"
+    code = "invalid_request"
+
+
+class NotFound(NoroshiError):
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+    def __init__(self, model: str) -> None:
+        super().__init__(f"The model '{model}' does not exist.", param="model")
+
+
+class MethodNotAllowed(NoroshiError):
+    status = 405
+    type = "invalid_request_error"
+    code = "method_not_allowed"
+
+
+class PayloadTooLarge(NoroshiError):
+    status = 413
+    type = "invalid_request_error"
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(NoroshiError):
+    status = 415
+    type = "invalid_request_error"
+    code = "unsupported_media_type"
+
+
+class RateLimited(NoroshiError):
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.retry_after = retry_after
+        if retry_after is not None:
+            self.headers.setdefault("retry-after", str(max(1, round(retry_after))))
+
+
+class UpstreamError(NoroshiError):
+    status = 502
+    type = "upstream_error"
+    code = "bad_upstream_response"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        upstream_status: int | None = None,
+        retry_after: float | None = None,
+        **kw: Any,
+    ) -> None:
+        super().__init__(message, **kw)
+        self.upstream_status = upstream_status
+        self.retry_after = retry_after
+
+    @property
+    def retryable(self) -> bool:
+        """429, 408, 409 and 5xx may pass on another try; other 4xx would fail the same way."""
+        s = self.upstream_status
+        return s is None or s in (408, 409, 429) or s >= 500
+
+
+class UpstreamConnectError(UpstreamError):
+    code = "upstream_unreachable"
+
+
+class UpstreamProtocolError(UpstreamError):
+    code = "bad_upstream_response"
+
+
+class UpstreamTimeout(NoroshiError):
+    status = 504
+    type = "timeout_error"
+    code = "upstream_timeout"
+
+
+class NoDeployment(NoroshiError):
+    status = 503
+    type = "service_unavailable"
+    code = "no_deployment_available"
+
+
+class Unavailable(NoroshiError):
+    status = 503
+    type = "service_unavailable"
+    code = "unavailable"

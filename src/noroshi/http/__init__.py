@@ -1,0 +1,7 @@
+"""The thin HTTP core: request and response types, router, middleware, SSE, adapters."""
+
+from noroshi.http.request import Request
+from noroshi.http.response import JSONResponse, Response, StreamResponse
+from noroshi.http.router import Router
+
+__all__ = ["JSONResponse", "Request", "Response", "Router", "StreamResponse"]

@@ -1,0 +1,152 @@
+"""ASGI transport adapter, so the same app runs under uvicorn and other ASGI servers.
+
+It mirrors the RSGI adapter: the body is read within the limit, and an `http.disconnect`
+cancels the request task so the upstream call stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import TYPE_CHECKING, Any
+
+from noroshi.errors import BadRequest, PayloadTooLarge
+from noroshi.http.request import Request
+from noroshi.http.response import ClientGone
+from noroshi.types import Headers
+
+if TYPE_CHECKING:
+    from noroshi.app import App
+
+__all__ = ["serve_asgi"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+class _Writer:
+    __slots__ = ("_send",)
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+
+    async def write(self, data: bytes) -> None:
+        try:
+            await self._send({"type": "http.response.body", "body": data, "more_body": True})
+        except OSError as exc:
+            raise ClientGone from exc
+
+
+class _Sink:
+    __slots__ = ("_send", "streaming")
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.streaming = False
+
+    async def send(self, status: int, headers: Headers, body: bytes) -> None:
+        await self._send({"type": "http.response.start", "status": status,
+                          "headers": _encode_headers(headers)})
+        await self._send({"type": "http.response.body", "body": body})
+
+    async def start(self, status: int, headers: Headers) -> _Writer:
+        self.streaming = True
+        await self._send({"type": "http.response.start", "status": status,
+                          "headers": _encode_headers(headers)})
+        return _Writer(self._send)
+
+    async def finish(self) -> None:
+        if self.streaming:
+            try:
+                await self._send({"type": "http.response.body", "body": b""})
+            except OSError:
+                pass
+
+
+def _encode_headers(headers: Headers) -> list[tuple[bytes, bytes]]:
+    return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+
+
+def _decode_headers(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for k, v in raw:
+        name, value = k.decode("latin-1").lower(), v.decode("latin-1")
+        headers[name] = f"{headers[name]}, {value}" if name in headers else value
+    return headers
+
+
+async def serve_asgi(app: App, scope: Scope, receive: Receive, send: Send) -> None:
+    kind = scope["type"]
+    if kind == "lifespan":
+        await _lifespan(app, receive, send)
+        return
+    if kind != "http":
+        return
+    headers = _decode_headers(scope["headers"])
+    limit = app.config.server.max_body_bytes
+    disconnected = asyncio.Event()
+    task = asyncio.current_task()
+    assert task is not None
+    watchers: list[asyncio.Future[None]] = []
+
+    async def watch() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        disconnected.set()
+        task.cancel()
+
+    async def read() -> bytes:
+        length = headers.get("content-length")
+        if length is not None:
+            try:
+                if int(length) > limit:
+                    raise PayloadTooLarge(f"The request body exceeds the limit of {limit} bytes.")
+            except ValueError:
+                raise BadRequest("Content-Length is not a number.", param="content-length") from None
+        buf = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                disconnected.set()
+                raise asyncio.CancelledError
+            buf += message.get("body", b"")
+            if len(buf) > limit:
+                raise PayloadTooLarge(f"The request body exceeds the limit of {limit} bytes.")
+            if not message.get("more_body", False):
+                # only once the body is consumed does receive() report a disconnect
+                watchers.append(asyncio.ensure_future(watch()))
+                return bytes(buf)
+
+    client = scope.get("client")
+    request = Request(
+        scope["method"],
+        scope["path"],
+        scope.get("query_string", b"").decode("latin-1"),
+        headers,
+        read,
+        f"{client[0]}:{client[1]}" if client else "",
+    )
+    sink = _Sink(send)
+    try:
+        await app.dispatch(request, sink)
+        await sink.finish()
+    except asyncio.CancelledError:
+        if not disconnected.is_set():
+            raise
+    finally:
+        for watcher in watchers:
+            watcher.cancel()
+
+
+async def _lifespan(app: App, receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await app.startup()
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await app.shutdown()
+            await send({"type": "lifespan.shutdown.complete"})
+            return

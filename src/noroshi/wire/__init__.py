@@ -1,0 +1,1 @@
+"""Wire formats: OpenAI request and chunk types, the SSE codec."""

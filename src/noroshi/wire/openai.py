@@ -1,0 +1,218 @@
+"""OpenAI chat completion wire types: what clients send and what the gateway answers.
+
+Requests are validated strictly where a mistake would otherwise surface as an upstream error
+(roles, message shapes, tool definitions); open-ended fields are kept as raw JSON values.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+__all__ = [
+    "AssistantMessage",
+    "ChatCompletion",
+    "ChatCompletionChunk",
+    "ChatRequest",
+    "Choice",
+    "ChoiceMessage",
+    "ChunkChoice",
+    "Delta",
+    "DeltaToolCall",
+    "DeltaToolCallFunction",
+    "Message",
+    "Tool",
+    "ToolCall",
+    "ToolCallFunction",
+    "Usage",
+    "chat_request_decoder",
+]
+
+
+class TextPart(Struct, tag_field="type", tag="text"):
+    text: str
+
+
+class ImageURL(Struct):
+    url: str
+    detail: str | None = None
+
+
+class ImagePart(Struct, tag_field="type", tag="image_url"):
+    image_url: ImageURL
+
+
+class AudioPart(Struct, tag_field="type", tag="input_audio"):
+    input_audio: dict[str, Any]
+
+
+class FilePart(Struct, tag_field="type", tag="file"):
+    file: dict[str, Any]
+
+
+class RefusalPart(Struct, tag_field="type", tag="refusal"):
+    refusal: str
+
+
+UserPart = TextPart | ImagePart | AudioPart | FilePart
+Content = str | list[TextPart]
+
+
+class ToolCallFunction(Struct):
+    name: str
+    arguments: str
+
+
+class ToolCall(Struct, tag_field="type", tag="function"):
+    id: str
+    function: ToolCallFunction
+
+
+class SystemMessage(Struct, tag_field="role", tag="system", omit_defaults=True):
+    content: Content
+    name: str | None = None
+
+
+class DeveloperMessage(Struct, tag_field="role", tag="developer", omit_defaults=True):
+    content: Content
+    name: str | None = None
+
+
+class UserMessage(Struct, tag_field="role", tag="user", omit_defaults=True):
+    content: str | list[UserPart]
+    name: str | None = None
+
+
+class AssistantMessage(Struct, tag_field="role", tag="assistant", omit_defaults=True):
+    content: str | list[TextPart | RefusalPart] | None = None
+    tool_calls: list[ToolCall] | None = None
+    name: str | None = None
+    refusal: str | None = None
+
+
+class ToolMessage(Struct, tag_field="role", tag="tool", omit_defaults=True):
+    content: Content
+    tool_call_id: str
+
+
+Message = SystemMessage | DeveloperMessage | UserMessage | AssistantMessage | ToolMessage
+
+
+class FunctionDef(Struct, omit_defaults=True):
+    name: Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[a-zA-Z0-9_.\-]+$")]
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class Tool(Struct, tag_field="type", tag="function"):
+    function: FunctionDef
+
+
+class StreamOptions(Struct, omit_defaults=True):
+    include_usage: bool = False
+
+
+class ChatRequest(Struct, omit_defaults=True):
+    model: Annotated[str, Meta(min_length=1)]
+    messages: Annotated[list[Message], Meta(min_length=1)]
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    max_tokens: Annotated[int, Meta(ge=1)] | None = None
+    max_completion_tokens: Annotated[int, Meta(ge=1)] | None = None
+    temperature: Annotated[float, Meta(ge=0, le=2)] | None = None
+    top_p: Annotated[float, Meta(ge=0, le=1)] | None = None
+    n: Annotated[int, Meta(ge=1, le=128)] | None = None
+    stop: str | list[str] | None = None
+    presence_penalty: Annotated[float, Meta(ge=-2, le=2)] | None = None
+    frequency_penalty: Annotated[float, Meta(ge=-2, le=2)] | None = None
+    seed: int | None = None
+    user: str | None = None
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: dict[str, Any] | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    logit_bias: dict[str, float] | None = None
+    metadata: dict[str, str] | None = None
+
+    @property
+    def include_usage(self) -> bool:
+        return self.stream_options is not None and self.stream_options.include_usage
+
+    @property
+    def output_limit(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+
+def chat_request_decoder() -> msgspec.json.Decoder[ChatRequest]:
+    return msgspec.json.Decoder(ChatRequest)
+
+
+# --- answers -------------------------------------------------------------------------------
+
+
+class Usage(Struct):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+class ChoiceMessage(Struct):
+    content: str | None
+    role: str = "assistant"
+    tool_calls: list[ToolCall] | None = None
+    refusal: str | None = None
+
+
+class Choice(Struct):
+    index: int
+    message: ChoiceMessage
+    finish_reason: str | None
+    logprobs: Any = None
+
+
+class ChatCompletion(Struct):
+    id: str
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: Usage | None = None
+    object: str = "chat.completion"
+
+
+class DeltaToolCallFunction(Struct, omit_defaults=True):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class DeltaToolCall(Struct, omit_defaults=True):
+    index: int
+    id: str | None = None
+    type: str | None = None
+    function: DeltaToolCallFunction | None = None
+
+
+class Delta(Struct, omit_defaults=True):
+    role: str | None = None
+    content: str | None = None
+    tool_calls: list[DeltaToolCall] | None = None
+
+
+class ChunkChoice(Struct):
+    index: int
+    delta: Delta
+    finish_reason: str | None = None
+    logprobs: Any = None
+
+
+class ChatCompletionChunk(Struct):
+    id: str
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    usage: Usage | None = None
+    object: str = "chat.completion.chunk"
