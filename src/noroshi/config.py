@@ -46,6 +46,7 @@ class ServerConfig(_Section):
     port: Port = 8080
     workers: Annotated[int, msgspec.Meta(ge=1)] = 1
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1)] = 1024 * 1024
+    max_stream_bytes: Annotated[int, msgspec.Meta(ge=1)] = 64 * 1024 * 1024
     drain_timeout_s: Annotated[float, msgspec.Meta(ge=0)] = 30.0
 
 

@@ -11,6 +11,7 @@
      ├── UpstreamError            502  the upstream failed; `upstream_status` keeps what it said
      │    ├── UpstreamConnectError     could not reach it, or it reset the connection
      │    └── UpstreamProtocolError    it answered something that is not its wire format
+     ├── UpstreamRejected         4xx  the upstream refused the request itself; its status kept
      ├── UpstreamTimeout          504  connect, first byte, idle or total timeout
      ├── NoDeployment             503  every deployment is cooling down or none is configured
      └── Unavailable              503  overloaded or shutting down
@@ -39,6 +40,7 @@ __all__ = [
     "UpstreamConnectError",
     "UpstreamError",
     "UpstreamProtocolError",
+    "UpstreamRejected",
     "UpstreamTimeout",
 ]
 
@@ -164,6 +166,17 @@ class UpstreamTimeout(NoroshiError):
     status = 504
     type = "timeout_error"
     code = "upstream_timeout"
+
+
+class UpstreamRejected(NoroshiError):
+    """The upstream refused the request itself (a 4xx other than 429): its status is kept."""
+
+    type = "invalid_request_error"
+    code = "upstream_rejected"
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class NoDeployment(NoroshiError):

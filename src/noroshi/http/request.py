@@ -20,7 +20,9 @@ _AT_PATH = " - at `$"
 class Request:
     """Method, path, headers and a body read once, within the size limit, on demand."""
 
-    __slots__ = ("_body", "_read", "client", "headers", "method", "params", "path", "query", "state")
+    __slots__ = (
+        "_body", "_read", "client", "headers", "id", "method", "params", "path", "query", "state",
+    )
 
     def __init__(
         self,
@@ -36,6 +38,7 @@ class Request:
         self.query = query
         self.headers = headers
         self.client = client
+        self.id = ""
         self.params: dict[str, str] = {}
         self.state: dict[str, Any] = {}
         self._read = read

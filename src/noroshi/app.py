@@ -1,0 +1,118 @@
+"""The application: builds providers, routes and middleware once, then serves requests.
+
+The same object is an RSGI app (Granian's fast path) and an ASGI app (uvicorn and others);
+both adapters end in `dispatch`, so behaviour is identical.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from noroshi.api import health, openai
+from noroshi.config import Config, ProviderConfig, load_config
+from noroshi.errors import NoroshiError, Unavailable
+from noroshi.http import Request, Response, Router, StreamResponse
+from noroshi.http.asgi import Receive, Scope, Send, serve_asgi
+from noroshi.http.middleware import compose
+from noroshi.http.response import Sink
+from noroshi.http.rsgi import serve_rsgi
+from noroshi.providers.anthropic import AnthropicProvider
+from noroshi.providers.base import Provider
+from noroshi.providers.openai_compat import OpenAIProvider
+from noroshi.providers.router import ProviderRouter
+from noroshi.types import Middleware
+
+__all__ = ["App", "build_provider"]
+
+log = logging.getLogger("noroshi")
+
+PROVIDER_TYPES: dict[str, type[Provider]] = {
+    "openai": OpenAIProvider,
+    "anthropic": AnthropicProvider,
+}
+
+
+def build_provider(name: str, config: ProviderConfig) -> Provider:
+    return PROVIDER_TYPES[config.type](name, config)
+
+
+class App:
+    def __init__(self, config: Config | None = None, middleware: Sequence[Middleware] = ()) -> None:
+        self.config = config if config is not None else load_config()
+        self.started = time.monotonic()
+        self.providers = {n: build_provider(n, p) for n, p in self.config.providers.items()}
+        self.models = ProviderRouter(self.config, self.providers)
+        self.router = Router()
+        health.install(self.router, self)
+        openai.install(self.router, self)
+        self._handle = compose(middleware, self._route)
+        self.streams: set[StreamResponse] = set()
+        self.draining = False
+
+    async def _route(self, request: Request) -> Response:
+        handler, request.params = self.router.match(request.method, request.path)
+        return await handler(request)
+
+    async def dispatch(self, request: Request, sink: Sink) -> None:
+        """The outermost layer: request id, and every error rendered in the one envelope."""
+        rid = request.headers.get("x-request-id")
+        request.id = rid if rid and len(rid) <= 128 and rid.isprintable() else os.urandom(12).hex()
+        try:
+            response = await self._handle(request)
+        except NoroshiError as exc:
+            response = Response.error(exc)
+        except Exception:
+            log.exception("unhandled error in %s %s [%s]", request.method, request.path, request.id)
+            response = Response.error(NoroshiError("The gateway failed to handle the request."))
+        response.headers.append(("x-request-id", request.id))
+        if not isinstance(response, StreamResponse):
+            await response.send(sink)
+            return
+        self.streams.add(response)
+        try:
+            await response.send(sink)
+        finally:
+            self.streams.discard(response)
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def startup(self) -> None:
+        pass
+
+    async def shutdown(self) -> None:
+        for provider in self.providers.values():
+            await provider.close()
+
+    def begin_drain(self) -> None:
+        """Stop taking work; streams still open after the drain timeout end with an error."""
+        if self.draining:
+            return
+        self.draining = True
+        timeout = self.config.server.drain_timeout_s
+        log.info("draining %d open streams for up to %.0f s", len(self.streams), timeout)
+        asyncio.get_running_loop().call_later(timeout, self._cut_streams)
+
+    def _cut_streams(self) -> None:
+        for stream in list(self.streams):
+            stream.cut(Unavailable("The server is shutting down; the stream was cut.",
+                                   code="shutting_down"))
+
+    # --- transports ------------------------------------------------------------------------
+
+    async def __rsgi__(self, scope: Any, protocol: Any) -> None:
+        await serve_rsgi(self, scope, protocol)
+
+    def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        pass
+
+    def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
+        if not loop.is_running():  # an embedding server owns a running loop and shuts us down
+            loop.run_until_complete(self.shutdown())
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await serve_asgi(self, scope, receive, send)

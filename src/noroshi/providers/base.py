@@ -1,0 +1,126 @@
+"""What every provider implements, and the per-request state they share with the router.
+
+A provider owns its credentials and transport and translates one wire format; choosing a
+deployment, retrying and falling back belong to `providers.router`.
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import msgspec
+
+from noroshi.config import ProviderConfig
+from noroshi.errors import UpstreamError
+from noroshi.providers.transport import MAX_ERROR_BODY, HTTPTransport, UpstreamResponse
+from noroshi.wire.openai import ChatRequest
+
+__all__ = ["Call", "Provider", "Usage", "upstream_error"]
+
+MAX_ANSWER_BYTES = 32 * 1024 * 1024
+
+
+class Usage(msgspec.Struct):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class Call:
+    """One chat request on its way through the router to a provider, and what came back."""
+
+    __slots__ = (
+        "attempts",
+        "body",
+        "chunks",
+        "deadline",
+        "deployment",
+        "first_byte_at",
+        "model",
+        "request",
+        "request_id",
+        "started",
+        "usage",
+    )
+
+    def __init__(self, request: ChatRequest, body: dict[str, Any], request_id: str = "") -> None:
+        self.request = request
+        self.body = body  # the client's JSON as decoded, so unknown fields reach the upstream
+        self.request_id = request_id
+        self.model = request.model
+        self.deployment = ""
+        self.usage: Usage | None = None
+        self.chunks = 0
+        self.attempts = 0
+        self.started = time.monotonic()
+        self.first_byte_at: float | None = None
+        self.deadline = 0.0
+
+    @property
+    def include_usage(self) -> bool:
+        return self.request.include_usage
+
+
+class Provider(abc.ABC):
+    """One configured upstream: `complete` answers at once, `stream` yields OpenAI chunk JSON."""
+
+    def __init__(self, name: str, config: ProviderConfig) -> None:
+        self.name = name
+        self.config = config
+        self.transport = HTTPTransport(
+            max_connections=config.max_connections, connect_timeout=config.connect_timeout_s
+        )
+
+    @abc.abstractmethod
+    async def complete(self, call: Call, model: str) -> bytes:
+        """A `chat.completion` object, encoded; sets `call.usage`."""
+
+    @abc.abstractmethod
+    def stream(self, call: Call, model: str) -> AsyncIterator[bytes]:
+        """`chat.completion.chunk` objects, encoded; ends only after the upstream's terminator."""
+
+    @abc.abstractmethod
+    async def probe(self) -> str:
+        """Reach the upstream once and say what answered (used by `noroshi doctor`)."""
+
+    async def close(self) -> None:
+        await self.transport.close()
+
+
+async def upstream_error(
+    resp: UpstreamResponse, message_of: Callable[[Any], str | None]
+) -> UpstreamError:
+    """The upstream's error answer as an `UpstreamError`, its message and Retry-After kept."""
+    try:
+        body = await resp.read(MAX_ERROR_BODY)
+    except UpstreamError:
+        body = b""
+    message = None
+    try:
+        message = message_of(msgspec.json.decode(body))
+    except (msgspec.DecodeError, AttributeError, TypeError, KeyError):
+        pass
+    if not message:
+        message = body.decode("utf-8", "replace")[:500] or f"HTTP {resp.status}"
+    return UpstreamError(
+        f"Upstream answered {resp.status}: {message}",
+        upstream_status=resp.status,
+        retry_after=parse_retry_after(resp.header("retry-after")),
+    )
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    from email.utils import parsedate_to_datetime
+
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None

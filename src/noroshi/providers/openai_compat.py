@@ -1,0 +1,139 @@
+"""Any OpenAI-compatible server: OpenAI, vLLM, Ollama, llama.cpp server, Groq and the like.
+
+Chunks are relayed as the upstream encoded them: each is decoded only far enough to find
+usage and errors, which keeps the hot path close to a byte relay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+
+from noroshi.errors import UpstreamError, UpstreamProtocolError, UpstreamTimeout
+from noroshi.providers.base import MAX_ANSWER_BYTES, Call, Provider, Usage, upstream_error
+from noroshi.providers.transport import UpstreamResponse
+from noroshi.wire.sse import SSEDecoder
+
+__all__ = ["OpenAIProvider"]
+
+_DONE = b"[DONE]"
+
+
+class _Peek(msgspec.Struct):
+    """The few fields of a chunk or completion the gateway needs; the rest stays raw."""
+
+    choices: list[msgspec.Raw] = []
+    usage: Usage | None = None
+    error: Any = None
+
+
+_peek = msgspec.json.Decoder(_Peek)
+_encode = msgspec.json.encode
+
+
+def _error_message(body: Any) -> str | None:
+    err = body.get("error") if isinstance(body, dict) else None
+    if isinstance(err, dict):
+        return str(err.get("message") or err)
+    return str(err) if err else None
+
+
+class OpenAIProvider(Provider):
+    def _headers(self) -> dict[str, str]:
+        headers = {"content-type": "application/json", "accept-encoding": "identity"}
+        if self.config.api_key:
+            headers["authorization"] = f"Bearer {self.config.api_key}"
+        headers.update(self.config.headers)
+        return headers
+
+    async def _post(self, call: Call, model: str, stream: bool) -> UpstreamResponse:
+        body = dict(call.body)
+        body["model"] = model
+        body["stream"] = stream
+        if stream:
+            # always ask for usage, so every stream can be accounted; dropped if not asked for
+            body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+        resp = await self.transport.send(
+            "POST", f"{self.config.base_url}/chat/completions", self._headers(), _encode(body)
+        )
+        if resp.status >= 400:
+            try:
+                raise await upstream_error(resp, _error_message)
+            finally:
+                resp.close()
+        return resp
+
+    async def complete(self, call: Call, model: str) -> bytes:
+        resp = await self._post(call, model, stream=False)
+        try:
+            body = await resp.read(MAX_ANSWER_BYTES)
+        except BaseException:
+            resp.close()
+            raise
+        resp.release()
+        try:
+            peek = _peek.decode(body)
+        except msgspec.DecodeError:
+            raise UpstreamProtocolError("The upstream answer is not valid JSON.") from None
+        if peek.error is not None:
+            raise UpstreamError(f"Upstream error: {_error_message(msgspec.json.decode(body))}")
+        if not peek.choices:
+            raise UpstreamProtocolError("The upstream answer has no choices.")
+        call.usage = peek.usage
+        return body
+
+    async def stream(self, call: Call, model: str) -> AsyncIterator[bytes]:
+        resp = await self._post(call, model, stream=True)
+        finished = False
+        try:
+            ctype = resp.header("content-type") or ""
+            if not ctype.startswith("text/event-stream"):
+                raise UpstreamProtocolError(f"The upstream answered '{ctype}', not an event stream.")
+            loop = asyncio.get_running_loop()
+            decoder = SSEDecoder()
+            want_usage = call.include_usage
+            first = True
+            async for raw in resp.chunks():
+                for _, data in decoder.feed(raw):
+                    if data == _DONE:
+                        finished = True
+                        return
+                    try:
+                        peek = _peek.decode(data)
+                    except msgspec.DecodeError:
+                        raise UpstreamProtocolError("The upstream sent a malformed chunk.") from None
+                    if peek.error is not None:
+                        raise UpstreamError(f"Upstream error: {_error_message({'error': peek.error})}")
+                    if peek.usage is not None:
+                        call.usage = peek.usage
+                        if not peek.choices and not want_usage:
+                            continue
+                    if first:
+                        first = False
+                        resp.set_idle_timeout(self.config.idle_timeout_s)
+                    call.chunks += 1
+                    yield data
+                if loop.time() > call.deadline:
+                    raise UpstreamTimeout("The upstream answer took longer than the total timeout.")
+            raise UpstreamProtocolError("The upstream ended the stream without its terminator.")
+        finally:
+            if finished:
+                resp.release()
+            else:
+                resp.close()
+
+    async def probe(self) -> str:
+        resp = await self.transport.send(
+            "GET", f"{self.config.base_url}/models", self._headers(), None
+        )
+        try:
+            if resp.status >= 400:
+                raise await upstream_error(resp, _error_message)
+            body = msgspec.json.decode(await resp.read(MAX_ANSWER_BYTES))
+            models = [m.get("id") for m in body.get("data", []) if isinstance(m, dict)]
+            return f"reachable, {len(models)} models listed"
+        finally:
+            resp.close()

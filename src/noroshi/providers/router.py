@@ -1,0 +1,202 @@
+"""Model name to an answer: weighted choice among healthy deployments, retries, fallbacks.
+
+Retries and fallbacks happen only before the first byte reaches the client: a stream is
+handed over only once its first chunk has arrived. A deployment that keeps failing, or that
+answered 429 with Retry-After, rests until its cooldown ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from itertools import accumulate
+from typing import TypeVar
+
+from noroshi.config import Config, RoutingConfig
+from noroshi.errors import (
+    ModelNotFound,
+    NoDeployment,
+    NoroshiError,
+    RateLimited,
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamRejected,
+    UpstreamTimeout,
+)
+from noroshi.providers.base import Call, Provider
+
+__all__ = ["Deployment", "ProviderRouter"]
+
+log = logging.getLogger("noroshi.router")
+T = TypeVar("T")
+Opened = tuple[bytes, AsyncIterator[bytes]]
+
+
+class Deployment:
+    __slots__ = ("cooldown_until", "failures", "label", "model", "provider", "weight")
+
+    def __init__(self, provider: Provider, model: str, weight: float) -> None:
+        self.provider = provider
+        self.model = model
+        self.weight = weight
+        self.label = f"{provider.name}/{model}"
+        self.failures = 0
+        self.cooldown_until = 0.0
+
+
+class _Route:
+    __slots__ = ("cumulative", "deployments", "fallbacks", "name", "total")
+
+    def __init__(self, name: str, deployments: list[Deployment], fallbacks: list[str]) -> None:
+        self.name = name
+        self.deployments = deployments
+        self.fallbacks = fallbacks
+        self.cumulative = list(accumulate(d.weight for d in deployments))
+        self.total = self.cumulative[-1]
+
+
+class ProviderRouter:
+    def __init__(self, config: Config, providers: dict[str, Provider]) -> None:
+        self.policy: RoutingConfig = config.routing
+        self.routes = {
+            m.name: _Route(
+                m.name,
+                [Deployment(providers[d.provider], d.model, d.weight) for d in m.deployments],
+                m.fallbacks,
+            )
+            for m in config.models
+        }
+
+    def __contains__(self, model: str) -> bool:
+        return model in self.routes
+
+    async def complete(self, call: Call) -> bytes:
+        async def attempt(dep: Deployment) -> bytes:
+            try:
+                async with asyncio.timeout(dep.provider.config.total_timeout_s):
+                    return await dep.provider.complete(call, dep.model)
+            except TimeoutError:
+                raise UpstreamTimeout("The upstream did not answer within the total timeout.") from None
+
+        return await self._with_retries(call, attempt)
+
+    async def open_stream(self, call: Call) -> Opened:
+        """The first chunk and the rest of the stream; everything before it may be retried."""
+
+        async def attempt(dep: Deployment) -> Opened:
+            cfg = dep.provider.config
+            call.deadline = asyncio.get_running_loop().time() + cfg.total_timeout_s
+            stream = dep.provider.stream(call, dep.model)
+            try:
+                async with asyncio.timeout(cfg.first_byte_timeout_s):
+                    first = await anext(stream)
+            except TimeoutError:
+                await stream.aclose()
+                raise UpstreamTimeout("The upstream sent nothing within the first-byte timeout.") \
+                    from None
+            except StopAsyncIteration:
+                raise UpstreamProtocolError("The upstream stream was empty.") from None
+            except BaseException:
+                await stream.aclose()
+                raise
+            call.first_byte_at = time.monotonic()
+            return first, stream
+
+        return await self._with_retries(call, attempt)
+
+    async def _with_retries(
+        self, call: Call, attempt: Callable[[Deployment], Awaitable[T]]
+    ) -> T:
+        route = self.routes.get(call.model)
+        if route is None:
+            raise ModelNotFound(call.model)
+        policy = self.policy
+        last: NoroshiError | None = None
+        for name in (route.name, *route.fallbacks):
+            route = self.routes[name]
+            tried: set[Deployment] = set()
+            for n in range(policy.retries + 1):
+                dep = self._pick(route, tried)
+                if dep is None:
+                    last = last or self._none_available(route)
+                    break
+                tried.add(dep)
+                call.attempts += 1
+                call.deployment = dep.label
+                try:
+                    result = await attempt(dep)
+                except (UpstreamError, UpstreamTimeout) as exc:
+                    last = exc
+                    retry_after = self._failed(dep, exc)
+                    if isinstance(exc, UpstreamError) and not exc.retryable:
+                        raise _for_client(exc) from None
+                    log.info("attempt %d at %s failed: %s", call.attempts, dep.label, exc.message)
+                    delay = self._backoff(n, retry_after)
+                    if n == policy.retries or delay is None:
+                        break
+                    await asyncio.sleep(delay)
+                    continue
+                dep.failures = 0
+                return result
+        assert last is not None
+        raise _for_client(last)
+
+    def _pick(self, route: _Route, tried: set[Deployment]) -> Deployment | None:
+        """Weighted choice among deployments not cooling down, preferring untried ones."""
+        now = time.monotonic()
+        deps = route.deployments
+        if len(deps) == 1:
+            dep = deps[0]
+            return dep if dep.cooldown_until <= now else None
+        if not tried and all(d.cooldown_until <= now for d in deps):
+            i = bisect.bisect_right(route.cumulative, random.random() * route.total)
+            return deps[min(i, len(deps) - 1)]
+        healthy = [d for d in deps if d.cooldown_until <= now]
+        fresh = [d for d in healthy if d not in tried] or healthy
+        if not fresh:
+            return None
+        return random.choices(fresh, weights=[d.weight for d in fresh])[0]
+
+    def _failed(self, dep: Deployment, exc: UpstreamError | UpstreamTimeout) -> float | None:
+        retry_after = getattr(exc, "retry_after", None)
+        status = getattr(exc, "upstream_status", None)
+        if isinstance(exc, UpstreamError) and not exc.retryable:
+            return None  # the request was at fault, not the deployment
+        dep.failures += 1
+        now = time.monotonic()
+        if status == 429 and retry_after:
+            dep.cooldown_until = max(dep.cooldown_until, now + retry_after)
+        if dep.failures >= self.policy.cooldown_failures:
+            dep.cooldown_until = max(dep.cooldown_until, now + self.policy.cooldown_s)
+            dep.failures = 0
+            log.warning("deployment %s rests for %.0f s", dep.label, self.policy.cooldown_s)
+        return retry_after
+
+    def _backoff(self, n: int, retry_after: float | None) -> float | None:
+        """Seconds to wait before try n+1; None when Retry-After asks for longer than allowed."""
+        p = self.policy
+        if retry_after is not None:
+            return retry_after if retry_after <= p.max_retry_after_s else None
+        return min(p.backoff_max_s, p.backoff_base_s * 2**n) * random.uniform(0.5, 1.0)
+
+    def _none_available(self, route: _Route) -> NoDeployment:
+        wait = min(d.cooldown_until for d in route.deployments) - time.monotonic()
+        return NoDeployment(
+            f"No deployment of model '{route.name}' is available; all are cooling down.",
+            headers={"retry-after": str(max(1, round(wait)))},
+        )
+
+
+def _for_client(exc: NoroshiError) -> NoroshiError:
+    """An upstream 429 stays a 429 with its Retry-After; other upstream failures are 502."""
+    if isinstance(exc, UpstreamError) and exc.upstream_status is not None:
+        status = exc.upstream_status
+        if status == 429:
+            return RateLimited(exc.message, retry_after=exc.retry_after)
+        if 400 <= status < 500:
+            return UpstreamRejected(exc.message, status)
+    return exc

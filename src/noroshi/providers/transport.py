@@ -1,0 +1,113 @@
+"""Upstream HTTP: one pooled aiohttp session per provider, and aiohttp's errors translated.
+
+This is the only module that imports aiohttp. Each aiohttp failure becomes the most specific
+noroshi error, chained with `from`, so the router can decide what to retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+
+from noroshi.errors import UpstreamConnectError, UpstreamError, UpstreamTimeout
+
+__all__ = ["HTTPTransport", "UpstreamResponse"]
+
+MAX_ERROR_BODY = 64 * 1024
+
+
+class UpstreamResponse:
+    """A started upstream answer: its status and headers are known, its body is still coming."""
+
+    __slots__ = ("_resp",)
+
+    def __init__(self, resp: aiohttp.ClientResponse) -> None:
+        self._resp = resp
+
+    @property
+    def status(self) -> int:
+        return self._resp.status
+
+    def header(self, name: str) -> str | None:
+        return self._resp.headers.get(name)
+
+    async def read(self, limit: int) -> bytes:
+        try:
+            body = await self._resp.content.read(limit + 1)
+        except (aiohttp.ClientError, OSError) as exc:
+            raise _translate(exc) from exc
+        if len(body) > limit:
+            raise UpstreamError(f"The upstream answer exceeded {limit} bytes.")
+        return body
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._resp.content.iter_any():
+                yield chunk
+        except (aiohttp.ClientError, OSError) as exc:
+            raise _translate(exc) from exc
+
+    def set_idle_timeout(self, seconds: float) -> None:
+        """From the first byte on, a read that waits longer than this is a stall."""
+        conn = self._resp.connection
+        if conn is not None and conn.protocol is not None:
+            conn.protocol.read_timeout = seconds
+
+    def release(self) -> None:
+        """The answer was read to its end: the connection can serve another request."""
+        self._resp.release()
+
+    def close(self) -> None:
+        """Drop the connection: an answer left half-read must not go back to the pool."""
+        self._resp.close()
+
+
+class HTTPTransport:
+    def __init__(self, *, max_connections: int, connect_timeout: float) -> None:
+        self._limit = max_connections
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, connect=None, sock_connect=connect_timeout, sock_read=None
+        )
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        # made on first use, inside the running loop, which aiohttp requires
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self._limit, ttl_dns_cache=300),
+                timeout=self._timeout,
+                auto_decompress=True,
+                skip_auto_headers=("User-Agent",),
+            )
+        return self._session
+
+    async def send(
+        self, method: str, url: str, headers: dict[str, str], body: bytes | None
+    ) -> UpstreamResponse:
+        try:
+            resp = await self._client().request(method, url, data=body, headers=headers)
+        except (aiohttp.ClientError, OSError) as exc:
+            raise _translate(exc) from exc
+        return UpstreamResponse(resp)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+def _translate(exc: BaseException) -> UpstreamError | UpstreamTimeout:
+    if isinstance(exc, aiohttp.ServerTimeoutError | asyncio.TimeoutError):
+        return UpstreamTimeout("The upstream stopped sending data (idle timeout).")
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return UpstreamConnectError(f"Could not connect to the upstream: {exc.os_error}.")
+    if isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ServerDisconnectedError):
+        return UpstreamConnectError("The upstream closed the connection mid-answer.")
+    return UpstreamConnectError(f"The upstream connection failed: {_describe(exc)}.")
+
+
+def _describe(exc: Any) -> str:
+    return str(exc) or type(exc).__name__

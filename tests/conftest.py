@@ -1,0 +1,114 @@
+"""Shared fixtures: the gateway served for real on loopback, under RSGI and under ASGI."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+from granian.constants import Interfaces
+from granian.server.embed import Server as GranianServer
+
+from noroshi.app import App
+from noroshi.config import Config, load_config
+
+Serve = Callable[[Config], Awaitable[str]]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def write_config(tmp_path: Path, text: str, environ: dict[str, str] | None = None) -> Config:
+    path = tmp_path / "noroshi.toml"
+    path.write_text(text)
+    return load_config(path, environ or {})
+
+
+def openai_config(base_url: str, extra: str = "", **models: str) -> str:
+    """A config with provider `up` at `base_url` and model `fast` -> up/m1, plus `extra`."""
+    return f"""
+[providers.up]
+type = "openai"
+base_url = "{base_url}"
+api_key = "test-key"
+first_byte_timeout_s = 2
+idle_timeout_s = 1
+total_timeout_s = 10
+
+[routing]
+backoff_base_s = 0.01
+backoff_max_s = 0.05
+
+[[models]]
+name = "fast"
+deployments = [{{ provider = "up", model = "m1" }}]
+{extra}
+"""
+
+
+async def _serve_rsgi(app: App) -> tuple[str, Callable[[], Awaitable[None]]]:
+    port = free_port()
+    server = GranianServer(app, address="127.0.0.1", port=port, interface=Interfaces.RSGI,
+                           websockets=False, log_enabled=False)
+    task = asyncio.create_task(server.serve())
+    await _wait_listening(port)
+
+    async def stop() -> None:
+        server.stop()
+        await asyncio.wait_for(task, 10)
+
+    return f"http://127.0.0.1:{port}", stop
+
+
+async def _serve_asgi(app: App) -> tuple[str, Callable[[], Awaitable[None]]]:
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="on",
+                                           log_level="warning", access_log=False))
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    task = asyncio.create_task(server.serve())
+    await _wait_listening(port)
+
+    async def stop() -> None:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
+
+    return f"http://127.0.0.1:{port}", stop
+
+
+async def _wait_listening(port: int) -> None:
+    for _ in range(200):
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            await asyncio.sleep(0.02)
+            continue
+        writer.close()
+        await writer.wait_closed()
+        return
+    raise RuntimeError(f"server on port {port} did not start")
+
+
+@pytest.fixture(params=["rsgi", "asgi"])
+async def serve(request: pytest.FixtureRequest) -> AsyncIterator[Serve]:
+    """`await serve(config)` runs a gateway on loopback and gives its base URL."""
+    adapter = _serve_rsgi if request.param == "rsgi" else _serve_asgi
+    running: list[tuple[App, Callable[[], Awaitable[None]]]] = []
+
+    async def start(config: Config, **kw: Any) -> str:
+        app = App(config, **kw)
+        url, stop = await adapter(app)
+        running.append((app, stop))
+        return url
+
+    yield start
+    for app, stop in running:
+        await stop()
+        await app.shutdown()
