@@ -1,0 +1,123 @@
+"""Configuration: the documented shape, overrides, secrets, and one clear error per mistake."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from noroshi.config import ConfigError, load_config
+
+ISSUE_SHAPE = """
+[server]
+host = "127.0.0.1"
+port = 8080
+
+[providers.up]
+type = "openai"
+base_url = "http://127.0.0.1:9000/v1"
+api_key = "${UP_KEY}"
+
+[providers.claude]
+type = "anthropic"
+base_url = "https://api.anthropic.com"
+api_key = "${ANTHROPIC_API_KEY}"
+
+[[models]]
+name = "fast"
+deployments = [{ provider = "up", model = "m1", weight = 3 }, { provider = "up", model = "m2", weight = 1 }]
+fallbacks = ["smart"]
+
+[[models]]
+name = "smart"
+deployments = [{ provider = "claude", model = "claude-sonnet-4-5" }]
+"""
+ENV = {"UP_KEY": "k-up", "ANTHROPIC_API_KEY": "k-ant"}
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    return path
+
+
+def test_documented_shape_loads(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, ISSUE_SHAPE), ENV)
+    assert config.server.port == 8080
+    assert config.providers["up"].api_key == "k-up"
+    assert config.providers["claude"].api_key == "k-ant"
+    fast = config.model("fast")
+    assert fast is not None
+    assert [(d.model, d.weight) for d in fast.deployments] == [("m1", 3), ("m2", 1)]
+    assert fast.fallbacks == ["smart"]
+
+
+def test_example_config_loads() -> None:
+    example = Path(__file__).parent.parent / "noroshi.example.toml"
+    config = load_config(example, {**ENV, "OPENAI_API_KEY": "k"})
+    assert config.models
+
+
+def test_environment_overrides(tmp_path: Path) -> None:
+    env = {**ENV, "NOROSHI_SERVER__PORT": "9999", "NOROSHI_PROVIDERS__UP__IDLE_TIMEOUT_S": "2.5",
+           "NOROSHI_SERVER__HOST": "0.0.0.0"}
+    config = load_config(write(tmp_path, ISSUE_SHAPE), env)
+    assert config.server.port == 9999
+    assert config.server.host == "0.0.0.0"
+    assert config.providers["up"].idle_timeout_s == 2.5
+
+
+def test_interpolation_default(tmp_path: Path) -> None:
+    text = '[providers.up]\ntype = "openai"\napi_key = "${NOPE:-fallback}"\n'
+    assert load_config(write(tmp_path, text), {}).providers["up"].api_key == "fallback"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[server]\nport = "x"', "server.port: expected `int`"),
+        ("[server]\nport = 70000", "server.port"),
+        ('[providers.up]\ntype = "foo"', "providers.up.type: invalid enum value 'foo'"),
+        ('[providers.up]\ntype = "openai"\ntimeout = 3', "providers.up: object contains unknown field `timeout`"),
+        ('[providers.up]\ntype = "openai"\napi_key = "${NOT_SET}"',
+         "providers.up.api_key: environment variable NOT_SET is not set"),
+        ('[providers.up]\ntype = "openai"\n[[models]]\nname = "a"\ndeployments = [{ provider = "x", model = "m" }]',
+         "models.0.deployments.0.provider: no provider named 'x'"),
+        ('[providers.up]\ntype = "openai"\n[[models]]\nname = "a"\ndeployments = [{ provider = "up", model = "m" }]\nfallbacks = ["b"]',
+         "models.0.fallbacks.0: no model named 'b'"),
+        ('[providers.up]\ntype = "openai"\n[[models]]\nname = "a"\ndeployments = [{ provider = "up", model = "m", weight = 0 }]',
+         "models.0.deployments.0.weight"),
+        ("[server\n", "is not valid TOML"),
+    ],
+)
+def test_errors_name_the_key(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text), {})
+    assert message in str(info.value)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "absent.toml", {})
+
+
+def test_cli_bad_config_exits_2_without_traceback(tmp_path: Path) -> None:
+    path = write(tmp_path, '[server]\nport = "x"')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NOROSHI_")}
+    result = subprocess.run([sys.executable, "-m", "noroshi", "serve", "--config", str(path)],
+                            capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 2
+    assert "server.port" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_cli_version() -> None:
+    from noroshi import __version__
+
+    result = subprocess.run([sys.executable, "-m", "noroshi", "--version"], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0
+    assert __version__ in result.stdout
