@@ -56,8 +56,14 @@ deployments = [{{ provider = "up", model = "m1" }}]
 
 async def _serve_rsgi(app: App) -> tuple[str, Callable[[], Awaitable[None]]]:
     port = free_port()
-    server = GranianServer(app, address="127.0.0.1", port=port, interface=Interfaces.RSGI,
-                           websockets=False, log_enabled=False)
+    server = GranianServer(
+        app,
+        address="127.0.0.1",
+        port=port,
+        interface=Interfaces.RSGI,
+        websockets=False,
+        log_enabled=False,
+    )
     task = asyncio.create_task(server.serve())
     await _wait_listening(port)
 
@@ -70,8 +76,11 @@ async def _serve_rsgi(app: App) -> tuple[str, Callable[[], Awaitable[None]]]:
 
 async def _serve_asgi(app: App) -> tuple[str, Callable[[], Awaitable[None]]]:
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="on",
-                                           log_level="warning", access_log=False))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app, host="127.0.0.1", port=port, lifespan="on", log_level="warning", access_log=False
+        )
+    )
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     task = asyncio.create_task(server.serve())
     await _wait_listening(port)

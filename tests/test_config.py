@@ -62,8 +62,12 @@ def test_example_config_loads() -> None:
 
 
 def test_environment_overrides(tmp_path: Path) -> None:
-    env = {**ENV, "NOROSHI_SERVER__PORT": "9999", "NOROSHI_PROVIDERS__UP__IDLE_TIMEOUT_S": "2.5",
-           "NOROSHI_SERVER__HOST": "0.0.0.0"}
+    env = {
+        **ENV,
+        "NOROSHI_SERVER__PORT": "9999",
+        "NOROSHI_PROVIDERS__UP__IDLE_TIMEOUT_S": "2.5",
+        "NOROSHI_SERVER__HOST": "0.0.0.0",
+    }
     config = load_config(write(tmp_path, ISSUE_SHAPE), env)
     assert config.server.port == 9999
     assert config.server.host == "0.0.0.0"
@@ -81,15 +85,26 @@ def test_interpolation_default(tmp_path: Path) -> None:
         ('[server]\nport = "x"', "server.port: expected `int`"),
         ("[server]\nport = 70000", "server.port"),
         ('[providers.up]\ntype = "foo"', "providers.up.type: invalid enum value 'foo'"),
-        ('[providers.up]\ntype = "openai"\ntimeout = 3', "providers.up: object contains unknown field `timeout`"),
-        ('[providers.up]\ntype = "openai"\napi_key = "${NOT_SET}"',
-         "providers.up.api_key: environment variable NOT_SET is not set"),
-        ('[providers.up]\ntype = "openai"\n[[models]]\nname = "a"\ndeployments = [{ provider = "x", model = "m" }]',
-         "models.0.deployments.0.provider: no provider named 'x'"),
-        ('[providers.up]\ntype = "openai"\n[[models]]\nname = "a"\ndeployments = [{ provider = "up", model = "m" }]\nfallbacks = ["b"]',
-         "models.0.fallbacks.0: no model named 'b'"),
-        ('[providers.up]\ntype = "openai"\n[[models]]\nname = "a"\ndeployments = [{ provider = "up", model = "m", weight = 0 }]',
-         "models.0.deployments.0.weight"),
+        (
+            '[providers.up]\ntype = "openai"\ntimeout = 3',
+            "providers.up: object contains unknown field `timeout`",
+        ),
+        (
+            '[providers.up]\ntype = "openai"\napi_key = "${NOT_SET}"',
+            "providers.up.api_key: environment variable NOT_SET is not set",
+        ),
+        (
+            '[providers.up]\ntype = "openai"\n[[models]]\nname = "a"\ndeployments = [{ provider = "x", model = "m" }]',
+            "models.0.deployments.0.provider: no provider named 'x'",
+        ),
+        (
+            '[providers.up]\ntype = "openai"\n[[models]]\nname = "a"\ndeployments = [{ provider = "up", model = "m" }]\nfallbacks = ["b"]',
+            "models.0.fallbacks.0: no model named 'b'",
+        ),
+        (
+            '[providers.up]\ntype = "openai"\n[[models]]\nname = "a"\ndeployments = [{ provider = "up", model = "m", weight = 0 }]',
+            "models.0.deployments.0.weight",
+        ),
         ("[server\n", "is not valid TOML"),
     ],
 )
@@ -107,8 +122,13 @@ def test_missing_file(tmp_path: Path) -> None:
 def test_cli_bad_config_exits_2_without_traceback(tmp_path: Path) -> None:
     path = write(tmp_path, '[server]\nport = "x"')
     env = {k: v for k, v in os.environ.items() if not k.startswith("NOROSHI_")}
-    result = subprocess.run([sys.executable, "-m", "noroshi", "serve", "--config", str(path)],
-                            capture_output=True, text=True, env=env, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "noroshi", "serve", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert result.returncode == 2
     assert "server.port" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
@@ -117,7 +137,8 @@ def test_cli_bad_config_exits_2_without_traceback(tmp_path: Path) -> None:
 def test_cli_version() -> None:
     from noroshi import __version__
 
-    result = subprocess.run([sys.executable, "-m", "noroshi", "--version"], capture_output=True,
-                            text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "noroshi", "--version"], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0
     assert __version__ in result.stdout

@@ -99,8 +99,11 @@ class App:
 
     def _cut_streams(self) -> None:
         for stream in list(self.streams):
-            stream.cut(Unavailable("The server is shutting down; the stream was cut.",
-                                   code="shutting_down"))
+            stream.cut(
+                Unavailable(
+                    "The server is shutting down; the stream was cut.", code="shutting_down"
+                )
+            )
 
     # --- transports ------------------------------------------------------------------------
 

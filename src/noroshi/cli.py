@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from pathlib import Path
 
 import click
 
@@ -53,8 +52,8 @@ def serve(config_path: str | None, host: str | None, port: int | None, workers: 
     if config.models:
         click.echo(
             f"  try: curl {url}/v1/chat/completions -H 'content-type: application/json' "
-            f"-d '{{\"model\": \"{config.models[0].name}\", \"stream\": true, "
-            f"\"messages\": [{{\"role\": \"user\", \"content\": \"Hello\"}}]}}'"
+            f'-d \'{{"model": "{config.models[0].name}", "stream": true, '
+            f'"messages": [{{"role": "user", "content": "Hello"}}]}}\''
         )
     Granian(
         "noroshi.rsgi:app",
@@ -79,8 +78,9 @@ def doctor(config_path: str | None) -> None:
     click.echo(f"config: ok ({len(config.providers)} providers, {len(config.models)} models)")
     problems = asyncio.run(_probe_all(config))
     if not config.providers:
-        click.echo("providers: none configured; add a [providers.NAME] table (see "
-                   "noroshi.example.toml)")
+        click.echo(
+            "providers: none configured; add a [providers.NAME] table (see noroshi.example.toml)"
+        )
     sys.exit(1 if problems else 0)
 
 

@@ -22,7 +22,7 @@ _granian_set_loop_signals = _signals.set_loop_signals
 
 
 def _set_loop_signals(loop: asyncio.AbstractEventLoop) -> Any:
-    stop = _granian_set_loop_signals(loop)
+    stop = _granian_set_loop_signals(loop)  # type: ignore[no-untyped-call]
 
     def on_signal(*_: object) -> None:
         app.begin_drain()

@@ -73,8 +73,9 @@ async def test_wrong_method_is_405_with_allow(base: str) -> None:
 
 
 async def test_malformed_json_is_400(base: str) -> None:
-    status, _, body = await request("POST", f"{base}{CHAT}", data=b"{not json",
-                                    headers={"content-type": "application/json"})
+    status, _, body = await request(
+        "POST", f"{base}{CHAT}", data=b"{not json", headers={"content-type": "application/json"}
+    )
     assert status == 400
     assert_envelope(body, "invalid_json")
 
@@ -86,10 +87,14 @@ async def test_malformed_json_is_400(base: str) -> None:
         ({"model": "fast", "messages": []}, "messages"),
         ({"model": "fast", "messages": [{"role": "robot", "content": "hi"}]}, "messages.0.role"),
         ({"model": "fast", "messages": [{"role": "user"}]}, "messages.0.content"),
-        ({"model": "fast", "messages": [{"role": "user", "content": "hi"}], "temperature": 9},
-         "temperature"),
-        ({"model": "fast", "messages": [{"role": "tool", "content": "x"}]},
-         "messages.0.tool_call_id"),
+        (
+            {"model": "fast", "messages": [{"role": "user", "content": "hi"}], "temperature": 9},
+            "temperature",
+        ),
+        (
+            {"model": "fast", "messages": [{"role": "tool", "content": "x"}]},
+            "messages.0.tool_call_id",
+        ),
     ],
 )
 async def test_validation_names_the_field(base: str, payload: dict, param: str) -> None:
@@ -101,7 +106,9 @@ async def test_validation_names_the_field(base: str, payload: dict, param: str) 
 
 async def test_unknown_model_is_404(base: str) -> None:
     status, _, body = await request(
-        "POST", f"{base}{CHAT}", json={"model": "nope", "messages": [{"role": "user", "content": "x"}]}
+        "POST",
+        f"{base}{CHAT}",
+        json={"model": "nope", "messages": [{"role": "user", "content": "x"}]},
     )
     assert status == 404
     assert_envelope(body, "model_not_found", "model")
@@ -119,15 +126,20 @@ async def test_chunked_body_over_limit_is_413(base: str) -> None:
         for _ in range(8):
             yield b"x" * 1024
 
-    status, _, body = await request("POST", f"{base}{CHAT}", data=gen(),
-                                    headers={"content-type": "application/json"})
+    status, _, body = await request(
+        "POST", f"{base}{CHAT}", data=gen(), headers={"content-type": "application/json"}
+    )
     assert status == 413
     assert_envelope(body, "payload_too_large")
 
 
 async def test_wrong_content_type_is_415(base: str) -> None:
-    status, _, body = await request("POST", f"{base}{CHAT}", data=b"model=x",
-                                    headers={"content-type": "application/x-www-form-urlencoded"})
+    status, _, body = await request(
+        "POST",
+        f"{base}{CHAT}",
+        data=b"model=x",
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
     assert status == 415
     assert_envelope(body, "unsupported_media_type")
 
@@ -147,7 +159,9 @@ async def test_models_list(base: str) -> None:
 
 async def test_unreachable_upstream_is_502(base: str) -> None:
     status, _, body = await request(
-        "POST", f"{base}{CHAT}", json={"model": "fast", "messages": [{"role": "user", "content": "x"}]}
+        "POST",
+        f"{base}{CHAT}",
+        json={"model": "fast", "messages": [{"role": "user", "content": "x"}]},
     )
     assert status == 502
     assert_envelope(body, "upstream_unreachable")

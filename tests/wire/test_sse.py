@@ -8,7 +8,7 @@ from noroshi.wire.sse import SSEDecoder, encode_event
 
 STREAM = (
     b'data: {"a": 1}\n\n'
-    b"event: message_start\ndata: {\"b\": 2}\n\n"
+    b'event: message_start\ndata: {"b": 2}\n\n'
     b": a comment\n\n"
     b"data: line one\ndata: line two\n\n"
     b"data:no-space\r\n\r\n"

@@ -14,10 +14,12 @@ if TYPE_CHECKING:
 
 def install(router: Router, app: App) -> None:
     async def health(request: Request) -> Response:
-        return JSONResponse({
-            "status": "draining" if app.draining else "ok",
-            "version": __version__,
-            "uptime_s": round(time.monotonic() - app.started, 3),
-        })
+        return JSONResponse(
+            {
+                "status": "draining" if app.draining else "ok",
+                "version": __version__,
+                "uptime_s": round(time.monotonic() - app.started, 3),
+            }
+        )
 
     router.add("GET", "/health", health)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -21,7 +21,7 @@ _decode_any = msgspec.json.Decoder()
 _DONE = b"data: [DONE]\n\n"
 
 
-async def relay(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+async def relay(first: bytes, rest: AsyncGenerator[bytes, None]) -> AsyncIterator[bytes]:
     """OpenAI's SSE framing around chunk payloads; `[DONE]` only after a complete stream."""
     try:
         yield b"data: " + first + b"\n\n"

@@ -47,14 +47,16 @@ class _Sink:
         self.streaming = False
 
     async def send(self, status: int, headers: Headers, body: bytes) -> None:
-        await self._send({"type": "http.response.start", "status": status,
-                          "headers": _encode_headers(headers)})
+        await self._send(
+            {"type": "http.response.start", "status": status, "headers": _encode_headers(headers)}
+        )
         await self._send({"type": "http.response.body", "body": body})
 
     async def start(self, status: int, headers: Headers) -> _Writer:
         self.streaming = True
-        await self._send({"type": "http.response.start", "status": status,
-                          "headers": _encode_headers(headers)})
+        await self._send(
+            {"type": "http.response.start", "status": status, "headers": _encode_headers(headers)}
+        )
         return _Writer(self._send)
 
     async def finish(self) -> None:
@@ -104,7 +106,9 @@ async def serve_asgi(app: App, scope: Scope, receive: Receive, send: Send) -> No
                 if int(length) > limit:
                     raise PayloadTooLarge(f"The request body exceeds the limit of {limit} bytes.")
             except ValueError:
-                raise BadRequest("Content-Length is not a number.", param="content-length") from None
+                raise BadRequest(
+                    "Content-Length is not a number.", param="content-length"
+                ) from None
         buf = bytearray()
         while True:
             message = await receive()

@@ -21,7 +21,16 @@ class Request:
     """Method, path, headers and a body read once, within the size limit, on demand."""
 
     __slots__ = (
-        "_body", "_read", "client", "headers", "id", "method", "params", "path", "query", "state",
+        "_body",
+        "_read",
+        "client",
+        "headers",
+        "id",
+        "method",
+        "params",
+        "path",
+        "query",
+        "state",
     )
 
     def __init__(
@@ -65,8 +74,9 @@ def decode_json(decoder: msgspec.json.Decoder[T], body: bytes) -> T:
         raise BadRequest(message, param=param, code="invalid_value") from None
     except msgspec.DecodeError as exc:
         detail = str(exc) if body.strip() else "the request body is empty"
-        raise BadRequest(f"We could not parse the JSON body of your request: {detail}",
-                         code="invalid_json") from None
+        raise BadRequest(
+            f"We could not parse the JSON body of your request: {detail}", code="invalid_json"
+        ) from None
 
 
 def _split(text: str) -> tuple[str, str | None]:

@@ -118,8 +118,9 @@ class StreamResponse(Response):
             async for chunk in stream:
                 sent += len(chunk)
                 if sent > self.max_bytes:
-                    raise NoroshiError("The stream exceeded the gateway's size limit.",
-                                       code="stream_too_large")
+                    raise NoroshiError(
+                        "The stream exceeded the gateway's size limit.", code="stream_too_large"
+                    )
                 await writer.write(chunk)
         except ClientGone:
             pass

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-from granian.rsgi import ProtocolClosed
+from granian._granian import RSGIProtocolClosed as ProtocolClosed
 
 from noroshi.errors import BadRequest, PayloadTooLarge
 from noroshi.http.request import Request
@@ -56,7 +56,9 @@ def _body_reader(proto: Any, headers: Any, limit: int) -> Any:
             try:
                 size = int(length)
             except ValueError:
-                raise BadRequest("Content-Length is not a number.", param="content-length") from None
+                raise BadRequest(
+                    "Content-Length is not a number.", param="content-length"
+                ) from None
             if size > limit:
                 raise PayloadTooLarge(f"The request body exceeds the limit of {limit} bytes.")
             body: bytes = await proto()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import msgspec
@@ -58,8 +58,10 @@ def _user_blocks(content: str | list[oa.UserPart]) -> str | list[dict[str, Any]]
 def _image_block(url: str) -> dict[str, Any]:
     if url.startswith("data:") and ";base64," in url:
         media_type, data = url[5:].split(";base64,", 1)
-        return {"type": "image", "source": {"type": "base64", "media_type": media_type,
-                                             "data": data}}
+        return {
+            "type": "image",
+            "source": {"type": "base64", "media_type": media_type, "data": data},
+        }
     return {"type": "image", "source": {"type": "url", "url": url}}
 
 
@@ -90,19 +92,35 @@ def to_anthropic(request: oa.ChatRequest, model: str, stream: bool) -> dict[str,
             system.append(_text(m.content))
         elif isinstance(m, oa.UserMessage):
             content = _user_blocks(m.content)
-            add("user", [{"type": "text", "text": content}] if isinstance(content, str) else content)
+            add(
+                "user", [{"type": "text", "text": content}] if isinstance(content, str) else content
+            )
         elif isinstance(m, oa.AssistantMessage):
             blocks: list[dict[str, Any]] = []
             text = _text(m.content)
             if text:
                 blocks.append({"type": "text", "text": text})
             for tc in m.tool_calls or []:
-                blocks.append({"type": "tool_use", "id": tc.id, "name": tc.function.name,
-                               "input": _arguments(tc.function.arguments)})
+                blocks.append(
+                    {
+                        "type": "tool_use",
+                        "id": tc.id,
+                        "name": tc.function.name,
+                        "input": _arguments(tc.function.arguments),
+                    }
+                )
             add("assistant", blocks or [{"type": "text", "text": ""}])
         else:
-            add("user", [{"type": "tool_result", "tool_use_id": m.tool_call_id,
-                          "content": _text(m.content)}])
+            add(
+                "user",
+                [
+                    {
+                        "type": "tool_result",
+                        "tool_use_id": m.tool_call_id,
+                        "content": _text(m.content),
+                    }
+                ],
+            )
 
     body: dict[str, Any] = {
         "model": model,
@@ -174,24 +192,33 @@ def from_anthropic(body: dict[str, Any]) -> tuple[oa.ChatCompletion, Usage]:
         if block.get("type") == "text":
             text.append(block.get("text", ""))
         elif block.get("type") == "tool_use":
-            calls.append(oa.ToolCall(
-                id=block["id"],
-                function=oa.ToolCallFunction(name=block["name"],
-                                             arguments=_encode(block.get("input", {})).decode()),
-            ))
+            calls.append(
+                oa.ToolCall(
+                    id=block["id"],
+                    function=oa.ToolCallFunction(
+                        name=block["name"], arguments=_encode(block.get("input", {})).decode()
+                    ),
+                )
+            )
     usage = _usage(body.get("usage") or {})
     completion = oa.ChatCompletion(
         id=f"chatcmpl-{body.get('id', '')}",
         created=int(time.time()),
         model=str(body.get("model", "")),
-        choices=[oa.Choice(
-            index=0,
-            message=oa.ChoiceMessage(content="".join(text) if text or not calls else None,
-                                     tool_calls=calls or None),
-            finish_reason=STOP_REASONS.get(body.get("stop_reason") or "", "stop"),
-        )],
-        usage=oa.Usage(usage.prompt_tokens, usage.completion_tokens,
-                       usage.prompt_tokens + usage.completion_tokens),
+        choices=[
+            oa.Choice(
+                index=0,
+                message=oa.ChoiceMessage(
+                    content="".join(text) if text or not calls else None, tool_calls=calls or None
+                ),
+                finish_reason=STOP_REASONS.get(body.get("stop_reason") or "", "stop"),
+            )
+        ],
+        usage=oa.Usage(
+            usage.prompt_tokens,
+            usage.completion_tokens,
+            usage.prompt_tokens + usage.completion_tokens,
+        ),
     )
     return completion, usage
 
@@ -214,10 +241,14 @@ class _StreamState:
         self.finish: str | None = None
 
     def chunk(self, delta: oa.Delta, finish: str | None = None) -> bytes:
-        return _encode(oa.ChatCompletionChunk(
-            id=self.id, created=self.created, model=self.model,
-            choices=[oa.ChunkChoice(index=0, delta=delta, finish_reason=finish)],
-        ))
+        return _encode(
+            oa.ChatCompletionChunk(
+                id=self.id,
+                created=self.created,
+                model=self.model,
+                choices=[oa.ChunkChoice(index=0, delta=delta, finish_reason=finish)],
+            )
+        )
 
     def on_event(self, name: str, data: dict[str, Any]) -> bytes | None:
         kind = data.get("type", name)
@@ -226,20 +257,38 @@ class _StreamState:
             if delta.get("type") == "text_delta":
                 return self.chunk(oa.Delta(content=delta.get("text", "")))
             if delta.get("type") == "input_json_delta":
-                return self.chunk(oa.Delta(tool_calls=[oa.DeltaToolCall(
-                    index=self.tool_index.get(int(data.get("index", 0)), 0),
-                    function=oa.DeltaToolCallFunction(arguments=delta.get("partial_json", "")),
-                )]))
+                return self.chunk(
+                    oa.Delta(
+                        tool_calls=[
+                            oa.DeltaToolCall(
+                                index=self.tool_index.get(int(data.get("index", 0)), 0),
+                                function=oa.DeltaToolCallFunction(
+                                    arguments=delta.get("partial_json", "")
+                                ),
+                            )
+                        ]
+                    )
+                )
             return None
         if kind == "content_block_start":
             block = data.get("content_block") or {}
             if block.get("type") == "tool_use":
                 index = len(self.tool_index)
                 self.tool_index[int(data.get("index", 0))] = index
-                return self.chunk(oa.Delta(tool_calls=[oa.DeltaToolCall(
-                    index=index, id=block.get("id"), type="function",
-                    function=oa.DeltaToolCallFunction(name=block.get("name"), arguments=""),
-                )]))
+                return self.chunk(
+                    oa.Delta(
+                        tool_calls=[
+                            oa.DeltaToolCall(
+                                index=index,
+                                id=block.get("id"),
+                                type="function",
+                                function=oa.DeltaToolCallFunction(
+                                    name=block.get("name"), arguments=""
+                                ),
+                            )
+                        ]
+                    )
+                )
             if block.get("type") == "text" and block.get("text"):
                 return self.chunk(oa.Delta(content=block["text"]))
             return None
@@ -260,18 +309,25 @@ class _StreamState:
             return self.chunk(oa.Delta(), self.finish)
         if kind == "error":
             err = data.get("error") or {}
-            raise UpstreamError(f"Upstream error: {err.get('message', 'unknown error')}",
-                                upstream_status=529 if err.get("type") == "overloaded_error"
-                                else 500)
+            raise UpstreamError(
+                f"Upstream error: {err.get('message', 'unknown error')}",
+                upstream_status=529 if err.get("type") == "overloaded_error" else 500,
+            )
         return None  # ping, content_block_stop, unknown future events
 
     def usage_chunk(self) -> bytes:
         u = self.usage
-        return _encode(oa.ChatCompletionChunk(
-            id=self.id, created=self.created, model=self.model, choices=[],
-            usage=oa.Usage(u.prompt_tokens, u.completion_tokens,
-                           u.prompt_tokens + u.completion_tokens),
-        ))
+        return _encode(
+            oa.ChatCompletionChunk(
+                id=self.id,
+                created=self.created,
+                model=self.model,
+                choices=[],
+                usage=oa.Usage(
+                    u.prompt_tokens, u.completion_tokens, u.prompt_tokens + u.completion_tokens
+                ),
+            )
+        )
 
 
 class AnthropicProvider(Provider):
@@ -310,11 +366,13 @@ class AnthropicProvider(Provider):
             body = _decode(raw)
             completion, usage = from_anthropic(body)
         except (msgspec.DecodeError, AttributeError, KeyError, TypeError):
-            raise UpstreamProtocolError("The upstream answer is not a Messages API answer.") from None
+            raise UpstreamProtocolError(
+                "The upstream answer is not a Messages API answer."
+            ) from None
         call.usage = usage
         return _encode(completion)
 
-    async def stream(self, call: Call, model: str) -> AsyncIterator[bytes]:
+    async def stream(self, call: Call, model: str) -> AsyncGenerator[bytes, None]:
         resp = await self._post(call, model, stream=True)
         finished = False
         try:
@@ -327,7 +385,9 @@ class AnthropicProvider(Provider):
                     try:
                         event = _decode(data)
                     except msgspec.DecodeError:
-                        raise UpstreamProtocolError("The upstream sent a malformed event.") from None
+                        raise UpstreamProtocolError(
+                            "The upstream sent a malformed event."
+                        ) from None
                     if not isinstance(event, dict):
                         raise UpstreamProtocolError("The upstream sent a malformed event.")
                     if event.get("type", name) == "message_stop":

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import abc
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 import msgspec
@@ -78,7 +78,7 @@ class Provider(abc.ABC):
         """A `chat.completion` object, encoded; sets `call.usage`."""
 
     @abc.abstractmethod
-    def stream(self, call: Call, model: str) -> AsyncIterator[bytes]:
+    def stream(self, call: Call, model: str) -> AsyncGenerator[bytes, None]:
         """`chat.completion.chunk` objects, encoded; ends only after the upstream's terminator."""
 
     @abc.abstractmethod

@@ -7,7 +7,7 @@ usage and errors, which keeps the hot path close to a byte relay.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import msgspec
@@ -85,13 +85,15 @@ class OpenAIProvider(Provider):
         call.usage = peek.usage
         return body
 
-    async def stream(self, call: Call, model: str) -> AsyncIterator[bytes]:
+    async def stream(self, call: Call, model: str) -> AsyncGenerator[bytes, None]:
         resp = await self._post(call, model, stream=True)
         finished = False
         try:
             ctype = resp.header("content-type") or ""
             if not ctype.startswith("text/event-stream"):
-                raise UpstreamProtocolError(f"The upstream answered '{ctype}', not an event stream.")
+                raise UpstreamProtocolError(
+                    f"The upstream answered '{ctype}', not an event stream."
+                )
             loop = asyncio.get_running_loop()
             decoder = SSEDecoder()
             want_usage = call.include_usage
@@ -104,9 +106,13 @@ class OpenAIProvider(Provider):
                     try:
                         peek = _peek.decode(data)
                     except msgspec.DecodeError:
-                        raise UpstreamProtocolError("The upstream sent a malformed chunk.") from None
+                        raise UpstreamProtocolError(
+                            "The upstream sent a malformed chunk."
+                        ) from None
                     if peek.error is not None:
-                        raise UpstreamError(f"Upstream error: {_error_message({'error': peek.error})}")
+                        raise UpstreamError(
+                            f"Upstream error: {_error_message({'error': peek.error})}"
+                        )
                     if peek.usage is not None:
                         call.usage = peek.usage
                         if not peek.choices and not want_usage:

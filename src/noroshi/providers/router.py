@@ -12,7 +12,7 @@ import bisect
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from itertools import accumulate
 from typing import TypeVar
 
@@ -33,7 +33,7 @@ __all__ = ["Deployment", "ProviderRouter"]
 
 log = logging.getLogger("noroshi.router")
 T = TypeVar("T")
-Opened = tuple[bytes, AsyncIterator[bytes]]
+Opened = tuple[bytes, AsyncGenerator[bytes, None]]
 
 
 class Deployment:
@@ -80,7 +80,9 @@ class ProviderRouter:
                 async with asyncio.timeout(dep.provider.config.total_timeout_s):
                     return await dep.provider.complete(call, dep.model)
             except TimeoutError:
-                raise UpstreamTimeout("The upstream did not answer within the total timeout.") from None
+                raise UpstreamTimeout(
+                    "The upstream did not answer within the total timeout."
+                ) from None
 
         return await self._with_retries(call, attempt)
 
@@ -96,8 +98,9 @@ class ProviderRouter:
                     first = await anext(stream)
             except TimeoutError:
                 await stream.aclose()
-                raise UpstreamTimeout("The upstream sent nothing within the first-byte timeout.") \
-                    from None
+                raise UpstreamTimeout(
+                    "The upstream sent nothing within the first-byte timeout."
+                ) from None
             except StopAsyncIteration:
                 raise UpstreamProtocolError("The upstream stream was empty.") from None
             except BaseException:
@@ -108,9 +111,7 @@ class ProviderRouter:
 
         return await self._with_retries(call, attempt)
 
-    async def _with_retries(
-        self, call: Call, attempt: Callable[[Deployment], Awaitable[T]]
-    ) -> T:
+    async def _with_retries(self, call: Call, attempt: Callable[[Deployment], Awaitable[T]]) -> T:
         route = self.routes.get(call.model)
         if route is None:
             raise ModelNotFound(call.model)
@@ -162,8 +163,8 @@ class ProviderRouter:
         return random.choices(fresh, weights=[d.weight for d in fresh])[0]
 
     def _failed(self, dep: Deployment, exc: UpstreamError | UpstreamTimeout) -> float | None:
-        retry_after = getattr(exc, "retry_after", None)
-        status = getattr(exc, "upstream_status", None)
+        retry_after: float | None = getattr(exc, "retry_after", None)
+        status: int | None = getattr(exc, "upstream_status", None)
         if isinstance(exc, UpstreamError) and not exc.retryable:
             return None  # the request was at fault, not the deployment
         dep.failures += 1
@@ -181,7 +182,7 @@ class ProviderRouter:
         p = self.policy
         if retry_after is not None:
             return retry_after if retry_after <= p.max_retry_after_s else None
-        return min(p.backoff_max_s, p.backoff_base_s * 2**n) * random.uniform(0.5, 1.0)
+        return min(p.backoff_max_s, p.backoff_base_s * 2.0**n) * random.uniform(0.5, 1.0)
 
     def _none_available(self, route: _Route) -> NoDeployment:
         wait = min(d.cooldown_until for d in route.deployments) - time.monotonic()
