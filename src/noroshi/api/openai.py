@@ -22,11 +22,11 @@ _DONE = b"data: [DONE]\n\n"
 
 
 async def relay(first: bytes, rest: AsyncGenerator[bytes, None]) -> AsyncIterator[bytes]:
-    """OpenAI's SSE framing around chunk payloads; `[DONE]` only after a complete stream."""
+    """The provider's events, then `[DONE]`, which only a complete stream earns."""
     try:
-        yield b"data: " + first + b"\n\n"
-        async for data in rest:
-            yield b"data: " + data + b"\n\n"
+        yield first
+        async for events in rest:
+            yield events
         yield _DONE
     finally:
         await rest.aclose()  # closing this generator must close the upstream at once

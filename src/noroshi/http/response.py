@@ -111,7 +111,8 @@ class StreamResponse(Response):
             self._task.cancel()
 
     async def send(self, sink: Sink) -> None:
-        self._task = asyncio.current_task()
+        self._task = task = asyncio.current_task()
+        assert task is not None
         writer = await sink.start(self.status, self.headers)
         stream, sent = self.stream, 0
         try:
@@ -127,9 +128,11 @@ class StreamResponse(Response):
         except NoroshiError as exc:
             await _write_quietly(writer, self.on_error(exc))
         except asyncio.CancelledError:
-            if self._cut is not None:
-                await _write_quietly(writer, self.on_error(self._cut))
-            raise
+            if self._cut is None:
+                raise  # the client left: nobody to tell
+            # cut on purpose: tell the client why, and end the response normally
+            task.uncancel()
+            await _write_quietly(writer, self.on_error(self._cut))
         except Exception:
             log.exception("stream failed")
             await _write_quietly(writer, self.on_error(NoroshiError("The stream failed.")))

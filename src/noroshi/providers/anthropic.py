@@ -223,6 +223,10 @@ def from_anthropic(body: dict[str, Any]) -> tuple[oa.ChatCompletion, Usage]:
     return completion, usage
 
 
+def _frame(chunk: oa.ChatCompletionChunk) -> bytes:
+    return b"data: " + _encode(chunk) + b"\n\n"
+
+
 def _error_message(body: Any) -> str | None:
     err = body.get("error") if isinstance(body, dict) else None
     return str(err.get("message") or err) if isinstance(err, dict) else None
@@ -241,7 +245,7 @@ class _StreamState:
         self.finish: str | None = None
 
     def chunk(self, delta: oa.Delta, finish: str | None = None) -> bytes:
-        return _encode(
+        return _frame(
             oa.ChatCompletionChunk(
                 id=self.id,
                 created=self.created,
@@ -317,7 +321,7 @@ class _StreamState:
 
     def usage_chunk(self) -> bytes:
         u = self.usage
-        return _encode(
+        return _frame(
             oa.ChatCompletionChunk(
                 id=self.id,
                 created=self.created,

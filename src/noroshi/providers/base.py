@@ -64,7 +64,7 @@ class Call:
 
 
 class Provider(abc.ABC):
-    """One configured upstream: `complete` answers at once, `stream` yields OpenAI chunk JSON."""
+    """One configured upstream: `complete` answers at once, `stream` yields OpenAI chunk events."""
 
     def __init__(self, name: str, config: ProviderConfig) -> None:
         self.name = name
@@ -79,7 +79,8 @@ class Provider(abc.ABC):
 
     @abc.abstractmethod
     def stream(self, call: Call, model: str) -> AsyncGenerator[bytes, None]:
-        """`chat.completion.chunk` objects, encoded; ends only after the upstream's terminator."""
+        """`chat.completion.chunk` events, SSE-framed (`data: {...}\\n\\n`, one or more per item);
+        ends only after the upstream's terminator, which it does not include."""
 
     @abc.abstractmethod
     async def probe(self) -> str:

@@ -1,7 +1,8 @@
 """Any OpenAI-compatible server: OpenAI, vLLM, Ollama, llama.cpp server, Groq and the like.
 
 Chunks are relayed as the upstream encoded them: each is decoded only far enough to find
-usage and errors, which keeps the hot path close to a byte relay.
+usage and errors, and the events of one upstream read leave in one write, which keeps the
+hot path close to a byte relay.
 """
 
 from __future__ import annotations
@@ -99,10 +100,11 @@ class OpenAIProvider(Provider):
             want_usage = call.include_usage
             first = True
             async for raw in resp.chunks():
+                kept: list[bytes] = []
                 for _, data in decoder.feed(raw):
                     if data == _DONE:
                         finished = True
-                        return
+                        break
                     try:
                         peek = _peek.decode(data)
                     except msgspec.DecodeError:
@@ -110,18 +112,22 @@ class OpenAIProvider(Provider):
                             "The upstream sent a malformed chunk."
                         ) from None
                     if peek.error is not None:
-                        raise UpstreamError(
-                            f"Upstream error: {_error_message({'error': peek.error})}"
-                        )
+                        message = _error_message({"error": peek.error})
+                        raise UpstreamError(f"Upstream error: {message}")
                     if peek.usage is not None:
                         call.usage = peek.usage
                         if not peek.choices and not want_usage:
                             continue
+                    kept.append(data)
+                if kept:
                     if first:
                         first = False
                         resp.set_idle_timeout(self.config.idle_timeout_s)
-                    call.chunks += 1
-                    yield data
+                    call.chunks += len(kept)
+                    # one write per upstream read, however many events it carried
+                    yield b"data: " + b"\n\ndata: ".join(kept) + b"\n\n"
+                if finished:
+                    return
                 if loop.time() > call.deadline:
                     raise UpstreamTimeout("The upstream answer took longer than the total timeout.")
             raise UpstreamProtocolError("The upstream ended the stream without its terminator.")
