@@ -349,7 +349,11 @@ class AnthropicProvider(Provider):
     async def _post(self, call: Call, model: str, stream: bool) -> UpstreamResponse:
         body = _encode(to_anthropic(call.request, model, stream))
         resp = await self.transport.send(
-            "POST", f"{self.config.base_url}/v1/messages", self._headers(), body
+            "POST",
+            f"{self.config.base_url}/v1/messages",
+            self._headers(),
+            body,
+            read_timeout=self.config.first_byte_timeout_s if stream else None,
         )
         if resp.status >= 400:
             try:

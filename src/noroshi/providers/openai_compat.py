@@ -58,7 +58,11 @@ class OpenAIProvider(Provider):
             # always ask for usage, so every stream can be accounted; dropped if not asked for
             body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         resp = await self.transport.send(
-            "POST", f"{self.config.base_url}/chat/completions", self._headers(), _encode(body)
+            "POST",
+            f"{self.config.base_url}/chat/completions",
+            self._headers(),
+            _encode(body),
+            read_timeout=self.config.first_byte_timeout_s if stream else None,
         )
         if resp.status >= 400:
             try:

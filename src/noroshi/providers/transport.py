@@ -55,6 +55,11 @@ class UpstreamResponse:
         conn = self._resp.connection
         if conn is not None and conn.protocol is not None:
             conn.protocol.read_timeout = seconds
+            # aiohttp re-arms its timer only when data arrives: re-arm it now, so that a stall
+            # right after this chunk is caught too
+            rearm = getattr(conn.protocol, "_reschedule_timeout", None)
+            if rearm is not None:
+                rearm()
 
     def release(self) -> None:
         """The answer was read to its end: the connection can serve another request."""
@@ -85,10 +90,23 @@ class HTTPTransport:
         return self._session
 
     async def send(
-        self, method: str, url: str, headers: dict[str, str], body: bytes | None
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        body: bytes | None,
+        read_timeout: float | None = None,
     ) -> UpstreamResponse:
+        """Send the request; `read_timeout` bounds each wait for data until changed."""
+        timeout = self._timeout
+        if read_timeout is not None:
+            timeout = aiohttp.ClientTimeout(
+                total=None, connect=None, sock_connect=timeout.sock_connect, sock_read=read_timeout
+            )
         try:
-            resp = await self._client().request(method, url, data=body, headers=headers)
+            resp = await self._client().request(
+                method, url, data=body, headers=headers, timeout=timeout
+            )
         except (aiohttp.ClientError, OSError) as exc:
             raise _translate(exc) from exc
         return UpstreamResponse(resp)

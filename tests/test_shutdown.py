@@ -1,0 +1,106 @@
+"""SIGTERM on a real `noroshi serve`: stop accepting, drain open streams, then cut the rest."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from asyncio.subprocess import Process
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.conftest import free_port, openai_config
+from tests.fakes.upstream import FakeOpenAI, Reply
+
+HI = [{"role": "user", "content": "Hi"}]
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[FakeOpenAI]:
+    async with FakeOpenAI() as fake:
+        yield fake
+
+
+async def start_server(tmp_path: Path, config: str) -> tuple[Process, str]:
+    path = tmp_path / "noroshi.toml"
+    path.write_text(config)
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NOROSHI_")}
+    proc = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "noroshi", "serve", "--config", str(path), "--port", str(port)),
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    async with aiohttp.ClientSession() as s:
+        for _ in range(300):
+            try:
+                async with s.get(f"{base}/health") as r:
+                    if r.status == 200:
+                        return proc, base
+            except aiohttp.ClientConnectionError:
+                await asyncio.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("noroshi serve did not start")
+
+
+async def stop(proc: Process) -> int:
+    try:
+        return await asyncio.wait_for(proc.wait(), 15)
+    except TimeoutError:
+        proc.kill()
+        raise AssertionError("the server did not exit after SIGTERM") from None
+
+
+async def stream_across_sigterm(base: str, proc: Process) -> tuple[bytes, bool]:
+    """Start a stream, SIGTERM the server after its first chunk; the whole body, and whether
+    a new connection was refused meanwhile."""
+    payload = {"model": "fast", "messages": HI, "stream": True}
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(f"{base}/v1/chat/completions", json=payload) as r,
+    ):
+        first = await r.content.readuntil(b"\n\n")
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.3)
+        refused = False
+        try:
+            async with aiohttp.ClientSession() as other, other.get(f"{base}/health") as h:
+                await h.read()
+        except aiohttp.ClientConnectionError:
+            refused = True
+        return first + await r.content.read(), refused
+
+
+async def test_open_stream_finishes_during_drain(tmp_path: Path, upstream: FakeOpenAI) -> None:
+    upstream.default = Reply(text="a b c d e f g h", token_delay=0.15)
+    proc, base = await start_server(tmp_path, openai_config(upstream.base_url))
+    try:
+        body, refused = await stream_across_sigterm(base, proc)
+    finally:
+        code = await stop(proc)
+    assert refused
+    assert body.endswith(b"data: [DONE]\n\n")
+    assert b'"error"' not in body
+    assert code == 0
+
+
+async def test_stream_past_drain_timeout_is_cut_with_error_event(
+    tmp_path: Path, upstream: FakeOpenAI
+) -> None:
+    upstream.default = Reply(text=" ".join(["w"] * 100), token_delay=0.1)
+    config = "[server]\ndrain_timeout_s = 0.5\n" + openai_config(upstream.base_url)
+    proc, base = await start_server(tmp_path, config)
+    try:
+        body, _ = await stream_across_sigterm(base, proc)
+    finally:
+        await stop(proc)
+    assert b"[DONE]" not in body
+    last = body.rstrip(b"\n").rsplit(b"\n\n", 1)[-1]
+    assert b'"code":"shutting_down"' in last
+    assert await upstream.wait_disconnect()
