@@ -32,20 +32,22 @@ def write_config(tmp_path: Path, text: str, environ: dict[str, str] | None = Non
     return load_config(path, environ or {})
 
 
-def openai_config(base_url: str, extra: str = "", **models: str) -> str:
+def openai_config(base_url: str, extra: str = "", routing: str = "") -> str:
     """A config with provider `up` at `base_url` and model `fast` -> up/m1, plus `extra`."""
     return f"""
 [providers.up]
 type = "openai"
 base_url = "{base_url}"
 api_key = "test-key"
-first_byte_timeout_s = 2
-idle_timeout_s = 1
+first_byte_timeout_s = 0.5
+idle_timeout_s = 0.5
 total_timeout_s = 10
 
 [routing]
 backoff_base_s = 0.01
 backoff_max_s = 0.05
+max_retry_after_s = 0.5
+{routing}
 
 [[models]]
 name = "fast"
