@@ -1,0 +1,120 @@
+"""The `noroshi` command and the ASGI entry point, run as real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.conftest import free_port, openai_config
+from tests.fakes.upstream import FakeOpenAI
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NOROSHI_")}
+    return {**env, **extra}
+
+
+async def run(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "noroshi", *args,
+        env=env or clean_env(),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode()
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[FakeOpenAI]:
+    async with FakeOpenAI() as fake:
+        yield fake
+
+
+async def test_doctor_reaches_each_provider(tmp_path: Path, upstream: FakeOpenAI) -> None:
+    config = openai_config(upstream.base_url) + (
+        '\n[providers.gone]\ntype = "openai"\nbase_url = "http://127.0.0.1:9/v1"\n'
+    )
+    path = tmp_path / "c.toml"
+    path.write_text(config)
+    code, out = await run("doctor", "--config", str(path))
+    assert code == 1
+    assert f"provider up (openai, {upstream.base_url}): reachable, 2 models listed" in out
+    assert "provider gone (openai, http://127.0.0.1:9/v1): NOT OK: Could not connect" in out
+    assert "providers.gone.api_key is empty" in out
+    assert "Traceback" not in out
+
+
+async def test_doctor_names_a_missing_secret(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[providers.up]\ntype = "openai"\napi_key = "${UP_KEY}"\n')
+    code, out = await run("doctor", "--config", str(path))
+    assert code == 2
+    assert "providers.up.api_key: environment variable UP_KEY is not set" in out
+
+
+async def test_doctor_all_ok(tmp_path: Path, upstream: FakeOpenAI) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(openai_config(upstream.base_url))
+    code, out = await run("doctor", "--config", str(path))
+    assert code == 0, out
+    assert "config: ok (1 providers, 1 models)" in out
+
+
+async def wait_health(base: str) -> dict[str, object]:
+    async with aiohttp.ClientSession() as s:
+        for _ in range(300):
+            try:
+                async with s.get(f"{base}/health") as r:
+                    body: dict[str, object] = await r.json()
+                    return body
+            except aiohttp.ClientConnectionError:
+                await asyncio.sleep(0.05)
+    raise AssertionError("the server did not start")
+
+
+async def ask(base: str) -> str:
+    payload = {"model": "fast", "messages": [{"role": "user", "content": "echo: pong"}]}
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(f"{base}/v1/chat/completions", json=payload) as r,
+    ):
+        body = await r.json()
+        return str(body["choices"][0]["message"]["content"])
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["-m", "noroshi", "serve", "--workers", "2", "--port", "{port}"],
+        ["-m", "uvicorn", "noroshi.asgi:app", "--port", "{port}", "--log-level", "warning"],
+    ],
+    ids=["serve-2-workers", "uvicorn"],
+)
+async def test_entry_points_serve_the_config(
+    tmp_path: Path, upstream: FakeOpenAI, command: list[str]
+) -> None:
+    path = tmp_path / "noroshi.toml"
+    path.write_text(openai_config(upstream.base_url))
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        *(arg.format(port=port) for arg in command),
+        env=clean_env(NOROSHI_CONFIG=str(path)),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        assert (await wait_health(base))["status"] == "ok"
+        assert await ask(base) == "pong"
+    finally:
+        proc.terminate()
+        await asyncio.wait_for(proc.wait(), 20)
