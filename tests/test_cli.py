@@ -102,7 +102,9 @@ async def test_entry_points_serve_the_config(
     tmp_path: Path, upstream: FakeOpenAI, command: list[str]
 ) -> None:
     path = tmp_path / "noroshi.toml"
-    path.write_text(openai_config(upstream.base_url))
+    # Granian can miss a SIGTERM that lands while a worker is still starting; it then kills
+    # the worker after drain_timeout_s + 5 s, so keep that short here
+    path.write_text("[server]\ndrain_timeout_s = 0\n" + openai_config(upstream.base_url))
     port = free_port()
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -117,4 +119,4 @@ async def test_entry_points_serve_the_config(
         assert await ask(base) == "pong"
     finally:
         proc.terminate()
-        await asyncio.wait_for(proc.wait(), 20)
+        await asyncio.wait_for(proc.wait(), 30)

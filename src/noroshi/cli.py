@@ -63,7 +63,7 @@ def serve(config_path: str | None, host: str | None, port: int | None, workers: 
         workers=server.workers,
         loop=Loops.auto,
         websockets=False,
-        workers_kill_timeout=int(server.drain_timeout_s) + 10,
+        workers_kill_timeout=int(server.drain_timeout_s) + 5,
         log_access=False,
     ).serve()
 

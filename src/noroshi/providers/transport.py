@@ -77,6 +77,14 @@ class HTTPTransport:
             total=None, connect=None, sock_connect=connect_timeout, sock_read=None
         )
         self._session: aiohttp.ClientSession | None = None
+        self._read_timeouts: dict[float, aiohttp.ClientTimeout] = {}
+
+    def _read_timeout(self, seconds: float) -> aiohttp.ClientTimeout:
+        timeout = aiohttp.ClientTimeout(
+            total=None, connect=None, sock_connect=self._timeout.sock_connect, sock_read=seconds
+        )
+        self._read_timeouts[seconds] = timeout
+        return timeout
 
     def _client(self) -> aiohttp.ClientSession:
         # made on first use, inside the running loop, which aiohttp requires
@@ -100,9 +108,7 @@ class HTTPTransport:
         """Send the request; `read_timeout` bounds each wait for data until changed."""
         timeout = self._timeout
         if read_timeout is not None:
-            timeout = aiohttp.ClientTimeout(
-                total=None, connect=None, sock_connect=timeout.sock_connect, sock_read=read_timeout
-            )
+            timeout = self._read_timeouts.get(read_timeout) or self._read_timeout(read_timeout)
         try:
             resp = await self._client().request(
                 method, url, data=body, headers=headers, timeout=timeout
