@@ -23,6 +23,7 @@ from noroshi.http.response import Sink
 from noroshi.http.rsgi import serve_rsgi
 from noroshi.providers.anthropic import AnthropicProvider
 from noroshi.providers.base import Provider
+from noroshi.providers.local import LocalProvider
 from noroshi.providers.openai_compat import OpenAIProvider
 from noroshi.providers.router import ProviderRouter
 from noroshi.types import Middleware
@@ -34,6 +35,7 @@ log = logging.getLogger("noroshi")
 PROVIDER_TYPES: dict[str, type[Provider]] = {
     "openai": OpenAIProvider,
     "anthropic": AnthropicProvider,
+    "local": LocalProvider,
 }
 
 

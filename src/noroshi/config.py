@@ -6,6 +6,7 @@ key at fault, so the CLI can print one line and exit 2 instead of a traceback.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import tomllib
@@ -51,7 +52,7 @@ class ServerConfig(_Section):
 
 
 class ProviderConfig(_Section):
-    type: Literal["openai", "anthropic"]
+    type: Literal["openai", "anthropic", "local"]
     base_url: str = ""
     api_key: str = ""
     headers: dict[str, str] = {}
@@ -61,13 +62,20 @@ class ProviderConfig(_Section):
     total_timeout_s: Positive = 600.0
     max_connections: Annotated[int, msgspec.Meta(ge=1)] = 256
     anthropic_version: str = "2023-06-01"
+    # type = "local" only: a GGUF file run by llama.cpp in a worker thread
+    model_path: str = ""
+    context_tokens: Annotated[int, msgspec.Meta(ge=256)] = 4096
+    threads: Annotated[int, msgspec.Meta(ge=0)] = 0
+    queue_size: Annotated[int, msgspec.Meta(ge=1)] = 8
+    max_tokens: Annotated[int, msgspec.Meta(ge=1)] = 512
 
     def __post_init__(self) -> None:
         if not self.base_url:
-            self.base_url = _DEFAULT_BASE_URLS[self.type]
+            self.base_url = _DEFAULT_BASE_URLS.get(self.type, "")
         self.base_url = self.base_url.rstrip("/")
 
 
+_EXTRAS = {"local": ("llama_cpp", "local")}  # provider type -> (module it needs, extra)
 _DEFAULT_BASE_URLS = {
     "openai": "https://api.openai.com/v1",
     "anthropic": "https://api.anthropic.com",
@@ -224,6 +232,13 @@ def _split_validation_error(text: str) -> tuple[str, str]:
 
 
 def _check_references(config: Config) -> None:
+    for name, provider in config.providers.items():
+        extra = _EXTRAS.get(provider.type)
+        if extra and importlib.util.find_spec(extra[0]) is None:
+            raise ConfigError(
+                f"providers.{name}.type: '{provider.type}' needs the optional extra: "
+                f"pip install 'noroshi[{extra[1]}]'"
+            )
     names = [m.name for m in config.models]
     seen: set[str] = set()
     for i, model in enumerate(config.models):

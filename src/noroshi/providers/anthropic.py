@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 
 from noroshi.errors import UpstreamError, UpstreamProtocolError, UpstreamTimeout
-from noroshi.providers.base import MAX_ANSWER_BYTES, Call, Provider, Usage, upstream_error
+from noroshi.providers.base import MAX_ANSWER_BYTES, Call, HTTPProvider, Usage, upstream_error
 from noroshi.providers.transport import UpstreamResponse
 from noroshi.wire import openai as oa
 from noroshi.wire.sse import SSEDecoder
@@ -223,10 +223,6 @@ def from_anthropic(body: dict[str, Any]) -> tuple[oa.ChatCompletion, Usage]:
     return completion, usage
 
 
-def _frame(chunk: oa.ChatCompletionChunk) -> bytes:
-    return b"data: " + _encode(chunk) + b"\n\n"
-
-
 def _error_message(body: Any) -> str | None:
     err = body.get("error") if isinstance(body, dict) else None
     return str(err.get("message") or err) if isinstance(err, dict) else None
@@ -245,7 +241,7 @@ class _StreamState:
         self.finish: str | None = None
 
     def chunk(self, delta: oa.Delta, finish: str | None = None) -> bytes:
-        return _frame(
+        return oa.frame_chunk(
             oa.ChatCompletionChunk(
                 id=self.id,
                 created=self.created,
@@ -321,7 +317,7 @@ class _StreamState:
 
     def usage_chunk(self) -> bytes:
         u = self.usage
-        return _frame(
+        return oa.frame_chunk(
             oa.ChatCompletionChunk(
                 id=self.id,
                 created=self.created,
@@ -334,7 +330,7 @@ class _StreamState:
         )
 
 
-class AnthropicProvider(Provider):
+class AnthropicProvider(HTTPProvider):
     def _headers(self) -> dict[str, str]:
         headers = {
             "content-type": "application/json",

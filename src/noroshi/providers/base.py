@@ -14,11 +14,19 @@ from typing import Any
 import msgspec
 
 from noroshi.config import ProviderConfig
-from noroshi.errors import UpstreamError
+from noroshi.errors import BadRequest, UpstreamError
 from noroshi.providers.transport import MAX_ERROR_BODY, HTTPTransport, UpstreamResponse
 from noroshi.wire.openai import ChatRequest
 
-__all__ = ["Call", "Provider", "Usage", "upstream_error"]
+__all__ = [
+    "Call",
+    "Embedded",
+    "HTTPProvider",
+    "Provider",
+    "Routed",
+    "Usage",
+    "upstream_error",
+]
 
 MAX_ANSWER_BYTES = 32 * 1024 * 1024
 
@@ -28,33 +36,30 @@ class Usage(msgspec.Struct):
     completion_tokens: int = 0
 
 
-class Call:
+class Routed:
+    """What the router tracks for any request it routes: which model, which deployment, tries."""
+
+    __slots__ = ("attempts", "deployment", "model", "request_id", "started", "usage")
+
+    def __init__(self, model: str, request_id: str = "") -> None:
+        self.model = model
+        self.request_id = request_id
+        self.deployment = ""
+        self.attempts = 0
+        self.usage: Usage | None = None
+        self.started = time.monotonic()
+
+
+class Call(Routed):
     """One chat request on its way through the router to a provider, and what came back."""
 
-    __slots__ = (
-        "attempts",
-        "body",
-        "chunks",
-        "deadline",
-        "deployment",
-        "first_byte_at",
-        "model",
-        "request",
-        "request_id",
-        "started",
-        "usage",
-    )
+    __slots__ = ("body", "chunks", "deadline", "first_byte_at", "request")
 
     def __init__(self, request: ChatRequest, body: dict[str, Any], request_id: str = "") -> None:
+        super().__init__(request.model, request_id)
         self.request = request
         self.body = body  # the client's JSON as decoded, so unknown fields reach the upstream
-        self.request_id = request_id
-        self.model = request.model
-        self.deployment = ""
-        self.usage: Usage | None = None
         self.chunks = 0
-        self.attempts = 0
-        self.started = time.monotonic()
         self.first_byte_at: float | None = None
         self.deadline = 0.0
 
@@ -63,28 +68,58 @@ class Call:
         return self.request.include_usage
 
 
+class Embedded(msgspec.Struct):
+    vectors: list[list[float]]
+    prompt_tokens: int
+
+
 class Provider(abc.ABC):
-    """One configured upstream: `complete` answers at once, `stream` yields OpenAI chunk events."""
+    """One configured upstream: `complete` answers at once, `stream` yields OpenAI chunk events,
+    `embed` turns texts into vectors. A provider that lacks one of these says so with a 400."""
 
     def __init__(self, name: str, config: ProviderConfig) -> None:
         self.name = name
         self.config = config
-        self.transport = HTTPTransport(
-            max_connections=config.max_connections, connect_timeout=config.connect_timeout_s
-        )
 
-    @abc.abstractmethod
     async def complete(self, call: Call, model: str) -> bytes:
         """A `chat.completion` object, encoded; sets `call.usage`."""
+        raise self._unsupported("chat completions")
 
-    @abc.abstractmethod
     def stream(self, call: Call, model: str) -> AsyncGenerator[bytes, None]:
         """`chat.completion.chunk` events, SSE-framed (`data: {...}\\n\\n`, one or more per item);
         ends only after the upstream's terminator, which it does not include."""
+        raise self._unsupported("chat completions")
+
+    async def embed(self, texts: list[str], model: str, dimensions: int | None) -> Embedded:
+        raise self._unsupported("embeddings")
 
     @abc.abstractmethod
     async def probe(self) -> str:
         """Reach the upstream once and say what answered (used by `noroshi doctor`)."""
+
+    def describe(self) -> dict[str, Any]:
+        """What `/health` shows of this provider."""
+        return {"type": self.config.type}
+
+    async def close(self) -> None:  # noqa: B027 - most providers hold nothing to close
+        return None
+
+    def _unsupported(self, what: str) -> BadRequest:
+        return BadRequest(
+            f"Provider '{self.name}' ({self.config.type}) does not serve {what}.",
+            param="model",
+            code="unsupported_model",
+        )
+
+
+class HTTPProvider(Provider):
+    """A provider reached over HTTP through one pooled transport."""
+
+    def __init__(self, name: str, config: ProviderConfig) -> None:
+        super().__init__(name, config)
+        self.transport = HTTPTransport(
+            max_connections=config.max_connections, connect_timeout=config.connect_timeout_s
+        )
 
     async def close(self) -> None:
         await self.transport.close()

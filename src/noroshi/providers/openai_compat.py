@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 
 from noroshi.errors import UpstreamError, UpstreamProtocolError, UpstreamTimeout
-from noroshi.providers.base import MAX_ANSWER_BYTES, Call, Provider, Usage, upstream_error
+from noroshi.providers.base import MAX_ANSWER_BYTES, Call, HTTPProvider, Usage, upstream_error
 from noroshi.providers.transport import UpstreamResponse
 from noroshi.wire.sse import SSEDecoder
 
@@ -42,7 +42,7 @@ def _error_message(body: Any) -> str | None:
     return str(err) if err else None
 
 
-class OpenAIProvider(Provider):
+class OpenAIProvider(HTTPProvider):
     def _headers(self) -> dict[str, str]:
         headers = {"content-type": "application/json", "accept-encoding": "identity"}
         if self.config.api_key:

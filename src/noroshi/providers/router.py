@@ -27,7 +27,7 @@ from noroshi.errors import (
     UpstreamRejected,
     UpstreamTimeout,
 )
-from noroshi.providers.base import Call, Provider
+from noroshi.providers.base import Call, Embedded, Provider, Routed
 
 __all__ = ["Deployment", "ProviderRouter"]
 
@@ -75,16 +75,14 @@ class ProviderRouter:
         return model in self.routes
 
     async def complete(self, call: Call) -> bytes:
-        async def attempt(dep: Deployment) -> bytes:
-            try:
-                async with asyncio.timeout(dep.provider.config.total_timeout_s):
-                    return await dep.provider.complete(call, dep.model)
-            except TimeoutError:
-                raise UpstreamTimeout(
-                    "The upstream did not answer within the total timeout."
-                ) from None
+        return await self._with_retries(
+            call, lambda dep: _within_total(dep, dep.provider.complete(call, dep.model))
+        )
 
-        return await self._with_retries(call, attempt)
+    async def embed(self, routed: Routed, texts: list[str], dimensions: int | None) -> Embedded:
+        return await self._with_retries(
+            routed, lambda dep: _within_total(dep, dep.provider.embed(texts, dep.model, dimensions))
+        )
 
     async def open_stream(self, call: Call) -> Opened:
         """The first chunk and the rest of the stream; everything before it may be retried."""
@@ -111,7 +109,7 @@ class ProviderRouter:
 
         return await self._with_retries(call, attempt)
 
-    async def _with_retries(self, call: Call, attempt: Callable[[Deployment], Awaitable[T]]) -> T:
+    async def _with_retries(self, call: Routed, attempt: Callable[[Deployment], Awaitable[T]]) -> T:
         route = self.routes.get(call.model)
         if route is None:
             raise ModelNotFound(call.model)
@@ -190,6 +188,14 @@ class ProviderRouter:
             f"No deployment of model '{route.name}' is available; all are cooling down.",
             headers={"retry-after": str(max(1, round(wait)))},
         )
+
+
+async def _within_total(dep: Deployment, answer: Awaitable[T]) -> T:
+    try:
+        async with asyncio.timeout(dep.provider.config.total_timeout_s):
+            return await answer
+    except TimeoutError:
+        raise UpstreamTimeout("The upstream did not answer within the total timeout.") from None
 
 
 def _for_client(exc: NoroshiError) -> NoroshiError:

@@ -28,6 +28,7 @@ __all__ = [
     "ToolCallFunction",
     "Usage",
     "chat_request_decoder",
+    "frame_chunk",
 ]
 
 
@@ -216,3 +217,11 @@ class ChatCompletionChunk(Struct):
     choices: list[ChunkChoice]
     usage: Usage | None = None
     object: str = "chat.completion.chunk"
+
+
+_encode = msgspec.json.encode
+
+
+def frame_chunk(chunk: ChatCompletionChunk) -> bytes:
+    """One chunk as an SSE event, the framing every provider's stream yields."""
+    return b"data: " + _encode(chunk) + b"\n\n"
