@@ -101,7 +101,7 @@ class Provider(abc.ABC):
         """What `/health` shows of this provider."""
         return {"type": self.config.type}
 
-    async def close(self) -> None:  # noqa: B027 - most providers hold nothing to close
+    async def close(self) -> None:
         return None
 
     def _unsupported(self, what: str) -> BadRequest:
