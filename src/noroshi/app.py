@@ -13,9 +13,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from noroshi.api import health, openai
+from noroshi.api import health, openai, simple
 from noroshi.config import Config, ProviderConfig, load_config
-from noroshi.errors import NoroshiError, Unavailable
+from noroshi.errors import BadRequest, NoDeployment, NoroshiError, Unavailable
 from noroshi.http import Request, Response, Router, StreamResponse
 from noroshi.http.asgi import Receive, Scope, Send, serve_asgi
 from noroshi.http.middleware import compose
@@ -52,9 +52,24 @@ class App:
         self.router = Router()
         health.install(self.router, self)
         openai.install(self.router, self)
+        simple.install(self.router, self)
         self._handle = compose(middleware, self._route)
         self.streams: set[StreamResponse] = set()
         self.draining = False
+        self.server = ""  # which server runs us, set by the transport adapter
+
+    def default_chat_model(self) -> str:
+        name = self.config.defaults.chat_model or next(iter(self.models.routes), "")
+        if not name:
+            raise NoDeployment("No model is configured; add a [[models]] entry.")
+        return name
+
+    def default_embedding_model(self) -> str:
+        name = self.config.defaults.embedding_model
+        if not name:
+            raise BadRequest("No embedding model is configured: name one in `model`, or set "
+                             "defaults.embedding_model.", param="model")  # fmt: skip
+        return name
 
     async def _route(self, request: Request) -> Response:
         handler, request.params = self.router.match(request.method, request.path)

@@ -9,7 +9,8 @@ import sys
 import click
 
 from noroshi import __version__
-from noroshi.config import Config, ConfigError, find_config_file, load_config
+from noroshi.config import Config, ConfigError, data_dir, find_config_file, load_config
+from noroshi.store import open_database
 
 EXIT_CONFIG = 2
 
@@ -48,13 +49,22 @@ def serve(config_path: str | None, host: str | None, port: int | None, workers: 
     from granian.constants import Interfaces, Loops
 
     url = f"http://{server.host}:{server.port}"
-    click.echo(f"noroshi {__version__} on {url} (config: {config.source or 'defaults'})")
+    directory = data_dir(config)
+    database = open_database(directory)
+    click.echo(f"noroshi {__version__} on {url}")
+    click.echo(f"  config: {config.source or 'none (embedded defaults)'}")
+    click.echo(f"  data:   {directory} (database {database.name})")
     if config.models:
+        model = config.defaults.chat_model or config.models[0].name
+        click.echo(f"  models: {', '.join(m.name for m in config.models)}")
         click.echo(
-            f"  try: curl {url}/v1/chat/completions -H 'content-type: application/json' "
-            f'-d \'{{"model": "{config.models[0].name}", "stream": true, '
-            f'"messages": [{{"role": "user", "content": "Hello"}}]}}\''
+            f"  try:    curl -N {url}/api/chat -H 'content-type: application/json' "
+            f'-d \'{{"model": "{model}", "messages": [{{"role": "user", '
+            f'"content": "Hello"}}]}}\''
         )
+    else:
+        click.echo("  models: none; install the local model with pip install 'noroshi[local]',"
+                   " or add [[models]] to the config (see noroshi.example.toml)")  # fmt: skip
     Granian(
         "noroshi.rsgi:app",
         address=server.host,

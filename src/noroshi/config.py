@@ -19,11 +19,13 @@ import msgspec
 __all__ = [
     "Config",
     "ConfigError",
+    "DefaultsConfig",
     "DeploymentConfig",
     "ModelConfig",
     "ProviderConfig",
     "RoutingConfig",
     "ServerConfig",
+    "data_dir",
     "find_config_file",
     "load_config",
 ]
@@ -48,6 +50,7 @@ class ServerConfig(_Section):
     workers: Annotated[int, msgspec.Meta(ge=1)] = 1
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1)] = 1024 * 1024
     max_stream_bytes: Annotated[int, msgspec.Meta(ge=1)] = 64 * 1024 * 1024
+    data_dir: str = ""  # default: $XDG_DATA_HOME/noroshi, else ~/.local/share/noroshi
     drain_timeout_s: Annotated[float, msgspec.Meta(ge=0)] = 30.0
 
 
@@ -67,7 +70,7 @@ class ProviderConfig(_Section):
     context_tokens: Annotated[int, msgspec.Meta(ge=256)] = 4096
     threads: Annotated[int, msgspec.Meta(ge=0)] = 0
     queue_size: Annotated[int, msgspec.Meta(ge=1)] = 8
-    max_tokens: Annotated[int, msgspec.Meta(ge=1)] = 512
+    max_tokens: Annotated[int, msgspec.Meta(ge=1)] = 256
 
     def __post_init__(self) -> None:
         if not self.base_url:
@@ -103,8 +106,14 @@ class RoutingConfig(_Section):
     cooldown_s: Annotated[float, msgspec.Meta(ge=0)] = 30.0
 
 
+class DefaultsConfig(_Section):
+    chat_model: str = ""  # used when a simple endpoint names no model; default: the first model
+    embedding_model: str = ""  # used by /api/embed; default: the first local embedding model
+
+
 class Config(_Section):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
+    defaults: DefaultsConfig = msgspec.field(default_factory=DefaultsConfig)
     providers: dict[str, ProviderConfig] = {}
     models: list[ModelConfig] = []
     routing: RoutingConfig = msgspec.field(default_factory=RoutingConfig)
@@ -156,9 +165,33 @@ def load_config(
         name: _convert(value, ProviderConfig, f"providers.{name}")
         for name, value in providers.items()
     }
+    if not config.providers and not config.models:
+        _use_embedded_defaults(config)
     _check_references(config)
     config.source = str(file) if file is not None else None
     return config
+
+
+def _use_embedded_defaults(config: Config) -> None:
+    """With no provider configured, the local model serves as model `local`, the way SQLite
+    serves as the embedded database; only when the `local` extra is installed."""
+    if importlib.util.find_spec("llama_cpp") is None:
+        return
+    config.providers["local"] = ProviderConfig(type="local")
+    config.models.append(ModelConfig(
+        name="local", deployments=[DeploymentConfig(provider="local", model="gemma-3-270m")]
+    ))  # fmt: skip
+
+
+def data_dir(config: Config) -> Path:
+    """Where the embedded database and other state live; made on first use."""
+    if config.server.data_dir:
+        path = Path(config.server.data_dir).expanduser()
+    else:
+        base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+        path = Path(base) / "noroshi"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def _apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
@@ -241,6 +274,11 @@ def _check_references(config: Config) -> None:
             )
     names = [m.name for m in config.models]
     seen: set[str] = set()
+    defaults = config.defaults
+    for key in ("chat_model", "embedding_model"):
+        name = getattr(defaults, key)
+        if name and name not in names:
+            raise ConfigError(f"defaults.{key}: no model named '{name}'")
     for i, model in enumerate(config.models):
         if model.name in seen:
             raise ConfigError(f"models.{i}.name: model '{model.name}' is defined twice")

@@ -1,7 +1,8 @@
-"""`GET /health`: liveness and what is running."""
+"""`GET /health`: liveness, and what is running: version, runtime, role, default models."""
 
 from __future__ import annotations
 
+import platform
 import time
 from typing import TYPE_CHECKING
 
@@ -13,13 +14,20 @@ if TYPE_CHECKING:
 
 
 def install(router: Router, app: App) -> None:
+    python = platform.python_version()
+
     async def health(request: Request) -> Response:
-        return JSONResponse(
-            {
-                "status": "draining" if app.draining else "ok",
-                "version": __version__,
-                "uptime_s": round(time.monotonic() - app.started, 3),
-            }
-        )
+        defaults = app.config.defaults
+        return JSONResponse({
+            "status": "draining" if app.draining else "ok",
+            "version": __version__,
+            "uptime_s": round(time.monotonic() - app.started, 3),
+            "runtime": {"python": python, "server": app.server, "role": "all"},
+            "models": {
+                "chat": defaults.chat_model or next(iter(app.models.routes), None),
+                "embedding": defaults.embedding_model or None,
+            },
+            "providers": {name: p.describe() for name, p in app.providers.items()},
+        })  # fmt: skip
 
     router.add("GET", "/health", health)

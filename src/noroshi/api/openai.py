@@ -1,23 +1,26 @@
-"""The OpenAI-compatible surface: `/v1/chat/completions` and `/v1/models`."""
+"""The OpenAI-compatible surface: `/v1/chat/completions`, `/v1/embeddings`, `/v1/models`."""
 
 from __future__ import annotations
 
+import base64
+import struct
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from noroshi.errors import ModelNotFound
+from noroshi.errors import BadRequest, ModelNotFound
 from noroshi.http import JSONResponse, Request, Response, Router, StreamResponse
-from noroshi.providers.base import Call
-from noroshi.wire.openai import chat_request_decoder
+from noroshi.providers.base import Call, Embedded, Routed
+from noroshi.wire.openai import ChatRequest, EmbeddingRequest, chat_request_decoder
 
 if TYPE_CHECKING:
     from noroshi.app import App
 
 _decode_chat = chat_request_decoder()
 _decode_any = msgspec.json.Decoder()
+_decode_embedding = msgspec.json.Decoder(EmbeddingRequest)
 _DONE = b"data: [DONE]\n\n"
 
 
@@ -32,15 +35,36 @@ async def relay(first: bytes, rest: AsyncGenerator[bytes, None]) -> AsyncIterato
         await rest.aclose()  # closing this generator must close the upstream at once
 
 
+def new_call(app: App, chat: ChatRequest, body: dict[str, Any] | None, request_id: str) -> Call:
+    """A routed chat call; `body` is the client's JSON, rebuilt from `chat` when it has none."""
+    if chat.model not in app.models:
+        raise ModelNotFound(chat.model)
+    return Call(chat, body if body is not None else msgspec.to_builtins(chat), request_id)
+
+
+def embeddings_answer(request: EmbeddingRequest, model: str, embedded: Embedded) -> bytes:
+    """OpenAI's embedding list; base64 is the little-endian float32 array, as OpenAI sends it."""
+    data = []
+    for i, vector in enumerate(embedded.vectors):
+        value: object = vector
+        if request.encoding_format == "base64":
+            value = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+        data.append({"object": "embedding", "index": i, "embedding": value})
+    tokens = embedded.prompt_tokens
+    return msgspec.json.encode({
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    })  # fmt: skip
+
+
 def install(router: Router, app: App) -> None:
     created = int(time.time())
 
     async def chat_completions(request: Request) -> Response:
         chat = await request.json(_decode_chat)
-        body = await request.body()
-        if chat.model not in app.models:
-            raise ModelNotFound(chat.model)
-        call = Call(chat, _decode_any.decode(body), request.id)
+        call = new_call(app, chat, _decode_any.decode(await request.body()), request.id)
         if chat.stream:
             first, rest = await app.models.open_stream(call)
             return StreamResponse(relay(first, rest), max_bytes=app.config.server.max_stream_bytes)
@@ -58,6 +82,18 @@ def install(router: Router, app: App) -> None:
             raise ModelNotFound(name)
         return JSONResponse(describe(name))
 
+    async def embeddings(request: Request) -> Response:
+        body = await request.json(_decode_embedding)
+        if body.model not in app.models:
+            raise ModelNotFound(body.model)
+        if any(not text for text in body.texts):
+            raise BadRequest("Input texts must not be empty.", param="input", code="invalid_value")
+        embedded = await app.models.embed(
+            Routed(body.model, request.id), body.texts, body.dimensions
+        )
+        return Response(embeddings_answer(body, body.model, embedded))
+
     router.add("POST", "/v1/chat/completions", chat_completions)
+    router.add("POST", "/v1/embeddings", embeddings)
     router.add("GET", "/v1/models", list_models)
     router.add("GET", "/v1/models/{model}", get_model)

@@ -7,6 +7,7 @@ cancels the request task so the upstream call stops.
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
@@ -86,6 +87,7 @@ async def serve_asgi(app: App, scope: Scope, receive: Receive, send: Send) -> No
         return
     if kind != "http":
         return
+    app.server = "uvicorn (asgi)" if "uvicorn" in sys.modules else "asgi"
     headers = _decode_headers(scope["headers"])
     limit = app.config.server.max_body_bytes
     disconnected = asyncio.Event()

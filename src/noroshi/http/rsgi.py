@@ -76,6 +76,7 @@ def _body_reader(proto: Any, headers: Any, limit: int) -> Any:
 async def serve_rsgi(app: App, scope: Any, proto: Any) -> None:
     if scope.proto != "http":
         return
+    app.server = "granian (rsgi)"
     headers = scope.headers
     request = Request(
         scope.method,

@@ -22,6 +22,7 @@ __all__ = [
     "Delta",
     "DeltaToolCall",
     "DeltaToolCallFunction",
+    "EmbeddingRequest",
     "Message",
     "Tool",
     "ToolCall",
@@ -225,3 +226,15 @@ _encode = msgspec.json.encode
 def frame_chunk(chunk: ChatCompletionChunk) -> bytes:
     """One chunk as an SSE event, the framing every provider's stream yields."""
     return b"data: " + _encode(chunk) + b"\n\n"
+
+
+class EmbeddingRequest(Struct, omit_defaults=True):
+    model: Annotated[str, Meta(min_length=1)]
+    input: str | Annotated[list[str], Meta(min_length=1, max_length=2048)]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: Annotated[int, Meta(ge=1)] | None = None
+    user: str | None = None
+
+    @property
+    def texts(self) -> list[str]:
+        return [self.input] if isinstance(self.input, str) else self.input
