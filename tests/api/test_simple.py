@@ -149,6 +149,7 @@ async def test_v1_embeddings_float_and_base64(base: str) -> None:
     status, _, body = await post(
         base, "/v1/embeddings", {"model": "embed", "input": "a", "encoding_format": "base64"}
     )
+    assert status == 200
     raw = base64.b64decode(json.loads(body)["data"][0]["embedding"])
     assert list(struct.unpack(f"<{len(raw) // 4}f", raw)) == pytest.approx(
         floats.data[0].embedding, abs=1e-6
