@@ -109,6 +109,7 @@ class LocalEngine:
         self._jobs: queue.Queue[_Job | None] = queue.Queue(maxsize=config.queue_size)
         self._thread: threading.Thread | None = None
         self._llm: Any = None
+        self._busy = threading.Event()
         self.last_job: _Job | None = None
 
     def start(self) -> None:
@@ -117,12 +118,27 @@ class LocalEngine:
             self._thread.start()
 
     def stop(self) -> None:
-        if self._thread is not None:
+        """Cancel every job, running or waiting, and let the thread end."""
+        if self._thread is None:
+            return
+        if self.last_job is not None:
+            self.last_job.cancel.set()
+        while True:
             try:
-                self._jobs.put_nowait(None)
-            except queue.Full:
-                pass
-            self._thread = None
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                job.cancel.set()
+        self._jobs.put_nowait(None)
+        self._thread = None
+
+    def waiting(self) -> int:
+        """Jobs queued behind the one running."""
+        return self._jobs.qsize()
+
+    def idle(self) -> bool:
+        return self._jobs.qsize() == 0 and not self._busy.is_set()
 
     def submit(self, job: _Job) -> None:
         self.start()
@@ -157,6 +173,7 @@ class LocalEngine:
             self.last_job = job
             if job.cancel.is_set():
                 continue
+            self._busy.set()
             try:
                 self._generate(job)
             except NoroshiError as exc:
@@ -164,6 +181,8 @@ class LocalEngine:
             except Exception as exc:
                 log.exception("local generation failed")
                 job.emit(("error", NoroshiError(f"The local model failed: {exc}")))
+            finally:
+                self._busy.clear()
 
     def _generate(self, job: _Job) -> None:
         llm = self._llm
@@ -224,7 +243,10 @@ class LocalProvider(Provider):
         request = call.request
 
         def emit(event: tuple[Any, ...]) -> None:
-            loop.call_soon_threadsafe(events.put_nowait, event)
+            try:
+                loop.call_soon_threadsafe(events.put_nowait, event)
+            except RuntimeError:  # the loop is closed: nobody is listening any more
+                job.cancel.set()
 
         params: dict[str, Any] = {"max_tokens": request.output_limit or self.config.max_tokens}
         if request.temperature is not None:
