@@ -1,0 +1,294 @@
+"""The bench: noroshi against its peers, side by side, in one run.
+
+    python -m bench.run --quick     # seconds: noroshi, the bare relay and the floor; no peers
+    python -m bench.run --full      # every peer; writes docs/benchmarks.md and its chart
+
+Every contender relays to the same fake upstream (bench/upstream.py) on this machine, one
+worker each. Absolute numbers drift on shared machines, so the report gives ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import resource
+import socket
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.loadgen import Result, concurrent_streams, percentile, request_rate
+from bench.procs import Proc, wait_healthy
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+PY = sys.executable
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class Spec:
+    """How to start one contender against a given upstream."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    port: int
+    health_path: str = "/health"
+    chat_path: str = "/v1/chat/completions"
+    model: str = "m"
+    headers: dict[str, str] = field(default_factory=dict)
+    version: str = ""
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def granian(target: str, port: int) -> list[str]:
+    return [PY, "-m", "granian", "--interface", "rsgi", "--host", "127.0.0.1", "--port", str(port),
+            "--workers", "1", "--no-ws", "--log-level", "warning", target]  # fmt: skip
+
+
+def noroshi_spec(port: int, upstream: str, workdir: Path) -> Spec:
+    from noroshi import __version__
+
+    config = workdir / f"noroshi-{port}.toml"
+    config.write_text(f"""
+[server]
+data_dir = "{workdir / "data"}"
+
+[providers.up]
+type = "openai"
+base_url = "{upstream}/v1"
+api_key = "bench"
+
+[[models]]
+name = "m"
+deployments = [{{ provider = "up", model = "m" }}]
+""")
+    argv = [PY, "-m", "noroshi", "serve", "--config", str(config), "--port", str(port)]
+    return Spec("noroshi", argv, {}, port, version=__version__)
+
+
+def builtin_specs(port: int, upstream: str, workdir: Path) -> list[Spec]:
+    import granian as g
+
+    bare = Spec("bare-relay", granian("bench.bare_relay:app", port), {"BENCH_UPSTREAM": upstream},
+                port, version=f"granian {g.__version__}")  # fmt: skip
+    return [noroshi_spec(port, upstream, workdir), bare]
+
+
+def peer_specs(port: int, upstream: str) -> list[Spec]:
+    from bench import contenders
+
+    return [
+        Spec(c.name, c.argv, c.env, port, c.health_path, c.chat_path, c.model, c.headers, c.version)
+        for c in contenders.peers(port, upstream)
+    ]
+
+
+class Upstream:
+    def __init__(self, tokens: int, token_ms: float) -> None:
+        self.port = free_port()
+        env = {"BENCH_TOKENS": str(tokens), "BENCH_TOKEN_MS": str(token_ms)}
+        self.proc = Proc(granian("bench.upstream:app", self.port), env, cwd=str(ROOT))
+        self.url = f"http://127.0.0.1:{self.port}"
+        wait_healthy(f"{self.url}/health", self.proc)
+
+
+class RSSPeak:
+    """Samples a process tree's RSS every 100 ms while a scenario runs."""
+
+    def __init__(self, proc: Proc) -> None:
+        self.proc, self.peak, self._stop = proc, 0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            self.peak = max(self.peak, self.proc.rss())
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return max(self.peak, self.proc.rss())
+
+
+def summary(result: Result, cpu_s: float | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "sent": result.sent,
+        "ok": result.ok,
+        "success_rate": round(result.success_rate, 4),
+        "rps": round(result.rps, 1),
+        "p50_ms": round(percentile(result.latencies, 50) * 1000, 2),
+        "p99_ms": round(percentile(result.latencies, 99) * 1000, 2),
+        "ttfb_p50_ms": round(percentile(result.ttfb, 50) * 1000, 2),
+        "ttfb_p99_ms": round(percentile(result.ttfb, 99) * 1000, 2),
+        "errors": result.errors,
+    }
+    if cpu_s is not None and result.ok:
+        out["cpu_us_per_request"] = round(cpu_s / result.ok * 1e6, 1)
+    return out
+
+
+def start(spec: Spec, cwd: Path) -> tuple[Proc, float]:
+    proc = Proc(spec.argv, spec.env, cwd=str(cwd))
+    try:
+        return proc, wait_healthy(spec.base + spec.health_path, proc, limit_s=120)
+    except BaseException:
+        proc.stop()
+        raise
+
+
+def measure(spec_for: Any, plan: dict[str, Any], fast: Upstream, slow: Upstream,
+            workdir: Path) -> dict[str, Any]:  # fmt: skip
+    """Every scenario for one contender; `spec_for(port, upstream)` builds its Spec."""
+    out: dict[str, Any] = {}
+    colds = []
+    for _ in range(plan["cold_runs"]):
+        spec = spec_for(free_port(), fast.url)
+        proc, cold = start(spec, ROOT)
+        colds.append(cold)
+        proc.stop()
+    out["cold_start_s"] = round(statistics.median(colds), 3)
+    spec = spec_for(free_port(), fast.url)
+    out["version"] = spec.version
+    proc, _ = start(spec, ROOT)
+    try:
+        time.sleep(0.5)
+        out["idle_rss_mb"] = round(proc.rss() / 2**20, 1)
+        url = spec.base + spec.chat_path
+        for name, stream in (("chat", False), ("stream20", True)):
+            payload = {"model": spec.model, "messages": MESSAGES, "stream": stream}
+            before = proc.cpu()
+            result = asyncio.run(request_rate(url, payload, spec.headers, plan["connections"],
+                                              plan["duration"]))  # fmt: skip
+            out[name] = summary(result, proc.cpu() - before)
+    finally:
+        proc.stop()
+    spec = spec_for(free_port(), slow.url)
+    proc, _ = start(spec, ROOT)
+    try:
+        for count in plan["streams"]:
+            payload = {"model": spec.model, "messages": MESSAGES}
+            peak = RSSPeak(proc)
+            result = asyncio.run(concurrent_streams(spec.base + spec.chat_path, payload,
+                                                    spec.headers, count, plan["ramp"],
+                                                    plan["stream_limit"]))  # fmt: skip
+            out[f"streams{count}"] = {
+                **summary(result),
+                "peak_rss_mb": round(peak.stop() / 2**20, 1),
+            }
+    finally:
+        proc.stop()
+    return out
+
+
+def floor(plan: dict[str, Any], fast: Upstream, slow: Upstream) -> dict[str, Any]:
+    """The upstream called directly: the ceiling of req/s and the floor of time to first byte."""
+    out: dict[str, Any] = {}
+    for name, stream in (("chat", False), ("stream20", True)):
+        payload = {"model": "m", "messages": MESSAGES, "stream": stream}
+        result = asyncio.run(request_rate(f"{fast.url}/v1/chat/completions", payload, {},
+                                          plan["connections"], plan["duration"]))  # fmt: skip
+        out[name] = summary(result)
+    for count in plan["streams"]:
+        result = asyncio.run(concurrent_streams(f"{slow.url}/v1/chat/completions",
+                                                {"model": "m", "messages": MESSAGES}, {}, count,
+                                                plan["ramp"], plan["stream_limit"]))  # fmt: skip
+        out[f"streams{count}"] = summary(result)
+    return out
+
+
+QUICK = {"cold_runs": 1, "connections": 16, "duration": 1.0, "streams": [100], "ramp": 0.5,
+         "stream_limit": 60, "token_ms": 20, "tokens": 20}  # fmt: skip
+FULL = {"cold_runs": 5, "connections": 64, "duration": 10.0, "streams": [1000, 5000, 10000],
+        "ramp": 2.0, "stream_limit": 300, "token_ms": 20, "tokens": 200}  # fmt: skip
+
+
+def machine() -> dict[str, Any]:
+    cpu = next((line.split(":", 1)[1].strip() for line in
+                Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
+               platform.processor())  # fmt: skip
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+            "kernel": platform.release(), "date": time.strftime("%Y-%m-%d")}  # fmt: skip
+
+
+def run(mode: str, only: list[str] | None) -> dict[str, Any]:
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (65536, 65536))
+    except (ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    plan = QUICK if mode == "quick" else FULL
+    results: dict[str, Any] = {"mode": mode, "plan": plan, "machine": machine(), "contenders": {}}
+    fast = Upstream(20, 0)
+    slow = Upstream(plan["tokens"], plan["token_ms"])
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            workdir = Path(tmp)
+            results["floor"] = floor(plan, fast, slow)
+            names = ["noroshi", "bare-relay"]
+            if mode == "full":
+                from bench import contenders
+
+                contenders.install()
+                results["missing"] = contenders.missing()
+                names += [s.name for s in peer_specs(0, fast.url)]
+            for name in names:
+                if only and name not in only:
+                    continue
+
+                def spec_for(port: int, upstream: str, name: str = name) -> Spec:
+                    specs = builtin_specs(port, upstream, workdir) + (
+                        peer_specs(port, upstream) if mode == "full" else [])  # fmt: skip
+                    return next(s for s in specs if s.name == name)
+
+                print(f"bench: {name}", file=sys.stderr, flush=True)
+                try:
+                    results["contenders"][name] = measure(spec_for, plan, fast, slow, workdir)
+                except RuntimeError as exc:
+                    results["contenders"][name] = {"failed": str(exc)}
+    finally:
+        fast.proc.stop()
+        slow.proc.stop()
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--full", action="store_true", help="every peer, the report and chart")
+    parser.add_argument("--quick", action="store_true", help="seconds; what CI runs (default)")
+    parser.add_argument("--only", nargs="*", help="contender names to run")
+    args = parser.parse_args()
+    mode = "full" if args.full else "quick"
+    results = run(mode, args.only)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{mode}.json"
+    path.write_text(json.dumps(results, indent=2))
+    if mode == "full":
+        from bench.report import write_report
+
+        write_report(results, ROOT / "docs")
+    print(json.dumps({k: v for k, v in results.items() if k != "plan"}, indent=1))
+    print(f"bench: results in {path}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
