@@ -19,3 +19,11 @@ if [ ! -x .venv/bin/python ]; then
     fi
     .venv/bin/python -m pip install -q --upgrade pip
 fi
+
+# The local model's llama.cpp is compiled once, then served from pip's wheel cache: build only
+# the library (no multimodal, tools, tests or examples), on every core.
+export CMAKE_ARGS="${CMAKE_ARGS:--DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF}"
+export CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}"
+if ! command -v g++ >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq && apt-get install -y -qq build-essential >/dev/null
+fi
