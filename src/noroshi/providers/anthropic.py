@@ -15,8 +15,7 @@ from typing import Any
 import msgspec
 
 from noroshi.errors import UpstreamError, UpstreamProtocolError, UpstreamTimeout
-from noroshi.providers.base import MAX_ANSWER_BYTES, Call, HTTPProvider, Usage, upstream_error
-from noroshi.providers.transport import UpstreamResponse
+from noroshi.providers.base import Call, HTTPProvider, Usage
 from noroshi.wire import openai as oa
 from noroshi.wire.sse import SSEDecoder
 
@@ -331,7 +330,9 @@ class _StreamState:
 
 
 class AnthropicProvider(HTTPProvider):
-    def _headers(self) -> dict[str, str]:
+    error_message = staticmethod(_error_message)
+
+    def headers(self) -> dict[str, str]:
         headers = {
             "content-type": "application/json",
             "anthropic-version": self.config.anthropic_version,
@@ -342,33 +343,12 @@ class AnthropicProvider(HTTPProvider):
         headers.update(self.config.headers)
         return headers
 
-    async def _post(self, call: Call, model: str, stream: bool) -> UpstreamResponse:
-        body = _encode(to_anthropic(call.request, model, stream))
-        resp = await self.transport.send(
-            "POST",
-            f"{self.config.base_url}/v1/messages",
-            self._headers(),
-            body,
-            read_timeout=self.config.first_byte_timeout_s if stream else None,
-        )
-        if resp.status >= 400:
-            try:
-                raise await upstream_error(resp, _error_message)
-            finally:
-                resp.close()
-        return resp
-
     async def complete(self, call: Call, model: str) -> bytes:
-        resp = await self._post(call, model, stream=False)
+        raw = await self.fetch(
+            "POST", "/v1/messages", _encode(to_anthropic(call.request, model, False))
+        )
         try:
-            raw = await resp.read(MAX_ANSWER_BYTES)
-        except BaseException:
-            resp.close()
-            raise
-        resp.release()
-        try:
-            body = _decode(raw)
-            completion, usage = from_anthropic(body)
+            completion, usage = from_anthropic(_decode(raw))
         except (msgspec.DecodeError, AttributeError, KeyError, TypeError):
             raise UpstreamProtocolError(
                 "The upstream answer is not a Messages API answer."
@@ -377,7 +357,12 @@ class AnthropicProvider(HTTPProvider):
         return _encode(completion)
 
     async def stream(self, call: Call, model: str) -> AsyncGenerator[bytes, None]:
-        resp = await self._post(call, model, stream=True)
+        resp = await self.request(
+            "POST",
+            "/v1/messages",
+            _encode(to_anthropic(call.request, model, True)),
+            read_timeout=self.config.first_byte_timeout_s,
+        )
         finished = False
         try:
             loop = asyncio.get_running_loop()
@@ -417,12 +402,5 @@ class AnthropicProvider(HTTPProvider):
                 resp.close()
 
     async def probe(self) -> str:
-        resp = await self.transport.send(
-            "GET", f"{self.config.base_url}/v1/models", self._headers(), None
-        )
-        try:
-            if resp.status >= 400:
-                raise await upstream_error(resp, _error_message)
-            return "reachable"
-        finally:
-            resp.close()
+        await self.fetch("GET", "/v1/models", None)
+        return "reachable"

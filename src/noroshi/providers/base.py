@@ -121,6 +121,39 @@ class HTTPProvider(Provider):
             max_connections=config.max_connections, connect_timeout=config.connect_timeout_s
         )
 
+    @abc.abstractmethod
+    def headers(self) -> dict[str, str]:
+        """Credentials and content headers for every request."""
+
+    @staticmethod
+    @abc.abstractmethod
+    def error_message(body: Any) -> str | None:
+        """The message inside this provider's JSON error body."""
+
+    async def request(
+        self, method: str, path: str, body: bytes | None, read_timeout: float | None = None
+    ) -> UpstreamResponse:
+        """A started answer; an error status is raised as an `UpstreamError`."""
+        url = f"{self.config.base_url}{path}"
+        resp = await self.transport.send(method, url, self.headers(), body, read_timeout)
+        if resp.status >= 400:
+            try:
+                raise await upstream_error(resp, self.error_message)
+            finally:
+                resp.close()
+        return resp
+
+    async def fetch(self, method: str, path: str, body: bytes | None) -> bytes:
+        """The whole answer; its connection goes back to the pool."""
+        resp = await self.request(method, path, body)
+        try:
+            raw = await resp.read(MAX_ANSWER_BYTES)
+        except BaseException:
+            resp.close()
+            raise
+        resp.release()
+        return raw
+
     async def close(self) -> None:
         await self.transport.close()
 

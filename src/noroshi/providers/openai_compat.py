@@ -15,14 +15,11 @@ import msgspec
 
 from noroshi.errors import UpstreamError, UpstreamProtocolError, UpstreamTimeout
 from noroshi.providers.base import (
-    MAX_ANSWER_BYTES,
     Call,
     Embedded,
     HTTPProvider,
     Usage,
-    upstream_error,
 )
-from noroshi.providers.transport import UpstreamResponse
 from noroshi.wire.sse import SSEDecoder
 
 __all__ = ["OpenAIProvider"]
@@ -61,42 +58,26 @@ def _error_message(body: Any) -> str | None:
 
 
 class OpenAIProvider(HTTPProvider):
-    def _headers(self) -> dict[str, str]:
+    error_message = staticmethod(_error_message)
+
+    def headers(self) -> dict[str, str]:
         headers = {"content-type": "application/json", "accept-encoding": "identity"}
         if self.config.api_key:
             headers["authorization"] = f"Bearer {self.config.api_key}"
         headers.update(self.config.headers)
         return headers
 
-    async def _post(self, call: Call, model: str, stream: bool) -> UpstreamResponse:
+    def _body(self, call: Call, model: str, stream: bool) -> bytes:
         body = dict(call.body)
         body["model"] = model
         body["stream"] = stream
         if stream:
             # always ask for usage, so every stream can be accounted; dropped if not asked for
             body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
-        resp = await self.transport.send(
-            "POST",
-            f"{self.config.base_url}/chat/completions",
-            self._headers(),
-            _encode(body),
-            read_timeout=self.config.first_byte_timeout_s if stream else None,
-        )
-        if resp.status >= 400:
-            try:
-                raise await upstream_error(resp, _error_message)
-            finally:
-                resp.close()
-        return resp
+        return _encode(body)
 
     async def complete(self, call: Call, model: str) -> bytes:
-        resp = await self._post(call, model, stream=False)
-        try:
-            body = await resp.read(MAX_ANSWER_BYTES)
-        except BaseException:
-            resp.close()
-            raise
-        resp.release()
+        body = await self.fetch("POST", "/chat/completions", self._body(call, model, False))
         try:
             peek = _peek.decode(body)
         except msgspec.DecodeError:
@@ -109,7 +90,12 @@ class OpenAIProvider(HTTPProvider):
         return body
 
     async def stream(self, call: Call, model: str) -> AsyncGenerator[bytes, None]:
-        resp = await self._post(call, model, stream=True)
+        resp = await self.request(
+            "POST",
+            "/chat/completions",
+            self._body(call, model, True),
+            read_timeout=self.config.first_byte_timeout_s,
+        )
         finished = False
         try:
             ctype = resp.header("content-type") or ""
@@ -163,17 +149,7 @@ class OpenAIProvider(HTTPProvider):
         body: dict[str, Any] = {"model": model, "input": texts, "encoding_format": "float"}
         if dimensions is not None:
             body["dimensions"] = dimensions
-        resp = await self.transport.send(
-            "POST", f"{self.config.base_url}/embeddings", self._headers(), _encode(body)
-        )
-        try:
-            if resp.status >= 400:
-                raise await upstream_error(resp, _error_message)
-            raw = await resp.read(MAX_ANSWER_BYTES)
-        except BaseException:
-            resp.close()
-            raise
-        resp.release()
+        raw = await self.fetch("POST", "/embeddings", _encode(body))
         try:
             answer = _decode_embeddings.decode(raw)
         except msgspec.DecodeError:
@@ -184,14 +160,6 @@ class OpenAIProvider(HTTPProvider):
         return Embedded(vectors=vectors, prompt_tokens=answer.usage.prompt_tokens)
 
     async def probe(self) -> str:
-        resp = await self.transport.send(
-            "GET", f"{self.config.base_url}/models", self._headers(), None
-        )
-        try:
-            if resp.status >= 400:
-                raise await upstream_error(resp, _error_message)
-            body = msgspec.json.decode(await resp.read(MAX_ANSWER_BYTES))
-            models = [m.get("id") for m in body.get("data", []) if isinstance(m, dict)]
-            return f"reachable, {len(models)} models listed"
-        finally:
-            resp.close()
+        body = msgspec.json.decode(await self.fetch("GET", "/models", None))
+        models = [m.get("id") for m in body.get("data", []) if isinstance(m, dict)]
+        return f"reachable, {len(models)} models listed"
