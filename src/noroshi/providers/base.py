@@ -97,6 +97,10 @@ class Provider(abc.ABC):
     async def probe(self) -> str:
         """Reach the upstream once and say what answered (used by `noroshi doctor`)."""
 
+    def warm(self) -> None:
+        """Start loading what the first request would otherwise wait for; never blocks."""
+        return None
+
     def describe(self) -> dict[str, Any]:
         """What `/health` shows of this provider."""
         return {"type": self.config.type}

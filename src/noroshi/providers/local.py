@@ -325,6 +325,9 @@ class LocalProvider(Provider):
             usage=oa.Usage(prompt, completion, prompt + completion),
         ))  # fmt: skip
 
+    def warm(self) -> None:
+        self.engine.start()
+
     async def probe(self) -> str:
         self.engine.start()
         await asyncio.to_thread(self.engine.loaded.wait, 120)
