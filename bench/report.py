@@ -95,6 +95,8 @@ def write_report(results: dict[str, Any], docs: Path) -> None:
             if p50 is not None and f50 is not None and p99 is not None and f99 is not None:
                 lines.append(f"- {n} streams, {name}: +{p50 - f50:.2f} ms p50, "
                              f"+{p99 - f99:.2f} ms p99")  # fmt: skip
+    lines += ["", "## Targets", "", "| target | measured | verdict |", "|---|---|---|"]
+    lines += [f"| {t} | {m} | {v} |" for t, m, v in _targets(contenders, floor)]
     if results.get("missing"):
         lines += ["", "## Not measured", ""]
         lines += [f"- {name}: {why}" for name, why in results["missing"].items()]
@@ -102,6 +104,43 @@ def write_report(results: dict[str, Any], docs: Path) -> None:
     docs.mkdir(exist_ok=True)
     (docs / "benchmarks.md").write_text("\n".join(lines))
     _chart(contenders, docs / "benchmarks.png")
+
+
+def _targets(
+    contenders: dict[str, dict[str, Any]], floor: dict[str, Any]
+) -> list[tuple[str, str, str]]:
+    """Each target of the project, what this run measured, and by how much it holds or misses."""
+    ours = contenders.get("noroshi", {})
+    rows: list[tuple[str, str, str]] = []
+
+    def check(
+        target: str, value: float | None, bound: float | None, above: bool, unit: str
+    ) -> None:
+        if value is None or bound is None:
+            rows.append((target, "-", "not measured"))
+            return
+        ok = value >= bound if above else value <= bound
+        gap = value / bound if bound else float("inf")
+        verdict = "met" if ok else f"missed by {abs(gap - 1) * 100:.0f}%"
+        rows.append((target, f"{value:,.2f}{unit} (target {bound:,.2f}{unit})", verdict))
+
+    rps = _get(ours, "stream20", "rps")
+    for peer, factor in (("hono", 2.0), ("litellm", 50.0)):
+        other = _get(contenders.get(peer, {}), "stream20", "rps")
+        check(f"streaming req/s >= {factor:g}x {peer}", rps,
+              other * factor if other else None, True, " req/s")  # fmt: skip
+    bare = _get(contenders.get("bare-relay", {}), "stream20", "cpu_us_per_request")
+    check("CPU per request <= 1.5x the bare relay", _get(ours, "stream20", "cpu_us_per_request"),
+          bare * 1.5 if bare else None, False, " µs")  # fmt: skip
+    check("10,000 streams on one worker, RSS < 1 GiB", _get(ours, "streams10000", "peak_rss_mb"),
+          1024.0, False, " MiB")  # fmt: skip
+    added = _get(ours, "streams1000", "ttfb_p99_ms")
+    base = _get(floor, "streams1000", "ttfb_p99_ms")
+    delta = added - base if added is not None and base is not None else None
+    check("added TTFB p99 < 5 ms at 1,000 streams", delta, 5.0, False, " ms")
+    check("cold start no slower than hono", _get(ours, "cold_start_s"),
+          _get(contenders.get("hono", {}), "cold_start_s"), False, " s")  # fmt: skip
+    return rows
 
 
 def _chart(contenders: dict[str, dict[str, Any]], path: Path) -> None:
