@@ -56,7 +56,7 @@ class App:
         openai.install(self.router, self)
         simple.install(self.router, self)
         self._handle = compose(middleware, self._route)
-        self.streams: set[StreamResponse] = set()
+        self.streams: dict[StreamResponse, asyncio.Task[Any] | None] = {}
         self.draining = False
         self.server = ""  # which server runs us, set by the transport adapter
 
@@ -92,11 +92,11 @@ class App:
         if not isinstance(response, StreamResponse):
             await response.send(sink)
             return
-        self.streams.add(response)
+        self.streams[response] = request.task
         try:
             await response.send(sink)
         finally:
-            self.streams.discard(response)
+            del self.streams[response]
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -121,12 +121,12 @@ class App:
         asyncio.get_running_loop().call_later(timeout, self._cut_streams)
 
     def _cut_streams(self) -> None:
-        for stream in list(self.streams):
-            stream.cut(
-                Unavailable(
-                    "The server is shutting down; the stream was cut.", code="shutting_down"
-                )
-            )
+        reason = Unavailable(
+            "The server is shutting down; the stream was cut.", code="shutting_down"
+        )
+        for stream, task in list(self.streams.items()):
+            if task is not None:
+                stream.cut(reason, task)
 
     # --- transports ------------------------------------------------------------------------
 

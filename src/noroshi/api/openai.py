@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import struct
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -24,15 +24,10 @@ _decode_embedding = msgspec.json.Decoder(EmbeddingRequest)
 _DONE = b"data: [DONE]\n\n"
 
 
-async def relay(first: bytes, rest: AsyncGenerator[bytes, None]) -> AsyncIterator[bytes]:
-    """The provider's events, then `[DONE]`, which only a complete stream earns."""
-    try:
-        yield first
-        async for events in rest:
-            yield events
-        yield _DONE
-    finally:
-        await rest.aclose()  # closing this generator must close the upstream at once
+def chunk_stream(first: bytes, rest: AsyncGenerator[bytes, None], max_bytes: int) -> Response:
+    """OpenAI's chunk stream: the provider's events, then `[DONE]`, which only a complete
+    stream earns."""
+    return StreamResponse(rest, head=first, tail=_DONE, max_bytes=max_bytes)
 
 
 def new_call(app: App, chat: ChatRequest, body: dict[str, Any] | None, request_id: str) -> Call:
@@ -67,7 +62,7 @@ def install(router: Router, app: App) -> None:
         call = new_call(app, chat, _decode_any.decode(await request.body()), request.id)
         if chat.stream:
             first, rest = await app.models.open_stream(call)
-            return StreamResponse(relay(first, rest), max_bytes=app.config.server.max_stream_bytes)
+            return chunk_stream(first, rest, app.config.server.max_stream_bytes)
         return Response(await app.models.complete(call))
 
     def describe(name: str) -> dict[str, object]:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 import msgspec
 from msgspec import Meta, Struct
 
-from noroshi.api.openai import new_call, relay
+from noroshi.api.openai import chunk_stream, new_call
 from noroshi.errors import BadRequest, NoroshiError
 from noroshi.http import JSONResponse, Request, Response, Router, StreamResponse
 from noroshi.providers.base import Routed
@@ -181,7 +181,7 @@ def install(router: Router, app: App) -> None:
         )
         call = new_call(app, chat_request(messages, body.model, True), None, request.id)
         first, rest = await app.models.open_stream(call)
-        return StreamResponse(relay(first, rest), max_bytes=limit)
+        return chunk_stream(first, rest, limit)
 
     router.add("POST", "/api/chat", api_chat)
     router.add("POST", "/api/generate", api_generate)

@@ -33,7 +33,7 @@ class _Writer:
     def __init__(self, send: Send) -> None:
         self._send = send
 
-    async def write(self, data: bytes) -> None:
+    async def send_bytes(self, data: bytes) -> None:
         try:
             await self._send({"type": "http.response.body", "body": data, "more_body": True})
         except OSError as exc:
@@ -42,6 +42,7 @@ class _Writer:
 
 class _Sink:
     __slots__ = ("_send", "streaming")
+    gone: tuple[type[BaseException], ...] = (ClientGone,)
 
     def __init__(self, send: Send) -> None:
         self._send = send
@@ -134,6 +135,7 @@ async def serve_asgi(app: App, scope: Scope, receive: Receive, send: Send) -> No
         read,
         f"{client[0]}:{client[1]}" if client else "",
     )
+    request.task = task
     sink = _Sink(send)
     try:
         await app.dispatch(request, sink)

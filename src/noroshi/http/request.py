@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
@@ -31,6 +32,7 @@ class Request:
         "path",
         "query",
         "state",
+        "task",
     )
 
     def __init__(
@@ -48,6 +50,7 @@ class Request:
         self.headers = headers
         self.client = client
         self.id = ""
+        self.task: asyncio.Task[Any] | None = None  # the task serving it, set by the adapter
         self.params: dict[str, str] = {}
         self.state: dict[str, Any] = {}
         self._read = read

@@ -41,10 +41,12 @@ class ClientGone(Exception):
 
 
 class StreamWriter(Protocol):
-    async def write(self, data: bytes) -> None: ...
+    async def send_bytes(self, data: bytes) -> None: ...
 
 
 class Sink(Protocol):
+    gone: tuple[type[BaseException], ...]  # what a write raises once the client has left
+
     async def send(self, status: int, headers: Headers, body: bytes) -> None: ...
     async def start(self, status: int, headers: Headers) -> StreamWriter: ...
 
@@ -81,13 +83,13 @@ def _sse_error(exc: NoroshiError) -> bytes:
 
 
 class StreamResponse(Response):
-    """Streams its body; errors after the first byte become an event in the stream's format.
+    """Streams `head`, then `stream`, then `tail`; an error after the first byte becomes an event
+    in the stream's format, and then the tail (the success terminator) is never sent.
 
-    The stream ends without its success terminator whenever an error is written, and the
-    source iterator is always closed, which is what cancels the upstream call.
+    The source iterator is always closed, which is what cancels the upstream call.
     """
 
-    __slots__ = ("_cut", "_task", "max_bytes", "on_error", "stream")
+    __slots__ = ("_cut", "head", "max_bytes", "on_error", "stream", "tail")
 
     def __init__(
         self,
@@ -96,54 +98,63 @@ class StreamResponse(Response):
         headers: Headers | None = None,
         on_error: ErrorEncoder = _sse_error,
         max_bytes: int = 64 * 1024 * 1024,
+        head: bytes = b"",
+        tail: bytes = b"",
     ) -> None:
         super().__init__(b"", status, headers if headers is not None else list(SSE_HEADERS))
         self.stream = stream
         self.on_error = on_error
         self.max_bytes = max_bytes
-        self._task: asyncio.Task[Any] | None = None
+        self.head = head
+        self.tail = tail
         self._cut: NoroshiError | None = None
 
-    def cut(self, reason: NoroshiError) -> None:
+    def cut(self, reason: NoroshiError, task: asyncio.Task[Any]) -> None:
         """End the stream from outside (a drain that ran out of time) with an error event."""
         self._cut = reason
-        if self._task is not None:
-            self._task.cancel()
+        task.cancel()
 
     async def send(self, sink: Sink) -> None:
-        self._task = task = asyncio.current_task()
-        assert task is not None
         writer = await sink.start(self.status, self.headers)
-        stream, sent = self.stream, 0
+        send, gone = writer.send_bytes, sink.gone
+        stream, sent = self.stream, len(self.head)
         try:
+            if self.head:
+                await send(self.head)
             async for chunk in stream:
                 sent += len(chunk)
                 if sent > self.max_bytes:
                     raise NoroshiError(
                         "The stream exceeded the gateway's size limit.", code="stream_too_large"
                     )
-                await writer.write(chunk)
-        except ClientGone:
+                await send(chunk)
+            if self.tail:
+                await send(self.tail)
+        except gone:
             pass
         except NoroshiError as exc:
-            await _write_quietly(writer, self.on_error(exc))
+            await _send_quietly(writer, gone, self.on_error(exc))
         except asyncio.CancelledError:
             if self._cut is None:
                 raise  # the client left: nobody to tell
             # cut on purpose: tell the client why, and end the response normally
-            task.uncancel()
-            await _write_quietly(writer, self.on_error(self._cut))
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            await _send_quietly(writer, gone, self.on_error(self._cut))
         except Exception:
             log.exception("stream failed")
-            await _write_quietly(writer, self.on_error(NoroshiError("The stream failed.")))
+            await _send_quietly(writer, gone, self.on_error(NoroshiError("The stream failed.")))
         finally:
             await _close(stream)
 
 
-async def _write_quietly(writer: StreamWriter, data: bytes) -> None:
+async def _send_quietly(
+    writer: StreamWriter, gone: tuple[type[BaseException], ...], data: bytes
+) -> None:
     try:
-        await writer.write(data)
-    except ClientGone:
+        await writer.send_bytes(data)
+    except gone:
         pass
 
 

@@ -14,7 +14,6 @@ from granian._granian import RSGIProtocolClosed as ProtocolClosed
 
 from noroshi.errors import BadRequest, PayloadTooLarge
 from noroshi.http.request import Request
-from noroshi.http.response import ClientGone
 from noroshi.types import Headers
 
 if TYPE_CHECKING:
@@ -23,21 +22,9 @@ if TYPE_CHECKING:
 __all__ = ["serve_rsgi"]
 
 
-class _Writer:
-    __slots__ = ("_tx",)
-
-    def __init__(self, tx: Any) -> None:
-        self._tx = tx
-
-    async def write(self, data: bytes) -> None:
-        try:
-            await self._tx.send_bytes(data)
-        except ProtocolClosed:
-            raise ClientGone from None
-
-
 class _Sink:
     __slots__ = ("_proto",)
+    gone: tuple[type[BaseException], ...] = (ProtocolClosed,)
 
     def __init__(self, proto: Any) -> None:
         self._proto = proto
@@ -45,8 +32,9 @@ class _Sink:
     async def send(self, status: int, headers: Headers, body: bytes) -> None:
         self._proto.response_bytes(status, headers, body)
 
-    async def start(self, status: int, headers: Headers) -> _Writer:
-        return _Writer(self._proto.response_stream(status, headers))
+    async def start(self, status: int, headers: Headers) -> Any:
+        # Granian's stream transport has send_bytes already: no wrapper on the hot path
+        return self._proto.response_stream(status, headers)
 
 
 def _body_reader(proto: Any, headers: Any, limit: int) -> Any:
@@ -86,7 +74,7 @@ async def serve_rsgi(app: App, scope: Any, proto: Any) -> None:
         _body_reader(proto, headers, app.config.server.max_body_bytes),
         scope.client,
     )
-    task = asyncio.current_task()
+    request.task = task = asyncio.current_task()
     assert task is not None
     watcher = asyncio.ensure_future(proto.client_disconnect())
 

@@ -20,6 +20,7 @@ from noroshi.providers.base import (
     HTTPProvider,
     Usage,
 )
+from noroshi.providers.transport import TRANSPORT_ERRORS, translate
 from noroshi.wire.sse import SSEDecoder
 
 __all__ = ["OpenAIProvider"]
@@ -139,6 +140,8 @@ class OpenAIProvider(HTTPProvider):
                 if loop.time() > call.deadline:
                     raise UpstreamTimeout("The upstream answer took longer than the total timeout.")
             raise UpstreamProtocolError("The upstream ended the stream without its terminator.")
+        except TRANSPORT_ERRORS as exc:
+            raise translate(exc) from exc
         finally:
             if finished:
                 resp.release()

@@ -14,7 +14,7 @@ import aiohttp
 
 from noroshi.errors import UpstreamConnectError, UpstreamError, UpstreamTimeout
 
-__all__ = ["HTTPTransport", "UpstreamResponse"]
+__all__ = ["TRANSPORT_ERRORS", "HTTPTransport", "UpstreamResponse", "translate"]
 
 MAX_ERROR_BODY = 64 * 1024
 
@@ -37,18 +37,16 @@ class UpstreamResponse:
     async def read(self, limit: int) -> bytes:
         try:
             body = await self._resp.content.read(limit + 1)
-        except (aiohttp.ClientError, OSError) as exc:
-            raise _translate(exc) from exc
+        except TRANSPORT_ERRORS as exc:
+            raise translate(exc) from exc
         if len(body) > limit:
             raise UpstreamError(f"The upstream answer exceeded {limit} bytes.")
         return body
 
-    async def chunks(self) -> AsyncIterator[bytes]:
-        try:
-            async for chunk in self._resp.content.iter_any():
-                yield chunk
-        except (aiohttp.ClientError, OSError) as exc:
-            raise _translate(exc) from exc
+    def chunks(self) -> AsyncIterator[bytes]:
+        """The body as it arrives. Iterate inside `except TRANSPORT_ERRORS` and raise
+        `translate(exc)`: no wrapper generator sits on the hot path."""
+        return self._resp.content.iter_any()
 
     def set_idle_timeout(self, seconds: float) -> None:
         """From the first byte on, a read that waits longer than this is a stall."""
@@ -113,8 +111,8 @@ class HTTPTransport:
             resp = await self._client().request(
                 method, url, data=body, headers=headers, timeout=timeout
             )
-        except (aiohttp.ClientError, OSError) as exc:
-            raise _translate(exc) from exc
+        except TRANSPORT_ERRORS as exc:
+            raise translate(exc) from exc
         return UpstreamResponse(resp)
 
     async def close(self) -> None:
@@ -123,7 +121,11 @@ class HTTPTransport:
             self._session = None
 
 
-def _translate(exc: BaseException) -> UpstreamError | UpstreamTimeout:
+TRANSPORT_ERRORS = (aiohttp.ClientError, OSError)
+
+
+def translate(exc: BaseException) -> UpstreamError | UpstreamTimeout:
+    """The most specific noroshi error for a failure of the upstream connection."""
     if isinstance(exc, aiohttp.ServerTimeoutError | asyncio.TimeoutError):
         return UpstreamTimeout("The upstream stopped sending data (idle timeout).")
     if isinstance(exc, aiohttp.ClientConnectorError):
