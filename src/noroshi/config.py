@@ -63,7 +63,7 @@ class ProviderConfig(_Section):
     first_byte_timeout_s: Positive = 60.0
     idle_timeout_s: Positive = 30.0
     total_timeout_s: Positive = 600.0
-    max_connections: Annotated[int, msgspec.Meta(ge=1)] = 256
+    max_connections: Annotated[int, msgspec.Meta(ge=1)] = 10000
     anthropic_version: str = "2023-06-01"
     # type = "local" only: a GGUF file run by llama.cpp in a worker thread
     model_path: str = ""
