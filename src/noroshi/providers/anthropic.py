@@ -399,10 +399,7 @@ class AnthropicProvider(HTTPProvider):
         except TRANSPORT_ERRORS as exc:
             raise translate(exc) from exc
         finally:
-            if finished:
-                resp.release()
-            else:
-                resp.close()
+            resp.finish(finished)
 
     async def probe(self) -> str:
         await self.fetch("GET", "/v1/models", None)

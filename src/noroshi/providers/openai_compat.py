@@ -143,10 +143,7 @@ class OpenAIProvider(HTTPProvider):
         except TRANSPORT_ERRORS as exc:
             raise translate(exc) from exc
         finally:
-            if finished:
-                resp.release()
-            else:
-                resp.close()
+            resp.finish(finished)
 
     async def embed(self, texts: list[str], model: str, dimensions: int | None) -> Embedded:
         body: dict[str, Any] = {"model": model, "input": texts, "encoding_format": "float"}

@@ -59,6 +59,13 @@ class UpstreamResponse:
             if rearm is not None:
                 rearm()
 
+    def finish(self, complete: bool) -> None:
+        """Release a connection read to its end; drop one left half-read."""
+        if complete:
+            self.release()
+        else:
+            self.close()
+
     def release(self) -> None:
         """The answer was read to its end: the connection can serve another request."""
         self._resp.release()
