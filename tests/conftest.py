@@ -15,6 +15,9 @@ from granian.server.embed import Server as GranianServer
 
 from noroshi.app import App
 from noroshi.config import Config, load_config
+from tests.services import postgres_url, redis_prefix, redis_url
+
+__all__ = ["postgres_url", "redis_prefix", "redis_url"]  # fixtures shared with every test
 
 Serve = Callable[[Config], Awaitable[str]]
 
@@ -27,9 +30,12 @@ def free_port() -> int:
 
 
 def write_config(tmp_path: Path, text: str, environ: dict[str, str] | None = None) -> Config:
+    """The config in `text`, its data (the SQLite store) in the test's own folder."""
     path = tmp_path / "noroshi.toml"
     path.write_text(text)
-    return load_config(path, environ or {})
+    return load_config(
+        path, {"NOROSHI_SERVER__DATA_DIR": str(tmp_path / "data"), **(environ or {})}
+    )
 
 
 def openai_config(base_url: str, extra: str = "", routing: str = "") -> str:

@@ -1,0 +1,322 @@
+"""One small async interface over SQLite (embedded, the default) and PostgreSQL (shared by
+replicas), so the stores write their SQL once, with `?` placeholders, and get plain tuples.
+
+The schema lives in `MIGRATIONS`, one portable statement per version. Every opener applies the
+missing ones, each in its own transaction, under a lock that serialises concurrent openers
+(several workers or replicas starting at once).
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import functools
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+from typing import Any, Protocol
+
+import aiosqlite
+import asyncpg
+
+__all__ = [
+    "DATABASE_FILE",
+    "MIGRATIONS",
+    "Database",
+    "PostgresDatabase",
+    "Row",
+    "SQLiteDatabase",
+    "open_database",
+    "open_database_file",
+]
+
+DATABASE_FILE = "noroshi.sqlite3"
+
+Row = tuple[Any, ...]
+
+# Version n is MIGRATIONS[n - 1]. Append only: an applied version is never run again.
+# Portable SQL: TEXT ids made in Python, BIGINT counts, DOUBLE PRECISION epoch seconds.
+MIGRATIONS: list[str] = [
+    # IF NOT EXISTS: files made by the first opener (PRAGMA user_version) already have it
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    """CREATE TABLE api_keys (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        key_hash TEXT NOT NULL UNIQUE,
+        hint TEXT NOT NULL,
+        settings TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        expires_at DOUBLE PRECISION,
+        revoked_at DOUBLE PRECISION,
+        revision BIGINT NOT NULL
+    )""",
+    """CREATE TABLE usage (
+        request_id TEXT NOT NULL,
+        key_id TEXT,
+        model TEXT NOT NULL,
+        deployment TEXT NOT NULL,
+        route TEXT NOT NULL,
+        prompt_tokens BIGINT NOT NULL,
+        completion_tokens BIGINT NOT NULL,
+        cost DOUBLE PRECISION NOT NULL,
+        ttft_ms DOUBLE PRECISION,
+        duration_ms DOUBLE PRECISION NOT NULL,
+        status INTEGER NOT NULL,
+        outcome TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        day TEXT NOT NULL
+    )""",
+    "CREATE INDEX usage_created_at ON usage (created_at)",
+    "CREATE INDEX usage_key_created_at ON usage (key_id, created_at)",
+    "CREATE INDEX usage_model_created_at ON usage (model, created_at)",
+]
+
+_MIGRATIONS_TABLE = """CREATE TABLE IF NOT EXISTS noroshi_migrations (
+    version INTEGER PRIMARY KEY,
+    applied_at DOUBLE PRECISION NOT NULL
+)"""
+
+# pg_advisory_xact_lock key for migrations: any constant that other software is unlikely to use
+_MIGRATION_LOCK = 0x6E6F726F736869  # "noroshi"
+
+
+class _Executor(Protocol):
+    async def execute(self, sql: str, args: Sequence[Any] = ()) -> None: ...
+
+    async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Row]: ...
+
+
+class Database(abc.ABC):
+    """SQL with `?` placeholders in, plain tuples out, on either dialect."""
+
+    dialect: str  # "sqlite" | "postgresql"
+
+    @abc.abstractmethod
+    async def execute(self, sql: str, args: Sequence[Any] = ()) -> None: ...
+
+    @abc.abstractmethod
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """All rows or none: one transaction."""
+
+    @abc.abstractmethod
+    async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Row]: ...
+
+    async def fetchone(self, sql: str, args: Sequence[Any] = ()) -> Row | None:
+        """The first row; the statement runs to its end (so `UPDATE … RETURNING` is done)."""
+        rows = await self.fetch(sql, args)
+        return rows[0] if rows else None
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    def refuses(self, exc: BaseException) -> bool:
+        """Whether `exc` says the data itself can never be written (a value out of range, a
+        NUL in text), as opposed to the database being away or busy, which may pass."""
+
+    @abc.abstractmethod
+    def _migration_transaction(self) -> AbstractAsyncContextManager[_Executor]:
+        """A transaction that only one opener at a time is in."""
+
+    async def migrate(self) -> None:
+        """Apply the missing migrations, one transaction each; safe with concurrent openers."""
+        while True:
+            async with self._migration_transaction() as tx:
+                await tx.execute(_MIGRATIONS_TABLE)
+                applied = {v for (v,) in await tx.fetch("SELECT version FROM noroshi_migrations")}
+                missing = [n for n in range(1, len(MIGRATIONS) + 1) if n not in applied]
+                if not missing:
+                    return
+                version = missing[0]
+                await tx.execute(MIGRATIONS[version - 1])
+                await tx.execute(
+                    "INSERT INTO noroshi_migrations (version, applied_at) VALUES (?, ?)",
+                    (version, time.time()),
+                )
+
+
+class _SQLiteConnection:
+    """Statements on the one aiosqlite connection, for whoever holds its lock."""
+
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self.conn = conn
+
+    async def execute(self, sql: str, args: Sequence[Any] = ()) -> None:
+        await self.conn.execute_fetchall(sql, args)
+
+    async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
+        return [tuple(row) for row in await self.conn.execute_fetchall(sql, args)]
+
+
+class SQLiteDatabase(Database):
+    """One aiosqlite connection (its own thread), in WAL mode. Statements take turns on it, so
+    a transaction never takes in another caller's statement."""
+
+    dialect = "sqlite"
+
+    def __init__(self, conn: aiosqlite.Connection, path: Path) -> None:
+        self.path = path
+        self._conn = _SQLiteConnection(conn)
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    async def connect(cls, path: Path) -> SQLiteDatabase:
+        await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
+        conn = await aiosqlite.connect(path, isolation_level=None)  # we BEGIN and COMMIT
+        try:
+            # the busy timeout first: switching to WAL waits for other openers
+            await conn.execute_fetchall("PRAGMA busy_timeout = 5000")
+            await conn.execute_fetchall("PRAGMA journal_mode = WAL")
+            await conn.execute_fetchall("PRAGMA synchronous = NORMAL")  # durable enough in WAL
+        except BaseException:
+            await conn.close()
+            raise
+        return cls(conn, path)
+
+    async def execute(self, sql: str, args: Sequence[Any] = ()) -> None:
+        async with self._lock:
+            await self._conn.execute(sql, args)
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if not rows:
+            return
+        async with self._transaction() as tx:
+            await tx.conn.executemany(sql, rows)
+
+    async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
+        async with self._lock:
+            return await self._conn.fetch(sql, args)
+
+    async def close(self) -> None:
+        async with self._lock:
+            await self._conn.conn.close()
+
+    def refuses(self, exc: BaseException) -> bool:
+        # OverflowError: an int past 64 bits; ValueError: text that is not UTF-8 (surrogates);
+        # IntegrityError: NULL (or NaN, stored as NULL) in a NOT NULL column
+        return isinstance(exc, ValueError | TypeError | OverflowError | sqlite3.IntegrityError)
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[_SQLiteConnection]:
+        """A write transaction: IMMEDIATE takes the file's write lock at once (waiting up to
+        the busy timeout), so two writers never deadlock upgrading a read."""
+        async with self._lock:
+            conn = self._conn
+            try:
+                await conn.execute("BEGIN IMMEDIATE")
+                yield conn
+                await conn.execute("COMMIT")
+            except BaseException:
+                if conn.conn.in_transaction:
+                    await conn.execute("ROLLBACK")
+                raise
+
+    def _migration_transaction(self) -> AbstractAsyncContextManager[_Executor]:
+        return self._transaction()
+
+
+@functools.lru_cache(maxsize=1024)
+def numbered(sql: str) -> str:
+    """`?` placeholders as PostgreSQL's `$1, $2…`, leaving quoted text alone."""
+    parts = sql.split("'")
+    count = 0
+    for i in range(0, len(parts), 2):  # the even parts are outside quotes
+        pieces = parts[i].split("?")
+        out = [pieces[0]]
+        for piece in pieces[1:]:
+            count += 1
+            out.append(f"${count}{piece}")
+        parts[i] = "".join(out)
+    return "'".join(parts)
+
+
+class _PostgresConnection:
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn = conn
+
+    async def execute(self, sql: str, args: Sequence[Any] = ()) -> None:
+        await self.conn.execute(numbered(sql), *args)
+
+    async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
+        return [tuple(row) for row in await self.conn.fetch(numbered(sql), *args)]
+
+
+class PostgresDatabase(Database):
+    """An asyncpg pool. Query parameters of the URL that libpq does not know become server
+    settings (`?search_path=tenant` picks the schema)."""
+
+    dialect = "postgresql"
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    @classmethod
+    async def connect(cls, url: str) -> PostgresDatabase:
+        return cls(await asyncpg.create_pool(url, min_size=1, max_size=10))
+
+    async def execute(self, sql: str, args: Sequence[Any] = ()) -> None:
+        await self._pool.execute(numbered(sql), *args)
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if not rows:
+            return
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.executemany(numbered(sql), rows)
+
+    async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
+        return [tuple(row) for row in await self._pool.fetch(numbered(sql), *args)]
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    def refuses(self, exc: BaseException) -> bool:
+        # DataError: a value out of range, text with NUL or surrogates (asyncpg raises it for
+        # arguments it cannot encode, too); integrity: NULL in a NOT NULL column, and the like
+        return isinstance(exc, asyncpg.DataError | asyncpg.IntegrityConstraintViolationError)
+
+    @asynccontextmanager
+    async def _migration_transaction(self) -> AsyncIterator[_PostgresConnection]:
+        async with self._pool.acquire() as conn, conn.transaction():
+            # held to the end of the transaction; CREATE … IF NOT EXISTS alone races
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+            yield _PostgresConnection(conn)
+
+
+async def open_database(url: str | None, directory: Path) -> Database:
+    """The database that `storage.url` names, migrated: empty for SQLite in `directory`,
+    `sqlite:///absolute/path`, or `postgresql://…` (`postgres://` too)."""
+    db: Database
+    scheme, _, rest = (url or "").partition(":")
+    scheme = scheme.lower()
+    if not url:
+        db = await SQLiteDatabase.connect(directory / DATABASE_FILE)
+    elif scheme == "sqlite" and rest.startswith("///") and len(rest) > 3:
+        db = await SQLiteDatabase.connect(Path(rest[2:]))
+    elif scheme in ("postgresql", "postgres"):
+        db = await PostgresDatabase.connect(url)
+    else:
+        # not the URL itself: it may hold a password
+        raise ValueError(
+            "storage.url must be empty (SQLite in the data directory), sqlite:///absolute/path "
+            f"or postgresql://user@host/database; got a URL of scheme '{scheme}'"
+        )
+    try:
+        await db.migrate()
+    except BaseException:
+        await db.close()
+        raise
+    return db
+
+
+def open_database_file(directory: Path) -> Path:
+    """Create or upgrade the embedded database in `directory`; its path. Blocking (it runs its
+    own event loop): for the command line, before the server starts."""
+
+    async def migrate() -> None:
+        db = await open_database(None, directory)
+        await db.close()
+
+    asyncio.run(migrate())
+    return directory / DATABASE_FILE

@@ -1,0 +1,235 @@
+"""Virtual keys: what each may use and spend. Only a key's SHA-256 is stored, with a hint
+(`nrs-abcd…wxyz`) to tell keys apart; the secret is shown once, when it is made.
+
+Limits, budget and metadata are kept as one JSON column, so a new limit needs no migration.
+"""
+
+from __future__ import annotations
+
+import builtins
+import hashlib
+import secrets
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import msgspec
+from msgspec import UNSET, Struct, UnsetType
+
+from noroshi.errors import BadRequest
+from noroshi.store.database import Database
+
+__all__ = [
+    "ApiKey",
+    "Budget",
+    "KeyCreate",
+    "KeyStore",
+    "KeyUpdate",
+    "ModelLimits",
+    "hash_key",
+]
+
+KEY_PREFIX = "nrs-"
+
+AtLeastOne = Annotated[int, msgspec.Meta(ge=1)]
+Positive = Annotated[float, msgspec.Meta(gt=0)]
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+ModelName = Annotated[str, msgspec.Meta(min_length=1)]
+
+
+class Budget(Struct, forbid_unknown_fields=True, kw_only=True):
+    """Spending caps per UTC day and month; cost is in the price table's currency."""
+
+    tokens_per_day: AtLeastOne | None = None
+    tokens_per_month: AtLeastOne | None = None
+    cost_per_day: Positive | None = None
+    cost_per_month: Positive | None = None
+
+
+class ModelLimits(Struct, forbid_unknown_fields=True, kw_only=True):
+    rpm: AtLeastOne | None = None
+    tpm: AtLeastOne | None = None
+
+
+class KeyCreate(Struct, forbid_unknown_fields=True, kw_only=True):
+    name: Name
+    models: list[ModelName] = []  # the public model names it may use; empty: all
+    rpm: AtLeastOne | None = None
+    tpm: AtLeastOne | None = None
+    max_concurrency: AtLeastOne | None = None  # requests (streams included) at once
+    model_limits: dict[str, ModelLimits] = {}  # rpm and tpm of this key on one model
+    budget: Budget | None = None
+    expires_at: datetime | None = None  # without a zone: UTC
+    metadata: dict[str, Any] = {}
+
+
+class KeyUpdate(Struct, forbid_unknown_fields=True, kw_only=True):
+    """A partial change: a field left out stays as it is; `null` clears a limit, the budget or
+    the expiry."""
+
+    name: Name | UnsetType = UNSET
+    models: list[ModelName] | UnsetType = UNSET
+    rpm: AtLeastOne | UnsetType | None = UNSET
+    tpm: AtLeastOne | UnsetType | None = UNSET
+    max_concurrency: AtLeastOne | UnsetType | None = UNSET
+    model_limits: dict[str, ModelLimits] | UnsetType = UNSET
+    budget: Budget | UnsetType | None = UNSET
+    expires_at: datetime | UnsetType | None = UNSET
+    metadata: dict[str, Any] | UnsetType = UNSET
+
+
+class ApiKey(Struct, kw_only=True):
+    """A key as stored and shown: never its secret or hash."""
+
+    id: str
+    name: str
+    hint: str
+    models: list[str] = []
+    rpm: int | None = None
+    tpm: int | None = None
+    max_concurrency: int | None = None
+    model_limits: dict[str, ModelLimits] = {}
+    budget: Budget | None = None
+    expires_at: datetime | None = None
+    metadata: dict[str, Any] = {}
+    created_at: datetime
+    revoked_at: datetime | None = None
+
+    def usable(self, now: datetime) -> bool:
+        """Not revoked and not expired at `now` (which carries a zone)."""
+        return self.revoked_at is None and (self.expires_at is None or now < self.expires_at)
+
+
+class _Settings(Struct, kw_only=True, omit_defaults=True):
+    """The JSON column: everything about a key that is not looked up by SQL."""
+
+    models: list[str] = []
+    rpm: int | None = None
+    tpm: int | None = None
+    max_concurrency: int | None = None
+    model_limits: dict[str, ModelLimits] = {}
+    budget: Budget | None = None
+    metadata: dict[str, Any] = {}
+
+
+_SETTINGS = _Settings.__struct_fields__
+_encode = msgspec.json.Encoder().encode
+_decode_settings = msgspec.json.Decoder(_Settings).decode
+
+_COLUMNS = "id, name, hint, settings, created_at, expires_at, revoked_at, revision"
+
+
+def hash_key(secret: str) -> str:
+    """What is stored for a key: its SHA-256 (the secret is random, so no salt or stretching
+    is needed, and the lookup stays one indexed read)."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+class KeyStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def create(self, spec: KeyCreate) -> tuple[ApiKey, str]:
+        """A new key and its secret, which is not kept and cannot be shown again."""
+        now = datetime.now(UTC)
+        random = secrets.token_urlsafe(32)
+        secret = KEY_PREFIX + random
+        key = ApiKey(
+            id=f"key_{secrets.token_hex(6)}",
+            name=spec.name,
+            hint=f"{KEY_PREFIX}{random[:4]}…{random[-4:]}",
+            expires_at=_future(spec.expires_at, now),
+            created_at=now,
+            **{name: getattr(spec, name) for name in _SETTINGS},
+        )
+        await self.db.execute(
+            "INSERT INTO api_keys (id, name, key_hash, hint, settings, created_at, expires_at, "
+            "revoked_at, revision) VALUES (?, ?, ?, ?, ?, ?, ?, NULL, 0)",
+            (key.id, key.name, hash_key(secret), key.hint, _settings(key),
+             now.timestamp(), _epoch(key.expires_at)),
+        )  # fmt: skip
+        return key, secret
+
+    async def get(self, id: str) -> ApiKey | None:
+        row = await self.db.fetchone(f"SELECT {_COLUMNS} FROM api_keys WHERE id = ?", (id,))
+        return None if row is None else _key(row)
+
+    async def find(self, secret: str) -> ApiKey | None:
+        """The key with this secret, revoked and expired ones too: the caller says why not."""
+        row = await self.db.fetchone(
+            f"SELECT {_COLUMNS} FROM api_keys WHERE key_hash = ?", (hash_key(secret),)
+        )
+        return None if row is None else _key(row)
+
+    async def update(self, id: str, changes: KeyUpdate) -> ApiKey | None:
+        """The key with `changes` applied, or None without such a key. Two changes at once
+        both apply: the second to lose the race reads the key again."""
+        values = {
+            f: v for f in KeyUpdate.__struct_fields__ if (v := getattr(changes, f)) is not UNSET
+        }
+        if "expires_at" in values:
+            values["expires_at"] = _future(values["expires_at"], datetime.now(UTC))
+        while True:
+            row = await self.db.fetchone(f"SELECT {_COLUMNS} FROM api_keys WHERE id = ?", (id,))
+            if row is None:
+                return None
+            key = msgspec.structs.replace(_key(row), **values)
+            revision = row[-1]
+            done = await self.db.fetchone(
+                "UPDATE api_keys SET name = ?, settings = ?, expires_at = ?, revision = ? "
+                "WHERE id = ? AND revision = ? RETURNING id",
+                (key.name, _settings(key), _epoch(key.expires_at), revision + 1, id, revision),
+            )
+            if done is not None:
+                return key
+
+    async def revoke(self, id: str) -> ApiKey | None:
+        """The key, revoked; revoking it again keeps the first time."""
+        await self.db.execute(
+            "UPDATE api_keys SET revoked_at = ?, revision = revision + 1 "
+            "WHERE id = ? AND revoked_at IS NULL",
+            (datetime.now(UTC).timestamp(), id),
+        )
+        return await self.get(id)
+
+    async def list(self, include_revoked: bool = False) -> builtins.list[ApiKey]:
+        """Newest first."""
+        where = "" if include_revoked else " WHERE revoked_at IS NULL"
+        rows = await self.db.fetch(
+            f"SELECT {_COLUMNS} FROM api_keys{where} ORDER BY created_at DESC, id DESC"
+        )
+        return [_key(row) for row in rows]
+
+
+def _future(moment: datetime | None, now: datetime) -> datetime | None:
+    """An expiry, in UTC; one already past is refused (revoke a key to stop it now)."""
+    if moment is None:
+        return None
+    moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    if moment <= now:
+        raise BadRequest("expires_at must be in the future.", param="expires_at")
+    return moment
+
+
+def _settings(key: ApiKey) -> str:
+    return _encode(_Settings(**{name: getattr(key, name) for name in _SETTINGS})).decode()
+
+
+def _epoch(moment: datetime | None) -> float | None:
+    return None if moment is None else moment.timestamp()
+
+
+def _time(epoch: float | None) -> datetime | None:
+    return None if epoch is None else datetime.fromtimestamp(epoch, UTC)
+
+
+def _key(row: tuple[Any, ...]) -> ApiKey:
+    id, name, hint, settings, created_at, expires_at, revoked_at, _ = row
+    return ApiKey(
+        id=id,
+        name=name,
+        hint=hint,
+        created_at=datetime.fromtimestamp(created_at, UTC),
+        expires_at=_time(expires_at),
+        revoked_at=_time(revoked_at),
+        **msgspec.structs.asdict(_decode_settings(settings)),
+    )
