@@ -1,0 +1,40 @@
+"""`make` builds limiters of one kind: each behaviour test runs in memory and on Redis."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from noroshi.limits import Limiter, LocalLimiter, RedisLimiter
+
+Make = Callable[..., Limiter]
+
+
+@pytest.fixture(params=["local", "redis"])
+def backend(request: pytest.FixtureRequest) -> tuple[str, str] | None:
+    """None for memory; (url, key prefix) for Redis."""
+    if request.param == "local":
+        return None
+    return request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix")
+
+
+@pytest.fixture
+async def make(backend: tuple[str, str] | None) -> AsyncIterator[Make]:
+    """`make(**options)`: a limiter of this test's kind; limiters made by one test share state
+    when they are on Redis."""
+    made: list[Limiter] = []
+
+    def build(**options: Any) -> Limiter:
+        if backend is None:
+            limiter: Limiter = LocalLimiter(**options)
+        else:
+            url, prefix = backend
+            limiter = RedisLimiter(url, prefix, **options)
+        made.append(limiter)
+        return limiter
+
+    yield build
+    for limiter in made:
+        await limiter.close()
