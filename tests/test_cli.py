@@ -120,3 +120,58 @@ async def test_entry_points_serve_the_config(
     finally:
         proc.terminate()
         await asyncio.wait_for(proc.wait(), 30)
+
+
+async def test_serve_refuses_an_open_gateway_beyond_loopback(tmp_path: Path) -> None:
+    env = clean_env(NOROSHI_SERVER__DATA_DIR=str(tmp_path))
+    code, out = await run("serve", "--host", "0.0.0.0", "--port", str(free_port()), env=env)
+    assert code == 2
+    assert "auth.master_key" in out and "0.0.0.0" in out
+
+
+async def test_keys_create_list_revoke(tmp_path: Path, upstream: FakeOpenAI) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(openai_config(upstream.base_url) + '\n[auth]\nmaster_key = "sk-m"\n')
+    env = clean_env(NOROSHI_SERVER__DATA_DIR=str(tmp_path / "data"))
+    code, out = await run("keys", "create", "ci bot", "--config", str(path), "--rpm", "7",
+                          "--model", "fast", "--budget", '{"tokens_per_day": 1000}', env=env)  # fmt: skip
+    assert code == 0, out
+    secret = out.strip().splitlines()[-1]
+    assert secret.startswith("nrs-")
+    key_id = out.split()[1]
+
+    code, out = await run("keys", "list", "--config", str(path), env=env)
+    assert code == 0 and key_id in out and "ci bot" in out and "rpm=7" in out
+    assert secret not in out
+
+    # the key works on a server over the same store, and stops working once revoked
+    port = free_port()
+    server = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "noroshi", "serve", "--config", str(path), "--port", str(port),
+        env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}/v1/chat/completions"
+        payload = {"model": "fast", "messages": [{"role": "user", "content": "Hi"}]}
+        headers = {"authorization": f"Bearer {secret}"}
+        async with aiohttp.ClientSession() as s:
+            for _ in range(200):
+                try:
+                    async with s.post(url, json=payload, headers=headers) as r:
+                        assert r.status == 200
+                        assert r.headers["x-ratelimit-limit-requests"] == "7"
+                        break
+                except aiohttp.ClientConnectionError:
+                    await asyncio.sleep(0.05)
+            code, out = await run("keys", "revoke", key_id, "--config", str(path), env=env)
+            assert code == 0 and f"revoked {key_id}" in out
+            await asyncio.sleep(1.1)  # the server trusts its cached key for one second at most
+            async with s.post(url, json=payload, headers=headers) as r:
+                assert r.status == 401
+    finally:
+        server.terminate()
+        await server.wait()
+    code, out = await run("keys", "revoke", "key_nope", "--config", str(path), env=env)
+    assert code == 1 and "no key" in out
+    code, out = await run("keys", "create", "x", "--config", str(path), "--budget", "{", env=env)
+    assert code == 2 and "--budget" in out

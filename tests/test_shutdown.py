@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import sys
 from asyncio.subprocess import Process
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,8 +11,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.conftest import free_port, openai_config
+from tests.conftest import openai_config
 from tests.fakes.upstream import FakeOpenAI, Reply
+from tests.processes import start_server, stop
 
 HI = [{"role": "user", "content": "Hi"}]
 
@@ -23,38 +22,6 @@ HI = [{"role": "user", "content": "Hi"}]
 async def upstream() -> AsyncIterator[FakeOpenAI]:
     async with FakeOpenAI() as fake:
         yield fake
-
-
-async def start_server(tmp_path: Path, config: str) -> tuple[Process, str]:
-    path = tmp_path / "noroshi.toml"
-    path.write_text(config)
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NOROSHI_")}
-    proc = await asyncio.create_subprocess_exec(
-        *(sys.executable, "-m", "noroshi", "serve", "--config", str(path), "--port", str(port)),
-        env=env,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    async with aiohttp.ClientSession() as s:
-        for _ in range(300):
-            try:
-                async with s.get(f"{base}/health") as r:
-                    if r.status == 200:
-                        return proc, base
-            except aiohttp.ClientConnectionError:
-                await asyncio.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("noroshi serve did not start")
-
-
-async def stop(proc: Process) -> int:
-    try:
-        return await asyncio.wait_for(proc.wait(), 15)
-    except TimeoutError:
-        proc.kill()
-        raise AssertionError("the server did not exit after SIGTERM") from None
 
 
 async def stream_across_sigterm(base: str, proc: Process) -> tuple[bytes, bool]:

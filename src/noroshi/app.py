@@ -13,20 +13,28 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from noroshi.api import health, openai, simple
-from noroshi.config import Config, ProviderConfig, load_config
+from noroshi.accounting import Accountant, Meter
+from noroshi.api import admin, health, openai, simple
+from noroshi.auth import Authenticator, KeyChanges
+from noroshi.config import Config, ProviderConfig, data_dir, load_config
 from noroshi.errors import BadRequest, NoDeployment, NoroshiError, Unavailable
 from noroshi.http import Request, Response, Router, StreamResponse
 from noroshi.http.asgi import Receive, Scope, Send, serve_asgi
+from noroshi.http.cors import cors
 from noroshi.http.middleware import compose
 from noroshi.http.response import Sink
 from noroshi.http.rsgi import serve_rsgi
+from noroshi.limits import Limiter, LocalLimiter, SharedLimiter
+from noroshi.metrics import Metrics
 from noroshi.providers.anthropic import AnthropicProvider
 from noroshi.providers.base import Provider
 from noroshi.providers.local import LocalProvider
 from noroshi.providers.local_embeddings import LocalEmbeddingsProvider
 from noroshi.providers.openai_compat import OpenAIProvider
 from noroshi.providers.router import ProviderRouter
+from noroshi.store.database import Database, open_database
+from noroshi.store.keys import KeyStore
+from noroshi.store.usage import UsageLog
 from noroshi.types import Middleware
 
 __all__ = ["App", "build_provider"]
@@ -49,16 +57,28 @@ class App:
     def __init__(self, config: Config | None = None, middleware: Sequence[Middleware] = ()) -> None:
         self.config = config if config is not None else load_config()
         self.started = time.monotonic()
+        self.metrics = Metrics()
         self.providers = {n: build_provider(n, p) for n, p in self.config.providers.items()}
-        self.models = ProviderRouter(self.config, self.providers)
+        self.models = ProviderRouter(self.config, self.providers, self.metrics)
         self.router = Router()
         health.install(self.router, self)
         openai.install(self.router, self)
         simple.install(self.router, self)
+        admin.install(self.router, self)
+        if self.config.cors.allow_origins:
+            middleware = [cors(self.config.cors), *middleware]
         self._handle = compose(middleware, self._route)
         self.streams: dict[StreamResponse, asyncio.Task[Any] | None] = {}
         self.draining = False
         self.server = ""  # which server runs us, set by the transport adapter
+        self._started: asyncio.Task[None] | None = None
+        # made by `startup`, which opens the database
+        self.db: Database
+        self.keys: KeyStore
+        self.usage: UsageLog
+        self.limiter: Limiter
+        self.auth: Authenticator
+        self.accountant: Accountant
 
     def default_chat_model(self) -> str:
         name = self.config.defaults.chat_model or next(iter(self.models.routes), "")
@@ -74,33 +94,79 @@ class App:
         return name
 
     async def _route(self, request: Request) -> Response:
-        handler, request.params = self.router.match(request.method, request.path)
-        return await handler(request)
+        """Router, then the auth guard, then the handler; model routes get a meter."""
+        route, request.params = self.router.match(request.method, request.path)
+        request.route = route.path
+        principal = request.principal = await self.auth.check(request, route.access)
+        if route.access == "model":
+            request.meter = Meter(principal, route.path, request.id)
+        return await route.handler(request)
 
     async def dispatch(self, request: Request, sink: Sink) -> None:
-        """The outermost layer: request id, and every error rendered in the one envelope."""
+        """The outermost layer: request id, every error rendered in the one envelope, and the
+        bill for every model request however it ended."""
+        if self._started is None or not self._started.done():
+            await self.startup()
         rid = request.headers.get("x-request-id")
         request.id = rid if rid and len(rid) <= 128 and rid.isprintable() else os.urandom(12).hex()
+        status, outcome = 499, "cut"  # unless the answer is sent, the client left
         try:
-            response = await self._handle(request)
-        except NoroshiError as exc:
-            response = Response.error(exc)
-        except Exception:
-            log.exception("unhandled error in %s %s [%s]", request.method, request.path, request.id)
-            response = Response.error(NoroshiError("The gateway failed to handle the request."))
-        response.headers.append(("x-request-id", request.id))
-        if not isinstance(response, StreamResponse):
-            await response.send(sink)
-            return
-        self.streams[response] = request.task
-        try:
-            await response.send(sink)
+            try:
+                response = await self._handle(request)
+            except NoroshiError as exc:
+                response = Response.error(exc)
+            except Exception:
+                log.exception("unhandled error in %s %s [%s]",
+                              request.method, request.path, request.id)  # fmt: skip
+                response = Response.error(NoroshiError("The gateway failed to handle the request."))
+            status = response.status
+            if request.meter is not None:
+                response.headers.extend(self.accountant.headers(request.meter))
+            response.headers.append(("x-request-id", request.id))
+            if not isinstance(response, StreamResponse):
+                await response.send(sink)
+                outcome = "ok" if status < 400 else "error"
+                return
+            self.streams[response] = request.task
+            self.metrics.active_streams.inc()
+            try:
+                await response.send(sink)
+            finally:
+                self.metrics.active_streams.dec()
+                del self.streams[response]
+                outcome = response.outcome
         finally:
-            del self.streams[response]
+            if request.meter is not None:
+                await self.accountant.finish(request.meter, status, outcome)
+            else:
+                self.metrics.requests.labels(request.route, "", str(status)).inc()
 
     # --- lifecycle -------------------------------------------------------------------------
 
     async def startup(self) -> None:
+        """Open the database and the shared state; safe to call more than once."""
+        if self._started is None:
+            self._started = asyncio.ensure_future(self._open())
+        await asyncio.shield(self._started)
+
+    async def _open(self) -> None:
+        config = self.config
+        self.db = await open_database(config.storage.url, data_dir(config))
+        self.keys = KeyStore(self.db)
+        self.usage = UsageLog(
+            self.db, config.storage.usage_batch_size, config.storage.usage_flush_s
+        )
+        self.usage.start()
+        redis = config.redis
+        if redis.url:
+            self.limiter = SharedLimiter(redis.url, redis.prefix, redis.local_share, redis.retry_s)
+        else:
+            self.limiter = LocalLimiter()
+        self.auth = Authenticator(config.auth, self.keys, self.limiter)
+        if redis.url:
+            self.auth.changes = KeyChanges(redis.url, redis.prefix, self.auth.forget)
+            self.auth.changes.start()
+        self.accountant = Accountant(config, self.limiter, self.usage, self.metrics)
         self.warm()
 
     def warm(self) -> None:
@@ -108,8 +174,17 @@ class App:
             provider.warm()
 
     async def shutdown(self) -> None:
+        """Close providers, then flush every pending usage record."""
         for provider in self.providers.values():
             await provider.close()
+        started = self._started
+        if started is None or not started.done() or started.cancelled() or started.exception():
+            return
+        if self.auth.changes is not None:
+            await self.auth.changes.close()
+        await self.usage.close()
+        await self.limiter.close()
+        await self.db.close()
 
     def begin_drain(self) -> None:
         """Stop taking work; streams still open after the drain timeout end with an error."""
@@ -134,7 +209,10 @@ class App:
         await serve_rsgi(self, scope, protocol)
 
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.warm()
+        if loop.is_running():  # an embedding server: the first request finishes the startup
+            self.warm()
+        else:
+            loop.run_until_complete(self.startup())
 
     def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
         if not loop.is_running():  # an embedding server owns a running loop and shuts us down

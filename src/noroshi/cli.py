@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import click
+import msgspec
 
 from noroshi import __version__
 from noroshi.config import Config, ConfigError, data_dir, find_config_file, load_config
-from noroshi.store import open_database
+from noroshi.store import open_database_file
+from noroshi.store.keys import KeyCreate, KeyStore
+
+T = TypeVar("T")
 
 EXIT_CONFIG = 2
 
@@ -50,10 +57,11 @@ def serve(config_path: str | None, host: str | None, port: int | None, workers: 
 
     url = f"http://{server.host}:{server.port}"
     directory = data_dir(config)
-    database = open_database(directory)
+    database = open_database_file(directory) if not config.storage.url else None
     click.echo(f"noroshi {__version__} on {url}")
     click.echo(f"  config: {config.source or 'none (embedded defaults)'}")
-    click.echo(f"  data:   {directory} (database {database.name})")
+    store = f"database {database.name}" if database else "database on PostgreSQL"
+    click.echo(f"  data:   {directory} ({store})")
     if config.models:
         model = config.defaults.chat_model or config.models[0].name
         click.echo(f"  models: {', '.join(m.name for m in config.models)}")
@@ -113,6 +121,97 @@ async def _probe_all(config: Config) -> int:
         finally:
             await provider.close()
     return problems
+
+
+@main.group()
+def keys() -> None:
+    """Create, list and revoke virtual keys (the same store as /admin/keys)."""
+
+
+@keys.command("create")
+@click.argument("name")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML config file.")
+@click.option("--model", "models", multiple=True, help="A model the key may use (repeat).")
+@click.option("--rpm", type=click.IntRange(1), help="Requests per minute.")
+@click.option("--tpm", type=click.IntRange(1), help="Tokens per minute.")
+@click.option("--max-concurrency", type=click.IntRange(1), help="Requests at once.")
+@click.option("--budget", help='JSON, e.g. \'{"tokens_per_day": 100000, "cost_per_month": 20}\'.')
+@click.option("--expires-at", help="ISO 8601 time after which the key stops working.")
+@click.option("--metadata", help="JSON object kept with the key.")
+def keys_create(config_path: str | None, name: str, **options: Any) -> None:
+    """Create a key and print it; it is shown this once."""
+    spec: dict[str, Any] = {"name": name, "models": list(options.pop("models"))}
+    for field in ("budget", "metadata"):
+        value = options.pop(field)
+        if value is not None:
+            try:
+                spec[field] = json.loads(value)
+            except ValueError as exc:
+                raise click.BadParameter(f"not JSON: {exc}", param_hint=f"--{field}") from None
+    spec.update({k: v for k, v in options.items() if v is not None})
+    try:
+        create = msgspec.convert(spec, KeyCreate)
+    except msgspec.ValidationError as exc:
+        raise click.ClickException(str(exc)) from None
+    key, secret = asyncio.run(_with_keys(_load(config_path), lambda store: store.create(create)))
+    click.echo(f"created {key.id} ({key.name}); the key is shown this once:")
+    click.echo(secret)
+
+
+@keys.command("list")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML config file.")
+@click.option("--all", "include_revoked", is_flag=True, help="Include revoked keys.")
+def keys_list(config_path: str | None, include_revoked: bool) -> None:
+    """List keys (never their secrets)."""
+    found = asyncio.run(_with_keys(_load(config_path), lambda s: s.list(include_revoked)))
+    for key in found:
+        state = "revoked" if key.revoked_at else "active"
+        limits = " ".join(
+            f"{n}={getattr(key, n)}"
+            for n in ("rpm", "tpm", "max_concurrency")
+            if getattr(key, n) is not None
+        )
+        click.echo(f"{key.id}  {key.hint}  {state:7}  {key.name}  {limits}".rstrip())
+    if not found:
+        click.echo("no keys")
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML config file.")
+def keys_revoke(config_path: str | None, key_id: str) -> None:
+    """Revoke a key; running servers stop accepting it within a second."""
+    config = _load(config_path)
+    key = asyncio.run(_with_keys(config, lambda store: store.revoke(key_id)))
+    if key is None:
+        click.echo(f"noroshi: no key with id {key_id}", err=True)
+        sys.exit(1)
+    if config.redis.url:
+        asyncio.run(_announce(config, key.id))
+    click.echo(f"revoked {key.id} ({key.name})")
+
+
+async def _with_keys(config: Config, action: Callable[[KeyStore], Awaitable[T]]) -> T:
+    from noroshi.errors import NoroshiError
+    from noroshi.store.database import open_database as open_store
+
+    db = await open_store(config.storage.url, data_dir(config))
+    try:
+        return await action(KeyStore(db))
+    except NoroshiError as exc:
+        raise click.ClickException(exc.message) from None
+    finally:
+        await db.close()
+
+
+async def _announce(config: Config, key_id: str) -> None:
+    from noroshi.auth import KeyChanges
+
+    changes = KeyChanges(config.redis.url, config.redis.prefix, lambda _: None)
+    try:
+        await changes.publish(key_id)
+    finally:
+        await changes.close()
 
 
 if __name__ == "__main__":

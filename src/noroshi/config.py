@@ -7,6 +7,7 @@ key at fault, so the CLI can print one line and exit 2 instead of a traceback.
 from __future__ import annotations
 
 import importlib.util
+import ipaddress
 import os
 import re
 import tomllib
@@ -17,16 +18,22 @@ from typing import Annotated, Any, Literal, TypeVar
 import msgspec
 
 __all__ = [
+    "AuthConfig",
     "Config",
     "ConfigError",
+    "CorsConfig",
     "DefaultsConfig",
     "DeploymentConfig",
     "ModelConfig",
+    "Price",
     "ProviderConfig",
+    "RedisConfig",
     "RoutingConfig",
     "ServerConfig",
+    "StorageConfig",
     "data_dir",
     "find_config_file",
+    "is_loopback",
     "load_config",
 ]
 
@@ -112,8 +119,51 @@ class DefaultsConfig(_Section):
     embedding_model: str = ""  # used by /api/embed; default: the first local embedding model
 
 
+class AuthConfig(_Section):
+    master_key: str = ""  # empty: auth is off, allowed only on a loopback address
+    key_cache_s: Positive = 60.0  # with Redis, changes are pushed; without it, 1 s at most
+    lockout_failures: Annotated[int, msgspec.Meta(ge=1)] = 10
+    lockout_window_s: Positive = 60.0
+    lockout_s: Positive = 300.0
+
+
+class StorageConfig(_Section):
+    url: str = ""  # default: SQLite in the data directory; or postgresql://…
+    usage_batch_size: Annotated[int, msgspec.Meta(ge=1)] = 500
+    usage_flush_s: Positive = 0.5
+
+
+class RedisConfig(_Section):
+    url: str = ""  # optional; without it, limits are per process
+    prefix: str = "noroshi:"
+    local_share: Annotated[float, msgspec.Meta(gt=0, le=1)] = 1.0  # of each limit while away
+    retry_s: Positive = 1.0
+
+
+class CorsConfig(_Section):
+    allow_origins: list[str] = []  # "*" for any; empty: CORS is off
+    allow_methods: list[str] = msgspec.field(
+        default_factory=lambda: ["GET", "POST", "PATCH", "DELETE", "OPTIONS"]
+    )
+    allow_headers: list[str] = msgspec.field(
+        default_factory=lambda: ["authorization", "content-type", "x-api-key", "x-request-id"]
+    )
+    allow_credentials: bool = False
+    max_age_s: Annotated[int, msgspec.Meta(ge=0)] = 600
+
+
+class Price(_Section):
+    input: Annotated[float, msgspec.Meta(ge=0)] = 0.0  # per million prompt tokens
+    output: Annotated[float, msgspec.Meta(ge=0)] = 0.0  # per million completion tokens
+
+
 class Config(_Section):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
+    auth: AuthConfig = msgspec.field(default_factory=AuthConfig)
+    storage: StorageConfig = msgspec.field(default_factory=StorageConfig)
+    redis: RedisConfig = msgspec.field(default_factory=RedisConfig)
+    cors: CorsConfig = msgspec.field(default_factory=CorsConfig)
+    prices: dict[str, Price] = {}  # by model name, or by deployment "provider/model"
     defaults: DefaultsConfig = msgspec.field(default_factory=DefaultsConfig)
     providers: dict[str, ProviderConfig] = {}
     models: list[ModelConfig] = []
@@ -168,7 +218,10 @@ def load_config(
     }
     if not config.providers and not config.models:
         _use_embedded_defaults(config)
+    if not config.auth.master_key:
+        config.auth.master_key = environ.get("NOROSHI_MASTER_KEY", "")
     _check_references(config)
+    _check_exposure(config)
     config.source = str(file) if file is not None else None
     return config
 
@@ -271,6 +324,25 @@ def _split_validation_error(text: str) -> tuple[str, str]:
     path = re.sub(r"\[(\d+)\]", r".\1", m.group(2)).lstrip(".")
     path = re.sub(r"\[['\"]?([^\]'\"]*)['\"]?\]", r".\1", path)
     return m.group(1), path
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_exposure(config: Config) -> None:
+    """A gateway reachable from other machines must not be open to everyone."""
+    host = config.server.host
+    if not config.auth.master_key and not is_loopback(host):
+        raise ConfigError(
+            f"auth.master_key: the server would listen on {host}, beyond this machine, with "
+            "no master key; set auth.master_key (or NOROSHI_MASTER_KEY), or bind 127.0.0.1"
+        )
 
 
 def _check_references(config: Config) -> None:

@@ -2,6 +2,8 @@
 
     NoroshiError                  status, type, code, param, headers
      ├── BadRequest               400  malformed JSON, failed validation (param names the field)
+     ├── Unauthorized             401  no key, or a key that is unknown, revoked or expired
+     ├── Forbidden                403  a key without access to the route or model
      ├── NotFound                 404  unknown route
      │    └── ModelNotFound       404  unknown model (param "model")
      ├── MethodNotAllowed         405
@@ -28,6 +30,7 @@ import msgspec
 
 __all__ = [
     "BadRequest",
+    "Forbidden",
     "MethodNotAllowed",
     "ModelNotFound",
     "NoDeployment",
@@ -35,6 +38,7 @@ __all__ = [
     "NotFound",
     "PayloadTooLarge",
     "RateLimited",
+    "Unauthorized",
     "Unavailable",
     "UnsupportedMediaType",
     "UpstreamConnectError",
@@ -85,6 +89,18 @@ class BadRequest(NoroshiError):
     status = 400
     type = "invalid_request_error"
     code = "invalid_request"
+
+
+class Unauthorized(NoroshiError):
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class Forbidden(NoroshiError):
+    status = 403
+    type = "permission_error"
+    code = "forbidden"
 
 
 class NotFound(NoroshiError):

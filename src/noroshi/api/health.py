@@ -1,4 +1,5 @@
-"""`GET /health`: liveness, and what is running: version, runtime, role, default models."""
+"""`GET /health`: liveness, and what is running: version, runtime, role, auth, default models;
+`GET /metrics`: Prometheus metrics. Both public: load balancers and scrapers carry no key."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from noroshi import __version__
 from noroshi.http import JSONResponse, Request, Response, Router
+from noroshi.metrics import CONTENT_TYPE_LATEST
 
 if TYPE_CHECKING:
     from noroshi.app import App
@@ -23,6 +25,7 @@ def install(router: Router, app: App) -> None:
             "version": __version__,
             "uptime_s": round(time.monotonic() - app.started, 3),
             "runtime": {"python": python, "server": app.server, "role": "all"},
+            "auth": "on" if app.auth.enabled else "off (no master key; loopback only)",
             "models": {
                 "chat": defaults.chat_model or next(iter(app.models.routes), None),
                 "embedding": defaults.embedding_model or None,
@@ -30,4 +33,8 @@ def install(router: Router, app: App) -> None:
             "providers": {name: p.describe() for name, p in app.providers.items()},
         })  # fmt: skip
 
-    router.add("GET", "/health", health)
+    async def metrics(request: Request) -> Response:
+        return Response(app.metrics.render(), headers=[("content-type", CONTENT_TYPE_LATEST)])
+
+    router.add("GET", "/health", health, access="public")
+    router.add("GET", "/metrics", metrics, access="public")

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from noroshi.accounting import estimate_tokens
 from noroshi.errors import BadRequest, ModelNotFound
 from noroshi.http import JSONResponse, Request, Response, Router, StreamResponse
 from noroshi.providers.base import Call, Embedded, Routed
@@ -30,11 +31,25 @@ def chunk_stream(first: bytes, rest: AsyncGenerator[bytes, None], max_bytes: int
     return StreamResponse(rest, head=first, tail=_DONE, max_bytes=max_bytes)
 
 
-def new_call(app: App, chat: ChatRequest, body: dict[str, Any] | None, request_id: str) -> Call:
-    """A routed chat call; `body` is the client's JSON, rebuilt from `chat` when it has none."""
+async def new_call(
+    app: App, request: Request, chat: ChatRequest, body: dict[str, Any] | None = None
+) -> Call:
+    """A routed chat call, admitted; `body` is the client's JSON, rebuilt from `chat` when it
+    has none."""
     if chat.model not in app.models:
         raise ModelNotFound(chat.model)
-    return Call(chat, body if body is not None else msgspec.to_builtins(chat), request_id)
+    call = Call(chat, body if body is not None else msgspec.to_builtins(chat), request.id)
+    await admit(app, request, call, chat.output_limit)
+    return call
+
+
+async def admit(app: App, request: Request, routed: Routed, output_limit: int | None) -> None:
+    """The key's models, budgets and limits, checked before any upstream is called."""
+    meter = request.meter
+    if meter is not None:
+        estimate = estimate_tokens(len(await request.body()))
+        await app.accountant.admit(meter, routed.model, estimate, output_limit)
+        meter.routed = routed
 
 
 def embeddings_answer(request: EmbeddingRequest, model: str, embedded: Embedded) -> bytes:
@@ -59,7 +74,7 @@ def install(router: Router, app: App) -> None:
 
     async def chat_completions(request: Request) -> Response:
         chat = await request.json(_decode_chat)
-        call = new_call(app, chat, _decode_any.decode(await request.body()), request.id)
+        call = await new_call(app, request, chat, _decode_any.decode(await request.body()))
         if chat.stream:
             first, rest = await app.models.open_stream(call)
             return chunk_stream(first, rest, app.config.server.max_stream_bytes)
@@ -68,12 +83,18 @@ def install(router: Router, app: App) -> None:
     def describe(name: str) -> dict[str, object]:
         return {"id": name, "object": "model", "created": created, "owned_by": "noroshi"}
 
+    def visible(request: Request, name: str) -> bool:
+        """A key limited to some models sees only those."""
+        key = request.principal.key if request.principal is not None else None
+        return name in app.models and (key is None or not key.models or name in key.models)
+
     async def list_models(request: Request) -> Response:
-        return JSONResponse({"object": "list", "data": [describe(n) for n in app.models.routes]})
+        names = [n for n in app.models.routes if visible(request, n)]
+        return JSONResponse({"object": "list", "data": [describe(n) for n in names]})
 
     async def get_model(request: Request) -> Response:
         name = request.params["model"]
-        if name not in app.models:
+        if not visible(request, name):
             raise ModelNotFound(name)
         return JSONResponse(describe(name))
 
@@ -83,12 +104,12 @@ def install(router: Router, app: App) -> None:
             raise ModelNotFound(body.model)
         if any(not text for text in body.texts):
             raise BadRequest("Input texts must not be empty.", param="input", code="invalid_value")
-        embedded = await app.models.embed(
-            Routed(body.model, request.id), body.texts, body.dimensions
-        )
+        routed = Routed(body.model, request.id)
+        await admit(app, request, routed, 0)
+        embedded = await app.models.embed(routed, body.texts, body.dimensions)
         return Response(embeddings_answer(body, body.model, embedded))
 
-    router.add("POST", "/v1/chat/completions", chat_completions)
-    router.add("POST", "/v1/embeddings", embeddings)
-    router.add("GET", "/v1/models", list_models)
-    router.add("GET", "/v1/models/{model}", get_model)
+    router.add("POST", "/v1/chat/completions", chat_completions, access="model")
+    router.add("POST", "/v1/embeddings", embeddings, access="model")
+    router.add("GET", "/v1/models", list_models, access="key")
+    router.add("GET", "/v1/models/{model}", get_model, access="key")

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 import msgspec
 from msgspec import Meta, Struct
 
-from noroshi.api.openai import chunk_stream, new_call
+from noroshi.api.openai import admit, chunk_stream, new_call
 from noroshi.errors import BadRequest, NoroshiError
 from noroshi.http import JSONResponse, Request, Response, Router, StreamResponse
 from noroshi.providers.base import Routed
@@ -138,7 +138,7 @@ def install(router: Router, app: App) -> None:
         )
 
     async def stream_text(request: Request, chat: oa.ChatRequest) -> Response:
-        first, rest = await app.models.open_stream(new_call(app, chat, None, request.id))
+        first, rest = await app.models.open_stream(await new_call(app, request, chat))
         return StreamResponse(text_events(first, rest), on_error=_error_event, max_bytes=limit)
 
     async def api_chat(request: Request) -> Response:
@@ -153,14 +153,16 @@ def install(router: Router, app: App) -> None:
     async def api_embed(request: Request) -> Response:
         body = await request.json(_embed_body)
         model = body.model or app.default_embedding_model()
-        embedded = await app.models.embed(Routed(model, request.id), [body.text], None)
+        routed = Routed(model, request.id)
+        await admit(app, request, routed, 0)
+        embedded = await app.models.embed(routed, [body.text], None)
         vector = embedded.vectors[0]
         return JSONResponse({"embedding": vector, "dimensions": len(vector)})
 
     async def chat(request: Request) -> Response:
         body = await request.json(_prompt_body)
         messages: list[oa.Message] = [oa.UserMessage(content=body.prompt)]
-        call = new_call(app, chat_request(messages, body.model, False), None, request.id)
+        call = await new_call(app, request, chat_request(messages, body.model, False))
         answer = _decode_answer.decode(await app.models.complete(call))
         usage = answer.usage or oa.Usage()
         return JSONResponse({
@@ -179,15 +181,15 @@ def install(router: Router, app: App) -> None:
             if body.messages
             else [oa.UserMessage(content=body.prompt or "")]
         )
-        call = new_call(app, chat_request(messages, body.model, True), None, request.id)
+        call = await new_call(app, request, chat_request(messages, body.model, True))
         first, rest = await app.models.open_stream(call)
         return chunk_stream(first, rest, limit)
 
-    router.add("POST", "/api/chat", api_chat)
-    router.add("POST", "/api/generate", api_generate)
-    router.add("POST", "/api/embed", api_embed)
-    router.add("POST", "/chat", chat)
-    router.add("POST", "/chat/stream", chat_stream)
+    router.add("POST", "/api/chat", api_chat, access="model")
+    router.add("POST", "/api/generate", api_generate, access="model")
+    router.add("POST", "/api/embed", api_embed, access="model")
+    router.add("POST", "/chat", chat, access="model")
+    router.add("POST", "/chat/stream", chat_stream, access="model")
 
 
 _chat_body = msgspec.json.Decoder(ChatBody)

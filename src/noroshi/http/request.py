@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
 from noroshi.errors import BadRequest, UnsupportedMediaType
+
+if TYPE_CHECKING:
+    from noroshi.accounting import Meter
+    from noroshi.auth import Principal
 
 __all__ = ["Request", "decode_json"]
 
@@ -27,10 +31,13 @@ class Request:
         "client",
         "headers",
         "id",
+        "meter",
         "method",
         "params",
         "path",
+        "principal",
         "query",
+        "route",
         "state",
         "task",
     )
@@ -52,9 +59,18 @@ class Request:
         self.id = ""
         self.task: asyncio.Task[Any] | None = None  # the task serving it, set by the adapter
         self.params: dict[str, str] = {}
+        self.route = ""  # the matched route's pattern
+        self.principal: Principal | None = None  # set by the auth guard
+        self.meter: Meter | None = None  # set on model routes, billed when the answer ends
         self.state: dict[str, Any] = {}
         self._read = read
         self._body: bytes | None = None
+
+    @property
+    def address(self) -> str:
+        """The client's IP address, without the port."""
+        host = self.client.rpartition(":")[0] or self.client
+        return host.strip("[]")
 
     async def body(self) -> bytes:
         if self._body is None:

@@ -89,7 +89,7 @@ class StreamResponse(Response):
     The source iterator is always closed, which is what cancels the upstream call.
     """
 
-    __slots__ = ("_cut", "head", "max_bytes", "on_error", "stream", "tail")
+    __slots__ = ("_cut", "head", "max_bytes", "on_error", "outcome", "stream", "tail")
 
     def __init__(
         self,
@@ -108,6 +108,7 @@ class StreamResponse(Response):
         self.head = head
         self.tail = tail
         self._cut: NoroshiError | None = None
+        self.outcome = "cut"  # "ok" once the tail is sent, "error" after an error event
 
     def cut(self, reason: NoroshiError, task: asyncio.Task[Any]) -> None:
         """End the stream from outside (a drain that ran out of time) with an error event."""
@@ -130,9 +131,11 @@ class StreamResponse(Response):
                 await send(chunk)
             if self.tail:
                 await send(self.tail)
+            self.outcome = "ok"
         except gone:
             pass
         except NoroshiError as exc:
+            self.outcome = "error"
             await _send_quietly(writer, gone, self.on_error(exc))
         except asyncio.CancelledError:
             if self._cut is None:
@@ -143,6 +146,7 @@ class StreamResponse(Response):
                 task.uncancel()
             await _send_quietly(writer, gone, self.on_error(self._cut))
         except Exception:
+            self.outcome = "error"
             log.exception("stream failed")
             await _send_quietly(writer, gone, self.on_error(NoroshiError("The stream failed.")))
         finally:

@@ -1,43 +1,51 @@
-"""Method and path to handler: a dict for static paths, a short list for `{param}` paths."""
+"""Method and path to a route: a dict for static paths, a short list for `{param}` paths.
+
+Each route says who may call it (`access`), so the auth guard reads one field instead of a
+list of path prefixes that could drift from the routes themselves.
+"""
 
 from __future__ import annotations
 
 import re
+from typing import Literal
 
 from noroshi.errors import MethodNotAllowed, NotFound
 from noroshi.types import Handler
 
-__all__ = ["Router"]
+__all__ = ["Access", "Route", "Router"]
 
 _PARAM = re.compile(r"\{([a-zA-Z_][a-zA-Z0-9_]*)\}")
+# public: anyone; key: any valid key; model: a key, and the request is metered; admin: master key
+Access = Literal["public", "key", "model", "admin"]
+
+
+class Route:
+    __slots__ = ("access", "handler", "path")
+
+    def __init__(self, path: str, handler: Handler, access: Access) -> None:
+        self.path = path  # the pattern, a bounded label for metrics
+        self.handler = handler
+        self.access = access
 
 
 class Router:
     def __init__(self) -> None:
-        self._static: dict[str, dict[str, Handler]] = {}
-        self._dynamic: list[tuple[re.Pattern[str], dict[str, Handler]]] = []
+        self._static: dict[str, dict[str, Route]] = {}
+        self._dynamic: list[tuple[re.Pattern[str], dict[str, Route]]] = []
 
-    def add(self, method: str, path: str, handler: Handler) -> None:
+    def add(self, method: str, path: str, handler: Handler, access: Access) -> None:
+        route = Route(path, handler, access)
         if "{" not in path:
-            self._static.setdefault(path, {})[method] = handler
+            self._static.setdefault(path, {})[method] = route
             return
         pattern = re.compile("^" + _PARAM.sub(r"(?P<\1>[^/]+)", path) + "$")
         for existing, methods in self._dynamic:
             if existing.pattern == pattern.pattern:
-                methods[method] = handler
+                methods[method] = route
                 return
-        self._dynamic.append((pattern, {method: handler}))
+        self._dynamic.append((pattern, {method: route}))
 
-    def route(self, method: str, path: str) -> Handler:
-        """The decorator form of `add`."""
-
-        def register(handler: Handler) -> Handler:
-            self.add(method, path, handler)
-            return handler
-
-        return register  # type: ignore[return-value]
-
-    def match(self, method: str, path: str) -> tuple[Handler, dict[str, str]]:
+    def match(self, method: str, path: str) -> tuple[Route, dict[str, str]]:
         methods = self._static.get(path)
         params: dict[str, str] = {}
         if methods is None:
@@ -48,11 +56,11 @@ class Router:
                     break
             else:
                 raise NotFound(f"Unknown route: {method} {path}")
-        handler = methods.get(method)
-        if handler is None:
+        route = methods.get(method)
+        if route is None:
             allowed = ", ".join(sorted(methods))
             raise MethodNotAllowed(
                 f"Method {method} is not allowed on {path}; use {allowed}.",
                 headers={"allow": allowed},
             )
-        return handler, params
+        return route, params

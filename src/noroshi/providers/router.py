@@ -27,7 +27,8 @@ from noroshi.errors import (
     UpstreamRejected,
     UpstreamTimeout,
 )
-from noroshi.providers.base import Call, Embedded, Provider, Routed
+from noroshi.metrics import Metrics
+from noroshi.providers.base import Call, Embedded, Provider, Routed, Usage
 
 __all__ = ["Deployment", "ProviderRouter"]
 
@@ -60,8 +61,11 @@ class _Route:
 
 
 class ProviderRouter:
-    def __init__(self, config: Config, providers: dict[str, Provider]) -> None:
+    def __init__(
+        self, config: Config, providers: dict[str, Provider], metrics: Metrics | None = None
+    ) -> None:
         self.policy: RoutingConfig = config.routing
+        self.metrics = metrics
         self.routes = {
             m.name: _Route(
                 m.name,
@@ -80,9 +84,11 @@ class ProviderRouter:
         )
 
     async def embed(self, routed: Routed, texts: list[str], dimensions: int | None) -> Embedded:
-        return await self._with_retries(
+        embedded = await self._with_retries(
             routed, lambda dep: _within_total(dep, dep.provider.embed(texts, dep.model, dimensions))
         )
+        routed.usage = Usage(prompt_tokens=embedded.prompt_tokens)
+        return embedded
 
     async def open_stream(self, call: Call) -> Opened:
         """The first chunk and the rest of the stream; everything before it may be retried."""
@@ -163,6 +169,8 @@ class ProviderRouter:
     def _failed(self, dep: Deployment, exc: UpstreamError | UpstreamTimeout) -> float | None:
         retry_after: float | None = getattr(exc, "retry_after", None)
         status: int | None = getattr(exc, "upstream_status", None)
+        if self.metrics is not None:
+            self.metrics.upstream_errors.labels(dep.label, exc.code or "error").inc()
         if isinstance(exc, UpstreamError) and not exc.retryable:
             return None  # the request was at fault, not the deployment
         dep.failures += 1

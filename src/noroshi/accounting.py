@@ -1,0 +1,275 @@
+"""Admission before a model call and the bill after it.
+
+Every request on a model route gets a `Meter`. Admission checks the key's models, budgets and
+rate limits (reserving the prompt estimate plus `max_tokens` against the token limits); the
+finish, which runs however the request ended (answered, failed, cut by the client), settles the
+reservation with the real usage, adds to the budget counters, queues the usage record and
+updates the metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+
+from noroshi.config import Config, Price
+from noroshi.errors import Forbidden, RateLimited
+from noroshi.limits import Decision, Limiter, Rule
+from noroshi.metrics import Metrics
+from noroshi.providers.base import Call, Routed
+from noroshi.store.keys import ApiKey
+from noroshi.store.usage import UsageLog, UsageRecord
+from noroshi.types import Headers
+
+if TYPE_CHECKING:
+    from noroshi.auth import Principal
+
+__all__ = ["Accountant", "Meter", "estimate_tokens"]
+
+log = logging.getLogger("noroshi.accounting")
+
+DEFAULT_COMPLETION_RESERVE = 256  # reserved against a token limit when max_tokens is not sent
+MAX_SEEDED = 100_000
+
+
+class Meter:
+    """One request on a model route, from admission to its usage record."""
+
+    __slots__ = (
+        "decision",
+        "estimate",
+        "key",
+        "lease",
+        "model",
+        "periods",
+        "request_id",
+        "route",
+        "routed",
+        "rules",
+        "started",
+    )
+
+    def __init__(self, principal: Principal | None, route: str, request_id: str) -> None:
+        self.key: ApiKey | None = principal.key if principal is not None else None
+        self.route = route
+        self.request_id = request_id
+        self.model = ""
+        self.started = time.monotonic()
+        self.estimate = 0
+        self.rules: list[Rule] = []
+        self.lease = ""
+        self.decision: Decision | None = None
+        self.periods: list[str] = []
+        self.routed: Routed | None = None
+
+
+def estimate_tokens(text_length: int) -> int:
+    """About four characters a token: cheap, and close enough to reserve against a limit."""
+    return text_length // 4 + 1
+
+
+class Accountant:
+    def __init__(self, config: Config, limiter: Limiter, usage: UsageLog, metrics: Metrics):
+        self.prices: dict[str, Price] = config.prices
+        self.limiter = limiter
+        self.usage = usage
+        self.metrics = metrics
+        self._seeded: set[tuple[str, str]] = set()
+
+    async def admit(self, meter: Meter, model: str, estimate: int, max_tokens: int | None) -> None:
+        """Refuse with 403 or 429, or reserve what the request may use."""
+        meter.model = model
+        meter.estimate = estimate
+        key = meter.key
+        if key is None:
+            return
+        if key.models and model not in key.models:
+            raise Forbidden(
+                f"This API key may not use the model '{model}'.",
+                param="model",
+                code="model_not_allowed",
+            )
+        if key.budget is not None:
+            await self._check_budget(meter, key)
+        rules = _rules(key, model)
+        if not rules:
+            return
+        lease = secrets.token_hex(8)
+        reserve = estimate + (max_tokens or DEFAULT_COMPLETION_RESERVE)
+        decision = await self.limiter.admit(rules, lease, reserve)
+        if not decision.allowed:
+            self.metrics.refusals.labels(decision.reason or "rate").inc()
+            raise RateLimited(
+                _refusal_message(decision),
+                retry_after=decision.retry_after_s,
+                headers=dict(rate_headers(decision)),
+            )
+        meter.rules, meter.lease, meter.decision = rules, lease, decision
+
+    async def _check_budget(self, meter: Meter, key: ApiKey) -> None:
+        budget = key.budget
+        assert budget is not None
+        now = datetime.now(UTC)
+        periods = [f"day:{now:%Y-%m-%d}", f"month:{now:%Y-%m}"]
+        await self._seed(key.id, periods, now)
+        (day_tokens, day_cost), (month_tokens, month_cost) = await self.limiter.spend(
+            key.id, periods
+        )
+        meter.periods = periods
+        over = None
+        if _reached(day_tokens, budget.tokens_per_day) or _reached(day_cost, budget.cost_per_day):
+            over, ends = "daily", _next_day(now)
+        elif _reached(month_tokens, budget.tokens_per_month) or _reached(
+            month_cost, budget.cost_per_month
+        ):
+            over, ends = "monthly", _next_month(now)
+        if over is not None:
+            self.metrics.refusals.labels("budget").inc()
+            raise RateLimited(
+                f"This API key has used its {over} budget.",
+                retry_after=(ends - now).total_seconds(),
+                code="budget_exceeded",
+            )
+
+    async def _seed(self, key_id: str, periods: list[str], now: datetime) -> None:
+        """Budget counters start from the usage already stored (after a restart, or when a
+        budget is added to a key that has been in use)."""
+        starts = (_start_of_day(now), _start_of_month(now))
+        for period, start in zip(periods, starts, strict=True):
+            if (key_id, period) in self._seeded:
+                continue
+            tokens, cost = await self.usage.spent(key_id, start.timestamp())
+            await self.limiter.seed_spend(key_id, period, tokens, cost)
+            if len(self._seeded) >= MAX_SEEDED:
+                self._seeded.clear()
+            self._seeded.add((key_id, period))
+
+    def headers(self, meter: Meter) -> Headers:
+        return rate_headers(meter.decision) if meter.decision is not None else []
+
+    async def finish(self, meter: Meter, status: int, outcome: str) -> None:
+        """Bill what was used, however the request ended."""
+        routed = meter.routed
+        prompt = completion = 0
+        ttft_ms = None
+        deployment = ""
+        if routed is not None:
+            deployment = routed.deployment
+            usage = routed.usage
+            if usage is not None:
+                prompt, completion = usage.prompt_tokens, usage.completion_tokens
+            elif routed.attempts:  # reached an upstream, which never said: count what was sent
+                prompt = meter.estimate
+                completion = routed.chunks if isinstance(routed, Call) else 0
+            if isinstance(routed, Call) and routed.first_byte_at is not None:
+                ttft_ms = (routed.first_byte_at - meter.started) * 1000
+        cost = self._cost(meter.model, deployment, prompt, completion)
+        key = meter.key
+        if meter.rules:
+            await self.limiter.settle(meter.rules, meter.lease, prompt + completion)
+        if key is not None and meter.periods:
+            await self.limiter.add_spend(key.id, meter.periods, prompt + completion, cost)
+        now = time.monotonic()
+        duration = now - meter.started
+        await self.usage.record(UsageRecord(
+            request_id=meter.request_id,
+            key_id=key.id if key is not None else None,
+            model=meter.model,
+            deployment=deployment,
+            route=meter.route,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            cost=cost,
+            ttft_ms=ttft_ms,
+            duration_ms=duration * 1000,
+            status=status,
+            outcome=outcome,
+            created_at=time.time(),
+        ))  # fmt: skip
+        m = self.metrics
+        m.requests.labels(meter.route, meter.model, str(status)).inc()
+        m.latency.labels(meter.route).observe(duration)
+        if ttft_ms is not None:
+            m.ttft.labels(meter.model).observe(ttft_ms / 1000)
+        if prompt:
+            m.tokens.labels(meter.model, "in").inc(prompt)
+        if completion:
+            m.tokens.labels(meter.model, "out").inc(completion)
+
+    def _cost(self, model: str, deployment: str, prompt: int, completion: int) -> float:
+        price = self.prices.get(model) or self.prices.get(deployment)
+        if price is None:
+            return 0.0
+        return (prompt * price.input + completion * price.output) / 1_000_000
+
+
+def _rules(key: ApiKey, model: str) -> list[Rule]:
+    rules = []
+    if key.rpm or key.tpm or key.max_concurrency:
+        rules.append(Rule(f"key:{key.id}", key.rpm, key.tpm, key.max_concurrency))
+    limits = key.model_limits.get(model)
+    if limits is not None and (limits.rpm or limits.tpm):
+        rules.append(Rule(f"key:{key.id}:model:{model}", limits.rpm, limits.tpm))
+    return rules
+
+
+def rate_headers(d: Decision) -> Headers:
+    """OpenAI's rate-limit headers, for the tightest limit of each kind."""
+    out: Headers = []
+    if d.limit_requests is not None:
+        out += [
+            ("x-ratelimit-limit-requests", str(d.limit_requests)),
+            ("x-ratelimit-remaining-requests", str(max(0, d.remaining_requests or 0))),
+            ("x-ratelimit-reset-requests", _duration(d.reset_requests_s)),
+        ]
+    if d.limit_tokens is not None:
+        out += [
+            ("x-ratelimit-limit-tokens", str(d.limit_tokens)),
+            ("x-ratelimit-remaining-tokens", str(max(0, d.remaining_tokens or 0))),
+            ("x-ratelimit-reset-tokens", _duration(d.reset_tokens_s)),
+        ]
+    return out
+
+
+def _duration(seconds: float) -> str:
+    """OpenAI's reset format: '20ms', '1s', '6m0s'."""
+    if seconds < 1:
+        return f"{max(0, round(seconds * 1000))}ms"
+    minutes, rest = divmod(seconds, 60)
+    if minutes:
+        return f"{int(minutes)}m{rest:.0f}s"
+    return f"{rest:.3g}s"
+
+
+def _refusal_message(d: Decision) -> str:
+    what = {
+        "rpm": "requests per minute",
+        "tpm": "tokens per minute",
+        "concurrency": "concurrent requests",
+    }.get(d.reason or "", "rate")
+    scope = "model" if d.scope and ":model:" in d.scope else "key"
+    return f"Rate limit reached for {what} on this {scope}; retry after {d.retry_after_s:.1f} s."
+
+
+def _reached(spent: float, limit: float | None) -> bool:
+    return limit is not None and spent >= limit
+
+
+def _start_of_day(now: datetime) -> datetime:
+    return now.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def _start_of_month(now: datetime) -> datetime:
+    return _start_of_day(now).replace(day=1)
+
+
+def _next_day(now: datetime) -> datetime:
+    return _start_of_day(now) + timedelta(days=1)
+
+
+def _next_month(now: datetime) -> datetime:
+    start = _start_of_month(now)
+    return (start + timedelta(days=32)).replace(day=1)

@@ -1,0 +1,199 @@
+"""The auth guard: who is calling, and may they call this route.
+
+Keys arrive as `Authorization: Bearer …` or `x-api-key`. The master key opens everything;
+virtual keys are looked up by hash and cached per process. A change to a key reaches every
+replica's cache within a second: through Redis pub/sub when Redis is configured (the cache
+then keeps keys for `auth.key_cache_s`), otherwise by keeping them for one second only.
+Repeated failures from one address lock it out for a while.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import redis.asyncio as aioredis
+
+from noroshi.config import AuthConfig
+from noroshi.errors import Forbidden, RateLimited, Unauthorized
+from noroshi.http.request import Request
+from noroshi.http.router import Access
+from noroshi.limits import Limiter
+from noroshi.store.keys import ApiKey, KeyStore, hash_key
+
+__all__ = ["Authenticator", "KeyChanges", "Principal"]
+
+log = logging.getLogger("noroshi.auth")
+
+MAX_CACHED_KEYS = 10_000
+UNSHARED_CACHE_S = 1.0
+MAX_LOCKED_ADDRESSES = 100_000
+
+
+class Principal:
+    """The caller: a virtual key, or the master (also the caller when auth is off)."""
+
+    __slots__ = ("admin", "key")
+
+    def __init__(self, key: ApiKey | None, admin: bool) -> None:
+        self.key = key
+        self.admin = admin
+
+    @property
+    def key_id(self) -> str | None:
+        return self.key.id if self.key is not None else None
+
+
+MASTER = Principal(None, admin=True)
+
+
+class KeyChanges:
+    """Redis pub/sub of changed key ids: every replica drops them from its cache at once."""
+
+    def __init__(self, url: str, prefix: str, on_change: Callable[[str | None], None]) -> None:
+        self.channel = f"{prefix}keys"
+        self.client = aioredis.from_url(url, socket_timeout=None, socket_connect_timeout=2)
+        self.on_change = on_change
+        self.live = False  # subscribed now; while not, caches fall back to one second
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._listen())
+
+    async def publish(self, key_id: str) -> None:
+        try:
+            await self.client.publish(self.channel, key_id)
+        except (aioredis.RedisError, OSError) as exc:
+            log.warning("could not announce a key change over Redis: %s", exc)
+
+    async def _listen(self) -> None:
+        while True:
+            try:
+                async with self.client.pubsub() as pubsub:
+                    await pubsub.subscribe(self.channel)
+                    self.live = True
+                    self.on_change(None)  # anything may have changed while away
+                    async for message in pubsub.listen():
+                        if message.get("type") == "message":
+                            self.on_change(message["data"].decode())
+            except (aioredis.RedisError, OSError) as exc:
+                if self.live:
+                    log.warning("key change feed lost (%s); caching keys for 1 s", exc)
+            self.live = False
+            await asyncio.sleep(1.0)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.client.aclose()
+
+
+class Authenticator:
+    def __init__(self, config: AuthConfig, keys: KeyStore, limiter: Limiter) -> None:
+        self.config = config
+        self.enabled = bool(config.master_key)
+        self.keys = keys
+        self.limiter = limiter
+        self.changes: KeyChanges | None = None
+        self._master = config.master_key.encode()
+        self._cache: dict[str, tuple[ApiKey, float]] = {}  # hash -> (key, fetched at)
+        self._locked: dict[str, float] = {}  # address -> locked until (monotonic)
+
+    async def check(self, request: Request, access: Access) -> Principal | None:
+        """The caller, or an error: 401 without a valid key, 403 without the right, 429 when
+        the address is locked out."""
+        if access == "public":
+            return None
+        if not self.enabled:
+            return MASTER
+        address = request.address
+        until = self._locked.get(address)
+        if until is not None:
+            left = until - time.monotonic()
+            if left > 0:
+                raise RateLimited(
+                    "Too many failed authentications from this address; try again later.",
+                    retry_after=left,
+                    code="auth_locked_out",
+                )
+            del self._locked[address]
+        secret = _presented_key(request)
+        if not secret:
+            raise Unauthorized(
+                "No API key provided: send it as 'Authorization: Bearer …' or 'x-api-key'.",
+                code="missing_api_key",
+            )
+        if hmac.compare_digest(secret.encode(), self._master):
+            return MASTER
+        key = await self._lookup(secret)
+        if key is None or not key.usable(datetime.now(UTC)):
+            await self._failed(address)
+            raise Unauthorized(_why_refused(key))
+        if access == "admin":
+            raise Forbidden("This route needs the master key.")
+        return Principal(key, admin=False)
+
+    async def _lookup(self, secret: str) -> ApiKey | None:
+        digest = hash_key(secret)
+        hit = self._cache.get(digest)
+        now = time.monotonic()
+        ttl = self.config.key_cache_s if self.changes and self.changes.live else UNSHARED_CACHE_S
+        if hit is not None and now - hit[1] < ttl:
+            return hit[0]
+        key = await self.keys.find(secret)
+        if key is None:
+            self._cache.pop(digest, None)
+            return None
+        if len(self._cache) >= MAX_CACHED_KEYS:
+            del self._cache[next(iter(self._cache))]
+        self._cache[digest] = (key, now)
+        return key
+
+    def forget(self, key_id: str | None) -> None:
+        """Drop a changed key from the cache (None: drop every key)."""
+        if key_id is None:
+            self._cache.clear()
+            return
+        for digest, (key, _) in list(self._cache.items()):
+            if key.id == key_id:
+                del self._cache[digest]
+
+    async def changed(self, key_id: str) -> None:
+        """A key was updated or revoked here: forget it, and tell the other replicas."""
+        self.forget(key_id)
+        if self.changes is not None:
+            await self.changes.publish(key_id)
+
+    async def _failed(self, address: str) -> None:
+        cfg = self.config
+        failures = await self.limiter.hit(f"authfail:{address}", cfg.lockout_window_s)
+        if failures >= cfg.lockout_failures:
+            log.warning("locking out %s for %.0f s after %d failed authentications",
+                        address, cfg.lockout_s, failures)  # fmt: skip
+            if len(self._locked) >= MAX_LOCKED_ADDRESSES:
+                del self._locked[next(iter(self._locked))]
+            self._locked[address] = time.monotonic() + cfg.lockout_s
+
+
+def _presented_key(request: Request) -> str:
+    header = request.headers.get("authorization")
+    if header:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() == "bearer":
+            return token.strip()
+    return request.headers.get("x-api-key", "").strip()
+
+
+def _why_refused(key: ApiKey | None) -> str:
+    if key is None:
+        return "Incorrect API key provided."
+    if key.revoked_at is not None:
+        return "This API key has been revoked."
+    return f"This API key expired at {key.expires_at:%Y-%m-%dT%H:%M:%SZ}."

@@ -1,0 +1,52 @@
+"""Real `noroshi serve` processes for tests of signals and of several replicas."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from asyncio.subprocess import Process
+from pathlib import Path
+
+import aiohttp
+
+from tests.conftest import free_port
+
+
+async def start_server(
+    tmp_path: Path, config: str, env: dict[str, str] | None = None, name: str = "noroshi"
+) -> tuple[Process, str]:
+    """`noroshi serve` in a process of its own, its data in the test's folder; once healthy."""
+    path = tmp_path / f"{name}.toml"
+    path.write_text(config)
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("NOROSHI_")},
+        "NOROSHI_SERVER__DATA_DIR": str(tmp_path / "data"),
+        **(env or {}),
+    }
+    proc = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "noroshi", "serve", "--config", str(path), "--port", str(port)),
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    async with aiohttp.ClientSession() as s:
+        for _ in range(300):
+            try:
+                async with s.get(f"{base}/health") as r:
+                    if r.status == 200:
+                        return proc, base
+            except aiohttp.ClientConnectionError:
+                await asyncio.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("noroshi serve did not start")
+
+
+async def stop(proc: Process) -> int:
+    try:
+        return await asyncio.wait_for(proc.wait(), 15)
+    except TimeoutError:
+        proc.kill()
+        raise AssertionError("the server did not exit after SIGTERM") from None
