@@ -17,6 +17,7 @@ import platform
 import resource
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -65,13 +66,20 @@ def granian(target: str, port: int) -> list[str]:
             "--workers", "1", "--no-ws", "--log-level", "warning", target]  # fmt: skip
 
 
+BENCH_MASTER = "sk-bench-master"
+
+
 def noroshi_spec(port: int, upstream: str, workdir: Path) -> Spec:
+    """Noroshi with its full path on: a virtual key with limits and a budget, usage recorded."""
     from noroshi import __version__
 
     config = workdir / f"noroshi-{port}.toml"
     config.write_text(f"""
 [server]
 data_dir = "{workdir / "data"}"
+
+[auth]
+master_key = "{BENCH_MASTER}"
 
 [providers.up]
 type = "openai"
@@ -83,7 +91,15 @@ name = "m"
 deployments = [{{ provider = "up", model = "m" }}]
 """)
     argv = [PY, "-m", "noroshi", "serve", "--config", str(config), "--port", str(port)]
-    return Spec("noroshi", argv, {}, port, version=__version__)
+    created = subprocess.run(
+        [PY, "-m", "noroshi", "keys", "create", "bench", "--config", str(config),
+         "--rpm", "1000000000", "--tpm", "1000000000000", "--max-concurrency", "100000",
+         "--budget", '{"tokens_per_day": 1000000000000}'],
+        check=True, capture_output=True, text=True, cwd=ROOT,
+    )  # fmt: skip
+    key = created.stdout.strip().splitlines()[-1]
+    headers = {"authorization": f"Bearer {key}"}
+    return Spec("noroshi", argv, {}, port, headers=headers, version=__version__)
 
 
 def builtin_specs(port: int, upstream: str, workdir: Path) -> list[Spec]:
