@@ -67,11 +67,13 @@ def test_environment_overrides(tmp_path: Path) -> None:
         "NOROSHI_SERVER__PORT": "9999",
         "NOROSHI_PROVIDERS__UP__IDLE_TIMEOUT_S": "2.5",
         "NOROSHI_SERVER__HOST": "0.0.0.0",
+        "NOROSHI_AUTH__MASTER_KEY": "sk-m",  # binding beyond loopback needs one
     }
     config = load_config(write(tmp_path, ISSUE_SHAPE), env)
     assert config.server.port == 9999
     assert config.server.host == "0.0.0.0"
     assert config.providers["up"].idle_timeout_s == 2.5
+    assert config.auth.master_key == "sk-m"
 
 
 def test_interpolation_default(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ updates the metrics.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import secrets
 import time
@@ -78,6 +79,8 @@ class Accountant:
         self.usage = usage
         self.metrics = metrics
         self._seeded: set[tuple[str, str]] = set()
+        self._lease_prefix = secrets.token_hex(6)  # unique per process, so across replicas
+        self._leases = itertools.count()
 
     async def admit(self, meter: Meter, model: str, estimate: int, max_tokens: int | None) -> None:
         """Refuse with 403 or 429, or reserve what the request may use."""
@@ -97,7 +100,7 @@ class Accountant:
         rules = _rules(key, model)
         if not rules:
             return
-        lease = secrets.token_hex(8)
+        lease = f"{self._lease_prefix}{next(self._leases)}"
         reserve = estimate + (max_tokens or DEFAULT_COMPLETION_RESERVE)
         decision = await self.limiter.admit(rules, lease, reserve)
         if not decision.allowed:
@@ -154,7 +157,7 @@ class Accountant:
         """Bill what was used, however the request ended."""
         routed = meter.routed
         prompt = completion = 0
-        ttft_ms = None
+        ttft_s = None
         deployment = ""
         if routed is not None:
             deployment = routed.deployment
@@ -165,7 +168,7 @@ class Accountant:
                 prompt = meter.estimate
                 completion = routed.chunks if isinstance(routed, Call) else 0
             if isinstance(routed, Call) and routed.first_byte_at is not None:
-                ttft_ms = (routed.first_byte_at - meter.started) * 1000
+                ttft_s = routed.first_byte_at - meter.started
         cost = self._cost(meter.model, deployment, prompt, completion)
         key = meter.key
         if meter.rules:
@@ -183,21 +186,15 @@ class Accountant:
             prompt_tokens=prompt,
             completion_tokens=completion,
             cost=cost,
-            ttft_ms=ttft_ms,
+            ttft_ms=ttft_s * 1000 if ttft_s is not None else None,
             duration_ms=duration * 1000,
             status=status,
             outcome=outcome,
             created_at=time.time(),
         ))  # fmt: skip
-        m = self.metrics
-        m.requests.labels(meter.route, meter.model, str(status)).inc()
-        m.latency.labels(meter.route).observe(duration)
-        if ttft_ms is not None:
-            m.ttft.labels(meter.model).observe(ttft_ms / 1000)
-        if prompt:
-            m.tokens.labels(meter.model, "in").inc(prompt)
-        if completion:
-            m.tokens.labels(meter.model, "out").inc(completion)
+        self.metrics.answered(
+            meter.route, meter.model, status, duration, ttft_s, prompt, completion
+        )
 
     def _cost(self, model: str, deployment: str, prompt: int, completion: int) -> float:
         price = self.prices.get(model) or self.prices.get(deployment)

@@ -110,6 +110,7 @@ class App:
         rid = request.headers.get("x-request-id")
         request.id = rid if rid and len(rid) <= 128 and rid.isprintable() else os.urandom(12).hex()
         status, outcome = 499, "cut"  # unless the answer is sent, the client left
+        began = time.monotonic()
         try:
             try:
                 response = await self._handle(request)
@@ -139,7 +140,7 @@ class App:
             if request.meter is not None:
                 await self.accountant.finish(request.meter, status, outcome)
             else:
-                self.metrics.requests.labels(request.route, "", str(status)).inc()
+                self.metrics.answered(request.route, "", status, time.monotonic() - began)
 
     # --- lifecycle -------------------------------------------------------------------------
 
