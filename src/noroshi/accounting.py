@@ -79,6 +79,7 @@ class Accountant:
         self.usage = usage
         self.metrics = metrics
         self._seeded: set[tuple[str, str]] = set()
+        self._calendar = _Calendar(time.time())
         self._lease_prefix = secrets.token_hex(6)  # unique per process, so across replicas
         self._leases = itertools.count()
 
@@ -115,36 +116,36 @@ class Accountant:
     async def _check_budget(self, meter: Meter, key: ApiKey) -> None:
         budget = key.budget
         assert budget is not None
-        now = datetime.now(UTC)
-        periods = [f"day:{now:%Y-%m-%d}", f"month:{now:%Y-%m}"]
-        await self._seed(key.id, periods, now)
+        now = time.time()
+        cal = self._calendar if now < self._calendar.day_ends else _Calendar(now)
+        self._calendar = cal
+        await self._seed(key.id, cal)
         (day_tokens, day_cost), (month_tokens, month_cost) = await self.limiter.spend(
-            key.id, periods
+            key.id, cal.periods
         )
-        meter.periods = periods
+        meter.periods = cal.periods
         over = None
         if _reached(day_tokens, budget.tokens_per_day) or _reached(day_cost, budget.cost_per_day):
-            over, ends = "daily", _next_day(now)
+            over, ends = "daily", cal.day_ends
         elif _reached(month_tokens, budget.tokens_per_month) or _reached(
             month_cost, budget.cost_per_month
         ):
-            over, ends = "monthly", _next_month(now)
+            over, ends = "monthly", cal.month_ends
         if over is not None:
             self.metrics.refusals.labels("budget").inc()
             raise RateLimited(
                 f"This API key has used its {over} budget.",
-                retry_after=(ends - now).total_seconds(),
+                retry_after=ends - now,
                 code="budget_exceeded",
             )
 
-    async def _seed(self, key_id: str, periods: list[str], now: datetime) -> None:
+    async def _seed(self, key_id: str, cal: _Calendar) -> None:
         """Budget counters start from the usage already stored (after a restart, or when a
         budget is added to a key that has been in use)."""
-        starts = (_start_of_day(now), _start_of_month(now))
-        for period, start in zip(periods, starts, strict=True):
+        for period, start in zip(cal.periods, cal.starts, strict=True):
             if (key_id, period) in self._seeded:
                 continue
-            tokens, cost = await self.usage.spent(key_id, start.timestamp())
+            tokens, cost = await self.usage.spent(key_id, start)
             await self.limiter.seed_spend(key_id, period, tokens, cost)
             if len(self._seeded) >= MAX_SEEDED:
                 self._seeded.clear()
@@ -255,18 +256,16 @@ def _reached(spent: float, limit: float | None) -> bool:
     return limit is not None and spent >= limit
 
 
-def _start_of_day(now: datetime) -> datetime:
-    return now.replace(hour=0, minute=0, second=0, microsecond=0)
+class _Calendar:
+    """Today's and this month's budget periods (UTC), worked out once a day."""
 
+    __slots__ = ("day_ends", "month_ends", "periods", "starts")
 
-def _start_of_month(now: datetime) -> datetime:
-    return _start_of_day(now).replace(day=1)
-
-
-def _next_day(now: datetime) -> datetime:
-    return _start_of_day(now) + timedelta(days=1)
-
-
-def _next_month(now: datetime) -> datetime:
-    start = _start_of_month(now)
-    return (start + timedelta(days=32)).replace(day=1)
+    def __init__(self, now: float) -> None:
+        moment = datetime.fromtimestamp(now, UTC)
+        day = moment.replace(hour=0, minute=0, second=0, microsecond=0)
+        month = day.replace(day=1)
+        self.periods = [f"day:{day:%Y-%m-%d}", f"month:{day:%Y-%m}"]
+        self.starts = (day.timestamp(), month.timestamp())
+        self.day_ends = (day + timedelta(days=1)).timestamp()
+        self.month_ends = (month + timedelta(days=32)).replace(day=1).timestamp()
