@@ -18,12 +18,15 @@ from typing import Annotated, Any, Literal, TypeVar
 import msgspec
 
 __all__ = [
+    "AgentConfig",
     "AuthConfig",
     "Config",
     "ConfigError",
     "CorsConfig",
     "DefaultsConfig",
     "DeploymentConfig",
+    "HTTPToolConfig",
+    "MCPServerConfig",
     "ModelConfig",
     "Price",
     "ProviderConfig",
@@ -157,6 +160,45 @@ class Price(_Section):
     output: Annotated[float, msgspec.Meta(ge=0)] = 0.0  # per million completion tokens
 
 
+class HTTPToolConfig(_Section):
+    """A tool that is one HTTP request: `{arg}` in the URL is filled from the arguments (URL-
+    encoded); the rest go as the query (GET, DELETE) or a JSON body (POST, PUT, PATCH)."""
+
+    name: Annotated[str, msgspec.Meta(pattern=r"^[a-zA-Z0-9_-]{1,64}$")]
+    url: str
+    description: str = ""
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "GET"
+    parameters: dict[str, Any] = {}  # JSON schema of the arguments (an object)
+    headers: dict[str, str] = {}  # may use ${VAR} for secrets
+    timeout_s: Positive = 30.0
+    allow_hosts: list[str] = []  # private, loopback or link-local hosts this tool may reach
+    max_response_bytes: Annotated[int, msgspec.Meta(ge=1)] = 64 * 1024
+
+
+class MCPServerConfig(_Section):
+    """An MCP server: `command` runs it over stdio, or `url` reaches it over streamable HTTP.
+    Its tools are named `<name>__<tool>`."""
+
+    name: Annotated[str, msgspec.Meta(pattern=r"^[a-zA-Z0-9_-]{1,32}$")]
+    command: list[str] = []
+    env: dict[str, str] = {}
+    url: str = ""
+    headers: dict[str, str] = {}
+    timeout_s: Positive = 30.0
+
+
+class AgentConfig(_Section):
+    name: Annotated[str, msgspec.Meta(min_length=1)]
+    model: str = ""  # a [[models]] name; default: defaults.chat_model
+    system: str = ""
+    # "module:function" (a @tool function), an [[http_tools]] name, "mcp:<server>" for all of
+    # a server's tools, or "<server>__<tool>" for one
+    tools: list[str] = []
+    max_steps: Annotated[int, msgspec.Meta(ge=1, le=100)] = 8
+    temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] | None = None
+    tool_timeout_s: Positive = 30.0
+
+
 class Config(_Section):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     auth: AuthConfig = msgspec.field(default_factory=AuthConfig)
@@ -164,6 +206,9 @@ class Config(_Section):
     redis: RedisConfig = msgspec.field(default_factory=RedisConfig)
     cors: CorsConfig = msgspec.field(default_factory=CorsConfig)
     prices: dict[str, Price] = {}  # by model name, or by deployment "provider/model"
+    agents: list[AgentConfig] = []  # a default agent, "default", exists unless one is named so
+    http_tools: list[HTTPToolConfig] = []
+    mcp_servers: list[MCPServerConfig] = []
     defaults: DefaultsConfig = msgspec.field(default_factory=DefaultsConfig)
     providers: dict[str, ProviderConfig] = {}
     models: list[ModelConfig] = []
