@@ -313,3 +313,11 @@ async def test_client_disconnect_cancels_non_streaming_upstream(
         task.cancel()
         noticed_at = await waiter
     assert noticed_at - closed_at < 0.1
+
+
+async def test_large_answer_is_read_whole(client: openai.AsyncOpenAI, upstream: FakeOpenAI) -> None:
+    """A body that arrives in many pieces is read to its end, not to the first piece."""
+    text = "word " * 400_000  # 2 MB
+    upstream.script(Reply(text=text))
+    answer = await client.chat.completions.create(model="fast", messages=HI)  # type: ignore[arg-type]
+    assert answer.choices[0].message.content == text

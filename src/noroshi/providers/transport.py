@@ -35,13 +35,19 @@ class UpstreamResponse:
         return self._resp.headers.get(name)
 
     async def read(self, limit: int) -> bytes:
+        """The whole body; a read returns what has arrived so far, so read until the end."""
+        content = self._resp.content
+        parts: list[bytes] = []
+        size = 0
         try:
-            body = await self._resp.content.read(limit + 1)
+            while part := await content.read(limit + 1 - size):
+                parts.append(part)
+                size += len(part)
+                if size > limit:
+                    raise UpstreamError(f"The upstream answer exceeded {limit} bytes.")
         except TRANSPORT_ERRORS as exc:
             raise translate(exc) from exc
-        if len(body) > limit:
-            raise UpstreamError(f"The upstream answer exceeded {limit} bytes.")
-        return body
+        return b"".join(parts)
 
     def chunks(self) -> AsyncIterator[bytes]:
         """The body as it arrives. Iterate inside `except TRANSPORT_ERRORS` and raise
