@@ -10,11 +10,13 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from noroshi.accounting import Accountant, Meter
-from noroshi.api import admin, health, openai, simple
+from noroshi.agent.build import build_agents
+from noroshi.agent.runs import Agent, Runner
+from noroshi.api import admin, agent, health, openai, simple
 from noroshi.auth import Authenticator, KeyChanges
 from noroshi.config import Config, ProviderConfig, data_dir, load_config
 from noroshi.errors import BadRequest, NoDeployment, NoroshiError, Unavailable
@@ -34,6 +36,7 @@ from noroshi.providers.openai_compat import OpenAIProvider
 from noroshi.providers.router import ProviderRouter
 from noroshi.store.database import Database, open_database
 from noroshi.store.keys import KeyStore
+from noroshi.store.sessions import SessionStore
 from noroshi.store.usage import UsageLog
 from noroshi.types import Middleware
 
@@ -65,6 +68,7 @@ class App:
         openai.install(self.router, self)
         simple.install(self.router, self)
         admin.install(self.router, self)
+        agent.install(self.router, self)
         if self.config.cors.allow_origins:
             middleware = [cors(self.config.cors), *middleware]
         self._handle = compose(middleware, self._route)
@@ -79,6 +83,10 @@ class App:
         self.limiter: Limiter
         self.auth: Authenticator
         self.accountant: Accountant
+        self.sessions: SessionStore
+        self.runner: Runner
+        self.agents: dict[str, Agent] = {}
+        self._closers: list[Callable[[], Awaitable[None]]] = []
 
     def default_chat_model(self) -> str:
         name = self.config.defaults.chat_model or next(iter(self.models.routes), "")
@@ -168,6 +176,9 @@ class App:
             self.auth.changes = KeyChanges(redis.url, redis.prefix, self.auth.forget)
             self.auth.changes.start()
         self.accountant = Accountant(config, self.limiter, self.usage, self.metrics)
+        self.sessions = SessionStore(self.db)
+        self.runner = Runner(self.models, self.sessions)
+        self.agents, self._closers = await build_agents(config, self.default_chat_model)
         self.warm()
 
     def warm(self) -> None:
@@ -181,6 +192,9 @@ class App:
         started = self._started
         if started is None or not started.done() or started.cancelled() or started.exception():
             return
+        await self.runner.close()
+        for close in self._closers:
+            await close()
         if self.auth.changes is not None:
             await self.auth.changes.close()
         await self.usage.close()

@@ -7,6 +7,7 @@
      ├── NotFound                 404  unknown route
      │    └── ModelNotFound       404  unknown model (param "model")
      ├── MethodNotAllowed         405
+     ├── Conflict                 409  a session that is busy with another run
      ├── PayloadTooLarge          413
      ├── UnsupportedMediaType     415
      ├── RateLimited              429  carries Retry-After
@@ -30,6 +31,7 @@ import msgspec
 
 __all__ = [
     "BadRequest",
+    "Conflict",
     "Forbidden",
     "MethodNotAllowed",
     "ModelNotFound",
@@ -120,6 +122,12 @@ class MethodNotAllowed(NoroshiError):
     status = 405
     type = "invalid_request_error"
     code = "method_not_allowed"
+
+
+class Conflict(NoroshiError):
+    status = 409
+    type = "invalid_request_error"
+    code = "conflict"
 
 
 class PayloadTooLarge(NoroshiError):

@@ -71,6 +71,38 @@ MIGRATIONS: list[str] = [
     "CREATE INDEX usage_created_at ON usage (created_at)",
     "CREATE INDEX usage_key_created_at ON usage (key_id, created_at)",
     "CREATE INDEX usage_model_created_at ON usage (model, created_at)",
+    """CREATE TABLE sessions (
+        id TEXT PRIMARY KEY,
+        key_id TEXT,
+        agent TEXT NOT NULL,
+        title TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL
+    )""",
+    "CREATE INDEX sessions_key_updated ON sessions (key_id, updated_at)",
+    """CREATE TABLE session_messages (
+        session_id TEXT NOT NULL,
+        seq BIGINT NOT NULL,
+        run_id TEXT NOT NULL,
+        message TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (session_id, seq)
+    )""",
+    """CREATE TABLE runs (
+        id TEXT PRIMARY KEY,
+        session_id TEXT NOT NULL,
+        key_id TEXT,
+        agent TEXT NOT NULL,
+        status TEXT NOT NULL,
+        background INTEGER NOT NULL,
+        prompt_tokens BIGINT NOT NULL,
+        completion_tokens BIGINT NOT NULL,
+        steps INTEGER NOT NULL,
+        error TEXT,
+        created_at DOUBLE PRECISION NOT NULL,
+        finished_at DOUBLE PRECISION
+    )""",
+    "CREATE INDEX runs_session ON runs (session_id, created_at)",
 ]
 
 _MIGRATIONS_TABLE = """CREATE TABLE IF NOT EXISTS noroshi_migrations (

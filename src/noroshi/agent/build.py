@@ -1,0 +1,90 @@
+"""Agents from the config: their tools imported, HTTP tools made, MCP servers connected.
+
+An agent's `tools` entries name, in order of lookup: an `[[http_tools]]` entry, `mcp:<server>`
+(all of a server's tools), `<server>__<tool>` (one of them), or `module:function`.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+from noroshi.agent.http_tools import HTTPTool
+from noroshi.agent.runs import Agent
+from noroshi.agent.tools import Tool, Toolbox, load_tool
+from noroshi.config import AgentConfig, Config, ConfigError
+from noroshi.errors import NoroshiError
+
+if TYPE_CHECKING:
+    from noroshi.agent.mcp import MCPServer
+
+__all__ = ["build_agents"]
+
+log = logging.getLogger("noroshi.agent")
+
+Closer = Callable[[], Awaitable[None]]
+
+
+async def build_agents(
+    config: Config, default_model: Callable[[], str]
+) -> tuple[dict[str, Agent], list[Closer]]:
+    closers: list[Closer] = []
+    http = {t.name: HTTPTool(t) for t in config.http_tools}
+    closers.extend(t.close for t in http.values())
+    servers: dict[str, MCPServer] = {}
+    if config.mcp_servers:  # the MCP SDK takes a while to import: only when it is used
+        from noroshi.agent.mcp import MCPServer
+    for server_config in config.mcp_servers:
+        server = MCPServer(server_config)
+        try:
+            await server.start()
+        except Exception as exc:
+            log.error("MCP server %s did not start: %s", server_config.name, exc)
+        servers[server_config.name] = server
+        closers.append(server.close)
+    agents: dict[str, Agent] = {}
+    configs = list(config.agents)
+    if not any(a.name == "default" for a in configs):
+        configs.insert(0, AgentConfig(name="default"))
+    for i, agent in enumerate(configs):
+        tools: list[Tool] = []
+        for j, name in enumerate(agent.tools):
+            where = f"agents.{i}.tools.{j}"
+            tools.extend(_resolve(name, where, http, servers))
+        try:
+            model = agent.model or default_model()
+        except NoroshiError:
+            model = ""  # no model configured: the agent answers 503 like the simple endpoints
+        if agent.model and config.model(agent.model) is None:
+            raise ConfigError(f"agents.{i}.model: no model named '{agent.model}'")
+        # each agent its own copy: the timeout is the agent's, the connections are shared
+        own = [copy.copy(tool) for tool in tools]
+        for tool in own:
+            tool.timeout_s = min(tool.timeout_s, agent.tool_timeout_s)
+        agents[agent.name] = Agent(agent, model, Toolbox(own))
+    return agents, closers
+
+
+def _resolve(
+    name: str, where: str, http: dict[str, HTTPTool], servers: dict[str, MCPServer]
+) -> list[Tool]:
+    if name in http:
+        return [http[name]]
+    if name.startswith("mcp:"):
+        server = servers.get(name[4:])
+        if server is None:
+            raise ConfigError(f"{where}: no MCP server named '{name[4:]}'")
+        return list(server.tools)
+    if "__" in name and name.split("__", 1)[0] in servers:
+        found = [t for t in servers[name.split("__", 1)[0]].tools if t.name == name]
+        if not found:
+            raise ConfigError(f"{where}: the MCP server has no tool '{name}'")
+        return found
+    if ":" in name:
+        try:
+            return [load_tool(name)]
+        except (ImportError, AttributeError, ValueError) as exc:
+            raise ConfigError(f"{where}: cannot load tool '{name}': {exc}") from None
+    raise ConfigError(f"{where}: '{name}' is not an HTTP tool, an MCP tool or module:function")

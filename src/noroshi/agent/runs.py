@@ -1,0 +1,204 @@
+"""Runs: one turn of an agent in a task of its own, its events kept so clients can join late.
+
+A run outlives the request that started it only when it was started in the background; a
+streaming run whose client leaves is cancelled, which stops its model call and tools. One run
+at a time per session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+
+from noroshi.agent.loop import run_turn
+from noroshi.agent.tools import Toolbox
+from noroshi.config import AgentConfig
+from noroshi.errors import Conflict, NoroshiError
+from noroshi.providers.base import Routed
+from noroshi.providers.router import ProviderRouter
+from noroshi.store.sessions import Run, Session, SessionStore
+
+__all__ = ["ActiveRun", "Agent", "Event", "RunLog", "Runner"]
+
+log = logging.getLogger("noroshi.agent")
+
+MAX_EVENTS = 50_000  # a run that emits more is cut with an error
+KEEP_FINISHED = 1_000  # finished runs kept in memory for late joins
+
+
+class Event(msgspec.Struct, array_like=True):
+    seq: int
+    type: str
+    data: dict[str, Any]
+
+
+class RunLog:
+    """The events of one run in order, and a way to follow them as they come."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.done = False
+        self._changed = asyncio.Event()
+
+    def emit(self, type: str, data: dict[str, Any]) -> None:
+        if self.done:
+            return
+        if len(self.events) >= MAX_EVENTS:
+            raise NoroshiError("The run produced too many events.", code="run_too_large")
+        self.events.append(Event(len(self.events) + 1, type, data))
+        self._changed.set()
+
+    def close(self) -> None:
+        self.done = True
+        self._changed.set()
+
+    async def follow(self, after: int = 0) -> AsyncIterator[Event]:
+        """Every event after `after`, then each new one until the run ends."""
+        seen = after
+        while True:
+            while seen < len(self.events):
+                seen += 1
+                yield self.events[seen - 1]
+            if self.done:
+                return
+            self._changed.clear()
+            await self._changed.wait()
+
+
+class Agent:
+    """An agent as configured, with its tools ready."""
+
+    def __init__(self, config: AgentConfig, model: str, toolbox: Toolbox) -> None:
+        self.config = config
+        self.name = config.name
+        self.model = model
+        self.toolbox = toolbox
+
+
+class ActiveRun:
+    __slots__ = ("agent", "log", "routed", "run", "session", "task")
+
+    def __init__(self, run: Run, session: Session, agent: Agent, routed: Routed) -> None:
+        self.run = run
+        self.session = session
+        self.agent = agent
+        self.routed = routed  # billed by the request's meter when the stream ends
+        self.log = RunLog()
+        self.task: asyncio.Task[None] | None = None
+
+
+class Runner:
+    def __init__(self, models: ProviderRouter, sessions: SessionStore) -> None:
+        self.models = models
+        self.sessions = sessions
+        self.by_session: dict[str, ActiveRun] = {}
+        self.by_id: dict[str, ActiveRun] = {}
+
+    async def start(
+        self,
+        key_id: str | None,
+        session: Session,
+        agent: Agent,
+        prompt: str,
+        routed: Routed,
+        background: bool = False,
+    ) -> ActiveRun:
+        busy = self.by_session.get(session.id)
+        if busy is not None:
+            raise Conflict(
+                f"Session {session.id} is busy with run {busy.run.id}; wait for it to finish "
+                "or cancel it.",
+                param="session_id",
+                code="session_busy",
+            )
+        placeholder = ActiveRun(
+            Run(id="", session_id=session.id, agent=agent.name, status="running",
+                background=background, created_at=0.0),
+            session, agent, routed,
+        )  # fmt: skip
+        self.by_session[session.id] = placeholder  # held while the run row is written
+        try:
+            run = await self.sessions.start_run(key_id, session, background)
+        except BaseException:
+            del self.by_session[session.id]
+            raise
+        active = ActiveRun(run, session, agent, routed)
+        self.by_session[session.id] = active
+        self._remember(active)
+        active.task = asyncio.get_running_loop().create_task(self._execute(active, prompt))
+        return active
+
+    def get(self, run_id: str) -> ActiveRun | None:
+        return self.by_id.get(run_id)
+
+    def cancel(self, active: ActiveRun) -> bool:
+        if active.task is None or active.task.done():
+            return False
+        active.task.cancel()
+        return True
+
+    async def close(self) -> None:
+        tasks = [a.task for a in self.by_session.values() if a.task is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def _remember(self, active: ActiveRun) -> None:
+        self.by_id[active.run.id] = active
+        if len(self.by_id) > KEEP_FINISHED + len(self.by_session):
+            for run_id, old in list(self.by_id.items()):
+                if old.log.done:
+                    del self.by_id[run_id]
+                    break
+
+    async def _execute(self, active: ActiveRun, prompt: str) -> None:
+        run, agent, emit = active.run, active.agent, active.log.emit
+        emit("run.started", {"run_id": run.id, "session_id": run.session_id,
+                             "agent": agent.name, "model": agent.model})  # fmt: skip
+        try:
+            history = await self.sessions.messages(run.session_id)
+            turn = await run_turn(
+                self.models,
+                agent.model,
+                agent.config.system,
+                history,
+                prompt,
+                agent.toolbox,
+                emit,
+                max_steps=agent.config.max_steps,
+                temperature=agent.config.temperature,
+                request_id=run.id,
+            )
+            run.steps = turn.steps
+            run.prompt_tokens = turn.usage.prompt_tokens
+            run.completion_tokens = turn.usage.completion_tokens
+            active.routed.usage = turn.usage
+            await self.sessions.append(run.session_id, run.id, turn.messages)
+            run.status = "completed"
+            emit("usage", {"prompt_tokens": run.prompt_tokens,
+                           "completion_tokens": run.completion_tokens,
+                           "total_tokens": run.prompt_tokens + run.completion_tokens})  # fmt: skip
+            emit("run.finished", {"run_id": run.id, "status": run.status,
+                                  "finish_reason": turn.finish, "steps": turn.steps})  # fmt: skip
+        except asyncio.CancelledError:
+            run.status = "cancelled"
+            emit("error", {"message": "The run was cancelled.", "code": "cancelled"})
+        except NoroshiError as exc:
+            run.status, run.error = "failed", exc.message
+            emit("error", {"message": exc.message, "code": exc.code})
+        except Exception:
+            log.exception("run %s failed", run.id)
+            run.status, run.error = "failed", "The agent failed."
+            emit("error", {"message": run.error, "code": "internal_error"})
+        finally:
+            active.log.close()
+            if self.by_session.get(run.session_id) is active:
+                del self.by_session[run.session_id]
+            await self.sessions.finish_run(run)

@@ -1,0 +1,184 @@
+"""The agent surface: `/api/v1/agent/chat` streams a run; sessions and runs under `/api/v1`.
+
+Native events are SSE with an `id:` each (the run's sequence), so a client that lost the
+stream can join again with `Last-Event-ID`. A stream that fails ends with an `error` event
+and without `run.finished`, the success terminator.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Annotated
+
+import msgspec
+from msgspec import Meta, Struct
+
+from noroshi.agent.runs import ActiveRun, Agent, Event
+from noroshi.api.openai import admit
+from noroshi.errors import Conflict, NotFound
+from noroshi.http import JSONResponse, Request, Response, Router, StreamResponse
+from noroshi.providers.base import Routed
+
+if TYPE_CHECKING:
+    from noroshi.app import App
+
+__all__ = ["encode_native", "install"]
+
+_encode = msgspec.json.encode
+
+
+class AgentChatBody(Struct, forbid_unknown_fields=True):
+    prompt: Annotated[str, Meta(min_length=1)]
+    session_id: str | None = None
+    agent: str | None = None
+
+
+class RunBody(Struct, forbid_unknown_fields=True):
+    prompt: Annotated[str, Meta(min_length=1)]
+    session_id: str | None = None
+    agent: str | None = None
+    background: bool = False
+
+
+_decode_chat = msgspec.json.Decoder(AgentChatBody)
+_decode_run = msgspec.json.Decoder(RunBody)
+
+
+def encode_native(event: Event) -> bytes:
+    return (
+        f"id: {event.seq}\nevent: {event.type}\ndata: ".encode()
+        + _encode({"type": event.type, **event.data})
+        + b"\n\n"
+    )
+
+
+def _key_id(request: Request) -> str | None:
+    principal = request.principal
+    return principal.key_id if principal is not None else None
+
+
+def install(router: Router, app: App) -> None:
+    limit = app.config.server.max_stream_bytes
+
+    def agent_named(name: str | None) -> Agent:
+        agent = app.agents.get(name or "default")
+        if agent is None:
+            known = ", ".join(sorted(app.agents))
+            raise NotFound(f"No agent named '{name}' (configured: {known}).", param="agent")
+        return agent
+
+    async def begin(
+        request: Request, prompt: str, session_id: str | None, agent_name: str | None,
+        background: bool,
+    ) -> ActiveRun:  # fmt: skip
+        key_id = _key_id(request)
+        if session_id is not None:
+            session = await app.sessions.get(key_id, session_id)
+            if session is None:
+                raise NotFound(f"No session '{session_id}'.", param="session_id")
+            agent = agent_named(agent_name or session.agent)
+        else:
+            agent = agent_named(agent_name)
+            session = await app.sessions.create(key_id, agent.name, prompt[:80])
+        routed = Routed(agent.model, request.id)
+        await admit(app, request, routed, None)
+        routed.attempts = 1
+        return await app.runner.start(key_id, session, agent, prompt, routed, background)
+
+    def stream(active: ActiveRun, after: int, cancel_on_leave: bool) -> Response:
+        async def events() -> AsyncIterator[bytes]:
+            try:
+                async for event in active.log.follow(after):
+                    yield encode_native(event)
+            finally:
+                if cancel_on_leave:
+                    app.runner.cancel(active)
+
+        headers = [
+            ("content-type", "text/event-stream; charset=utf-8"),
+            ("cache-control", "no-cache"),
+            ("x-accel-buffering", "no"),
+            ("x-noroshi-run-id", active.run.id),
+            ("x-noroshi-session-id", active.session.id),
+        ]
+        return StreamResponse(events(), headers=headers, max_bytes=limit)
+
+    async def agent_chat(request: Request) -> Response:
+        body = await request.json(_decode_chat)
+        active = await begin(request, body.prompt, body.session_id, body.agent, False)
+        return stream(active, 0, cancel_on_leave=True)
+
+    async def start_run(request: Request) -> Response:
+        body = await request.json(_decode_run)
+        active = await begin(request, body.prompt, body.session_id, body.agent, body.background)
+        if not body.background:
+            return stream(active, 0, cancel_on_leave=True)
+        return JSONResponse(
+            {"run_id": active.run.id, "session_id": active.session.id, "status": "running"},
+            status=202,
+        )
+
+    async def owned_run(request: Request) -> ActiveRun | None:
+        """The run in memory if it is the caller's; NotFound when it is not theirs at all."""
+        run_id = request.params["id"]
+        stored = await app.sessions.get_run(_key_id(request), run_id)
+        if stored is None:
+            raise NotFound(f"No run '{run_id}'.", param="id")
+        return app.runner.get(run_id)
+
+    async def get_run(request: Request) -> Response:
+        active = await owned_run(request)
+        run = active.run if active is not None else None
+        if run is None:
+            run = await app.sessions.get_run(_key_id(request), request.params["id"])
+        return JSONResponse(run)
+
+    async def join_run(request: Request) -> Response:
+        active = await owned_run(request)
+        if active is None:
+            raise NotFound("The run's events are no longer kept on this server.", param="id")
+        after = 0
+        last = request.headers.get("last-event-id")
+        if last:
+            with contextlib.suppress(ValueError):
+                after = max(0, int(last))
+        return stream(active, after, cancel_on_leave=False)
+
+    async def cancel_run(request: Request) -> Response:
+        active = await owned_run(request)
+        cancelled = active is not None and app.runner.cancel(active)
+        return JSONResponse({"run_id": request.params["id"], "cancelled": cancelled})
+
+    async def list_sessions(request: Request) -> Response:
+        sessions = await app.sessions.list(_key_id(request))
+        return JSONResponse({"object": "list", "data": sessions})
+
+    async def get_session(request: Request) -> Response:
+        session = await app.sessions.get(_key_id(request), request.params["id"])
+        if session is None:
+            raise NotFound(f"No session '{request.params['id']}'.", param="id")
+        return JSONResponse({
+            **msgspec.to_builtins(session),
+            "messages": await app.sessions.messages(session.id),
+            "runs": await app.sessions.runs(session.id),
+        })  # fmt: skip
+
+    async def delete_session(request: Request) -> Response:
+        session_id = request.params["id"]
+        busy = app.runner.by_session.get(session_id)
+        if busy is not None:
+            raise Conflict(f"Session {session_id} is running {busy.run.id}; cancel it first.",
+                           param="id", code="session_busy")  # fmt: skip
+        if not await app.sessions.delete(_key_id(request), session_id):
+            raise NotFound(f"No session '{session_id}'.", param="id")
+        return JSONResponse({"id": session_id, "deleted": True})
+
+    router.add("POST", "/api/v1/agent/chat", agent_chat, access="model")
+    router.add("POST", "/api/v1/runs", start_run, access="model")
+    router.add("GET", "/api/v1/runs/{id}", get_run, access="key")
+    router.add("GET", "/api/v1/runs/{id}/stream", join_run, access="key")
+    router.add("POST", "/api/v1/runs/{id}/cancel", cancel_run, access="key")
+    router.add("GET", "/api/v1/sessions", list_sessions, access="key")
+    router.add("GET", "/api/v1/sessions/{id}", get_session, access="key")
+    router.add("DELETE", "/api/v1/sessions/{id}", delete_session, access="key")

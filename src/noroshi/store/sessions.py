@@ -1,0 +1,160 @@
+"""Agent sessions (a conversation's history) and runs (one turn of the agent loop each).
+
+A session belongs to the key that made it: every read takes the caller's key id, and a
+session of another key is as absent as one that never existed.
+"""
+
+from __future__ import annotations
+
+import builtins
+import secrets
+import time
+from typing import Any
+
+import msgspec
+
+from noroshi.store.database import Database
+from noroshi.wire.openai import Message
+
+__all__ = ["Run", "Session", "SessionStore"]
+
+_encode = msgspec.json.encode
+_decode_message: msgspec.json.Decoder[Message] = msgspec.json.Decoder(Message)
+
+
+class Session(msgspec.Struct, kw_only=True):
+    id: str
+    agent: str
+    title: str
+    created_at: float
+    updated_at: float
+
+
+class Run(msgspec.Struct, kw_only=True):
+    id: str
+    session_id: str
+    agent: str
+    status: str  # "running" | "completed" | "failed" | "cancelled"
+    background: bool
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    steps: int = 0
+    error: str | None = None
+    created_at: float
+    finished_at: float | None = None
+
+
+_SESSION = "id, agent, title, created_at, updated_at"
+_RUN = (
+    "id, session_id, agent, status, background, prompt_tokens, completion_tokens, steps, "
+    "error, created_at, finished_at"
+)
+
+
+def _session(row: tuple[Any, ...]) -> Session:
+    return Session(id=row[0], agent=row[1], title=row[2], created_at=row[3], updated_at=row[4])
+
+
+def _run(row: tuple[Any, ...]) -> Run:
+    return Run(id=row[0], session_id=row[1], agent=row[2], status=row[3],
+               background=bool(row[4]), prompt_tokens=row[5], completion_tokens=row[6],
+               steps=row[7], error=row[8], created_at=row[9], finished_at=row[10])  # fmt: skip
+
+
+def _key_is(key_id: str | None) -> tuple[str, list[Any]]:
+    """`key_id = ?`, or `key_id IS NULL` when auth is off (SQL's NULL never equals NULL)."""
+    return ("key_id IS NULL", []) if key_id is None else ("key_id = ?", [key_id])
+
+
+class SessionStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def create(self, key_id: str | None, agent: str, title: str) -> Session:
+        now = time.time()
+        session = Session(id=f"ses_{secrets.token_hex(8)}", agent=agent, title=title[:200],
+                          created_at=now, updated_at=now)  # fmt: skip
+        await self.db.execute(
+            f"INSERT INTO sessions (key_id, {_SESSION}) VALUES (?, ?, ?, ?, ?, ?)",
+            (key_id, session.id, agent, session.title, now, now),
+        )
+        return session
+
+    async def get(self, key_id: str | None, session_id: str) -> Session | None:
+        where, args = _key_is(key_id)
+        row = await self.db.fetchone(
+            f"SELECT {_SESSION} FROM sessions WHERE id = ? AND {where}", (session_id, *args)
+        )
+        return _session(row) if row is not None else None
+
+    async def list(self, key_id: str | None, limit: int = 100) -> builtins.list[Session]:
+        where, args = _key_is(key_id)
+        rows = await self.db.fetch(
+            f"SELECT {_SESSION} FROM sessions WHERE {where} ORDER BY updated_at DESC LIMIT ?",
+            (*args, limit),
+        )
+        return [_session(r) for r in rows]
+
+    async def delete(self, key_id: str | None, session_id: str) -> bool:
+        if await self.get(key_id, session_id) is None:
+            return False
+        for table, column in (("session_messages", "session_id"), ("runs", "session_id"),
+                              ("sessions", "id")):  # fmt: skip
+            await self.db.execute(f"DELETE FROM {table} WHERE {column} = ?", (session_id,))
+        return True
+
+    async def messages(self, session_id: str) -> builtins.list[Message]:
+        rows = await self.db.fetch(
+            "SELECT message FROM session_messages WHERE session_id = ? ORDER BY seq",
+            (session_id,),
+        )
+        return [_decode_message.decode(r[0]) for r in rows]
+
+    async def append(self, session_id: str, run_id: str, messages: builtins.list[Message]) -> None:
+        """Add a turn's messages after the history; one run at a time per session makes the
+        sequence numbers safe to take from the count."""
+        row = await self.db.fetchone(
+            "SELECT COALESCE(MAX(seq), 0) FROM session_messages WHERE session_id = ?",
+            (session_id,),
+        )
+        start = int(row[0]) if row is not None else 0
+        now = time.time()
+        await self.db.executemany(
+            "INSERT INTO session_messages (session_id, seq, run_id, message, created_at) "
+            "VALUES (?, ?, ?, ?, ?)",
+            [(session_id, start + i + 1, run_id, _encode(m).decode(), now)
+             for i, m in enumerate(messages)],
+        )  # fmt: skip
+        await self.db.execute("UPDATE sessions SET updated_at = ? WHERE id = ?", (now, session_id))
+
+    async def start_run(self, key_id: str | None, session: Session, background: bool) -> Run:
+        run = Run(id=f"run_{secrets.token_hex(8)}", session_id=session.id, agent=session.agent,
+                  status="running", background=background, created_at=time.time())  # fmt: skip
+        await self.db.execute(
+            f"INSERT INTO runs (key_id, {_RUN}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (key_id, run.id, run.session_id, run.agent, run.status, int(background),
+             0, 0, 0, None, run.created_at, None),
+        )  # fmt: skip
+        return run
+
+    async def finish_run(self, run: Run) -> None:
+        run.finished_at = time.time()
+        await self.db.execute(
+            "UPDATE runs SET status = ?, prompt_tokens = ?, completion_tokens = ?, steps = ?, "
+            "error = ?, finished_at = ? WHERE id = ?",
+            (run.status, run.prompt_tokens, run.completion_tokens, run.steps, run.error,
+             run.finished_at, run.id),
+        )  # fmt: skip
+
+    async def get_run(self, key_id: str | None, run_id: str) -> Run | None:
+        where, args = _key_is(key_id)
+        row = await self.db.fetchone(
+            f"SELECT {_RUN} FROM runs WHERE id = ? AND {where}", (run_id, *args)
+        )
+        return _run(row) if row is not None else None
+
+    async def runs(self, session_id: str) -> builtins.list[Run]:
+        rows = await self.db.fetch(
+            f"SELECT {_RUN} FROM runs WHERE session_id = ? ORDER BY created_at", (session_id,)
+        )
+        return [_run(r) for r in rows]
