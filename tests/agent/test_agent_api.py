@@ -189,3 +189,97 @@ async def test_sessions_list_and_delete(base: str, upstream: FakeOpenAI) -> None
             assert r.status == 200
         async with s.get(f"{base}/api/v1/sessions/{session_id}") as r:
             assert r.status == 404
+
+
+def ui_chunks(raw: bytes) -> list[Any]:
+    """The data of each SSE event; `[DONE]` kept as a string."""
+    out: list[Any] = []
+    for block in raw.decode().split("\n\n"):
+        data = [line[6:] for line in block.splitlines() if line.startswith("data: ")]
+        if data:
+            out.append("[DONE]" if data[0] == "[DONE]" else json.loads(data[0]))
+    return out
+
+
+def check_ui_protocol(chunks: list[Any]) -> None:
+    """The UI message stream's rules: one start first; steps balanced; text parts opened before
+    their deltas and closed before their step ends; a tool's output after its input; a
+    successful stream ends with finish then [DONE]."""
+    assert chunks[0]["type"] == "start"
+    open_text: str | None = None
+    in_step = False
+    inputs: set[str] = set()
+    for chunk in chunks[1:-2]:
+        kind = chunk["type"]
+        if kind == "start-step":
+            assert not in_step
+            in_step = True
+        elif kind == "finish-step":
+            assert in_step and open_text is None
+            in_step = False
+        elif kind == "text-start":
+            assert in_step and open_text is None
+            open_text = chunk["id"]
+        elif kind == "text-delta":
+            assert chunk["id"] == open_text and isinstance(chunk["delta"], str)
+        elif kind == "text-end":
+            assert chunk["id"] == open_text
+            open_text = None
+        elif kind == "tool-input-available":
+            assert in_step and open_text is None
+            inputs.add(chunk["toolCallId"])
+        elif kind in ("tool-output-available", "tool-output-error"):
+            assert chunk["toolCallId"] in inputs
+        else:
+            raise AssertionError(f"unexpected chunk {chunk}")
+    assert chunks[-2:] == [{"type": "finish"}, "[DONE]"]
+
+
+async def test_ai_sdk_stream_for_use_chat(base: str, upstream: FakeOpenAI) -> None:
+    upstream.script(
+        Reply(tool_calls=[{"name": "lookup_city", "arguments": {"city": "Nice"}}]),
+        Reply(text="Nice has 1000 people."),
+    )  # fmt: skip
+    body = {  # what useChat's default transport sends
+        "id": "chat-123",
+        "messages": [{"id": "m1", "role": "user", "parts": [{"type": "text", "text": "Nice?"}]}],
+        "trigger": "submit-message",
+        "agent": "helper",
+    }
+    async with aiohttp.ClientSession() as s, s.post(f"{base}/api/v1/agent/chat", json=body) as r:
+        assert r.status == 200
+        assert r.headers["x-vercel-ai-ui-message-stream"] == "v1"
+        assert r.headers["x-noroshi-session-id"] == "chat-123"
+        chunks = ui_chunks(await r.read())
+    check_ui_protocol(chunks)
+    kinds = [c["type"] if isinstance(c, dict) else c for c in chunks]
+    assert kinds.count("start-step") == 2
+    tool_input = next(
+        c for c in chunks if isinstance(c, dict) and c["type"] == "tool-input-available"
+    )
+    assert tool_input["toolName"] == "lookup_city" and tool_input["input"] == {"city": "Nice"}
+    output = next(c for c in chunks if isinstance(c, dict) and c["type"] == "tool-output-available")
+    assert output["output"] == "Nice: 1000 people"
+    text = "".join(c["delta"] for c in chunks if isinstance(c, dict) and c["type"] == "text-delta")
+    assert text == "Nice has 1000 people."
+
+    # the same chat id continues the same session
+    upstream.script(Reply(text="Still 1000."))
+    body["messages"].append(
+        {"id": "m2", "role": "user", "parts": [{"type": "text", "text": "Sure?"}]}
+    )
+    async with aiohttp.ClientSession() as s, s.post(f"{base}/api/v1/agent/chat", json=body) as r:
+        check_ui_protocol(ui_chunks(await r.read()))
+    assert len(upstream.requests[-1].body["messages"]) == 1 + 4 + 1  # system, history, new
+
+
+async def test_ai_sdk_stream_error_has_no_finish(base: str, upstream: FakeOpenAI) -> None:
+    upstream.script(*[Reply(status=500)] * 3)
+    body = {
+        "id": "chat-err",
+        "messages": [{"role": "user", "parts": [{"type": "text", "text": "Hi"}]}],
+    }
+    async with aiohttp.ClientSession() as s, s.post(f"{base}/api/v1/agent/chat", json=body) as r:
+        chunks = ui_chunks(await r.read())
+    assert chunks[-1]["type"] == "error" and chunks[-1]["errorText"]
+    assert "[DONE]" not in chunks and {"type": "finish"} not in chunks

@@ -100,14 +100,15 @@ async def run_turn(
             turn.usage.prompt_tokens += call.usage.prompt_tokens
             turn.usage.completion_tokens += call.usage.completion_tokens
         turn.messages.append(oa.AssistantMessage(content=text or None, tool_calls=calls or None))
+        if calls:  # a step is a model call and the tools it asked for
+            results = await _run_tools(toolbox, calls, emit)
+            turn.messages.extend(
+                oa.ToolMessage(content=r.content, tool_call_id=c.id)
+                for c, r in zip(calls, results, strict=True)
+            )
         emit("step.finished", {"step": step, "finish_reason": finish})
         if not calls:
             return turn
-        results = await _run_tools(toolbox, calls, emit)
-        turn.messages.extend(
-            oa.ToolMessage(content=r.content, tool_call_id=c.id)
-            for c, r in zip(calls, results, strict=True)
-        )
     turn.finish = "max_steps"
     return turn
 

@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import msgspec
 from msgspec import Meta, Struct
 
 from noroshi.agent.runs import ActiveRun, Agent, Event
 from noroshi.api.openai import admit
-from noroshi.errors import Conflict, NotFound
+from noroshi.errors import BadRequest, Conflict, NotFound
 from noroshi.http import JSONResponse, Request, Response, Router, StreamResponse
 from noroshi.providers.base import Routed
+from noroshi.wire.ai_sdk import HEADERS as AI_SDK_HEADERS
+from noroshi.wire.ai_sdk import UIMessageStream
 
 if TYPE_CHECKING:
     from noroshi.app import App
@@ -28,21 +30,58 @@ __all__ = ["encode_native", "install"]
 _encode = msgspec.json.encode
 
 
-class AgentChatBody(Struct, forbid_unknown_fields=True):
-    prompt: Annotated[str, Meta(min_length=1)]
-    session_id: str | None = None
-    agent: str | None = None
+Format = Literal["native", "ai-sdk"]
+ChatId = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")]
 
 
-class RunBody(Struct, forbid_unknown_fields=True):
-    prompt: Annotated[str, Meta(min_length=1)]
-    session_id: str | None = None
+class UIPart(Struct):
+    type: str
+    text: str | None = None
+
+
+class UIMessage(Struct):
+    """A message as `useChat` sends it; only its text parts matter here."""
+
+    role: str
+    parts: list[UIPart] = []
+    id: str | None = None
+
+
+class AgentChatBody(Struct):
+    """Either noroshi's own `{prompt, session_id}` or useChat's `{id, messages}`; the latter
+    answers in the AI SDK stream unless `format` says otherwise."""
+
+    prompt: Annotated[str, Meta(min_length=1)] | None = None
+    session_id: ChatId | None = None
     agent: str | None = None
+    format: Format | None = None
     background: bool = False
+    id: ChatId | None = None  # useChat's chat id, used as the session id
+    messages: list[UIMessage] | None = None
+
+    def turn(self) -> tuple[str, str | None, Format]:
+        """The prompt, the session and the stream format this body asks for."""
+        if self.messages is not None:
+            users = [m for m in self.messages if m.role == "user"]
+            text = (
+                "".join(p.text or "" for p in users[-1].parts if p.type == "text") if users else ""
+            )
+            if not text:
+                raise BadRequest("The last user message has no text.", param="messages")
+            return text, self.session_id or self.id, self.format or "ai-sdk"
+        if self.prompt is None:
+            raise BadRequest("Send `prompt` (or useChat's `messages`).", param="prompt")
+        return self.prompt, self.session_id, self.format or "native"
 
 
 _decode_chat = msgspec.json.Decoder(AgentChatBody)
-_decode_run = msgspec.json.Decoder(RunBody)
+
+
+NATIVE_HEADERS = [
+    ("content-type", "text/event-stream; charset=utf-8"),
+    ("cache-control", "no-cache"),
+    ("x-accel-buffering", "no"),
+]
 
 
 def encode_native(event: Event) -> bytes:
@@ -68,26 +107,25 @@ def install(router: Router, app: App) -> None:
             raise NotFound(f"No agent named '{name}' (configured: {known}).", param="agent")
         return agent
 
-    async def begin(
-        request: Request, prompt: str, session_id: str | None, agent_name: str | None,
-        background: bool,
-    ) -> ActiveRun:  # fmt: skip
+    async def begin(request: Request, body: AgentChatBody, prompt: str,
+                    session_id: str | None) -> ActiveRun:  # fmt: skip
         key_id = _key_id(request)
-        if session_id is not None:
-            session = await app.sessions.get(key_id, session_id)
-            if session is None:
-                raise NotFound(f"No session '{session_id}'.", param="session_id")
+        agent_name = body.agent
+        session = await app.sessions.get(key_id, session_id) if session_id else None
+        if session is not None:
             agent = agent_named(agent_name or session.agent)
-        else:
+        elif session_id is not None and body.id is None:
+            raise NotFound(f"No session '{session_id}'.", param="session_id")
+        else:  # new, or a useChat chat seen for the first time
             agent = agent_named(agent_name)
-            session = await app.sessions.create(key_id, agent.name, prompt[:80])
+            session = await app.sessions.create(key_id, agent.name, prompt[:80], session_id)
         routed = Routed(agent.model, request.id)
         await admit(app, request, routed, None)
         routed.attempts = 1
-        return await app.runner.start(key_id, session, agent, prompt, routed, background)
+        return await app.runner.start(key_id, session, agent, prompt, routed, body.background)
 
-    def stream(active: ActiveRun, after: int, cancel_on_leave: bool) -> Response:
-        async def events() -> AsyncIterator[bytes]:
+    def stream(active: ActiveRun, after: int, cancel_on_leave: bool, format: Format) -> Response:
+        async def native() -> AsyncIterator[bytes]:
             try:
                 async for event in active.log.follow(after):
                     yield encode_native(event)
@@ -95,25 +133,35 @@ def install(router: Router, app: App) -> None:
                 if cancel_on_leave:
                     app.runner.cancel(active)
 
-        headers = [
-            ("content-type", "text/event-stream; charset=utf-8"),
-            ("cache-control", "no-cache"),
-            ("x-accel-buffering", "no"),
-            ("x-noroshi-run-id", active.run.id),
-            ("x-noroshi-session-id", active.session.id),
-        ]
-        return StreamResponse(events(), headers=headers, max_bytes=limit)
+        async def ai_sdk() -> AsyncIterator[bytes]:
+            ui = UIMessageStream()
+            try:
+                async for event in active.log.follow(0):
+                    frames = ui.encode(event.seq, event.type, event.data)
+                    if event.seq > after:  # earlier events only rebuild the encoder's state
+                        yield frames
+            finally:
+                if cancel_on_leave:
+                    app.runner.cancel(active)
+
+        ids = [("x-noroshi-run-id", active.run.id), ("x-noroshi-session-id", active.session.id)]
+        if format == "ai-sdk":
+            return StreamResponse(ai_sdk(), headers=[*AI_SDK_HEADERS, *ids], max_bytes=limit)
+        return StreamResponse(native(), headers=[*NATIVE_HEADERS, *ids], max_bytes=limit)
 
     async def agent_chat(request: Request) -> Response:
         body = await request.json(_decode_chat)
-        active = await begin(request, body.prompt, body.session_id, body.agent, False)
-        return stream(active, 0, cancel_on_leave=True)
+        body.background = False
+        prompt, session_id, format = body.turn()
+        active = await begin(request, body, prompt, session_id)
+        return stream(active, 0, cancel_on_leave=True, format=format)
 
     async def start_run(request: Request) -> Response:
-        body = await request.json(_decode_run)
-        active = await begin(request, body.prompt, body.session_id, body.agent, body.background)
+        body = await request.json(_decode_chat)
+        prompt, session_id, format = body.turn()
+        active = await begin(request, body, prompt, session_id)
         if not body.background:
-            return stream(active, 0, cancel_on_leave=True)
+            return stream(active, 0, cancel_on_leave=True, format=format)
         return JSONResponse(
             {"run_id": active.run.id, "session_id": active.session.id, "status": "running"},
             status=202,
@@ -143,7 +191,8 @@ def install(router: Router, app: App) -> None:
         if last:
             with contextlib.suppress(ValueError):
                 after = max(0, int(last))
-        return stream(active, after, cancel_on_leave=False)
+        ai_sdk = "format=ai-sdk" in request.query
+        return stream(active, after, cancel_on_leave=False, format="ai-sdk" if ai_sdk else "native")
 
     async def cancel_run(request: Request) -> Response:
         active = await owned_run(request)

@@ -70,10 +70,13 @@ class SessionStore:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    async def create(self, key_id: str | None, agent: str, title: str) -> Session:
+    async def create(
+        self, key_id: str | None, agent: str, title: str, session_id: str | None = None
+    ) -> Session:
+        """A new session; `session_id` when the client names its chats itself (useChat)."""
         now = time.time()
-        session = Session(id=f"ses_{secrets.token_hex(8)}", agent=agent, title=title[:200],
-                          created_at=now, updated_at=now)  # fmt: skip
+        session = Session(id=session_id or f"ses_{secrets.token_hex(8)}", agent=agent,
+                          title=title[:200], created_at=now, updated_at=now)  # fmt: skip
         await self.db.execute(
             f"INSERT INTO sessions (key_id, {_SESSION}) VALUES (?, ?, ?, ?, ?, ?)",
             (key_id, session.id, agent, session.title, now, now),
