@@ -15,6 +15,7 @@ from typing import Any
 
 from noroshi.accounting import Accountant, Meter
 from noroshi.agent.build import build_agents
+from noroshi.agent.events import DatabaseEvents, EventStore, RedisEvents
 from noroshi.agent.runs import Agent, Runner
 from noroshi.api import admin, agent, health, openai, simple
 from noroshi.auth import Authenticator, KeyChanges
@@ -177,7 +178,11 @@ class App:
             self.auth.changes.start()
         self.accountant = Accountant(config, self.limiter, self.usage, self.metrics)
         self.sessions = SessionStore(self.db)
-        self.runner = Runner(self.models, self.sessions)
+        self.run_events: EventStore = (
+            RedisEvents(redis.url, redis.prefix) if redis.url else DatabaseEvents(self.db)
+        )
+        self.runner = Runner(self.models, self.sessions, self.run_events)
+        self.run_events.listen_cancels(self.runner.cancel_id)
         self.agents, self._closers = await build_agents(config, self.default_chat_model)
         self.warm()
 
@@ -193,6 +198,7 @@ class App:
         if started is None or not started.done() or started.cancelled() or started.exception():
             return
         await self.runner.close()
+        await self.run_events.close()
         for close in self._closers:
             await close()
         if self.auth.changes is not None:

@@ -15,6 +15,7 @@ from typing import Any
 
 import msgspec
 
+from noroshi.agent.events import EventStore, EventWriter
 from noroshi.agent.loop import run_turn
 from noroshi.agent.tools import Toolbox
 from noroshi.config import AgentConfig
@@ -38,11 +39,13 @@ class Event(msgspec.Struct, array_like=True):
 
 
 class RunLog:
-    """The events of one run in order, and a way to follow them as they come."""
+    """The events of one run in order, and a way to follow them as they come; each is also
+    handed to `keep`, which stores it for other replicas."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep: EventWriter | None = None) -> None:
         self.events: list[Event] = []
         self.done = False
+        self.keep = keep
         self._changed = asyncio.Event()
 
     def emit(self, type: str, data: dict[str, Any]) -> None:
@@ -50,7 +53,10 @@ class RunLog:
             return
         if len(self.events) >= MAX_EVENTS:
             raise NoroshiError("The run produced too many events.", code="run_too_large")
-        self.events.append(Event(len(self.events) + 1, type, data))
+        event = Event(len(self.events) + 1, type, data)
+        self.events.append(event)
+        if self.keep is not None:
+            self.keep.write(event.seq, type, data)
         self._changed.set()
 
     def close(self) -> None:
@@ -83,19 +89,22 @@ class Agent:
 class ActiveRun:
     __slots__ = ("agent", "log", "routed", "run", "session", "task")
 
-    def __init__(self, run: Run, session: Session, agent: Agent, routed: Routed) -> None:
+    def __init__(
+        self, run: Run, session: Session, agent: Agent, routed: Routed, keep: EventWriter | None
+    ) -> None:
         self.run = run
         self.session = session
         self.agent = agent
         self.routed = routed  # billed by the request's meter when the stream ends
-        self.log = RunLog()
+        self.log = RunLog(keep)
         self.task: asyncio.Task[None] | None = None
 
 
 class Runner:
-    def __init__(self, models: ProviderRouter, sessions: SessionStore) -> None:
+    def __init__(self, models: ProviderRouter, sessions: SessionStore, events: EventStore) -> None:
         self.models = models
         self.sessions = sessions
+        self.events = events
         self.by_session: dict[str, ActiveRun] = {}
         self.by_id: dict[str, ActiveRun] = {}
 
@@ -119,7 +128,7 @@ class Runner:
         placeholder = ActiveRun(
             Run(id="", session_id=session.id, agent=agent.name, status="running",
                 background=background, created_at=0.0),
-            session, agent, routed,
+            session, agent, routed, None,
         )  # fmt: skip
         self.by_session[session.id] = placeholder  # held while the run row is written
         try:
@@ -127,7 +136,7 @@ class Runner:
         except BaseException:
             del self.by_session[session.id]
             raise
-        active = ActiveRun(run, session, agent, routed)
+        active = ActiveRun(run, session, agent, routed, self.events.writer(run.id))
         self.by_session[session.id] = active
         self._remember(active)
         active.task = asyncio.get_running_loop().create_task(self._execute(active, prompt))
@@ -141,6 +150,12 @@ class Runner:
             return False
         active.task.cancel()
         return True
+
+    def cancel_id(self, run_id: str) -> None:
+        """A cancel asked for by another replica; ignored unless the run is here."""
+        active = self.by_id.get(run_id)
+        if active is not None:
+            self.cancel(active)
 
     async def close(self) -> None:
         tasks = [a.task for a in self.by_session.values() if a.task is not None]
@@ -199,6 +214,8 @@ class Runner:
             emit("error", {"message": run.error, "code": "internal_error"})
         finally:
             active.log.close()
+            if active.log.keep is not None:
+                await active.log.keep.close()  # kept before the status says the run ended
             if self.by_session.get(run.session_id) is active:
                 del self.by_session[run.session_id]
             await self.sessions.finish_run(run)

@@ -8,7 +8,7 @@ and without `run.finished`, the success terminator.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Annotated, Literal
 
 import msgspec
@@ -19,6 +19,8 @@ from noroshi.api.openai import admit
 from noroshi.errors import BadRequest, Conflict, NotFound
 from noroshi.http import JSONResponse, Request, Response, Router, StreamResponse
 from noroshi.providers.base import Routed
+from noroshi.store.sessions import Run
+from noroshi.types import Headers
 from noroshi.wire.ai_sdk import HEADERS as AI_SDK_HEADERS
 from noroshi.wire.ai_sdk import UIMessageStream
 
@@ -124,80 +126,110 @@ def install(router: Router, app: App) -> None:
         routed.attempts = 1
         return await app.runner.start(key_id, session, agent, prompt, routed, body.background)
 
-    def stream(active: ActiveRun, after: int, cancel_on_leave: bool, format: Format) -> Response:
+    def stream(
+        source: Callable[[int], AsyncIterator[Event]],
+        ids: Headers,
+        after: int,
+        format: Format,
+        on_leave: Callable[[], object] | None = None,
+    ) -> Response:
+        """The run's events from `source(after)`, in the asked format; `on_leave` runs when the
+        stream ends however it ends (the client left: cancel a run that is not in the
+        background)."""
+
         async def native() -> AsyncIterator[bytes]:
             try:
-                async for event in active.log.follow(after):
+                async for event in source(after):
                     yield encode_native(event)
             finally:
-                if cancel_on_leave:
-                    app.runner.cancel(active)
+                if on_leave is not None:
+                    on_leave()
 
         async def ai_sdk() -> AsyncIterator[bytes]:
             ui = UIMessageStream()
             try:
-                async for event in active.log.follow(0):
+                async for event in source(0):
                     frames = ui.encode(event.seq, event.type, event.data)
                     if event.seq > after:  # earlier events only rebuild the encoder's state
                         yield frames
             finally:
-                if cancel_on_leave:
-                    app.runner.cancel(active)
+                if on_leave is not None:
+                    on_leave()
 
-        ids = [("x-noroshi-run-id", active.run.id), ("x-noroshi-session-id", active.session.id)]
         if format == "ai-sdk":
             return StreamResponse(ai_sdk(), headers=[*AI_SDK_HEADERS, *ids], max_bytes=limit)
         return StreamResponse(native(), headers=[*NATIVE_HEADERS, *ids], max_bytes=limit)
+
+    def live(active: ActiveRun, format: Format) -> Response:
+        """A run started by this request: the client leaving cancels it."""
+        ids = [("x-noroshi-run-id", active.run.id), ("x-noroshi-session-id", active.session.id)]
+        return stream(active.log.follow, ids, 0, format, lambda: app.runner.cancel(active))
 
     async def agent_chat(request: Request) -> Response:
         body = await request.json(_decode_chat)
         body.background = False
         prompt, session_id, format = body.turn()
         active = await begin(request, body, prompt, session_id)
-        return stream(active, 0, cancel_on_leave=True, format=format)
+        return live(active, format)
 
     async def start_run(request: Request) -> Response:
         body = await request.json(_decode_chat)
         prompt, session_id, format = body.turn()
         active = await begin(request, body, prompt, session_id)
         if not body.background:
-            return stream(active, 0, cancel_on_leave=True, format=format)
+            return live(active, format)
         return JSONResponse(
             {"run_id": active.run.id, "session_id": active.session.id, "status": "running"},
             status=202,
         )
 
-    async def owned_run(request: Request) -> ActiveRun | None:
-        """The run in memory if it is the caller's; NotFound when it is not theirs at all."""
+    async def owned_run(request: Request) -> Run:
+        """The caller's run, as stored; NotFound when it is not theirs at all."""
         run_id = request.params["id"]
         stored = await app.sessions.get_run(_key_id(request), run_id)
         if stored is None:
             raise NotFound(f"No run '{run_id}'.", param="id")
-        return app.runner.get(run_id)
+        return stored
 
     async def get_run(request: Request) -> Response:
-        active = await owned_run(request)
-        run = active.run if active is not None else None
-        if run is None:
-            run = await app.sessions.get_run(_key_id(request), request.params["id"])
-        return JSONResponse(run)
+        stored = await owned_run(request)
+        active = app.runner.get(stored.id)
+        return JSONResponse(active.run if active is not None else stored)
 
     async def join_run(request: Request) -> Response:
-        active = await owned_run(request)
-        if active is None:
-            raise NotFound("The run's events are no longer kept on this server.", param="id")
+        """Replay and follow a run, from this replica's memory when it runs here, else from
+        the shared event store (Redis, or the database)."""
+        stored = await owned_run(request)
         after = 0
         last = request.headers.get("last-event-id")
         if last:
             with contextlib.suppress(ValueError):
                 after = max(0, int(last))
-        ai_sdk = "format=ai-sdk" in request.query
-        return stream(active, after, cancel_on_leave=False, format="ai-sdk" if ai_sdk else "native")
+        format: Format = "ai-sdk" if "format=ai-sdk" in request.query else "native"
+        ids = [("x-noroshi-run-id", stored.id), ("x-noroshi-session-id", stored.session_id)]
+        active = app.runner.get(stored.id)
+        if active is not None:
+            return stream(active.log.follow, ids, after, format)
+        key_id = _key_id(request)
+
+        async def running() -> bool:
+            run = await app.sessions.get_run(key_id, stored.id)
+            return run is not None and run.status == "running"
+
+        async def kept(after: int) -> AsyncIterator[Event]:
+            async for seq, type, data in app.run_events.follow(stored.id, after, running):
+                yield Event(seq, type, data)
+
+        return stream(kept, ids, after, format)
 
     async def cancel_run(request: Request) -> Response:
-        active = await owned_run(request)
-        cancelled = active is not None and app.runner.cancel(active)
-        return JSONResponse({"run_id": request.params["id"], "cancelled": cancelled})
+        stored = await owned_run(request)
+        active = app.runner.get(stored.id)
+        if active is not None:
+            cancelled = app.runner.cancel(active)
+        else:  # running on another replica, perhaps
+            cancelled = stored.status == "running" and await app.run_events.ask_cancel(stored.id)
+        return JSONResponse({"run_id": stored.id, "cancelled": cancelled})
 
     async def list_sessions(request: Request) -> Response:
         sessions = await app.sessions.list(_key_id(request))

@@ -103,6 +103,13 @@ MIGRATIONS: list[str] = [
         finished_at DOUBLE PRECISION
     )""",
     "CREATE INDEX runs_session ON runs (session_id, created_at)",
+    """CREATE TABLE run_events (
+        run_id TEXT NOT NULL,
+        seq BIGINT NOT NULL,
+        type TEXT NOT NULL,
+        data TEXT NOT NULL,
+        PRIMARY KEY (run_id, seq)
+    )""",
 ]
 
 _MIGRATIONS_TABLE = """CREATE TABLE IF NOT EXISTS noroshi_migrations (

@@ -1,0 +1,86 @@
+"""A run on one replica is joined, resumed and cancelled through another that shares Redis
+and PostgreSQL with it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.agent.test_agent_api import parse_sse
+from tests.conftest import openai_config
+from tests.fakes.upstream import FakeOpenAI, Reply
+from tests.processes import start_server, stop
+
+AGENTS = """
+[[agents]]
+name = "helper"
+model = "fast"
+tools = ["tests.agent.loop_tools:slow_tool"]
+"""
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[FakeOpenAI]:
+    async with FakeOpenAI() as fake:
+        yield fake
+
+
+@pytest.fixture
+async def replicas(
+    tmp_path: Path, upstream: FakeOpenAI, postgres_url: str, redis_url: str, redis_prefix: str
+) -> AsyncIterator[list[str]]:
+    shared = f'[storage]\nurl = "{postgres_url}"\n[redis]\nurl = "{redis_url}"\nprefix = "{redis_prefix}"\n'
+    config = openai_config(upstream.base_url, extra=AGENTS + shared)
+    started = [await start_server(tmp_path, config, name=f"r{i}") for i in range(2)]
+    yield [base for _, base in started]
+    for proc, _ in started:
+        proc.terminate()
+        await stop(proc)
+
+
+async def test_join_resume_and_cancel_from_another_replica(
+    replicas: list[str], upstream: FakeOpenAI
+) -> None:
+    a, b = replicas
+    upstream.script(Reply(text="one two three four five six", chunks=6, token_delay=0.1))
+    async with aiohttp.ClientSession() as s:
+        async with s.post(f"{a}/api/v1/runs",
+                          json={"prompt": "Count", "agent": "helper", "background": True}) as r:  # fmt: skip
+            assert r.status == 202
+            run_id = (await r.json())["run_id"]
+        # joined on the other replica while it runs: a replay, then the rest, to the end
+        async with s.get(f"{b}/api/v1/runs/{run_id}/stream") as r:
+            assert r.status == 200
+            events = parse_sse(await r.read())
+        assert events[0][1] == "run.started" and events[-1][1] == "run.finished"
+        assert [seq for seq, _, _ in events] == list(range(1, len(events) + 1))
+        text = "".join(d["text"] for _, t, d in events if t == "text.delta")
+        assert text == "one two three four five six"
+        # a client that lost its connection after event 4 resumes there, on either replica
+        async with s.get(f"{b}/api/v1/runs/{run_id}/stream",
+                         headers={"last-event-id": "4"}) as r:  # fmt: skip
+            assert parse_sse(await r.read()) == events[4:]
+
+        # a run on replica a, cancelled through replica b, stops there
+        upstream.script(Reply(tool_calls=[{"name": "slow_tool", "arguments": {"seconds": 60}}]))
+        async with s.post(f"{a}/api/v1/runs",
+                          json={"prompt": "Wait", "agent": "helper", "background": True}) as r:  # fmt: skip
+            run_id = (await r.json())["run_id"]
+        async with s.get(f"{b}/api/v1/runs/{run_id}/stream") as r:  # until the tool runs
+            await asyncio.wait_for(r.content.readuntil(b"event: tool.call"), 10)
+        async with s.post(f"{b}/api/v1/runs/{run_id}/cancel") as r:
+            assert (await r.json())["cancelled"] is True
+        for _ in range(100):
+            async with s.get(f"{b}/api/v1/runs/{run_id}") as r:
+                status = (await r.json())["status"]
+            if status != "running":
+                break
+            await asyncio.sleep(0.05)
+        assert status == "cancelled"
+        async with s.get(f"{b}/api/v1/runs/{run_id}/stream") as r:
+            last = parse_sse(await r.read())[-1]
+        assert last[1] == "error" and last[2]["code"] == "cancelled"
