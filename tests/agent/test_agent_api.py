@@ -165,6 +165,11 @@ async def test_background_run_join_and_resume(base: str, upstream: FakeOpenAI) -
         async with s.get(f"{base}/api/v1/runs/{run_id}") as r:
             run = await r.json()
         assert run["status"] == "completed" and run["completion_tokens"] > 0
+        # billed when the run ended, with what it used, though no request waited for it
+        async with s.get(f"{base}/admin/usage") as r:
+            rows = [u for u in (await r.json())["data"] if u["route"] == "/api/v1/runs"]
+        assert len(rows) == 1 and rows[0]["outcome"] == "ok"
+        assert rows[0]["completion_tokens"] == run["completion_tokens"]
 
 
 async def test_bad_input(base: str) -> None:

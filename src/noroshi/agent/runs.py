@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -24,10 +24,11 @@ from noroshi.providers.base import Routed
 from noroshi.providers.router import ProviderRouter
 from noroshi.store.sessions import Run, Session, SessionStore
 
-__all__ = ["ActiveRun", "Agent", "Event", "RunLog", "Runner"]
+__all__ = ["ActiveRun", "Agent", "Event", "OnEnd", "RunLog", "Runner"]
 
 log = logging.getLogger("noroshi.agent")
 
+OnEnd = Callable[[str], Awaitable[None]]  # called with the outcome: "ok", "error" or "cut"
 MAX_EVENTS = 50_000  # a run that emits more is cut with an error
 KEEP_FINISHED = 1_000  # finished runs kept in memory for late joins
 
@@ -87,7 +88,7 @@ class Agent:
 
 
 class ActiveRun:
-    __slots__ = ("agent", "log", "routed", "run", "session", "task")
+    __slots__ = ("agent", "log", "on_end", "routed", "run", "session", "task")
 
     def __init__(
         self, run: Run, session: Session, agent: Agent, routed: Routed, keep: EventWriter | None
@@ -98,6 +99,7 @@ class ActiveRun:
         self.routed = routed  # billed by the request's meter when the stream ends
         self.log = RunLog(keep)
         self.task: asyncio.Task[None] | None = None
+        self.on_end: OnEnd | None = None  # bills a background run, which no request waits for
 
 
 class Runner:
@@ -116,6 +118,7 @@ class Runner:
         prompt: str,
         routed: Routed,
         background: bool = False,
+        on_end: OnEnd | None = None,
     ) -> ActiveRun:
         busy = self.by_session.get(session.id)
         if busy is not None:
@@ -137,6 +140,7 @@ class Runner:
             del self.by_session[session.id]
             raise
         active = ActiveRun(run, session, agent, routed, self.events.writer(run.id))
+        active.on_end = on_end
         self.by_session[session.id] = active
         self._remember(active)
         active.task = asyncio.get_running_loop().create_task(self._execute(active, prompt))
@@ -219,3 +223,6 @@ class Runner:
             if self.by_session.get(run.session_id) is active:
                 del self.by_session[run.session_id]
             await self.sessions.finish_run(run)
+            if active.on_end is not None:
+                outcome = {"completed": "ok", "cancelled": "cut"}.get(run.status, "error")
+                await active.on_end(outcome)

@@ -124,7 +124,17 @@ def install(router: Router, app: App) -> None:
         routed = Routed(agent.model, request.id)
         await admit(app, request, routed, None)
         routed.attempts = 1
-        return await app.runner.start(key_id, session, agent, prompt, routed, body.background)
+        on_end = None
+        meter = request.meter
+        if body.background and meter is not None:  # billed when the run ends, not now
+            request.meter = None
+
+            async def on_end(outcome: str) -> None:
+                await app.accountant.finish(meter, 200, outcome)
+
+        return await app.runner.start(
+            key_id, session, agent, prompt, routed, body.background, on_end
+        )
 
     def stream(
         source: Callable[[int], AsyncIterator[Event]],
