@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -144,3 +145,35 @@ def test_cli_version() -> None:
     )
     assert result.returncode == 0
     assert __version__ in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ('[[agents]]\nname = "a"\nmodel = "nope"\n', "agents.0.model"),
+        ('[[agents]]\nname = "a"\ntools = ["weather"]\n', "agents.0.tools.0"),
+        ('[[agents]]\nname = "a"\ntools = ["mcp:files"]\n', "agents.0.tools.0"),
+        ('[[agents]]\nname = "a"\n[[agents]]\nname = "a"\n', "agents"),
+        ('[[mcp_servers]]\nname = "m"\n', "mcp_servers.0"),
+        ('[[http_tools]]\nname = "bad name"\nurl = "https://x"\n', "http_tools.0.name"),
+    ],
+)
+def test_agent_references_are_checked(tmp_path: Path, text: str, where: str) -> None:
+    with pytest.raises(ConfigError, match=rf"^{re.escape(where)}[: ]"):
+        load_config(write(tmp_path, text), {})
+
+
+def test_agents_with_tools_load(tmp_path: Path) -> None:
+    text = """
+[[agents]]
+name = "weather"
+tools = ["forecast", "mcp:files", "files__read", "tests.agent.sample_tools:get_weather"]
+[[http_tools]]
+name = "forecast"
+url = "https://api.example.com/{city}"
+[[mcp_servers]]
+name = "files"
+command = ["python", "server.py"]
+"""
+    config = load_config(write(tmp_path, text), {})
+    assert config.agents[0].tools[0] == "forecast" and config.mcp_servers[0].name == "files"

@@ -266,6 +266,7 @@ def load_config(
     if not config.auth.master_key:
         config.auth.master_key = environ.get("NOROSHI_MASTER_KEY", "")
     _check_references(config)
+    _check_agents(config)
     _check_exposure(config)
     config.source = str(file) if file is not None else None
     return config
@@ -388,6 +389,36 @@ def _check_exposure(config: Config) -> None:
             f"auth.master_key: the server would listen on {host}, beyond this machine, with "
             "no master key; set auth.master_key (or NOROSHI_MASTER_KEY), or bind 127.0.0.1"
         )
+
+
+def _check_agents(config: Config) -> None:
+    """Agents name models, HTTP tools and MCP servers that exist; a typo fails at start."""
+    models = {m.name for m in config.models}
+    http = {t.name for t in config.http_tools}
+    servers = {s.name for s in config.mcp_servers}
+    for kind, names in (("agents", [a.name for a in config.agents]),
+                        ("http_tools", list(http)), ("mcp_servers", list(servers))):  # fmt: skip
+        if len(names) != len(set(names)):
+            raise ConfigError(f"{kind}: a name is used twice")
+    for i, mcp in enumerate(config.mcp_servers):
+        if bool(mcp.command) == bool(mcp.url):
+            raise ConfigError(f"mcp_servers.{i}: give either `command` (stdio) or `url`")
+    for i, agent in enumerate(config.agents):
+        if agent.model and agent.model not in models:
+            raise ConfigError(f"agents.{i}.model: no model named '{agent.model}'")
+        for j, tool in enumerate(agent.tools):
+            named = tool[4:] if tool.startswith("mcp:") else tool.split("__", 1)[0]
+            known = (
+                tool in http
+                or (tool.startswith("mcp:") and named in servers)
+                or ("__" in tool and named in servers)
+                or (":" in tool and not tool.startswith("mcp:"))
+            )
+            if not known:
+                raise ConfigError(
+                    f"agents.{i}.tools.{j}: '{tool}' is not an [[http_tools]] name, "
+                    "'mcp:<server>', '<server>__<tool>' or 'module:function'"
+                )
 
 
 def _check_references(config: Config) -> None:
