@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -288,3 +289,29 @@ async def test_ai_sdk_stream_error_has_no_finish(base: str, upstream: FakeOpenAI
         chunks = ui_chunks(await r.read())
     assert chunks[-1]["type"] == "error" and chunks[-1]["errorText"]
     assert "[DONE]" not in chunks and {"type": "finish"} not in chunks
+
+
+async def test_agent_uses_an_mcp_servers_tools(
+    serve: Serve, tmp_path: Path, upstream: FakeOpenAI
+) -> None:
+    server = Path(__file__).parent / "mcp_server.py"
+    extra = f"""
+[[mcp_servers]]
+name = "calc"
+command = ["{sys.executable}", "{server}", "stdio"]
+
+[[agents]]
+name = "maths"
+model = "fast"
+tools = ["mcp:calc"]
+"""
+    base = await serve(write_config(tmp_path, openai_config(upstream.base_url, extra=extra)))
+    upstream.script(Reply(tool_calls=[{"name": "calc__add", "arguments": {"a": 2, "b": 3}}]),
+                    Reply(text="2 + 3 = 5"))  # fmt: skip
+    status, events, _ = await agent_chat(base, prompt="2 + 3?", agent="maths")
+    assert status == 200 and events[-1][1] == "run.finished"
+    offered = {t["function"]["name"] for t in upstream.requests[0].body["tools"]}
+    assert {"calc__add", "calc__echo"} <= offered
+    result = next(d for _, t, d in events if t == "tool.result")
+    assert result == {"type": "tool.result", "id": "call_fake0", "name": "calc__add",
+                      "content": "5", "is_error": False}  # fmt: skip

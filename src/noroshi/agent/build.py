@@ -6,6 +6,7 @@ An agent's `tools` entries name, in order of lookup: an `[[http_tools]]` entry, 
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import logging
 from collections.abc import Awaitable, Callable
@@ -37,13 +38,12 @@ async def build_agents(
     if config.mcp_servers:  # the MCP SDK takes a while to import: only when it is used
         from noroshi.agent.mcp import MCPServer
     for server_config in config.mcp_servers:
-        server = MCPServer(server_config)
-        try:
-            await server.start()
-        except Exception as exc:
-            log.error("MCP server %s did not start: %s", server_config.name, exc)
-        servers[server_config.name] = server
-        closers.append(server.close)
+        servers[server_config.name] = MCPServer(server_config)
+        closers.append(servers[server_config.name].close)
+    started = await asyncio.gather(*(s.start() for s in servers.values()), return_exceptions=True)
+    for name, result in zip(servers, started, strict=True):
+        if isinstance(result, Exception):
+            log.error("MCP server %s did not start: %s", name, result)
     agents: dict[str, Agent] = {}
     configs = list(config.agents)
     if not any(a.name == "default" for a in configs):
@@ -78,8 +78,11 @@ def _resolve(
             raise ConfigError(f"{where}: no MCP server named '{name[4:]}'")
         return list(server.tools)
     if "__" in name and name.split("__", 1)[0] in servers:
-        found = [t for t in servers[name.split("__", 1)[0]].tools if t.name == name]
-        if not found:
+        server = servers[name.split("__", 1)[0]]
+        found = [t for t in server.tools if t.name == name]
+        if not found and not server.tools:  # the server did not start: logged already
+            log.warning("%s: tool %s is unavailable until its MCP server answers", where, name)
+        elif not found:
             raise ConfigError(f"{where}: the MCP server has no tool '{name}'")
         return found
     if ":" in name:
