@@ -69,7 +69,7 @@ async def _serve_rsgi(app: App) -> tuple[str, Callable[[], Awaitable[None]]]:
         address="127.0.0.1",
         port=port,
         interface=Interfaces.RSGI,
-        websockets=False,
+        websockets=True,
         log_enabled=False,
     )
     task = asyncio.create_task(server.serve())

@@ -80,7 +80,7 @@ def serve(config_path: str | None, host: str | None, port: int | None, workers: 
         interface=Interfaces.RSGI,
         workers=server.workers,
         loop=Loops.auto,
-        websockets=False,
+        websockets=True,
         workers_kill_timeout=int(server.drain_timeout_s) + 5,
         log_access=False,
     ).serve()

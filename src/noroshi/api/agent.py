@@ -7,6 +7,7 @@ and without `run.finished`, the success terminator.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Annotated, Literal
@@ -14,10 +15,12 @@ from typing import TYPE_CHECKING, Annotated, Literal
 import msgspec
 from msgspec import Meta, Struct
 
+from noroshi.accounting import Meter
 from noroshi.agent.runs import ActiveRun, Agent, Event
 from noroshi.api.openai import admit
-from noroshi.errors import BadRequest, Conflict, NotFound
+from noroshi.errors import BadRequest, Conflict, NoroshiError, NotFound
 from noroshi.http import JSONResponse, Request, Response, Router, StreamResponse
+from noroshi.http.websocket import WebSocket, WebSocketDisconnect
 from noroshi.providers.base import Routed
 from noroshi.store.sessions import Run
 from noroshi.types import Headers
@@ -76,7 +79,12 @@ class AgentChatBody(Struct):
         return self.prompt, self.session_id, self.format or "native"
 
 
+class WSMessage(AgentChatBody):
+    type: Literal["run", "cancel"] = "run"
+
+
 _decode_chat = msgspec.json.Decoder(AgentChatBody)
+_decode_ws = msgspec.json.Decoder(WSMessage)
 
 
 NATIVE_HEADERS = [
@@ -110,7 +118,9 @@ def install(router: Router, app: App) -> None:
         return agent
 
     async def begin(request: Request, body: AgentChatBody, prompt: str,
-                    session_id: str | None) -> ActiveRun:  # fmt: skip
+                    session_id: str | None, bill_at_end: bool = False) -> ActiveRun:  # fmt: skip
+        """Admit and start a run. `bill_at_end`: no response waits for the run (background, or
+        a WebSocket), so the run itself bills when it ends."""
         key_id = _key_id(request)
         agent_name = body.agent
         session = await app.sessions.get(key_id, session_id) if session_id else None
@@ -126,7 +136,7 @@ def install(router: Router, app: App) -> None:
         routed.attempts = 1
         on_end = None
         meter = request.meter
-        if body.background and meter is not None:  # billed when the run ends, not now
+        if (body.background or bill_at_end) and meter is not None:
             request.meter = None
 
             async def on_end(outcome: str) -> None:
@@ -265,6 +275,54 @@ def install(router: Router, app: App) -> None:
             raise NotFound(f"No session '{session_id}'.", param="id")
         return JSONResponse({"id": session_id, "deleted": True})
 
+    async def agent_ws(request: Request, ws: WebSocket) -> None:
+        """`{"type": "run", "prompt", "session_id"?, "agent"?}` starts a run whose events come
+        back as JSON frames; `{"type": "cancel"}` stops it. Leaving cancels the run."""
+        await ws.accept()
+        active: ActiveRun | None = None
+        pump: asyncio.Task[None] | None = None
+
+        async def forward(run: ActiveRun) -> None:
+            async for event in run.log.follow(0):
+                await ws.send_text(_encode({"seq": event.seq, "type": event.type,
+                                            **event.data}).decode())  # fmt: skip
+
+        async def refuse(exc: NoroshiError) -> None:
+            frame = {"type": "error", "message": exc.message, "code": exc.code,
+                     "param": exc.param, "status": exc.status}  # fmt: skip
+            await ws.send_text(_encode(frame).decode())
+
+        try:
+            while True:
+                try:
+                    message = await ws.receive_json(_decode_ws)
+                    if message.type == "cancel":
+                        if active is not None:
+                            app.runner.cancel(active)
+                        continue
+                    if active is not None and pump is not None and not pump.done():
+                        raise Conflict(
+                            f"Run {active.run.id} is still going on this socket; cancel it "
+                            "or wait.",
+                            code="run_in_progress",
+                        )
+                    prompt, session_id, _ = message.turn()
+                    request.meter = Meter(request.principal, request.route, request.id)
+                    active = await begin(request, message, prompt, session_id, bill_at_end=True)
+                    pump = asyncio.get_running_loop().create_task(forward(active))
+                except NoroshiError as exc:
+                    await refuse(exc)
+        except WebSocketDisconnect:
+            pass
+        finally:
+            if active is not None:
+                app.runner.cancel(active)
+            if pump is not None:
+                pump.cancel()
+                with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect):
+                    await pump
+
+    router.add_websocket("/api/v1/agent/ws", agent_ws, access="model")
     router.add("POST", "/api/v1/agent/chat", agent_chat, access="model")
     router.add("POST", "/api/v1/runs", start_run, access="model")
     router.add("GET", "/api/v1/runs/{id}", get_run, access="key")

@@ -2,6 +2,10 @@
 
 It mirrors the RSGI adapter: the body is read within the limit, and an `http.disconnect`
 cancels the request task so the upstream call stops.
+
+WebSockets go to `serve_websocket` through `_WebSocketBackend`. A refused handshake gets its
+real status and JSON body where the server offers the `websocket.http.response` extension
+(uvicorn does), and a close with 1008 and the message as its reason where it does not.
 """
 
 from __future__ import annotations
@@ -11,9 +15,16 @@ import sys
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
-from noroshi.errors import BadRequest, PayloadTooLarge
+from noroshi.errors import BadRequest, NoroshiError, PayloadTooLarge
 from noroshi.http.request import Request
-from noroshi.http.response import ClientGone
+from noroshi.http.response import ClientGone, Response
+from noroshi.http.websocket import (
+    WebSocket,
+    WebSocketDisconnect,
+    close_reason,
+    no_body,
+    serve_websocket,
+)
 from noroshi.types import Headers
 
 if TYPE_CHECKING:
@@ -86,6 +97,9 @@ async def serve_asgi(app: App, scope: Scope, receive: Receive, send: Send) -> No
     if kind == "lifespan":
         await _lifespan(app, receive, send)
         return
+    if kind == "websocket":
+        await _serve_websocket(app, scope, receive, send)
+        return
     if kind != "http":
         return
     app.server = "uvicorn (asgi)" if "uvicorn" in sys.modules else "asgi"
@@ -146,6 +160,78 @@ async def serve_asgi(app: App, scope: Scope, receive: Receive, send: Send) -> No
     finally:
         for watcher in watchers:
             watcher.cancel()
+
+
+class _WebSocketBackend:
+    __slots__ = ("_receive", "_respond", "_send")
+
+    def __init__(self, receive: Receive, send: Send, respond: bool) -> None:
+        self._receive = receive
+        self._send = send
+        self._respond = respond  # the server can answer a refused handshake with a response
+
+    async def accept(self) -> None:
+        await self._emit({"type": "websocket.accept"})
+
+    async def receive(self) -> str | bytes:
+        while True:
+            message = await self._receive()
+            kind = message["type"]
+            if kind == "websocket.receive":
+                text: str | None = message.get("text")
+                if text is not None:
+                    return text
+                data: bytes = message.get("bytes") or b""
+                return data
+            if kind == "websocket.disconnect":
+                raise WebSocketDisconnect(message.get("code", 1005), message.get("reason") or "")
+
+    async def send(self, data: str | bytes) -> None:
+        key = "text" if isinstance(data, str) else "bytes"
+        await self._emit({"type": "websocket.send", key: data})
+
+    async def close(self, code: int, reason: str) -> None:
+        try:
+            await self._emit({"type": "websocket.close", "code": code, "reason": reason})
+        except WebSocketDisconnect:
+            pass
+
+    async def refuse(self, error: NoroshiError) -> None:
+        try:
+            if not self._respond:
+                reason = close_reason(error.message)
+                await self._emit({"type": "websocket.close", "code": 1008, "reason": reason})
+                return
+            response = Response.error(error)
+            await self._emit({"type": "websocket.http.response.start", "status": response.status,
+                              "headers": _encode_headers(response.headers)})  # fmt: skip
+            await self._emit({"type": "websocket.http.response.body", "body": response.body})
+        except WebSocketDisconnect:
+            pass
+
+    async def _emit(self, message: Message) -> None:
+        try:
+            await self._send(message)
+        except OSError as exc:  # uvicorn's ClientDisconnected is one
+            raise WebSocketDisconnect(1006) from exc
+
+
+async def _serve_websocket(app: App, scope: Scope, receive: Receive, send: Send) -> None:
+    if (await receive())["type"] != "websocket.connect":
+        return
+    app.server = "uvicorn (asgi)" if "uvicorn" in sys.modules else "asgi"
+    client = scope.get("client")
+    request = Request(
+        "GET",
+        scope["path"],
+        scope.get("query_string", b"").decode("latin-1"),
+        _decode_headers(scope["headers"]),
+        no_body,
+        f"{client[0]}:{client[1]}" if client else "",
+    )
+    request.task = asyncio.current_task()
+    respond = "websocket.http.response" in (scope.get("extensions") or {})
+    await serve_websocket(app, request, WebSocket(_WebSocketBackend(receive, send, respond)))
 
 
 async def _lifespan(app: App, receive: Receive, send: Send) -> None:

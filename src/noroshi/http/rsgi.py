@@ -3,6 +3,10 @@
 Granian's stream has no backpressure and raises `ProtocolClosed` once the client is gone, so
 a watcher on `client_disconnect()` cancels the request task: that is what stops the upstream
 call within milliseconds, streaming or not.
+
+WebSockets (`scope.proto == "ws"`) go to `serve_websocket` through `_WebSocketBackend`. RSGI's
+`close(status)` sends that status as the HTTP answer before the handshake, and ignores it after:
+Granian then closes without a code.
 """
 
 from __future__ import annotations
@@ -11,9 +15,11 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 from granian._granian import RSGIProtocolClosed as ProtocolClosed
+from granian._granian import RSGIProtocolError as ProtocolError
 
-from noroshi.errors import BadRequest, PayloadTooLarge
+from noroshi.errors import BadRequest, NoroshiError, PayloadTooLarge
 from noroshi.http.request import Request
+from noroshi.http.websocket import WebSocket, WebSocketDisconnect, no_body, serve_websocket
 from noroshi.types import Headers
 
 if TYPE_CHECKING:
@@ -61,7 +67,52 @@ def _body_reader(proto: Any, headers: Any, limit: int) -> Any:
     return read
 
 
+class _WebSocketBackend:
+    __slots__ = ("_proto", "_tx")
+
+    def __init__(self, proto: Any) -> None:
+        self._proto = proto
+        self._tx: Any = None
+
+    async def accept(self) -> None:
+        try:
+            self._tx = await self._proto.accept()
+        except (ProtocolClosed, ProtocolError) as exc:  # the client left during the handshake
+            raise WebSocketDisconnect(1006) from exc
+
+    async def receive(self) -> str | bytes:
+        try:
+            message = await self._tx.receive()
+        except ProtocolClosed as exc:
+            raise WebSocketDisconnect(1006) from exc
+        if message.kind == 0:  # a close frame; Granian does not tell its code
+            raise WebSocketDisconnect(1005)
+        data: str | bytes = message.data
+        return data
+
+    async def send(self, data: str | bytes) -> None:
+        try:
+            if isinstance(data, str):
+                await self._tx.send_str(data)
+            else:
+                await self._tx.send_bytes(data)
+        except ProtocolClosed as exc:
+            raise WebSocketDisconnect(1006) from exc
+
+    async def close(self, code: int, reason: str) -> None:
+        self._proto.close(code)
+        # Granian finishes the close only once the transport is freed, and a logged
+        # traceback can keep this backend alive long after
+        self._tx = None
+
+    async def refuse(self, error: NoroshiError) -> None:
+        self._proto.close(error.status)  # becomes the HTTP status; Granian sends no body
+
+
 async def serve_rsgi(app: App, scope: Any, proto: Any) -> None:
+    if scope.proto == "ws":
+        await _serve_websocket(app, scope, proto)
+        return
     if scope.proto != "http":
         return
     app.server = "granian (rsgi)"
@@ -90,3 +141,10 @@ async def serve_rsgi(app: App, scope: Any, proto: Any) -> None:
     finally:
         watcher.remove_done_callback(on_disconnect)
         watcher.cancel()
+
+
+async def _serve_websocket(app: App, scope: Any, proto: Any) -> None:
+    app.server = "granian (rsgi)"
+    request = Request("GET", scope.path, scope.query_string, scope.headers, no_body, scope.client)
+    request.task = asyncio.current_task()
+    await serve_websocket(app, request, WebSocket(_WebSocketBackend(proto)))
