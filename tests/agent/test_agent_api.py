@@ -315,3 +315,41 @@ tools = ["mcp:calc"]
     result = next(d for _, t, d in events if t == "tool.result")
     assert result == {"type": "tool.result", "id": "call_fake0", "name": "calc__add",
                       "content": "5", "is_error": False}  # fmt: skip
+
+
+async def test_sessions_belong_to_the_key_that_made_them(
+    serve: Serve, tmp_path: Path, upstream: FakeOpenAI
+) -> None:
+    text = openai_config(upstream.base_url, extra=AGENTS)
+    base = await serve(write_config(tmp_path, text, {"NOROSHI_MASTER_KEY": "sk-m"}))
+    keys = []
+    async with aiohttp.ClientSession() as s:
+        for name in ("alice", "bob"):
+            async with s.post(f"{base}/admin/keys", json={"name": name},
+                              headers={"authorization": "Bearer sk-m"}) as r:  # fmt: skip
+                keys.append((await r.json())["key"])
+        alice, bob = ({"authorization": f"Bearer {k}"} for k in keys)
+        upstream.script(Reply(text="Hi Alice."))
+        async with s.post(f"{base}/api/v1/agent/chat", json={"prompt": "Hi"}, headers=alice) as r:
+            session_id, run_id = r.headers["x-noroshi-session-id"], r.headers["x-noroshi-run-id"]
+            await r.read()
+        for path in (f"/api/v1/sessions/{session_id}", f"/api/v1/runs/{run_id}",
+                     f"/api/v1/runs/{run_id}/stream"):  # fmt: skip
+            async with s.get(f"{base}{path}", headers=bob) as r:
+                assert r.status == 404, path
+            async with s.get(f"{base}{path}", headers=alice) as r:
+                assert r.status == 200, path
+        async with s.get(f"{base}/api/v1/sessions", headers=bob) as r:
+            assert (await r.json())["data"] == []
+        async with s.post(f"{base}/api/v1/agent/chat", headers=bob,
+                          json={"prompt": "Hi", "session_id": session_id}) as r:  # fmt: skip
+            assert r.status == 404
+        async with s.delete(f"{base}/api/v1/sessions/{session_id}", headers=bob) as r:
+            assert r.status == 404
+        # useChat's client-chosen id cannot reach into another key's session either
+        ui = {
+            "id": session_id,
+            "messages": [{"role": "user", "parts": [{"type": "text", "text": "x"}]}],
+        }
+        async with s.post(f"{base}/api/v1/agent/chat", headers=bob, json=ui) as r:
+            assert r.status == 404

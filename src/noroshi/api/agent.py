@@ -126,7 +126,7 @@ def install(router: Router, app: App) -> None:
         session = await app.sessions.get(key_id, session_id) if session_id else None
         if session is not None:
             agent = agent_named(agent_name or session.agent)
-        elif session_id is not None and body.id is None:
+        elif session_id is not None and (body.id is None or await app.sessions.exists(session_id)):
             raise NotFound(f"No session '{session_id}'.", param="session_id")
         else:  # new, or a useChat chat seen for the first time
             agent = agent_named(agent_name)

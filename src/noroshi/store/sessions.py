@@ -90,6 +90,11 @@ class SessionStore:
         )
         return _session(row) if row is not None else None
 
+    async def exists(self, session_id: str) -> bool:
+        """Whether any key has a session by this id (a client-chosen id may be taken)."""
+        row = await self.db.fetchone("SELECT 1 FROM sessions WHERE id = ?", (session_id,))
+        return row is not None
+
     async def list(self, key_id: str | None, limit: int = 100) -> builtins.list[Session]:
         where, args = _key_is(key_id)
         rows = await self.db.fetch(
