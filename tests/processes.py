@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import signal
 import sys
 from asyncio.subprocess import Process
 from pathlib import Path
@@ -14,12 +16,16 @@ from tests.conftest import free_port
 
 
 async def start_server(
-    tmp_path: Path, config: str, env: dict[str, str] | None = None, name: str = "noroshi"
+    tmp_path: Path,
+    config: str,
+    env: dict[str, str] | None = None,
+    name: str = "noroshi",
+    port: int | None = None,
 ) -> tuple[Process, str]:
     """`noroshi serve` in a process of its own, its data in the test's folder; once healthy."""
     path = tmp_path / f"{name}.toml"
     path.write_text(config)
-    port = free_port()
+    port = port or free_port()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("NOROSHI_")},
         "NOROSHI_SERVER__DATA_DIR": str(tmp_path / "data"),
@@ -50,3 +56,13 @@ async def stop(proc: Process) -> int:
     except TimeoutError:
         proc.kill()
         raise AssertionError("the server did not exit after SIGTERM") from None
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a server and its workers at once, the way a crashed machine would stop it."""
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    kids = [int(c) for c in children.read_text().split()] if children.exists() else []
+    for kid in kids:
+        kill_tree(kid)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)

@@ -20,6 +20,7 @@ from noroshi.agent.runs import Agent, Runner
 from noroshi.api import admin, agent, health, openai, simple
 from noroshi.auth import Authenticator, KeyChanges
 from noroshi.config import Config, ProviderConfig, data_dir, load_config
+from noroshi.edge.signing import MemoryNonces, RedisNonces, Signer, Verifier
 from noroshi.errors import BadRequest, NoDeployment, NoroshiError, Unavailable
 from noroshi.http import Request, Response, Router, StreamResponse
 from noroshi.http.asgi import Receive, Scope, Send, serve_asgi
@@ -31,6 +32,7 @@ from noroshi.limits import Limiter, LocalLimiter, SharedLimiter
 from noroshi.metrics import Metrics
 from noroshi.providers.anthropic import AnthropicProvider
 from noroshi.providers.base import Provider
+from noroshi.providers.core import CALLER, CoreProvider
 from noroshi.providers.local import LocalProvider
 from noroshi.providers.local_embeddings import LocalEmbeddingsProvider
 from noroshi.providers.openai_compat import OpenAIProvider
@@ -50,7 +52,9 @@ PROVIDER_TYPES: dict[str, type[Provider]] = {
     "anthropic": AnthropicProvider,
     "local": LocalProvider,
     "local_embeddings": LocalEmbeddingsProvider,
+    "core": CoreProvider,
 }
+HEALTH_CHECK_S = 2.0  # how often an edge asks each core whether it takes requests
 
 
 def build_provider(name: str, config: ProviderConfig) -> Provider:
@@ -62,13 +66,20 @@ class App:
         self.config = config if config is not None else load_config()
         self.started = time.monotonic()
         self.metrics = Metrics()
+        self.role = self.config.server.role
         self.providers = {n: build_provider(n, p) for n, p in self.config.providers.items()}
+        if self.role == "edge":
+            signer = Signer(self.config.internal.secret)
+            for provider in self.providers.values():
+                if isinstance(provider, CoreProvider):
+                    provider.signer = signer
         self.models = ProviderRouter(self.config, self.providers, self.metrics)
         self.router = Router()
         health.install(self.router, self)
         openai.install(self.router, self)
         simple.install(self.router, self)
-        admin.install(self.router, self)
+        if self.role != "core":  # a core answers its edge only: no admin surface
+            admin.install(self.router, self)
         agent.install(self.router, self)
         if self.config.cors.allow_origins:
             middleware = [cors(self.config.cors), *middleware]
@@ -88,6 +99,7 @@ class App:
         self.runner: Runner
         self.agents: dict[str, Agent] = {}
         self._closers: list[Callable[[], Awaitable[None]]] = []
+        self._health_task: asyncio.Task[None] | None = None
 
     def default_chat_model(self) -> str:
         name = self.config.defaults.chat_model or next(iter(self.models.routes), "")
@@ -107,8 +119,10 @@ class App:
         route, request.params = self.router.match(request.method, request.path)
         request.route = route.path
         principal = request.principal = await self.auth.check(request, route.access)
-        if route.access == "model":
+        if route.access == "model" and self.role != "core":  # the edge bills, not the core
             request.meter = Meter(principal, route.path, request.id)
+        if principal is not None and self.role == "edge":
+            CALLER.set(principal.context())
         return await route.handler(request)
 
     async def dispatch(self, request: Request, sink: Sink) -> None:
@@ -173,6 +187,15 @@ class App:
         else:
             self.limiter = LocalLimiter()
         self.auth = Authenticator(config.auth, self.keys, self.limiter)
+        if self.role == "core":
+            internal = config.internal
+            nonces: MemoryNonces | RedisNonces = MemoryNonces()
+            if redis.url:  # replicas of a core share what they have seen
+                nonces = RedisNonces(redis.url, redis.prefix)
+                self._closers.append(nonces.close)
+            self.auth.verifier = Verifier(internal.secret, internal.previous_secret, nonces=nonces)
+        if self.role == "edge":
+            self._health_task = asyncio.get_running_loop().create_task(self._check_cores())
         if redis.url:
             self.auth.changes = KeyChanges(redis.url, redis.prefix, self.auth.forget)
             self.auth.changes.start()
@@ -183,12 +206,26 @@ class App:
         )
         self.runner = Runner(self.models, self.sessions, self.run_events)
         self.run_events.listen_cancels(self.runner.cancel_id)
-        self.agents, self._closers = await build_agents(config, self.default_chat_model)
+        self.agents, closers = await build_agents(config, self.default_chat_model)
+        self._closers.extend(closers)
         self.warm()
 
     def warm(self) -> None:
         for provider in self.providers.values():
             provider.warm()
+
+    async def _check_cores(self) -> None:
+        """Ask each core for its health every few seconds: a core that fails, or says it is
+        draining, gets no new requests until it answers again."""
+        cores = [p for p in self.providers.values() if isinstance(p, CoreProvider)]
+        while True:
+            states = await asyncio.gather(*(core.health() for core in cores))
+            for core, healthy in zip(cores, states, strict=True):
+                if core.healthy != healthy:
+                    log.warning("core %s is %s", core.config.base_url,
+                                "back" if healthy else "out of the pool")  # fmt: skip
+                core.healthy = healthy
+            await asyncio.sleep(HEALTH_CHECK_S)
 
     async def shutdown(self) -> None:
         """Close providers, then flush every pending usage record."""
@@ -197,6 +234,8 @@ class App:
         started = self._started
         if started is None or not started.done() or started.cancelled() or started.exception():
             return
+        if self._health_task is not None:
+            self._health_task.cancel()
         await self.runner.close()
         await self.run_events.close()
         for close in self._closers:

@@ -16,10 +16,12 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import redis.asyncio as aioredis
 
 from noroshi.config import AuthConfig
+from noroshi.edge.signing import Verifier
 from noroshi.errors import Forbidden, RateLimited, Unauthorized
 from noroshi.http.request import Request
 from noroshi.http.router import Access
@@ -36,17 +38,19 @@ MAX_LOCKED_ADDRESSES = 100_000
 
 
 class Principal:
-    """The caller: a virtual key, or the master (also the caller when auth is off)."""
+    """The caller: a virtual key, or the master (also the caller when auth is off); on a core,
+    the key an edge vouched for."""
 
-    __slots__ = ("admin", "key")
+    __slots__ = ("admin", "key", "key_id")
 
-    def __init__(self, key: ApiKey | None, admin: bool) -> None:
+    def __init__(self, key: ApiKey | None, admin: bool, key_id: str | None = None) -> None:
         self.key = key
         self.admin = admin
+        self.key_id = key.id if key is not None else key_id
 
-    @property
-    def key_id(self) -> str | None:
-        return self.key.id if self.key is not None else None
+    def context(self) -> dict[str, Any]:
+        """What an edge tells a core about the caller."""
+        return {"key_id": self.key_id, "admin": self.admin}
 
 
 MASTER = Principal(None, admin=True)
@@ -105,12 +109,15 @@ class Authenticator:
         self._master = config.master_key.encode()
         self._cache: dict[str, tuple[ApiKey, float]] = {}  # hash -> (key, fetched at)
         self._locked: dict[str, float] = {}  # address -> locked until (monotonic)
+        self.verifier: Verifier | None = None  # on a core: only signed requests from an edge
 
     async def check(self, request: Request, access: Access) -> Principal | None:
         """The caller, or an error: 401 without a valid key, 403 without the right, 429 when
         the address is locked out."""
         if access == "public":
             return None
+        if self.verifier is not None:
+            return await self._vouched(request)
         if not self.enabled:
             return MASTER
         address = request.address
@@ -139,6 +146,19 @@ class Authenticator:
         if access == "admin":
             raise Forbidden("This route needs the master key.")
         return Principal(key, admin=False)
+
+    async def _vouched(self, request: Request) -> Principal:
+        """A core trusts the edge's signature, and the caller it names, and nothing else."""
+        assert self.verifier is not None
+        target = f"{request.path}?{request.query}" if request.query else request.path
+        caller = await self.verifier.verify(
+            request.method, target, request.headers, await request.body()
+        )
+        caller = caller or {}
+        key_id = caller.get("key_id")
+        return Principal(
+            None, bool(caller.get("admin")), key_id if isinstance(key_id, str) else None
+        )
 
     async def _lookup(self, secret: str) -> ApiKey | None:
         digest = hash_key(secret)

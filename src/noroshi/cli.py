@@ -41,13 +41,25 @@ def main() -> None:
 @click.option("--host", help="Address to bind (default from config: 127.0.0.1).")
 @click.option("--port", type=click.IntRange(0, 65535), help="Port to bind (default 8080).")
 @click.option("--workers", type=click.IntRange(1), help="Worker processes (default 1).")
-def serve(config_path: str | None, host: str | None, port: int | None, workers: int | None) -> None:
+@click.option("--role", type=click.Choice(["all", "edge", "core"]), help="Default: all.")
+@click.option("--core", "cores", help="Core URLs for --role edge, comma-separated.")
+def serve(
+    config_path: str | None,
+    host: str | None,
+    port: int | None,
+    workers: int | None,
+    role: str | None,
+    cores: str | None,
+) -> None:
     """Run the gateway on Granian (RSGI)."""
     file = find_config_file(config_path)
     if file is not None:
         os.environ["NOROSHI_CONFIG"] = str(file.resolve())
     # the workers load the config themselves: overrides travel as environment variables
-    for key, value in (("HOST", host), ("PORT", port), ("WORKERS", workers)):
+    if cores is not None:
+        cores = json.dumps([c.strip() for c in cores.split(",") if c.strip()])  # a TOML array
+    for key, value in (("HOST", host), ("PORT", port), ("WORKERS", workers), ("ROLE", role),
+                       ("CORES", cores)):  # fmt: skip
         if value is not None:
             os.environ[f"NOROSHI_SERVER__{key}"] = str(value)
     config = _load(None)
@@ -58,7 +70,10 @@ def serve(config_path: str | None, host: str | None, port: int | None, workers: 
     url = f"http://{server.host}:{server.port}"
     directory = data_dir(config)
     database = open_database_file(directory) if not config.storage.url else None
-    click.echo(f"noroshi {__version__} on {url}")
+    role_note = "" if server.role == "all" else f" as {server.role}"
+    click.echo(f"noroshi {__version__} on {url}{role_note}")
+    if server.role == "edge":
+        click.echo(f"  cores:  {', '.join(server.cores)}")
     click.echo(f"  config: {config.source or 'none (embedded defaults)'}")
     store = f"database {database.name}" if database else "database on PostgreSQL"
     click.echo(f"  data:   {directory} ({store})")

@@ -26,6 +26,7 @@ __all__ = [
     "DefaultsConfig",
     "DeploymentConfig",
     "HTTPToolConfig",
+    "InternalConfig",
     "MCPServerConfig",
     "ModelConfig",
     "Price",
@@ -62,10 +63,14 @@ class ServerConfig(_Section):
     max_stream_bytes: Annotated[int, msgspec.Meta(ge=1)] = 64 * 1024 * 1024
     data_dir: str = ""  # default: $XDG_DATA_HOME/noroshi, else ~/.local/share/noroshi
     drain_timeout_s: Annotated[float, msgspec.Meta(ge=0)] = 30.0
+    # "all": one process does everything; "edge": auth, limits, usage and relay in front of
+    # `cores`; "core": model calls for an edge, which must sign every request
+    role: Literal["all", "edge", "core"] = "all"
+    cores: list[str] = []  # base URLs of the cores an edge forwards to
 
 
 class ProviderConfig(_Section):
-    type: Literal["openai", "anthropic", "local", "local_embeddings"]
+    type: Literal["openai", "anthropic", "local", "local_embeddings", "core"]
     base_url: str = ""
     api_key: str = ""
     headers: dict[str, str] = {}
@@ -120,6 +125,14 @@ class RoutingConfig(_Section):
 class DefaultsConfig(_Section):
     chat_model: str = ""  # used when a simple endpoint names no model; default: the first model
     embedding_model: str = ""  # used by /api/embed; default: the first local embedding model
+
+
+class InternalConfig(_Section):
+    """The secret an edge signs its requests to cores with; the previous one is still accepted
+    while every node changes to the new one."""
+
+    secret: str = ""
+    previous_secret: str = ""
 
 
 class AuthConfig(_Section):
@@ -202,6 +215,7 @@ class AgentConfig(_Section):
 class Config(_Section):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     auth: AuthConfig = msgspec.field(default_factory=AuthConfig)
+    internal: InternalConfig = msgspec.field(default_factory=InternalConfig)
     storage: StorageConfig = msgspec.field(default_factory=StorageConfig)
     redis: RedisConfig = msgspec.field(default_factory=RedisConfig)
     cors: CorsConfig = msgspec.field(default_factory=CorsConfig)
@@ -267,6 +281,7 @@ def load_config(
         config.auth.master_key = environ.get("NOROSHI_MASTER_KEY", "")
     _check_references(config)
     _check_agents(config)
+    _check_roles(config)
     _check_exposure(config)
     config.source = str(file) if file is not None else None
     return config
@@ -381,9 +396,45 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+MIN_SECRET = 16
+
+
+def _check_roles(config: Config) -> None:
+    """An edge needs cores and the shared secret; a core needs the secret. An edge sends every
+    model to its cores: each model's deployments become one per core."""
+    role = config.server.role
+    if role == "all":
+        return
+    if len(config.internal.secret) < MIN_SECRET:
+        raise ConfigError(f"internal.secret: the {role} role needs a secret shared by edge and "
+                          f"cores, at least {MIN_SECRET} characters")  # fmt: skip
+    if role == "core":
+        return
+    if not config.server.cores:
+        raise ConfigError("server.cores: the edge role needs at least one core URL (--core URL)")
+    base = next(iter(config.providers.values()), ProviderConfig(type="openai"))
+    config.providers = {
+        f"core{i}": ProviderConfig(
+            type="core",
+            base_url=f"{url.rstrip('/')}/v1",
+            connect_timeout_s=base.connect_timeout_s,
+            first_byte_timeout_s=base.first_byte_timeout_s,
+            idle_timeout_s=base.idle_timeout_s,
+            total_timeout_s=base.total_timeout_s,
+        )
+        for i, url in enumerate(config.server.cores)
+    }
+    for model in config.models:
+        model.deployments = [
+            DeploymentConfig(provider=name, model=model.name) for name in config.providers
+        ]
+
+
 def _check_exposure(config: Config) -> None:
     """A gateway reachable from other machines must not be open to everyone."""
     host = config.server.host
+    if config.server.role == "core":
+        return  # a core answers signed requests only
     if not config.auth.master_key and not is_loopback(host):
         raise ConfigError(
             f"auth.master_key: the server would listen on {host}, beyond this machine, with "

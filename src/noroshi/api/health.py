@@ -24,7 +24,7 @@ def install(router: Router, app: App) -> None:
             "status": "draining" if app.draining else "ok",
             "version": __version__,
             "uptime_s": round(time.monotonic() - app.started, 3),
-            "runtime": {"python": python, "server": app.server, "role": "all"},
+            "runtime": {"python": python, "server": app.server, "role": app.role},
             "auth": "on" if app.auth.enabled else "off (no master key; loopback only)",
             "models": {
                 "chat": defaults.chat_model or next(iter(app.models.routes), None),

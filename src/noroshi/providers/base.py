@@ -80,6 +80,8 @@ class Provider(abc.ABC):
     def __init__(self, name: str, config: ProviderConfig) -> None:
         self.name = name
         self.config = config
+        self.healthy = True  # false while an active health check fails
+        self.outstanding = 0  # requests in flight, kept by providers balanced by it
 
     async def complete(self, call: Call, model: str) -> bytes:
         """A `chat.completion` object, encoded; sets `call.usage`."""
@@ -129,6 +131,10 @@ class HTTPProvider(Provider):
     def headers(self) -> dict[str, str]:
         """Credentials and content headers for every request."""
 
+    def request_headers(self, method: str, path: str, body: bytes | None) -> dict[str, str]:
+        """The headers of one request; those that depend on the request (a signature) too."""
+        return self.headers()
+
     @staticmethod
     @abc.abstractmethod
     def error_message(body: Any) -> str | None:
@@ -139,7 +145,8 @@ class HTTPProvider(Provider):
     ) -> UpstreamResponse:
         """A started answer; an error status is raised as an `UpstreamError`."""
         url = f"{self.config.base_url}{path}"
-        resp = await self.transport.send(method, url, self.headers(), body, read_timeout)
+        headers = self.request_headers(method, path, body)
+        resp = await self.transport.send(method, url, headers, body, read_timeout)
         if resp.status >= 400:
             try:
                 raise await upstream_error(resp, self.error_message)

@@ -50,7 +50,7 @@ class Deployment:
 
 
 class _Route:
-    __slots__ = ("cumulative", "deployments", "fallbacks", "name", "total")
+    __slots__ = ("cumulative", "deployments", "fallbacks", "least_outstanding", "name", "total")
 
     def __init__(self, name: str, deployments: list[Deployment], fallbacks: list[str]) -> None:
         self.name = name
@@ -58,6 +58,8 @@ class _Route:
         self.fallbacks = fallbacks
         self.cumulative = list(accumulate(d.weight for d in deployments))
         self.total = self.cumulative[-1]
+        # cores are balanced by the requests each has in flight, not by weight
+        self.least_outstanding = all(d.provider.config.type == "core" for d in deployments)
 
 
 class ProviderRouter:
@@ -156,7 +158,14 @@ class ProviderRouter:
         deps = route.deployments
         if len(deps) == 1:
             dep = deps[0]
-            return dep if dep.cooldown_until <= now else None
+            return dep if dep.cooldown_until <= now and dep.provider.healthy else None
+        if route.least_outstanding:
+            ready = [d for d in deps if d.cooldown_until <= now and d.provider.healthy]
+            ready = [d for d in ready if d not in tried] or ready
+            if not ready:
+                return None
+            least = min(d.provider.outstanding for d in ready)
+            return random.choice([d for d in ready if d.provider.outstanding == least])
         if not tried and all(d.cooldown_until <= now for d in deps):
             i = bisect.bisect_right(route.cumulative, random.random() * route.total)
             return deps[min(i, len(deps) - 1)]
