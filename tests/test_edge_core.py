@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 
 from noroshi.edge.signing import Signer
+from tests.agent.test_agent_api import parse_sse
 from tests.conftest import free_port, openai_config
 from tests.fakes.upstream import FakeOpenAI, Reply
 from tests.processes import kill_tree, start_server, stop
@@ -178,3 +179,29 @@ async def test_core_killed_mid_stream_then_taken_back(
             assert time.monotonic() < deadline, "the restarted core got no request"
             await asyncio.gather(*(_chat(s, cluster.base) for _ in range(4)))
             await asyncio.sleep(0.5)
+
+
+async def test_agent_requests_run_on_a_core(cluster: Cluster, upstream: FakeOpenAI) -> None:
+    upstream.default = Reply(text="Hello from a core.", chunks=3)
+    async with aiohttp.ClientSession() as s:
+        async with s.post(f"{cluster.base}/api/v1/agent/chat", headers=auth(),
+                          json={"prompt": "Hi"}) as r:  # fmt: skip
+            assert r.status == 200 and r.headers["content-type"].startswith("text/event-stream")
+            session_id = r.headers["x-noroshi-session-id"]
+            run_id = r.headers["x-noroshi-run-id"]
+            raw = await r.read()
+        events = parse_sse(raw)
+        assert events[-1][1] == "run.finished"
+        assert "".join(d["text"] for _, t, d in events if t == "text.delta") == "Hello from a core."
+        async with s.get(f"{cluster.base}/api/v1/sessions/{session_id}", headers=auth()) as r:
+            session = await r.json()
+        assert [m["role"] for m in session["messages"]] == ["user", "assistant"]
+        async with s.get(f"{cluster.base}/api/v1/runs/{run_id}/stream", headers=auth()) as r:
+            assert b"event: run.finished" in await r.read()
+        # another key of the edge does not see the session, though the core is shared
+        async with s.post(
+            f"{cluster.base}/admin/keys", headers=auth(), json={"name": "other"}
+        ) as r:
+            other = (await r.json())["key"]
+        async with s.get(f"{cluster.base}/api/v1/sessions/{session_id}", headers=auth(other)) as r:
+            assert r.status == 404

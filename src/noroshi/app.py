@@ -20,6 +20,7 @@ from noroshi.agent.runs import Agent, Runner
 from noroshi.api import admin, agent, health, openai, simple
 from noroshi.auth import Authenticator, KeyChanges
 from noroshi.config import Config, ProviderConfig, data_dir, load_config
+from noroshi.edge.relay import Relay
 from noroshi.edge.signing import MemoryNonces, RedisNonces, Signer, Verifier
 from noroshi.errors import BadRequest, NoDeployment, NoroshiError, Unavailable
 from noroshi.http import Request, Response, Router, StreamResponse
@@ -68,11 +69,13 @@ class App:
         self.metrics = Metrics()
         self.role = self.config.server.role
         self.providers = {n: build_provider(n, p) for n, p in self.config.providers.items()}
+        self.relay: Relay | None = None
         if self.role == "edge":
             signer = Signer(self.config.internal.secret)
-            for provider in self.providers.values():
-                if isinstance(provider, CoreProvider):
-                    provider.signer = signer
+            cores = [p for p in self.providers.values() if isinstance(p, CoreProvider)]
+            for core in cores:
+                core.signer = signer
+            self.relay = Relay(cores, self.config.server.max_stream_bytes)
         self.models = ProviderRouter(self.config, self.providers, self.metrics)
         self.router = Router()
         health.install(self.router, self)
@@ -206,8 +209,9 @@ class App:
         )
         self.runner = Runner(self.models, self.sessions, self.run_events)
         self.run_events.listen_cancels(self.runner.cancel_id)
-        self.agents, closers = await build_agents(config, self.default_chat_model)
-        self._closers.extend(closers)
+        if self.role != "edge":  # an edge relays agent requests; its cores run the agents
+            self.agents, closers = await build_agents(config, self.default_chat_model)
+            self._closers.extend(closers)
         self.warm()
 
     def warm(self) -> None:

@@ -20,10 +20,11 @@ from noroshi.agent.runs import ActiveRun, Agent, Event
 from noroshi.api.openai import admit
 from noroshi.errors import BadRequest, Conflict, NoroshiError, NotFound
 from noroshi.http import JSONResponse, Request, Response, Router, StreamResponse
+from noroshi.http.router import Access
 from noroshi.http.websocket import WebSocket, WebSocketDisconnect
 from noroshi.providers.base import Routed
 from noroshi.store.sessions import Run
-from noroshi.types import Headers
+from noroshi.types import Handler, Headers
 from noroshi.wire.ai_sdk import HEADERS as AI_SDK_HEADERS
 from noroshi.wire.ai_sdk import UIMessageStream
 
@@ -322,12 +323,19 @@ def install(router: Router, app: App) -> None:
                 with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect):
                     await pump
 
-    router.add_websocket("/api/v1/agent/ws", agent_ws, access="model")
-    router.add("POST", "/api/v1/agent/chat", agent_chat, access="model")
-    router.add("POST", "/api/v1/runs", start_run, access="model")
-    router.add("GET", "/api/v1/runs/{id}", get_run, access="key")
-    router.add("GET", "/api/v1/runs/{id}/stream", join_run, access="key")
-    router.add("POST", "/api/v1/runs/{id}/cancel", cancel_run, access="key")
-    router.add("GET", "/api/v1/sessions", list_sessions, access="key")
-    router.add("GET", "/api/v1/sessions/{id}", get_session, access="key")
-    router.add("DELETE", "/api/v1/sessions/{id}", delete_session, access="key")
+    routes: list[tuple[str, str, Handler, Access]] = [
+        ("POST", "/api/v1/agent/chat", agent_chat, "model"),
+        ("POST", "/api/v1/runs", start_run, "model"),
+        ("GET", "/api/v1/runs/{id}", get_run, "key"),
+        ("GET", "/api/v1/runs/{id}/stream", join_run, "key"),
+        ("POST", "/api/v1/runs/{id}/cancel", cancel_run, "key"),
+        ("GET", "/api/v1/sessions", list_sessions, "key"),
+        ("GET", "/api/v1/sessions/{id}", get_session, "key"),
+        ("DELETE", "/api/v1/sessions/{id}", delete_session, "key"),
+    ]
+    relay = app.relay
+    for method, path, handler, access in routes:
+        # on an edge, the same routes go to a core, which runs the agents
+        router.add(method, path, relay.forward if relay is not None else handler, access)
+    if relay is None:
+        router.add_websocket("/api/v1/agent/ws", agent_ws, access="model")

@@ -1,0 +1,93 @@
+"""The edge's relay of agent requests: the request goes, signed, to the least busy healthy core,
+and its answer comes back as it arrives, a stream chunk by chunk, never buffered whole.
+
+The agent loop, its tools and its sessions run on the core; the edge has already checked the
+caller, its limits and budgets, and the core learns who the caller is from the signed context.
+A core that cannot be reached is skipped for the next one, which is safe because nothing has
+reached the client yet. A client that leaves closes the connection to the core, which cancels
+the run there as it would on a single process.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator
+
+from noroshi.errors import NoDeployment, UpstreamError, UpstreamTimeout
+from noroshi.http.request import Request
+from noroshi.http.response import Response, StreamResponse
+from noroshi.providers.core import CALLER, CoreProvider
+from noroshi.providers.transport import TRANSPORT_ERRORS, UpstreamResponse, translate
+
+__all__ = ["Relay"]
+
+PASSED_REQUEST_HEADERS = ("content-type", "accept", "last-event-id")
+PASSED_ANSWER_HEADERS = (
+    "content-type",
+    "cache-control",
+    "retry-after",
+    "x-vercel-ai-ui-message-stream",
+    "x-noroshi-run-id",
+    "x-noroshi-session-id",
+)
+MAX_ANSWER_BYTES = 32 * 1024 * 1024
+
+
+class Relay:
+    def __init__(self, cores: list[CoreProvider], max_stream_bytes: int) -> None:
+        self.cores = cores
+        self.max_stream_bytes = max_stream_bytes
+
+    def _pick(self, tried: set[CoreProvider]) -> CoreProvider | None:
+        ready = [c for c in self.cores if c.healthy and c not in tried]
+        if not ready:
+            return None
+        least = min(c.outstanding for c in ready)
+        return random.choice([c for c in ready if c.outstanding == least])
+
+    async def forward(self, request: Request) -> Response:
+        body = await request.body()
+        target = f"{request.path}?{request.query}" if request.query else request.path
+        passed = {h: v for h in PASSED_REQUEST_HEADERS if (v := request.headers.get(h))}
+        tried: set[CoreProvider] = set()
+        last: Exception | None = None
+        while (core := self._pick(tried)) is not None:
+            tried.add(core)
+            assert core.signer is not None
+            headers = {**passed, **core.signer.sign(request.method, target, body, CALLER.get())}
+            try:
+                resp = await core.transport.send(
+                    request.method, core.root + target, headers, body or None,
+                    core.config.total_timeout_s,
+                )  # fmt: skip
+            except (UpstreamError, UpstreamTimeout) as exc:
+                last = exc
+                continue
+            return await self._answer(core, resp)
+        if last is not None:
+            raise last
+        raise NoDeployment("No core is available.")
+
+    async def _answer(self, core: CoreProvider, resp: UpstreamResponse) -> Response:
+        headers = [(h, v) for h in PASSED_ANSWER_HEADERS if (v := resp.header(h))]
+        if not (resp.header("content-type") or "").startswith("text/event-stream"):
+            try:
+                body = await resp.read(MAX_ANSWER_BYTES)
+            finally:
+                resp.close()
+            return Response(body, resp.status, headers)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            core.outstanding += 1
+            complete = False
+            try:
+                async for chunk in resp.chunks():
+                    yield chunk
+                complete = True
+            except TRANSPORT_ERRORS as exc:
+                raise translate(exc) from exc
+            finally:
+                core.outstanding -= 1
+                resp.finish(complete)
+
+        return StreamResponse(chunks(), resp.status, headers, max_bytes=self.max_stream_bytes)
