@@ -177,3 +177,26 @@ command = ["python", "server.py"]
 """
     config = load_config(write(tmp_path, text), {})
     assert config.agents[0].tools[0] == "forecast" and config.mcp_servers[0].name == "files"
+
+
+def test_roles_need_the_internal_secret_and_cores(tmp_path: Path) -> None:
+    secret = {"NOROSHI_INTERNAL__SECRET": "s" * 32}
+    models = '[providers.up]\ntype = "openai"\n[[models]]\nname = "fast"\ndeployments = [{ provider = "up", model = "m1" }]\n'
+    path = write(tmp_path, models)
+    with pytest.raises(ConfigError, match=r"^internal\.secret: the core role"):
+        load_config(path, {"NOROSHI_SERVER__ROLE": "core"})
+    with pytest.raises(ConfigError, match=r"^server\.cores: "):
+        load_config(path, {"NOROSHI_SERVER__ROLE": "edge", **secret})
+    # a core may listen beyond loopback without a master key: it answers signed requests only
+    core = load_config(
+        path, {"NOROSHI_SERVER__ROLE": "core", "NOROSHI_SERVER__HOST": "0.0.0.0", **secret}
+    )
+    assert core.providers["up"].type == "openai"
+    edge = load_config(path, {"NOROSHI_SERVER__ROLE": "edge", **secret,
+                              "NOROSHI_SERVER__CORES": '["http://a:1", "http://b:2/"]'})  # fmt: skip
+    assert {n: p.base_url for n, p in edge.providers.items()} == {
+        "core0": "http://a:1/v1", "core1": "http://b:2/v1"}  # fmt: skip
+    assert [(d.provider, d.model) for d in edge.models[0].deployments] == [
+        ("core0", "fast"),
+        ("core1", "fast"),
+    ]
