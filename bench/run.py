@@ -239,9 +239,62 @@ def floor(plan: dict[str, Any], fast: Upstream, slow: Upstream) -> dict[str, Any
 
 
 QUICK = {"cold_runs": 1, "connections": 16, "duration": 1.0, "streams": [100], "ramp": 0.5,
-         "stream_limit": 60, "token_ms": 20, "tokens": 20}  # fmt: skip
+         "stream_limit": 60, "token_ms": 20, "tokens": 20, "hop_streams": 20}  # fmt: skip
 FULL = {"cold_runs": 5, "connections": 64, "duration": 8.0, "streams": [1000, 5000, 10000],
-        "ramp": 2.0, "stream_limit": 120, "token_ms": 20, "tokens": 200}  # fmt: skip
+        "ramp": 2.0, "stream_limit": 120, "token_ms": 20, "tokens": 200,
+        "hop_streams": 200}  # fmt: skip
+
+
+def edge_hop(plan: dict[str, Any], slow: Upstream, workdir: Path) -> dict[str, Any]:
+    """What the edge adds to time to first byte: the same streams through one noroshi (role
+    all) and through an edge in front of a core, one after the other, a few at a time."""
+    config = workdir / "hop.toml"
+    config.write_text(f"""
+[server]
+data_dir = "{workdir / "hop"}"
+[auth]
+master_key = "{BENCH_MASTER}"
+[internal]
+secret = "bench-internal-secret-0123456789"
+[providers.up]
+type = "openai"
+base_url = "{slow.url}/v1"
+[[models]]
+name = "m"
+deployments = [{{ provider = "up", model = "m" }}]
+""")
+    ports = {"single": free_port(), "core": free_port(), "edge": free_port()}
+    roles = {
+        "single": {},
+        "core": {"NOROSHI_SERVER__ROLE": "core"},
+        "edge": {"NOROSHI_SERVER__ROLE": "edge",
+                 "NOROSHI_SERVER__CORES": f'["http://127.0.0.1:{ports["core"]}"]'},
+    }  # fmt: skip
+    procs = []
+    out: dict[str, Any] = {}
+    try:
+        for name in ("single", "core", "edge"):
+            argv = [PY, "-m", "noroshi", "serve", "--config", str(config),
+                    "--port", str(ports[name])]  # fmt: skip
+            proc = Proc(argv, roles[name], cwd=str(ROOT))
+            procs.append(proc)
+            wait_healthy(f"http://127.0.0.1:{ports[name]}/health", proc, limit_s=120)
+        headers = {"authorization": f"Bearer {BENCH_MASTER}"}
+        payload = {"model": "m", "messages": MESSAGES}
+        for name in ("single", "edge"):
+            url = f"http://127.0.0.1:{ports[name]}/v1/chat/completions"
+            asyncio.run(concurrent_streams(url, payload, headers, 5, 0.1, plan["stream_limit"]))
+            result = asyncio.run(concurrent_streams(url, payload, headers, plan["hop_streams"],
+                                                    plan["hop_streams"] / 100,
+                                                    plan["stream_limit"]))  # fmt: skip
+            out[name] = summary(result)
+    finally:
+        for proc in procs:
+            proc.stop()
+    for q in ("p50", "p99"):
+        added = out["edge"][f"ttfb_{q}_ms"] - out["single"][f"ttfb_{q}_ms"]
+        out[f"added_ttfb_{q}_ms"] = round(added, 2)
+    return out
 
 
 def machine() -> dict[str, Any]:
@@ -266,6 +319,9 @@ def run(mode: str, only: list[str] | None) -> dict[str, Any]:
         with tempfile.TemporaryDirectory() as tmp:
             workdir = Path(tmp)
             results["floor"] = floor(plan, fast, slow)
+            if not only or "edge-hop" in only:
+                print("bench: edge hop", file=sys.stderr, flush=True)
+                results["edge_hop"] = edge_hop(plan, slow, workdir)
             names = ["noroshi", "bare-relay"]
             if mode == "full":
                 from bench import contenders

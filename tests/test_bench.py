@@ -25,3 +25,6 @@ def test_quick_bench_runs() -> None:
         assert measured["cold_start_s"] > 0
         assert measured["streams100"]["peak_rss_mb"] > 0
     assert report["floor"]["stream20"]["ok"] > 0
+    hop = report["edge_hop"]
+    assert hop["edge"]["success_rate"] == 1.0 and hop["single"]["success_rate"] == 1.0
+    assert isinstance(hop["added_ttfb_p50_ms"], float)
