@@ -205,3 +205,15 @@ async def test_agent_requests_run_on_a_core(cluster: Cluster, upstream: FakeOpen
             other = (await r.json())["key"]
         async with s.get(f"{cluster.base}/api/v1/sessions/{session_id}", headers=auth(other)) as r:
             assert r.status == 404
+
+
+async def test_agent_websocket_through_the_edge(cluster: Cluster, upstream: FakeOpenAI) -> None:
+    upstream.default = Reply(text="Over the socket.", chunks=2)
+    url = f"{cluster.base.replace('http', 'ws')}/api/v1/agent/ws?api_key={MASTER}"
+    async with aiohttp.ClientSession() as s, s.ws_connect(url) as ws:
+        await ws.send_json({"type": "run", "prompt": "Hi"})
+        frames = []
+        while not frames or frames[-1]["type"] not in ("run.finished", "error"):
+            frames.append(await asyncio.wait_for(ws.receive_json(), 10))
+    assert frames[-1]["type"] == "run.finished"
+    assert "".join(f["text"] for f in frames if f["type"] == "text.delta") == "Over the socket."

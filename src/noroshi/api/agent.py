@@ -337,5 +337,4 @@ def install(router: Router, app: App) -> None:
     for method, path, handler, access in routes:
         # on an edge, the same routes go to a core, which runs the agents
         router.add(method, path, relay.forward if relay is not None else handler, access)
-    if relay is None:
-        router.add_websocket("/api/v1/agent/ws", agent_ws, access="model")
+    router.add_websocket("/api/v1/agent/ws", relay.bridge if relay else agent_ws, access="model")

@@ -10,12 +10,15 @@ the run there as it would on a single process.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import random
 from collections.abc import AsyncIterator
 
 from noroshi.errors import NoDeployment, UpstreamError, UpstreamTimeout
 from noroshi.http.request import Request
 from noroshi.http.response import Response, StreamResponse
+from noroshi.http.websocket import WebSocket, WebSocketDisconnect
 from noroshi.providers.core import CALLER, CoreProvider
 from noroshi.providers.transport import TRANSPORT_ERRORS, UpstreamResponse, translate
 
@@ -67,6 +70,39 @@ class Relay:
         if last is not None:
             raise last
         raise NoDeployment("No core is available.")
+
+    async def bridge(self, request: Request, ws: WebSocket) -> None:
+        """A client's WebSocket joined to one on a core, frames passed both ways as they come;
+        either side closing closes the other, which cancels the run on the core."""
+        target = f"{request.path}?{request.query}" if request.query else request.path
+        core = self._pick(set())
+        if core is None:
+            raise NoDeployment("No core is available.")
+        assert core.signer is not None
+        headers = core.signer.sign("GET", target, b"", CALLER.get())
+        upstream = await core.transport.websocket(core.root + target, headers)
+        await ws.accept()
+        core.outstanding += 1
+
+        async def up() -> None:
+            while True:
+                await upstream.send(await ws.receive_text())
+
+        async def down() -> None:
+            while (text := await upstream.receive()) is not None:
+                await ws.send_text(text)
+
+        tasks = [asyncio.ensure_future(up()), asyncio.ensure_future(down())]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            core.outstanding -= 1
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await upstream.close()
+            with contextlib.suppress(WebSocketDisconnect):
+                await ws.close()
 
     async def _answer(self, core: CoreProvider, resp: UpstreamResponse) -> Response:
         headers = [(h, v) for h in PASSED_ANSWER_HEADERS if (v := resp.header(h))]

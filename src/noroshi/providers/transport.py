@@ -14,7 +14,7 @@ import aiohttp
 
 from noroshi.errors import UpstreamConnectError, UpstreamError, UpstreamTimeout
 
-__all__ = ["TRANSPORT_ERRORS", "HTTPTransport", "UpstreamResponse", "translate"]
+__all__ = ["TRANSPORT_ERRORS", "HTTPTransport", "UpstreamResponse", "UpstreamSocket", "translate"]
 
 MAX_ERROR_BODY = 64 * 1024
 
@@ -81,6 +81,25 @@ class UpstreamResponse:
         self._resp.close()
 
 
+class UpstreamSocket:
+    """Text frames to and from an upstream WebSocket; None from `receive` once it closed."""
+
+    __slots__ = ("_ws",)
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self._ws = ws
+
+    async def send(self, text: str) -> None:
+        await self._ws.send_str(text)
+
+    async def receive(self) -> str | None:
+        message = await self._ws.receive()
+        return message.data if message.type == aiohttp.WSMsgType.TEXT else None
+
+    async def close(self) -> None:
+        await self._ws.close()
+
+
 class HTTPTransport:
     def __init__(self, *, max_connections: int, connect_timeout: float) -> None:
         self._limit = max_connections
@@ -107,6 +126,14 @@ class HTTPTransport:
                 skip_auto_headers=("User-Agent",),
             )
         return self._session
+
+    async def websocket(self, url: str, headers: dict[str, str]) -> UpstreamSocket:
+        """A WebSocket to the upstream (an edge to its core)."""
+        try:
+            ws = await self._client().ws_connect(url, headers=headers, max_msg_size=1 << 20)
+        except TRANSPORT_ERRORS as exc:
+            raise translate(exc) from exc
+        return UpstreamSocket(ws)
 
     async def send(
         self,
