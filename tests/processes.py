@@ -31,23 +31,28 @@ async def start_server(
         "NOROSHI_SERVER__DATA_DIR": str(tmp_path / "data"),
         **(env or {}),
     }
-    proc = await asyncio.create_subprocess_exec(
-        *(sys.executable, "-m", "noroshi", "serve", "--config", str(path), "--port", str(port)),
-        env=env,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
+    log = tmp_path / f"{name}-{port}.log"
+    with log.open("ab") as out:  # kept for the failure message
+        proc = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "noroshi", "serve", "--config", str(path), "--port", str(port)),
+            env=env,
+            stdout=out,
+            stderr=out,
+        )
     base = f"http://127.0.0.1:{port}"
     async with aiohttp.ClientSession() as s:
         for _ in range(300):
+            if proc.returncode is not None:
+                break
             try:
                 async with s.get(f"{base}/health") as r:
                     if r.status == 200:
                         return proc, base
             except aiohttp.ClientConnectionError:
                 await asyncio.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("noroshi serve did not start")
+    if proc.returncode is None:
+        kill_tree(proc.pid)
+    raise RuntimeError(f"noroshi serve did not start: {log.read_text()[-2000:]}")
 
 
 async def stop(proc: Process) -> int:

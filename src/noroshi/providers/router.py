@@ -77,6 +77,14 @@ class ProviderRouter:
             for m in config.models
         }
 
+    def revive(self, provider: Provider) -> None:
+        """A provider that an active check found healthy again ends its deployments' rest."""
+        for route in self.routes.values():
+            for dep in route.deployments:
+                if dep.provider is provider:
+                    dep.cooldown_until = 0.0
+                    dep.failures = 0
+
     def __contains__(self, model: str) -> bool:
         return model in self.routes
 

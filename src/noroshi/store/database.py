@@ -33,6 +33,7 @@ __all__ = [
 ]
 
 DATABASE_FILE = "noroshi.sqlite3"
+OPEN_ATTEMPTS = 5
 
 Row = tuple[Any, ...]
 
@@ -202,6 +203,19 @@ class SQLiteDatabase(Database):
 
     @classmethod
     async def connect(cls, path: Path) -> SQLiteDatabase:
+        """Open, in WAL mode. Processes that start together on one file can find it locked
+        while another switches it to WAL, past the busy handler: try again a few times."""
+        for attempt in range(OPEN_ATTEMPTS):
+            try:
+                return await cls._connect(path)
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or attempt == OPEN_ATTEMPTS - 1:
+                    raise
+                await asyncio.sleep(0.1 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    @classmethod
+    async def _connect(cls, path: Path) -> SQLiteDatabase:
         await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
         conn = await aiosqlite.connect(path, isolation_level=None)  # we BEGIN and COMMIT
         try:
@@ -341,12 +355,19 @@ async def open_database(url: str | None, directory: Path) -> Database:
             "storage.url must be empty (SQLite in the data directory), sqlite:///absolute/path "
             f"or postgresql://user@host/database; got a URL of scheme '{scheme}'"
         )
-    try:
-        await db.migrate()
-    except BaseException:
-        await db.close()
-        raise
-    return db
+    for attempt in range(OPEN_ATTEMPTS):
+        try:
+            await db.migrate()
+            return db
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == OPEN_ATTEMPTS - 1:
+                await db.close()
+                raise
+            await asyncio.sleep(0.1 * (attempt + 1))
+        except BaseException:
+            await db.close()
+            raise
+    raise AssertionError("unreachable")
 
 
 def open_database_file(directory: Path) -> Path:
