@@ -228,8 +228,8 @@ class App:
                 if core.healthy != healthy:
                     log.warning("core %s is %s", core.config.base_url,
                                 "back" if healthy else "out of the pool")  # fmt: skip
-                    if healthy:
-                        self.models.revive(core)
+                if healthy:  # answering its checks: whatever failed before, it is back
+                    self.models.revive(core)
                 core.healthy = healthy
             await asyncio.sleep(HEALTH_CHECK_S)
 
