@@ -20,12 +20,13 @@ from noroshi.agent.runs import ActiveRun, Agent, Event
 from noroshi.api.openai import admit
 from noroshi.errors import BadRequest, Conflict, NoroshiError, NotFound
 from noroshi.http import JSONResponse, Request, Response, Router, StreamResponse
+from noroshi.http.response import SSE_HEADERS
 from noroshi.http.router import Access
 from noroshi.http.websocket import WebSocket, WebSocketDisconnect
 from noroshi.providers.base import Routed
 from noroshi.store.sessions import Run
 from noroshi.types import Handler, Headers
-from noroshi.wire.ai_sdk import HEADERS as AI_SDK_HEADERS
+from noroshi.wire.ai_sdk import HEADER as AI_SDK_HEADER
 from noroshi.wire.ai_sdk import UIMessageStream
 
 if TYPE_CHECKING:
@@ -88,13 +89,6 @@ _decode_chat = msgspec.json.Decoder(AgentChatBody)
 _decode_ws = msgspec.json.Decoder(WSMessage)
 
 
-NATIVE_HEADERS = [
-    ("content-type", "text/event-stream; charset=utf-8"),
-    ("cache-control", "no-cache"),
-    ("x-accel-buffering", "no"),
-]
-
-
 def encode_native(event: Event) -> bytes:
     return (
         f"id: {event.seq}\nevent: {event.type}\ndata: ".encode()
@@ -154,32 +148,29 @@ def install(router: Router, app: App) -> None:
         format: Format,
         on_leave: Callable[[], object] | None = None,
     ) -> Response:
-        """The run's events from `source(after)`, in the asked format; `on_leave` runs when the
-        stream ends however it ends (the client left: cancel a run that is not in the
+        """The run's events from `source`, after `after`, in the asked format; `on_leave` runs
+        when the stream ends however it ends (the client left: cancel a run that is not in the
         background)."""
 
-        async def native() -> AsyncIterator[bytes]:
+        async def events() -> AsyncIterator[bytes]:
             try:
-                async for event in source(after):
-                    yield encode_native(event)
+                if format == "native":
+                    async for event in source(after):
+                        yield encode_native(event)
+                    return
+                ui = UIMessageStream()
+                async for event in source(0):  # earlier events only rebuild the encoder's state
+                    encoded = ui.encode(event.seq, event.type, event.data)
+                    if event.seq > after:
+                        yield encoded
             finally:
                 if on_leave is not None:
                     on_leave()
 
-        async def ai_sdk() -> AsyncIterator[bytes]:
-            ui = UIMessageStream()
-            try:
-                async for event in source(0):
-                    frames = ui.encode(event.seq, event.type, event.data)
-                    if event.seq > after:  # earlier events only rebuild the encoder's state
-                        yield frames
-            finally:
-                if on_leave is not None:
-                    on_leave()
-
+        headers = [*SSE_HEADERS, *ids]
         if format == "ai-sdk":
-            return StreamResponse(ai_sdk(), headers=[*AI_SDK_HEADERS, *ids], max_bytes=limit)
-        return StreamResponse(native(), headers=[*NATIVE_HEADERS, *ids], max_bytes=limit)
+            headers.append(AI_SDK_HEADER)
+        return StreamResponse(events(), headers=headers, max_bytes=limit)
 
     def live(active: ActiveRun, format: Format) -> Response:
         """A run started by this request: the client leaving cancels it."""

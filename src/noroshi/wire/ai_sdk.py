@@ -13,14 +13,9 @@ from typing import Any
 
 import msgspec
 
-__all__ = ["HEADERS", "UIMessageStream"]
+__all__ = ["HEADER", "UIMessageStream"]
 
-HEADERS = [
-    ("content-type", "text/event-stream; charset=utf-8"),
-    ("cache-control", "no-cache"),
-    ("x-accel-buffering", "no"),
-    ("x-vercel-ai-ui-message-stream", "v1"),
-]
+HEADER = ("x-vercel-ai-ui-message-stream", "v1")  # beside the usual SSE headers
 DONE = b"data: [DONE]\n\n"
 _encode = msgspec.json.encode
 
