@@ -9,8 +9,6 @@ Repeated failures from one address lock it out for a while.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hmac
 import logging
 import time
@@ -20,6 +18,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from noroshi.broadcast import Channel
 from noroshi.config import AuthConfig
 from noroshi.edge.signing import Verifier
 from noroshi.errors import Forbidden, RateLimited, Unauthorized
@@ -60,42 +59,26 @@ class KeyChanges:
     """Redis pub/sub of changed key ids: every replica drops them from its cache at once."""
 
     def __init__(self, url: str, prefix: str, on_change: Callable[[str | None], None]) -> None:
-        self.channel = f"{prefix}keys"
         self.client = aioredis.from_url(url, socket_timeout=None, socket_connect_timeout=2)
-        self.on_change = on_change
-        self.live = False  # subscribed now; while not, caches fall back to one second
-        self._task: asyncio.Task[None] | None = None
+        # on (re)subscribing, anything may have changed while away: forget every key
+        self.channel = Channel(self.client, f"{prefix}keys", on_change, lambda: on_change(None))
+
+    @property
+    def live(self) -> bool:
+        """Subscribed now; while not, caches fall back to one second."""
+        return self.channel.live
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._listen())
+        self.channel.start()
 
     async def publish(self, key_id: str) -> None:
         try:
-            await self.client.publish(self.channel, key_id)
+            await self.channel.publish(key_id)
         except (aioredis.RedisError, OSError) as exc:
             log.warning("could not announce a key change over Redis: %s", exc)
 
-    async def _listen(self) -> None:
-        while True:
-            try:
-                async with self.client.pubsub() as pubsub:
-                    await pubsub.subscribe(self.channel)
-                    self.live = True
-                    self.on_change(None)  # anything may have changed while away
-                    async for message in pubsub.listen():
-                        if message.get("type") == "message":
-                            self.on_change(message["data"].decode())
-            except (aioredis.RedisError, OSError) as exc:
-                if self.live:
-                    log.warning("key change feed lost (%s); caching keys for 1 s", exc)
-            self.live = False
-            await asyncio.sleep(1.0)
-
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self.channel.close()
         await self.client.aclose()
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import msgspec
 import redis.asyncio as aioredis
 
+from noroshi.broadcast import Channel
 from noroshi.store.database import Database
 
 __all__ = ["TERMINAL", "DatabaseEvents", "EventStore", "EventWriter", "RedisEvents"]
@@ -101,26 +102,14 @@ class RedisEvents(EventStore):
     def __init__(self, url: str, prefix: str) -> None:
         self.prefix = prefix
         self.client = aioredis.from_url(url, socket_timeout=None, socket_connect_timeout=2)
-        self.cancels = f"{prefix}run-cancels"
-        self._listener: asyncio.Task[None] | None = None
+        self.cancels = Channel(self.client, f"{prefix}run-cancels", lambda _: None)
 
     async def ask_cancel(self, run_id: str) -> bool:
-        return bool(await self.client.publish(self.cancels, run_id))
+        return bool(await self.cancels.publish(run_id))
 
     def listen_cancels(self, cancel: Callable[[str], None]) -> None:
-        async def listen() -> None:
-            while True:
-                try:
-                    async with self.client.pubsub() as pubsub:
-                        await pubsub.subscribe(self.cancels)
-                        async for message in pubsub.listen():
-                            if message.get("type") == "message":
-                                cancel(message["data"].decode())
-                except (aioredis.RedisError, OSError) as exc:
-                    log.warning("run cancel feed lost (%s); retrying", exc)
-                await asyncio.sleep(1.0)
-
-        self._listener = asyncio.get_running_loop().create_task(listen())
+        self.cancels.on_message = cancel
+        self.cancels.start()
 
     def _key(self, run_id: str) -> str:
         return f"{self.prefix}run:{run_id}:events"
@@ -150,10 +139,7 @@ class RedisEvents(EventStore):
                         return
 
     async def close(self) -> None:
-        if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
+        await self.cancels.close()
         await self.client.aclose()
 
 
