@@ -11,7 +11,7 @@ import ipaddress
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -39,6 +39,7 @@ __all__ = [
     "find_config_file",
     "is_loopback",
     "load_config",
+    "tool_ref",
 ]
 
 ENV_PREFIX = "NOROSHI_"
@@ -442,6 +443,27 @@ def _check_exposure(config: Config) -> None:
         )
 
 
+ToolKind = Literal["http", "mcp_server", "mcp_tool", "python"]
+
+
+def tool_ref(
+    entry: str, http: Container[str], servers: Container[str]
+) -> tuple[ToolKind, str] | None:
+    """What an agent's `tools` entry names, and whose: an [[http_tools]] name, `mcp:<server>`
+    (all of its tools), `<server>__<tool>` (one of them, by its server) or `module:function`;
+    None when it names nothing configured."""
+    if entry in http:
+        return "http", entry
+    if entry.startswith("mcp:"):
+        return ("mcp_server", entry[4:]) if entry[4:] in servers else None
+    server = entry.split("__", 1)[0]
+    if "__" in entry and server in servers:
+        return "mcp_tool", server
+    if ":" in entry:
+        return "python", entry
+    return None
+
+
 def _check_agents(config: Config) -> None:
     """Agents name models, HTTP tools and MCP servers that exist; a typo fails at start."""
     models = {m.name for m in config.models}
@@ -458,14 +480,7 @@ def _check_agents(config: Config) -> None:
         if agent.model and agent.model not in models:
             raise ConfigError(f"agents.{i}.model: no model named '{agent.model}'")
         for j, tool in enumerate(agent.tools):
-            named = tool[4:] if tool.startswith("mcp:") else tool.split("__", 1)[0]
-            known = (
-                tool in http
-                or (tool.startswith("mcp:") and named in servers)
-                or ("__" in tool and named in servers)
-                or (":" in tool and not tool.startswith("mcp:"))
-            )
-            if not known:
+            if tool_ref(tool, http, servers) is None:
                 raise ConfigError(
                     f"agents.{i}.tools.{j}: '{tool}' is not an [[http_tools]] name, "
                     "'mcp:<server>', '<server>__<tool>' or 'module:function'"

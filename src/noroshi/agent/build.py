@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from noroshi.agent.http_tools import HTTPTool
 from noroshi.agent.runs import Agent
 from noroshi.agent.tools import Tool, Toolbox, load_tool
-from noroshi.config import AgentConfig, Config, ConfigError
+from noroshi.config import AgentConfig, Config, ConfigError, tool_ref
 from noroshi.errors import NoroshiError
 
 if TYPE_CHECKING:
@@ -57,8 +57,6 @@ async def build_agents(
             model = agent.model or default_model()
         except NoroshiError:
             model = ""  # no model configured: the agent answers 503 like the simple endpoints
-        if agent.model and config.model(agent.model) is None:
-            raise ConfigError(f"agents.{i}.model: no model named '{agent.model}'")
         # each agent its own copy: the timeout is the agent's, the connections are shared
         own = [copy.copy(tool) for tool in tools]
         for tool in own:
@@ -70,24 +68,23 @@ async def build_agents(
 def _resolve(
     name: str, where: str, http: dict[str, HTTPTool], servers: dict[str, MCPServer]
 ) -> list[Tool]:
-    if name in http:
-        return [http[name]]
-    if name.startswith("mcp:"):
-        server = servers.get(name[4:])
-        if server is None:
-            raise ConfigError(f"{where}: no MCP server named '{name[4:]}'")
-        return list(server.tools)
-    if "__" in name and name.split("__", 1)[0] in servers:
-        server = servers[name.split("__", 1)[0]]
+    ref = tool_ref(name, http, servers)
+    if ref is None:
+        raise ConfigError(f"{where}: '{name}' is not an HTTP tool, an MCP tool or module:function")
+    kind, target = ref
+    if kind == "http":
+        return [http[target]]
+    if kind == "mcp_server":
+        return list(servers[target].tools)
+    if kind == "mcp_tool":
+        server = servers[target]
         found = [t for t in server.tools if t.name == name]
         if not found and not server.tools:  # the server did not start: logged already
             log.warning("%s: tool %s is unavailable until its MCP server answers", where, name)
         elif not found:
             raise ConfigError(f"{where}: the MCP server has no tool '{name}'")
         return found
-    if ":" in name:
-        try:
-            return [load_tool(name)]
-        except (ImportError, AttributeError, ValueError) as exc:
-            raise ConfigError(f"{where}: cannot load tool '{name}': {exc}") from None
-    raise ConfigError(f"{where}: '{name}' is not an HTTP tool, an MCP tool or module:function")
+    try:
+        return [load_tool(target)]
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ConfigError(f"{where}: cannot load tool '{name}': {exc}") from None
