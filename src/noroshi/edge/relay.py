@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 from collections.abc import AsyncIterator
 
 from noroshi.errors import NoDeployment, UpstreamError, UpstreamTimeout
@@ -20,6 +19,7 @@ from noroshi.http.request import Request
 from noroshi.http.response import Response, StreamResponse
 from noroshi.http.websocket import WebSocket, WebSocketDisconnect
 from noroshi.providers.core import CALLER, CoreProvider
+from noroshi.providers.router import least_busy
 from noroshi.providers.transport import TRANSPORT_ERRORS, UpstreamResponse, translate
 
 __all__ = ["Relay"]
@@ -43,10 +43,7 @@ class Relay:
 
     def _pick(self, tried: set[CoreProvider]) -> CoreProvider | None:
         ready = [c for c in self.cores if c.healthy and c not in tried]
-        if not ready:
-            return None
-        least = min(c.outstanding for c in ready)
-        return random.choice([c for c in ready if c.outstanding == least])
+        return least_busy(ready, lambda c: c.outstanding)
 
     async def forward(self, request: Request) -> Response:
         body = await request.body()

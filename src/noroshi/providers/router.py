@@ -12,7 +12,7 @@ import bisect
 import logging
 import random
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from itertools import accumulate
 from typing import TypeVar
 
@@ -30,11 +30,19 @@ from noroshi.errors import (
 from noroshi.metrics import Metrics
 from noroshi.providers.base import Call, Embedded, Provider, Routed, Usage
 
-__all__ = ["Deployment", "ProviderRouter"]
+__all__ = ["Deployment", "ProviderRouter", "least_busy"]
 
 log = logging.getLogger("noroshi.router")
 T = TypeVar("T")
 Opened = tuple[bytes, AsyncGenerator[bytes, None]]
+
+
+def least_busy(candidates: Sequence[T], load: Callable[[T], int]) -> T | None:
+    """One of the candidates with the least load, chosen at random among equals."""
+    if not candidates:
+        return None
+    least = min(load(c) for c in candidates)
+    return random.choice([c for c in candidates if load(c) == least])
 
 
 class Deployment:
@@ -170,10 +178,7 @@ class ProviderRouter:
         if route.least_outstanding:
             ready = [d for d in deps if d.cooldown_until <= now and d.provider.healthy]
             ready = [d for d in ready if d not in tried] or ready
-            if not ready:
-                return None
-            least = min(d.provider.outstanding for d in ready)
-            return random.choice([d for d in ready if d.provider.outstanding == least])
+            return least_busy(ready, lambda d: d.provider.outstanding)
         if not tried and all(d.cooldown_until <= now for d in deps):
             i = bisect.bisect_right(route.cumulative, random.random() * route.total)
             return deps[min(i, len(deps) - 1)]
