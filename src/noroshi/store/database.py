@@ -13,10 +13,10 @@ import asyncio
 import functools
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import aiosqlite
 import asyncpg
@@ -36,6 +36,7 @@ DATABASE_FILE = "noroshi.sqlite3"
 OPEN_ATTEMPTS = 5
 
 Row = tuple[Any, ...]
+T = TypeVar("T")
 
 # Version n is MIGRATIONS[n - 1]. Append only: an applied version is never run again.
 # Portable SQL: TEXT ids made in Python, BIGINT counts, DOUBLE PRECISION epoch seconds.
@@ -203,16 +204,8 @@ class SQLiteDatabase(Database):
 
     @classmethod
     async def connect(cls, path: Path) -> SQLiteDatabase:
-        """Open, in WAL mode. Processes that start together on one file can find it locked
-        while another switches it to WAL, past the busy handler: try again a few times."""
-        for attempt in range(OPEN_ATTEMPTS):
-            try:
-                return await cls._connect(path)
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or attempt == OPEN_ATTEMPTS - 1:
-                    raise
-                await asyncio.sleep(0.1 * (attempt + 1))
-        raise AssertionError("unreachable")
+        """Open, in WAL mode."""
+        return await _until_unlocked(lambda: cls._connect(path))
 
     @classmethod
     async def _connect(cls, path: Path) -> SQLiteDatabase:
@@ -355,18 +348,25 @@ async def open_database(url: str | None, directory: Path) -> Database:
             "storage.url must be empty (SQLite in the data directory), sqlite:///absolute/path "
             f"or postgresql://user@host/database; got a URL of scheme '{scheme}'"
         )
+    try:
+        await _until_unlocked(db.migrate)
+    except BaseException:
+        await db.close()
+        raise
+    return db
+
+
+async def _until_unlocked(action: Callable[[], Awaitable[T]]) -> T:
+    """`action`, tried again a few times while SQLite says the file is locked: processes that
+    start together on one file can find it so past the busy handler (one of them switching it
+    to WAL). Other errors, and other databases', pass at once."""
     for attempt in range(OPEN_ATTEMPTS):
         try:
-            await db.migrate()
-            return db
+            return await action()
         except sqlite3.OperationalError as exc:
             if "locked" not in str(exc) or attempt == OPEN_ATTEMPTS - 1:
-                await db.close()
                 raise
             await asyncio.sleep(0.1 * (attempt + 1))
-        except BaseException:
-            await db.close()
-            raise
     raise AssertionError("unreachable")
 
 
