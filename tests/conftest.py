@@ -15,6 +15,7 @@ from granian.server.embed import Server as GranianServer
 
 from noroshi.app import App
 from noroshi.config import Config, load_config
+from tests.fakes.upstream import FakeOpenAI
 from tests.services import postgres_url, redis_prefix, redis_url
 
 __all__ = ["postgres_url", "redis_prefix", "redis_url"]  # fixtures shared with every test
@@ -111,6 +112,14 @@ async def _wait_listening(port: int) -> None:
         await writer.wait_closed()
         return
     raise RuntimeError(f"server on port {port} did not start")
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[FakeOpenAI]:
+    """A fake OpenAI on loopback that checks the key `openai_config` gives the gateway; modules
+    that need another kind of fake define their own."""
+    async with FakeOpenAI(api_key="test-key") as fake:
+        yield fake
 
 
 @pytest.fixture(params=["rsgi", "asgi"])

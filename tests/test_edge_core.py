@@ -24,12 +24,6 @@ MASTER = "sk-edge-master"
 HI = [{"role": "user", "content": "Hi"}]
 
 
-@pytest.fixture
-async def upstream() -> AsyncIterator[FakeOpenAI]:
-    async with FakeOpenAI() as fake:
-        yield fake
-
-
 class Cluster:
     def __init__(self, tmp_path: Path, upstream: FakeOpenAI) -> None:
         self.tmp_path = tmp_path

@@ -24,12 +24,6 @@ tools = ["tests.agent.loop_tools:slow_tool"]
 
 
 @pytest.fixture
-async def upstream() -> AsyncIterator[FakeOpenAI]:
-    async with FakeOpenAI() as fake:
-        yield fake
-
-
-@pytest.fixture
 async def replicas(
     tmp_path: Path, upstream: FakeOpenAI, postgres_url: str, redis_url: str, redis_prefix: str
 ) -> AsyncIterator[list[str]]:
