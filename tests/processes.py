@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 from asyncio.subprocess import Process
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -71,3 +72,18 @@ def kill_tree(pid: int) -> None:
         kill_tree(kid)
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
+
+
+@contextlib.asynccontextmanager
+async def serve_replicas(tmp_path: Path, config: str, count: int) -> AsyncIterator[list[str]]:
+    """`count` servers on one config, started together; SIGTERM to each afterwards."""
+    started = await asyncio.gather(
+        *(start_server(tmp_path, config, name=f"replica{i}") for i in range(count))
+    )
+    try:
+        yield [base for _, base in started]
+    finally:
+        for proc, _ in started:
+            proc.terminate()
+        for proc, _ in started:
+            await stop(proc)

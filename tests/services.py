@@ -72,3 +72,11 @@ async def redis_prefix(redis_url: str) -> AsyncIterator[str]:
             await client.delete(*keys)
     finally:
         await client.aclose()
+
+
+def shared_state(postgres_url: str, redis_url: str, redis_prefix: str) -> str:
+    """The config that makes servers replicas of one another: one database, one Redis."""
+    return (
+        f'[storage]\nurl = "{postgres_url}"\n'
+        f'[redis]\nurl = "{redis_url}"\nprefix = "{redis_prefix}"\n'
+    )

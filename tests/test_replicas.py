@@ -18,7 +18,8 @@ import pytest
 
 from tests.conftest import openai_config
 from tests.fakes.upstream import FakeOpenAI, Reply
-from tests.processes import start_server, stop
+from tests.processes import serve_replicas, start_server, stop
+from tests.services import shared_state
 
 MASTER = "sk-replicas"
 HI = [{"role": "user", "content": "Hi"}]
@@ -28,24 +29,12 @@ HI = [{"role": "user", "content": "Hi"}]
 async def replicas(
     tmp_path: Path, upstream: FakeOpenAI, postgres_url: str, redis_url: str, redis_prefix: str
 ) -> AsyncIterator[list[str]]:
-    shared = f"""
-[auth]
-master_key = "{MASTER}"
-[storage]
-url = "{postgres_url}"
-[redis]
-url = "{redis_url}"
-prefix = "{redis_prefix}"
-"""
-    config = openai_config(upstream.base_url, extra=shared)
-    started = await asyncio.gather(
-        *(start_server(tmp_path, config, name=f"replica{i}") for i in range(3))
+    auth = f'[auth]\nmaster_key = "{MASTER}"\n'
+    config = openai_config(
+        upstream.base_url, extra=auth + shared_state(postgres_url, redis_url, redis_prefix)
     )
-    yield [base for _, base in started]
-    for proc, _ in started:
-        proc.terminate()
-    for proc, _ in started:
-        await stop(proc)
+    async with serve_replicas(tmp_path, config, 3) as bases:
+        yield bases
 
 
 async def post(s: aiohttp.ClientSession, url: str, key: str, **payload: Any) -> int:

@@ -13,7 +13,8 @@ import pytest
 from tests.agent.test_agent_api import parse_sse
 from tests.conftest import openai_config
 from tests.fakes.upstream import FakeOpenAI, Reply
-from tests.processes import start_server, stop
+from tests.processes import serve_replicas
+from tests.services import shared_state
 
 AGENTS = """
 [[agents]]
@@ -27,13 +28,9 @@ tools = ["tests.agent.loop_tools:slow_tool"]
 async def replicas(
     tmp_path: Path, upstream: FakeOpenAI, postgres_url: str, redis_url: str, redis_prefix: str
 ) -> AsyncIterator[list[str]]:
-    shared = f'[storage]\nurl = "{postgres_url}"\n[redis]\nurl = "{redis_url}"\nprefix = "{redis_prefix}"\n'
-    config = openai_config(upstream.base_url, extra=AGENTS + shared)
-    started = [await start_server(tmp_path, config, name=f"r{i}") for i in range(2)]
-    yield [base for _, base in started]
-    for proc, _ in started:
-        proc.terminate()
-        await stop(proc)
+    extra = AGENTS + shared_state(postgres_url, redis_url, redis_prefix)
+    async with serve_replicas(tmp_path, openai_config(upstream.base_url, extra=extra), 2) as bases:
+        yield bases
 
 
 async def test_join_resume_and_cancel_from_another_replica(
