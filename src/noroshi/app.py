@@ -17,7 +17,7 @@ from noroshi.accounting import Accountant, Meter
 from noroshi.agent.build import build_agents
 from noroshi.agent.events import DatabaseEvents, EventStore, RedisEvents
 from noroshi.agent.runs import Agent, Runner
-from noroshi.api import admin, agent, health, openai, simple
+from noroshi.api import admin, agent, docs, health, openai, simple
 from noroshi.auth import Authenticator, KeyChanges
 from noroshi.config import Config, ProviderConfig, data_dir, load_config
 from noroshi.edge.relay import Relay
@@ -84,6 +84,7 @@ class App:
         if self.role != "core":  # a core answers its edge only: no admin surface
             admin.install(self.router, self)
         agent.install(self.router, self)
+        docs.install(self.router, self)
         if self.config.cors.allow_origins:
             middleware = [cors(self.config.cors), *middleware]
         self._handle = compose(middleware, self._route)

@@ -23,9 +23,9 @@ from noroshi.config import AuthConfig
 from noroshi.edge.signing import Verifier
 from noroshi.errors import Forbidden, RateLimited, Unauthorized
 from noroshi.http.request import Request
-from noroshi.http.router import Access
 from noroshi.limits import Limiter
 from noroshi.store.keys import ApiKey, KeyStore, hash_key
+from noroshi.wire.endpoints import Access
 
 __all__ = ["Authenticator", "KeyChanges", "Principal"]
 

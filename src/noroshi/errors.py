@@ -32,6 +32,8 @@ import msgspec
 __all__ = [
     "BadRequest",
     "Conflict",
+    "ErrorBody",
+    "ErrorDetail",
     "Forbidden",
     "MethodNotAllowed",
     "ModelNotFound",
@@ -48,9 +50,24 @@ __all__ = [
     "UpstreamProtocolError",
     "UpstreamRejected",
     "UpstreamTimeout",
+    "where",
 ]
 
 _encode = msgspec.json.encode
+_AT_PATH = " - at `$"
+
+
+class ErrorDetail(msgspec.Struct, kw_only=True):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorBody(msgspec.Struct):
+    """What every error answers, and what a stream's `error` event carries."""
+
+    error: ErrorDetail
 
 
 class NoroshiError(Exception):
@@ -213,3 +230,15 @@ class Unavailable(NoroshiError):
     status = 503
     type = "service_unavailable"
     code = "unavailable"
+
+
+def where(exc: msgspec.ValidationError) -> tuple[str, str | None]:
+    """A validation failure as a message and the field it names:
+    'Expected `str`, got `int` - at `$.messages[0].role`' -> (message, 'messages.0.role')."""
+    text = str(exc)
+    at = text.rfind(_AT_PATH)
+    message, path = (text, "") if at < 0 else (text[:at], text[at + len(_AT_PATH) : -1])
+    path = path.replace("[", ".").replace("]", "").lstrip(".")
+    if message.startswith("Object missing required field `"):
+        path = f"{path}.{message.split('`')[1]}".lstrip(".")
+    return (f"{message} at '{path}'" if path else message), (path or None)

@@ -4,29 +4,31 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs
+from typing import TYPE_CHECKING
 
 import msgspec
 
 from noroshi.errors import BadRequest, NotFound
 from noroshi.http import JSONResponse, Request, Response, Router
-from noroshi.store.keys import ApiKey, KeyCreate, KeyUpdate
+from noroshi.wire import endpoints as api
+from noroshi.wire.admin import (
+    ApiKey,
+    CreatedKey,
+    KeyCreate,
+    KeyList,
+    KeyListQuery,
+    KeyUpdate,
+    UsageList,
+    UsageQuery,
+)
 
 if TYPE_CHECKING:
     from noroshi.app import App
 
 __all__ = ["install", "parse_time"]
 
-GROUPS = ("key", "model", "day")
-MAX_ROWS = 10_000
-
-_decode_create = msgspec.json.Decoder(KeyCreate)
-_decode_update = msgspec.json.Decoder(KeyUpdate)
-
-
-def _shown(key: ApiKey) -> dict[str, Any]:
-    return {"object": "api_key", **msgspec.to_builtins(key)}
+_decode_create: msgspec.json.Decoder[KeyCreate] = api.KEY_CREATE.decoder
+_decode_update: msgspec.json.Decoder[KeyUpdate] = api.KEY_UPDATE.decoder
 
 
 def parse_time(value: str, param: str) -> float:
@@ -50,19 +52,18 @@ def install(router: Router, app: App) -> None:
     async def create_key(request: Request) -> Response:
         spec = await request.json(_decode_create)
         key, secret = await app.keys.create(spec)
-        return JSONResponse({**_shown(key), "key": secret}, status=201)
+        fields = {f: getattr(key, f) for f in ApiKey.__struct_fields__}
+        return JSONResponse(CreatedKey(**fields, key=secret), status=201)
 
     async def list_keys(request: Request) -> Response:
-        query = parse_qs(request.query)
-        revoked = query.get("include_revoked", ["false"])[-1].lower() in ("1", "true", "yes")
-        keys = await app.keys.list(include_revoked=revoked)
-        return JSONResponse({"object": "list", "data": [_shown(k) for k in keys]})
+        query = request.query_as(KeyListQuery)
+        return JSONResponse(KeyList(data=await app.keys.list(query.include_revoked)))
 
     async def get_key(request: Request) -> Response:
         key = await app.keys.get(request.params["id"])
         if key is None:
             raise NotFound(f"No key with id '{request.params['id']}'.", param="id")
-        return JSONResponse(_shown(key))
+        return JSONResponse(key)
 
     async def update_key(request: Request) -> Response:
         changes = await request.json(_decode_update)
@@ -70,46 +71,33 @@ def install(router: Router, app: App) -> None:
         if key is None:
             raise NotFound(f"No key with id '{request.params['id']}'.", param="id")
         await app.auth.changed(key.id)
-        return JSONResponse(_shown(key))
+        return JSONResponse(key)
 
     async def revoke_key(request: Request) -> Response:
         key = await app.keys.revoke(request.params["id"])
         if key is None:
             raise NotFound(f"No key with id '{request.params['id']}'.", param="id")
         await app.auth.changed(key.id)
-        return JSONResponse(_shown(key))
+        return JSONResponse(key)
 
     async def usage(request: Request) -> Response:
-        query = {k: v[-1] for k, v in parse_qs(request.query).items()}
-        unknown = set(query) - {"key", "model", "since", "until", "group_by", "limit"}
-        if unknown:
-            name = sorted(unknown)[0]
-            raise BadRequest(f"Unknown query parameter '{name}'.", param=name)
-        group_by = query.get("group_by")
-        if group_by is not None and group_by not in GROUPS:
-            raise BadRequest(f"group_by must be one of {', '.join(GROUPS)}.", param="group_by")
-        try:
-            limit = int(query.get("limit", "1000"))
-        except ValueError:
-            limit = 0
-        if not 1 <= limit <= MAX_ROWS:
-            raise BadRequest(f"limit must be a number from 1 to {MAX_ROWS}.", param="limit")
-        since = parse_time(query["since"], "since") if "since" in query else None
-        until = parse_time(query["until"], "until") if "until" in query else None
+        query = request.query_as(UsageQuery)
+        since = parse_time(query.since, "since") if query.since is not None else None
+        until = parse_time(query.until, "until") if query.until is not None else None
         await app.usage.flush()
         rows = await app.usage.query(
-            key_id=query.get("key"),
-            model=query.get("model"),
+            key_id=query.key,
+            model=query.model,
             since=since,
             until=until,
-            group_by=group_by,
-            limit=limit,
+            group_by=query.group_by,
+            limit=query.limit,
         )
-        return JSONResponse({"object": "list", "group_by": group_by, "data": rows})
+        return JSONResponse(UsageList(group_by=query.group_by, data=list(rows)))
 
-    router.add("POST", "/admin/keys", create_key, access="admin")
-    router.add("GET", "/admin/keys", list_keys, access="admin")
-    router.add("GET", "/admin/keys/{id}", get_key, access="admin")
-    router.add("PATCH", "/admin/keys/{id}", update_key, access="admin")
-    router.add("DELETE", "/admin/keys/{id}", revoke_key, access="admin")
-    router.add("GET", "/admin/usage", usage, access="admin")
+    router.serve(api.KEY_CREATE, create_key)
+    router.serve(api.KEYS, list_keys)
+    router.serve(api.KEY, get_key)
+    router.serve(api.KEY_UPDATE, update_key)
+    router.serve(api.KEY_REVOKE, revoke_key)
+    router.serve(api.USAGE, usage)

@@ -10,22 +10,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING
 
 import msgspec
-from msgspec import Meta, Struct
 
 from noroshi.accounting import Meter
 from noroshi.agent.runs import ActiveRun, Agent, Event
 from noroshi.api.openai import admit
-from noroshi.errors import BadRequest, Conflict, NoroshiError, NotFound
+from noroshi.errors import Conflict, NoroshiError, NotFound
 from noroshi.http import JSONResponse, Request, Response, Router, StreamResponse
 from noroshi.http.response import SSE_HEADERS
-from noroshi.http.router import Access
 from noroshi.http.websocket import WebSocket, WebSocketDisconnect
 from noroshi.providers.base import Routed
 from noroshi.store.sessions import Run
 from noroshi.types import Handler, Headers
+from noroshi.wire import endpoints as api
+from noroshi.wire.agent import (
+    AgentChatBody,
+    Deleted,
+    Format,
+    JoinQuery,
+    RunAccepted,
+    RunCancelled,
+    SessionDetail,
+    SessionList,
+    WSMessage,
+)
 from noroshi.wire.ai_sdk import HEADER as AI_SDK_HEADER
 from noroshi.wire.ai_sdk import UIMessageStream
 
@@ -37,64 +47,17 @@ __all__ = ["encode_native", "install"]
 _encode = msgspec.json.encode
 
 
-Format = Literal["native", "ai-sdk"]
-ChatId = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")]
-
-
-class UIPart(Struct):
-    type: str
-    text: str | None = None
-
-
-class UIMessage(Struct):
-    """A message as `useChat` sends it; only its text parts matter here."""
-
-    role: str
-    parts: list[UIPart] = []
-    id: str | None = None
-
-
-class AgentChatBody(Struct):
-    """Either noroshi's own `{prompt, session_id}` or useChat's `{id, messages}`; the latter
-    answers in the AI SDK stream unless `format` says otherwise."""
-
-    prompt: Annotated[str, Meta(min_length=1)] | None = None
-    session_id: ChatId | None = None
-    agent: str | None = None
-    format: Format | None = None
-    background: bool = False
-    id: ChatId | None = None  # useChat's chat id, used as the session id
-    messages: list[UIMessage] | None = None
-
-    def turn(self) -> tuple[str, str | None, Format]:
-        """The prompt, the session and the stream format this body asks for."""
-        if self.messages is not None:
-            users = [m for m in self.messages if m.role == "user"]
-            text = (
-                "".join(p.text or "" for p in users[-1].parts if p.type == "text") if users else ""
-            )
-            if not text:
-                raise BadRequest("The last user message has no text.", param="messages")
-            return text, self.session_id or self.id, self.format or "ai-sdk"
-        if self.prompt is None:
-            raise BadRequest("Send `prompt` (or useChat's `messages`).", param="prompt")
-        return self.prompt, self.session_id, self.format or "native"
-
-
-class WSMessage(AgentChatBody):
-    type: Literal["run", "cancel"] = "run"
-
-
-_decode_chat = msgspec.json.Decoder(AgentChatBody)
+_decode_chat: msgspec.json.Decoder[AgentChatBody] = api.AGENT_CHAT.decoder
 _decode_ws = msgspec.json.Decoder(WSMessage)
 
 
+def event_json(event: Event) -> bytes:
+    """An event as the `AgentEvent` types read it: type, seq and its data."""
+    return _encode({"type": event.type, "seq": event.seq, **event.data})
+
+
 def encode_native(event: Event) -> bytes:
-    return (
-        f"id: {event.seq}\nevent: {event.type}\ndata: ".encode()
-        + _encode({"type": event.type, **event.data})
-        + b"\n\n"
-    )
+    return f"id: {event.seq}\nevent: {event.type}\ndata: ".encode() + event_json(event) + b"\n\n"
 
 
 def _key_id(request: Request) -> str | None:
@@ -191,8 +154,7 @@ def install(router: Router, app: App) -> None:
         if not body.background:
             return live(active, format)
         return JSONResponse(
-            {"run_id": active.run.id, "session_id": active.session.id, "status": "running"},
-            status=202,
+            RunAccepted(run_id=active.run.id, session_id=active.session.id), status=202
         )
 
     async def owned_run(request: Request) -> Run:
@@ -217,7 +179,7 @@ def install(router: Router, app: App) -> None:
         if last:
             with contextlib.suppress(ValueError):
                 after = max(0, int(last))
-        format: Format = "ai-sdk" if "format=ai-sdk" in request.query else "native"
+        format = request.query_as(JoinQuery).format
         ids = [("x-noroshi-run-id", stored.id), ("x-noroshi-session-id", stored.session_id)]
         active = app.runner.get(stored.id)
         if active is not None:
@@ -241,21 +203,21 @@ def install(router: Router, app: App) -> None:
             cancelled = app.runner.cancel(active)
         else:  # running on another replica, perhaps
             cancelled = stored.status == "running" and await app.run_events.ask_cancel(stored.id)
-        return JSONResponse({"run_id": stored.id, "cancelled": cancelled})
+        return JSONResponse(RunCancelled(run_id=stored.id, cancelled=cancelled))
 
     async def list_sessions(request: Request) -> Response:
         sessions = await app.sessions.list(_key_id(request))
-        return JSONResponse({"object": "list", "data": sessions})
+        return JSONResponse(SessionList(data=sessions))
 
     async def get_session(request: Request) -> Response:
         session = await app.sessions.get(_key_id(request), request.params["id"])
         if session is None:
             raise NotFound(f"No session '{request.params['id']}'.", param="id")
-        return JSONResponse({
-            **msgspec.to_builtins(session),
-            "messages": await app.sessions.messages(session.id),
-            "runs": await app.sessions.runs(session.id),
-        })  # fmt: skip
+        return JSONResponse(SessionDetail(
+            **msgspec.structs.asdict(session),
+            messages=await app.sessions.messages(session.id),
+            runs=await app.sessions.runs(session.id),
+        ))  # fmt: skip
 
     async def delete_session(request: Request) -> Response:
         session_id = request.params["id"]
@@ -265,7 +227,7 @@ def install(router: Router, app: App) -> None:
                            param="id", code="session_busy")  # fmt: skip
         if not await app.sessions.delete(_key_id(request), session_id):
             raise NotFound(f"No session '{session_id}'.", param="id")
-        return JSONResponse({"id": session_id, "deleted": True})
+        return JSONResponse(Deleted(id=session_id))
 
     async def agent_ws(request: Request, ws: WebSocket) -> None:
         """`{"type": "run", "prompt", "session_id"?, "agent"?}` starts a run whose events come
@@ -276,8 +238,7 @@ def install(router: Router, app: App) -> None:
 
         async def forward(run: ActiveRun) -> None:
             async for event in run.log.follow(0):
-                await ws.send_text(_encode({"seq": event.seq, "type": event.type,
-                                            **event.data}).decode())  # fmt: skip
+                await ws.send_text(event_json(event).decode())
 
         async def refuse(exc: NoroshiError) -> None:
             frame = {"type": "error", "message": exc.message, "code": exc.code,
@@ -314,18 +275,18 @@ def install(router: Router, app: App) -> None:
                 with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect):
                     await pump
 
-    routes: list[tuple[str, str, Handler, Access]] = [
-        ("POST", "/api/v1/agent/chat", agent_chat, "model"),
-        ("POST", "/api/v1/runs", start_run, "model"),
-        ("GET", "/api/v1/runs/{id}", get_run, "key"),
-        ("GET", "/api/v1/runs/{id}/stream", join_run, "key"),
-        ("POST", "/api/v1/runs/{id}/cancel", cancel_run, "key"),
-        ("GET", "/api/v1/sessions", list_sessions, "key"),
-        ("GET", "/api/v1/sessions/{id}", get_session, "key"),
-        ("DELETE", "/api/v1/sessions/{id}", delete_session, "key"),
+    routes: list[tuple[api.Endpoint, Handler]] = [
+        (api.AGENT_CHAT, agent_chat),
+        (api.RUN_START, start_run),
+        (api.RUN, get_run),
+        (api.RUN_STREAM, join_run),
+        (api.RUN_CANCEL, cancel_run),
+        (api.SESSIONS, list_sessions),
+        (api.SESSION, get_session),
+        (api.SESSION_DELETE, delete_session),
     ]
     relay = app.relay
-    for method, path, handler, access in routes:
+    for endpoint, handler in routes:
         # on an edge, the same routes go to a core, which runs the agents
-        router.add(method, path, relay.forward if relay is not None else handler, access)
+        router.serve(endpoint, relay.forward if relay is not None else handler)
     router.add_websocket("/api/v1/agent/ws", relay.bridge if relay else agent_ws, access="model")

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 from noroshi import __version__
 from noroshi.http import JSONResponse, Request, Response, Router
 from noroshi.metrics import CONTENT_TYPE_LATEST
+from noroshi.wire import endpoints as api
+from noroshi.wire.service import DefaultModels, Health, Runtime
 
 if TYPE_CHECKING:
     from noroshi.app import App
@@ -20,21 +22,21 @@ def install(router: Router, app: App) -> None:
 
     async def health(request: Request) -> Response:
         defaults = app.config.defaults
-        return JSONResponse({
-            "status": "draining" if app.draining else "ok",
-            "version": __version__,
-            "uptime_s": round(time.monotonic() - app.started, 3),
-            "runtime": {"python": python, "server": app.server, "role": app.role},
-            "auth": "on" if app.auth.enabled else "off (no master key; loopback only)",
-            "models": {
-                "chat": defaults.chat_model or next(iter(app.models.routes), None),
-                "embedding": defaults.embedding_model or None,
-            },
-            "providers": {name: p.describe() for name, p in app.providers.items()},
-        })  # fmt: skip
+        return JSONResponse(Health(
+            status="draining" if app.draining else "ok",
+            version=__version__,
+            uptime_s=round(time.monotonic() - app.started, 3),
+            runtime=Runtime(python=python, server=app.server, role=app.role),
+            auth="on" if app.auth.enabled else "off (no master key; loopback only)",
+            models=DefaultModels(
+                chat=defaults.chat_model or next(iter(app.models.routes), None),
+                embedding=defaults.embedding_model or None,
+            ),
+            providers={name: p.describe() for name, p in app.providers.items()},
+        ))  # fmt: skip
 
     async def metrics(request: Request) -> Response:
         return Response(app.metrics.render(), headers=[("content-type", CONTENT_TYPE_LATEST)])
 
-    router.add("GET", "/health", health, access="public")
-    router.add("GET", "/metrics", metrics, access="public")
+    router.serve(api.HEALTH, health)
+    router.serve(api.METRICS, metrics)

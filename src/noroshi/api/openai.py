@@ -14,14 +14,23 @@ from noroshi.accounting import estimate_tokens
 from noroshi.errors import BadRequest, ModelNotFound
 from noroshi.http import JSONResponse, Request, Response, Router, StreamResponse
 from noroshi.providers.base import Call, Embedded, Routed
-from noroshi.wire.openai import ChatRequest, EmbeddingRequest, chat_request_decoder
+from noroshi.wire import endpoints as api
+from noroshi.wire.openai import (
+    ChatRequest,
+    Embedding,
+    EmbeddingList,
+    EmbeddingRequest,
+    EmbeddingUsage,
+    Model,
+    ModelList,
+)
 
 if TYPE_CHECKING:
     from noroshi.app import App
 
-_decode_chat = chat_request_decoder()
+_decode_chat: msgspec.json.Decoder[ChatRequest] = api.CHAT_COMPLETIONS.decoder
 _decode_any = msgspec.json.Decoder()
-_decode_embedding = msgspec.json.Decoder(EmbeddingRequest)
+_decode_embedding: msgspec.json.Decoder[EmbeddingRequest] = api.EMBEDDINGS.decoder
 _DONE = b"data: [DONE]\n\n"
 
 
@@ -52,21 +61,18 @@ async def admit(app: App, request: Request, routed: Routed, output_limit: int | 
         meter.routed = routed
 
 
-def embeddings_answer(request: EmbeddingRequest, model: str, embedded: Embedded) -> bytes:
+def embeddings_answer(request: EmbeddingRequest, model: str, embedded: Embedded) -> EmbeddingList:
     """OpenAI's embedding list; base64 is the little-endian float32 array, as OpenAI sends it."""
     data = []
     for i, vector in enumerate(embedded.vectors):
-        value: object = vector
+        value: list[float] | str = vector
         if request.encoding_format == "base64":
             value = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
-        data.append({"object": "embedding", "index": i, "embedding": value})
+        data.append(Embedding(index=i, embedding=value))
     tokens = embedded.prompt_tokens
-    return msgspec.json.encode({
-        "object": "list",
-        "data": data,
-        "model": model,
-        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-    })  # fmt: skip
+    return EmbeddingList(
+        data=data, model=model, usage=EmbeddingUsage(prompt_tokens=tokens, total_tokens=tokens)
+    )
 
 
 def install(router: Router, app: App) -> None:
@@ -80,8 +86,8 @@ def install(router: Router, app: App) -> None:
             return chunk_stream(first, rest, app.config.server.max_stream_bytes)
         return Response(await app.models.complete(call))
 
-    def describe(name: str) -> dict[str, object]:
-        return {"id": name, "object": "model", "created": created, "owned_by": "noroshi"}
+    def describe(name: str) -> Model:
+        return Model(id=name, created=created)
 
     def visible(request: Request, name: str) -> bool:
         """A key limited to some models sees only those."""
@@ -90,7 +96,7 @@ def install(router: Router, app: App) -> None:
 
     async def list_models(request: Request) -> Response:
         names = [n for n in app.models.routes if visible(request, n)]
-        return JSONResponse({"object": "list", "data": [describe(n) for n in names]})
+        return JSONResponse(ModelList(data=[describe(n) for n in names]))
 
     async def get_model(request: Request) -> Response:
         name = request.params["model"]
@@ -107,9 +113,9 @@ def install(router: Router, app: App) -> None:
         routed = Routed(body.model, request.id)
         await admit(app, request, routed, 0)
         embedded = await app.models.embed(routed, body.texts, body.dimensions)
-        return Response(embeddings_answer(body, body.model, embedded))
+        return JSONResponse(embeddings_answer(body, body.model, embedded))
 
-    router.add("POST", "/v1/chat/completions", chat_completions, access="model")
-    router.add("POST", "/v1/embeddings", embeddings, access="model")
-    router.add("GET", "/v1/models", list_models, access="key")
-    router.add("GET", "/v1/models/{model}", get_model, access="key")
+    router.serve(api.CHAT_COMPLETIONS, chat_completions)
+    router.serve(api.EMBEDDINGS, embeddings)
+    router.serve(api.MODELS, list_models)
+    router.serve(api.MODEL, get_model)

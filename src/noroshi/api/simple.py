@@ -5,54 +5,31 @@ OpenAI surface, and follow its validation and error rules."""
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING
 
 import msgspec
-from msgspec import Meta, Struct
+from msgspec import Struct
 
 from noroshi.api.openai import admit, chunk_stream, new_call
 from noroshi.errors import BadRequest, NoroshiError
 from noroshi.http import JSONResponse, Request, Response, Router, StreamResponse
 from noroshi.providers.base import Routed
+from noroshi.wire import endpoints as api
 from noroshi.wire import openai as oa
+from noroshi.wire.simple import (
+    ChatBody,
+    EmbedAnswer,
+    EmbedBody,
+    GenerateBody,
+    PromptBody,
+    SimpleAnswer,
+    SimpleMessage,
+    StreamBody,
+)
 from noroshi.wire.sse import SSEDecoder, encode_event
 
 if TYPE_CHECKING:
     from noroshi.app import App
-
-Text = Annotated[str, Meta(min_length=1)]
-
-
-class SimpleMessage(Struct):
-    role: Literal["user", "assistant", "system"]
-    content: str
-
-
-class ChatBody(Struct):
-    messages: Annotated[list[SimpleMessage], Meta(min_length=1)]
-    model: str | None = None
-
-
-class GenerateBody(Struct):
-    prompt: Text
-    model: str | None = None
-    max_tokens: Annotated[int, Meta(ge=1)] | None = None
-
-
-class EmbedBody(Struct):
-    text: Text
-    model: str | None = None
-
-
-class PromptBody(Struct):
-    prompt: Text
-    model: str | None = None
-
-
-class StreamBody(Struct):
-    prompt: Text | None = None
-    messages: Annotated[list[SimpleMessage], Meta(min_length=1)] | None = None
-    model: str | None = None
 
 
 class _Delta(Struct):
@@ -157,7 +134,7 @@ def install(router: Router, app: App) -> None:
         await admit(app, request, routed, 0)
         embedded = await app.models.embed(routed, [body.text], None)
         vector = embedded.vectors[0]
-        return JSONResponse({"embedding": vector, "dimensions": len(vector)})
+        return JSONResponse(EmbedAnswer(embedding=vector, dimensions=len(vector)))
 
     async def chat(request: Request) -> Response:
         body = await request.json(_prompt_body)
@@ -165,11 +142,8 @@ def install(router: Router, app: App) -> None:
         call = await new_call(app, request, chat_request(messages, body.model, False))
         answer = _decode_answer.decode(await app.models.complete(call))
         usage = answer.usage or oa.Usage()
-        return JSONResponse({
-            "message": answer.choices[0].message.content if answer.choices else "",
-            "model": answer.model,
-            "usage": usage,
-        })  # fmt: skip
+        text = (answer.choices[0].message.content or "") if answer.choices else ""
+        return JSONResponse(SimpleAnswer(message=text, model=answer.model, usage=usage))
 
     async def chat_stream(request: Request) -> Response:
         body = await request.json(_stream_body)
@@ -185,16 +159,16 @@ def install(router: Router, app: App) -> None:
         first, rest = await app.models.open_stream(call)
         return chunk_stream(first, rest, limit)
 
-    router.add("POST", "/api/chat", api_chat, access="model")
-    router.add("POST", "/api/generate", api_generate, access="model")
-    router.add("POST", "/api/embed", api_embed, access="model")
-    router.add("POST", "/chat", chat, access="model")
-    router.add("POST", "/chat/stream", chat_stream, access="model")
+    router.serve(api.API_CHAT, api_chat)
+    router.serve(api.API_GENERATE, api_generate)
+    router.serve(api.API_EMBED, api_embed)
+    router.serve(api.CHAT, chat)
+    router.serve(api.CHAT_STREAM, chat_stream)
 
 
-_chat_body = msgspec.json.Decoder(ChatBody)
-_generate_body = msgspec.json.Decoder(GenerateBody)
-_embed_body = msgspec.json.Decoder(EmbedBody)
-_prompt_body = msgspec.json.Decoder(PromptBody)
-_stream_body = msgspec.json.Decoder(StreamBody)
+_chat_body: msgspec.json.Decoder[ChatBody] = api.API_CHAT.decoder
+_generate_body: msgspec.json.Decoder[GenerateBody] = api.API_GENERATE.decoder
+_embed_body: msgspec.json.Decoder[EmbedBody] = api.API_EMBED.decoder
+_prompt_body: msgspec.json.Decoder[PromptBody] = api.CHAT.decoder
+_stream_body: msgspec.json.Decoder[StreamBody] = api.CHAT_STREAM.decoder
 __all__ = ["install", "text_events"]

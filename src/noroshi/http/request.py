@@ -5,21 +5,20 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import parse_qs
 
 import msgspec
 
-from noroshi.errors import BadRequest, UnsupportedMediaType
+from noroshi.errors import BadRequest, UnsupportedMediaType, where
 
 if TYPE_CHECKING:
     from noroshi.accounting import Meter
     from noroshi.auth import Principal
 
-__all__ = ["Request", "decode_json"]
+__all__ = ["Request", "decode_json", "decode_query"]
 
 T = TypeVar("T")
 BodyReader = Callable[[], Awaitable[bytes]]
-
-_AT_PATH = " - at `$"
 
 
 class Request:
@@ -84,25 +83,32 @@ class Request:
             raise UnsupportedMediaType(f"Content-Type must be application/json, not '{ctype}'.")
         return decode_json(decoder, await self.body())
 
+    def query_as(self, kind: type[T]) -> T:
+        """The query parameters as `kind`, a Struct: text converted to its field types, and
+        any problem a 400 naming the parameter."""
+        return decode_query(kind, self.query)
+
+
+def decode_query(kind: type[T], query: str) -> T:
+    """The last value of each parameter wins, as most frameworks read them."""
+    values = {name: items[-1] for name, items in parse_qs(query).items()}
+    try:
+        return msgspec.convert(values, kind, strict=False)
+    except msgspec.ValidationError as exc:
+        message, param = where(exc)
+        if message.startswith("Object contains unknown field"):
+            message = f"Unknown query parameter '{param}'."
+        raise BadRequest(message, param=param, code="invalid_value") from None
+
 
 def decode_json(decoder: msgspec.json.Decoder[T], body: bytes) -> T:
     try:
         return decoder.decode(body)
     except msgspec.ValidationError as exc:
-        message, param = _split(str(exc))
+        message, param = where(exc)
         raise BadRequest(message, param=param, code="invalid_value") from None
     except msgspec.DecodeError as exc:
         detail = str(exc) if body.strip() else "the request body is empty"
         raise BadRequest(
             f"We could not parse the JSON body of your request: {detail}", code="invalid_json"
         ) from None
-
-
-def _split(text: str) -> tuple[str, str | None]:
-    """'Expected `str`, got `int` - at `$.messages[0].role`' -> (message, 'messages.0.role')."""
-    at = text.rfind(_AT_PATH)
-    message, path = (text, "") if at < 0 else (text[:at], text[at + len(_AT_PATH) : -1])
-    path = path.replace("[", ".").replace("]", "").lstrip(".")
-    if message.startswith("Object missing required field `"):
-        path = f"{path}.{message.split('`')[1]}".lstrip(".")
-    return (f"{message} at '{path}'" if path else message), (path or None)

@@ -8,10 +8,11 @@ a table of their own: a handshake is a GET, and must never reach an HTTP handler
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 from noroshi.errors import MethodNotAllowed, NotFound
 from noroshi.types import Handler
+from noroshi.wire.endpoints import Access, Endpoint
 
 if TYPE_CHECKING:
     from noroshi.http.websocket import WebSocketHandler
@@ -19,8 +20,6 @@ if TYPE_CHECKING:
 __all__ = ["Access", "Route", "Router", "WebSocketRoute"]
 
 _PARAM = re.compile(r"\{([a-zA-Z_][a-zA-Z0-9_]*)\}")
-# public: anyone; key: any valid key; model: a key, and the request is metered; admin: master key
-Access = Literal["public", "key", "model", "admin"]
 
 
 class Route:
@@ -47,6 +46,12 @@ class Router:
         self._dynamic: list[tuple[re.Pattern[str], dict[str, Route]]] = []
         self._ws_static: dict[str, WebSocketRoute] = {}
         self._ws_dynamic: list[tuple[re.Pattern[str], WebSocketRoute]] = []
+        self.endpoints: list[Endpoint] = []  # what the API documents, in the order served
+
+    def serve(self, endpoint: Endpoint, handler: Handler) -> None:
+        """Route a public endpoint of the API table to `handler`."""
+        self.add(endpoint.method, endpoint.path, handler, endpoint.access)
+        self.endpoints.append(endpoint)
 
     def add(self, method: str, path: str, handler: Handler, access: Access) -> None:
         route = Route(path, handler, access)

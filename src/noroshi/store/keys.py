@@ -10,13 +10,14 @@ import builtins
 import hashlib
 import secrets
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Any
 
 import msgspec
-from msgspec import UNSET, Struct, UnsetType
+from msgspec import UNSET, Struct
 
 from noroshi.errors import BadRequest
 from noroshi.store.database import Database
+from noroshi.wire.admin import ApiKey, Budget, KeyCreate, KeyUpdate, ModelLimits
 
 __all__ = [
     "ApiKey",
@@ -29,74 +30,6 @@ __all__ = [
 ]
 
 KEY_PREFIX = "nrs-"
-
-AtLeastOne = Annotated[int, msgspec.Meta(ge=1)]
-Positive = Annotated[float, msgspec.Meta(gt=0)]
-Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
-ModelName = Annotated[str, msgspec.Meta(min_length=1)]
-
-
-class Budget(Struct, forbid_unknown_fields=True, kw_only=True):
-    """Spending caps per UTC day and month; cost is in the price table's currency."""
-
-    tokens_per_day: AtLeastOne | None = None
-    tokens_per_month: AtLeastOne | None = None
-    cost_per_day: Positive | None = None
-    cost_per_month: Positive | None = None
-
-
-class ModelLimits(Struct, forbid_unknown_fields=True, kw_only=True):
-    rpm: AtLeastOne | None = None
-    tpm: AtLeastOne | None = None
-
-
-class KeyCreate(Struct, forbid_unknown_fields=True, kw_only=True):
-    name: Name
-    models: list[ModelName] = []  # the public model names it may use; empty: all
-    rpm: AtLeastOne | None = None
-    tpm: AtLeastOne | None = None
-    max_concurrency: AtLeastOne | None = None  # requests (streams included) at once
-    model_limits: dict[str, ModelLimits] = {}  # rpm and tpm of this key on one model
-    budget: Budget | None = None
-    expires_at: datetime | None = None  # without a zone: UTC
-    metadata: dict[str, Any] = {}
-
-
-class KeyUpdate(Struct, forbid_unknown_fields=True, kw_only=True):
-    """A partial change: a field left out stays as it is; `null` clears a limit, the budget or
-    the expiry."""
-
-    name: Name | UnsetType = UNSET
-    models: list[ModelName] | UnsetType = UNSET
-    rpm: AtLeastOne | UnsetType | None = UNSET
-    tpm: AtLeastOne | UnsetType | None = UNSET
-    max_concurrency: AtLeastOne | UnsetType | None = UNSET
-    model_limits: dict[str, ModelLimits] | UnsetType = UNSET
-    budget: Budget | UnsetType | None = UNSET
-    expires_at: datetime | UnsetType | None = UNSET
-    metadata: dict[str, Any] | UnsetType = UNSET
-
-
-class ApiKey(Struct, kw_only=True):
-    """A key as stored and shown: never its secret or hash."""
-
-    id: str
-    name: str
-    hint: str
-    models: list[str] = []
-    rpm: int | None = None
-    tpm: int | None = None
-    max_concurrency: int | None = None
-    model_limits: dict[str, ModelLimits] = {}
-    budget: Budget | None = None
-    expires_at: datetime | None = None
-    metadata: dict[str, Any] = {}
-    created_at: datetime
-    revoked_at: datetime | None = None
-
-    def usable(self, now: datetime) -> bool:
-        """Not revoked and not expired at `now` (which carries a zone)."""
-        return self.revoked_at is None and (self.expires_at is None or now < self.expires_at)
 
 
 class _Settings(Struct, kw_only=True, omit_defaults=True):

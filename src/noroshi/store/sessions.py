@@ -14,34 +14,13 @@ from typing import Any
 import msgspec
 
 from noroshi.store.database import Database
+from noroshi.wire.agent import Run, Session
 from noroshi.wire.openai import Message
 
 __all__ = ["Run", "Session", "SessionStore"]
 
 _encode = msgspec.json.encode
 _decode_message: msgspec.json.Decoder[Message] = msgspec.json.Decoder(Message)
-
-
-class Session(msgspec.Struct, kw_only=True):
-    id: str
-    agent: str
-    title: str
-    created_at: float
-    updated_at: float
-
-
-class Run(msgspec.Struct, kw_only=True):
-    id: str
-    session_id: str
-    agent: str
-    status: str  # "running" | "completed" | "failed" | "cancelled"
-    background: bool
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    steps: int = 0
-    error: str | None = None
-    created_at: float
-    finished_at: float | None = None
 
 
 _SESSION = "id, agent, title, created_at, updated_at"

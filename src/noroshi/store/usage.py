@@ -15,9 +15,8 @@ import logging
 import time
 from typing import Any
 
-from msgspec import Struct
-
 from noroshi.store.database import Database
+from noroshi.wire.admin import UsageRecord, UsageTotals
 
 __all__ = ["GROUPS", "UsageLog", "UsageRecord"]
 
@@ -25,22 +24,6 @@ log = logging.getLogger("noroshi.usage")
 
 MAX_RETRY_DELAY_S = 5.0
 CLOSE_ATTEMPTS = 3
-
-
-class UsageRecord(Struct, kw_only=True):
-    request_id: str
-    key_id: str | None  # None when auth is off
-    model: str
-    deployment: str  # "provider/model", "" if no upstream was reached
-    route: str  # "/v1/chat/completions"
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost: float = 0.0
-    ttft_ms: float | None = None
-    duration_ms: float = 0.0
-    status: int = 200
-    outcome: str = "ok"  # "ok" | "error" | "cut" (the client left or the stream was cut)
-    created_at: float  # epoch seconds
 
 
 _FIELDS = UsageRecord.__struct_fields__
@@ -188,7 +171,7 @@ class UsageLog:
         until: float | None = None,
         group_by: str | None = None,
         limit: int = 1000,
-    ) -> list[dict[str, Any]]:
+    ) -> list[UsageRecord] | list[UsageTotals]:
         """Written records from `since` (inclusive) to `until` (exclusive), newest first; or,
         with `group_by` "key", "model" or "day" (UTC), their totals per group, in its order."""
         where: list[str] = []
@@ -209,7 +192,7 @@ class UsageLog:
                 f"SELECT {', '.join(_FIELDS)} FROM usage{clause} ORDER BY created_at DESC LIMIT ?",
                 args,
             )
-            return [dict(zip(_FIELDS, row, strict=True)) for row in rows]
+            return [UsageRecord(**dict(zip(_FIELDS, row, strict=True))) for row in rows]
         column = GROUPS.get(group_by)
         if column is None:
             raise ValueError(f"group_by must be one of {', '.join(GROUPS)}, not {group_by!r}")
@@ -220,15 +203,15 @@ class UsageLog:
             args,
         )
         return [
-            {
-                column: group,
-                "requests": int(requests),
-                "prompt_tokens": int(prompt),
-                "completion_tokens": int(completion),
-                "total_tokens": int(prompt) + int(completion),
-                "cost": float(cost),
-                "errors": int(errors),
-            }
+            UsageTotals(
+                **{column: group},
+                requests=int(requests),
+                prompt_tokens=int(prompt),
+                completion_tokens=int(completion),
+                total_tokens=int(prompt) + int(completion),
+                cost=float(cost),
+                errors=int(errors),
+            )
             for group, requests, prompt, completion, cost, errors in rows
         ]
 

@@ -22,8 +22,13 @@ __all__ = [
     "Delta",
     "DeltaToolCall",
     "DeltaToolCallFunction",
+    "Embedding",
+    "EmbeddingList",
     "EmbeddingRequest",
+    "EmbeddingUsage",
     "Message",
+    "Model",
+    "ModelList",
     "Tool",
     "ToolCall",
     "ToolCallFunction",
@@ -185,6 +190,11 @@ class ChatCompletion(Struct):
     usage: Usage | None = None
     object: str = "chat.completion"
 
+    @property
+    def text(self) -> str:
+        """The first choice's text."""
+        return (self.choices[0].message.content or "") if self.choices else ""
+
 
 class DeltaToolCallFunction(Struct, omit_defaults=True):
     name: str | None = None
@@ -219,6 +229,11 @@ class ChatCompletionChunk(Struct):
     usage: Usage | None = None
     object: str = "chat.completion.chunk"
 
+    @property
+    def text(self) -> str:
+        """The text this chunk adds to the first choice."""
+        return (self.choices[0].delta.content or "") if self.choices else ""
+
 
 _encode = msgspec.json.encode
 
@@ -238,3 +253,33 @@ class EmbeddingRequest(Struct, omit_defaults=True):
     @property
     def texts(self) -> list[str]:
         return [self.input] if isinstance(self.input, str) else self.input
+
+
+class Embedding(Struct, kw_only=True):
+    index: int
+    embedding: list[float] | str  # a base64 string when `encoding_format` is "base64"
+    object: Literal["embedding"] = "embedding"
+
+
+class EmbeddingUsage(Struct, kw_only=True):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingList(Struct, kw_only=True):
+    data: list[Embedding]
+    model: str
+    usage: EmbeddingUsage
+    object: Literal["list"] = "list"
+
+
+class Model(Struct, kw_only=True):
+    id: str
+    created: int
+    owned_by: str = "noroshi"
+    object: Literal["model"] = "model"
+
+
+class ModelList(Struct, kw_only=True):
+    data: list[Model]
+    object: Literal["list"] = "list"

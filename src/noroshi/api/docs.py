@@ -1,0 +1,37 @@
+"""`GET /openapi.json`, generated once from the routes this process serves, and `GET /docs`,
+a page that renders it with no script or font from anywhere else."""
+
+from __future__ import annotations
+
+from importlib.resources import files
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from noroshi import __version__
+from noroshi.http import Request, Response, Router
+from noroshi.openapi import openapi
+from noroshi.wire import endpoints as api
+
+if TYPE_CHECKING:
+    from noroshi.app import App
+
+_PAGE = files("noroshi") / "static" / "docs.html"
+
+
+def install(router: Router, app: App) -> None:
+    """Install last: the description covers every route installed before it."""
+    spec: bytes | None = None
+    page = _PAGE.read_bytes()
+
+    async def openapi_json(request: Request) -> Response:
+        nonlocal spec
+        if spec is None:
+            spec = msgspec.json.encode(openapi(router.endpoints, __version__))
+        return Response(spec, headers=[("content-type", "application/json")])
+
+    async def docs(request: Request) -> Response:
+        return Response(page, headers=[("content-type", "text/html; charset=utf-8")])
+
+    router.serve(api.OPENAPI, openapi_json)
+    router.serve(api.DOCS, docs)

@@ -1,0 +1,117 @@
+"""OpenAPI 3.1 from the endpoint table: the schemas are msgspec's JSON Schema of the very
+types the server decodes and encodes, so the description cannot drift from the code.
+
+Streams are described as `text/event-stream` whose schema is that of one event's `data`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Any
+
+import msgspec
+
+from noroshi.errors import ErrorBody
+from noroshi.wire.endpoints import Endpoint
+
+__all__ = ["openapi"]
+
+_REF = "#/components/schemas/{name}"
+_PARAM = re.compile(r"\{([a-zA-Z_][a-zA-Z0-9_]*)\}")
+_SECURITY = {
+    "bearer": {"type": "http", "scheme": "bearer", "description": "A virtual or master key."},
+    "apiKey": {"type": "apiKey", "in": "header", "name": "x-api-key"},
+}  # fmt: skip
+_STREAM_NOTE = (
+    "Server-Sent Events: each event's `data` is one JSON value of this schema. OpenAI "
+    "surfaces end with `data: [DONE]`; agent streams carry an `id:` per event and end with "
+    "`run.finished` on success or `error` otherwise."
+)
+
+
+def openapi(endpoints: Iterable[Endpoint], version: str) -> dict[str, Any]:
+    endpoints = list(endpoints)
+    kinds = [ErrorBody]
+    for e in endpoints:
+        kinds += [t for t in (e.body, e.answer, e.events, e.query) if t is not None]
+    schemas, components = msgspec.json.schema_components(kinds, ref_template=_REF)
+    of = dict(zip(map(id, kinds), schemas, strict=True))
+    paths: dict[str, dict[str, Any]] = {}
+    for e in endpoints:
+        paths.setdefault(e.path, {})[e.method.lower()] = _operation(e, of, components)
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "noroshi",
+            "version": version,
+            "description": "A streaming-first AI gateway and agent server.",
+        },
+        "paths": paths,
+        "components": {"schemas": components, "securitySchemes": _SECURITY},
+    }
+
+
+def _operation(
+    e: Endpoint, of: dict[int, dict[str, Any]], components: dict[str, Any]
+) -> dict[str, Any]:
+    op: dict[str, Any] = {"operationId": e.name, "summary": e.summary, "tags": [e.tag]}
+    params = [
+        {"name": name, "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}
+        for name in _PARAM.findall(e.path)
+    ]
+    if e.query is not None:
+        params += _query_params(of[id(e.query)], components)
+    params += [{"name": h, "in": "header", "required": False, "schema": {"type": "string"}}
+               for h in e.headers]  # fmt: skip
+    if params:
+        op["parameters"] = params
+    if e.body is not None:
+        op["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": of[id(e.body)]}},
+        }
+    op["responses"] = _responses(e, of)
+    op["security"] = [] if e.access == "public" else [{"bearer": []}, {"apiKey": []}]
+    if e.access == "admin":
+        op["description"] = "Master key only."
+    return op
+
+
+def _responses(e: Endpoint, of: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    responses: dict[str, Any] = {}
+    if e.answer is not None:
+        content = {"application/json": {"schema": of[id(e.answer)]}}
+    elif e.media != "application/json":
+        content = {e.media: {"schema": {"type": "string"}}}
+    else:
+        content = {}
+    if content or e.events is None:
+        responses[str(e.status)] = {"description": "Success.", "content": content}
+    if e.events is not None:
+        ok = responses.setdefault("200", {"description": "Success.", "content": {}})
+        ok["description"] += " " + _STREAM_NOTE
+        ok["content"]["text/event-stream"] = {"schema": of[id(e.events)]}
+    responses["default"] = {
+        "description": "An error, in OpenAI's envelope.",
+        "content": {"application/json": {"schema": of[id(ErrorBody)]}},
+    }
+    return responses
+
+
+def _query_params(ref: dict[str, Any], components: dict[str, Any]) -> list[dict[str, Any]]:
+    """A query Struct's fields as parameters, each with its field's schema."""
+    schema = components[ref["$ref"].rsplit("/", 1)[1]]
+    required = set(schema.get("required", ()))
+    return [
+        {"name": name, "in": "query", "required": name in required, "schema": _sent(prop)}
+        for name, prop in schema["properties"].items()
+    ]
+
+
+def _sent(prop: dict[str, Any]) -> dict[str, Any]:
+    """A query parameter's schema without `null`: a parameter left out is the null."""
+    options = [o for o in prop.get("anyOf", ()) if o != {"type": "null"}]
+    if len(options) == 1:
+        prop = {**options[0], **{k: v for k, v in prop.items() if k not in ("anyOf", "default")}}
+    return prop

@@ -1,0 +1,220 @@
+"""Agent API types: what starts a run, the events a run streams, and runs and sessions as
+stored and served. The run loop emits these events, the server frames them, the client
+decodes them: one set of types end to end."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from msgspec import Meta, Struct
+
+from noroshi.errors import BadRequest
+from noroshi.wire.openai import Message
+
+__all__ = [
+    "AgentChatBody",
+    "AgentEvent",
+    "Deleted",
+    "ErrorEvent",
+    "Format",
+    "JoinQuery",
+    "Run",
+    "RunAccepted",
+    "RunCancelled",
+    "RunFinished",
+    "RunStarted",
+    "Session",
+    "SessionDetail",
+    "SessionList",
+    "StepFinished",
+    "StepStarted",
+    "TextDelta",
+    "ToolCalled",
+    "ToolResult",
+    "UIMessage",
+    "UIPart",
+    "UsageReport",
+    "WSMessage",
+]
+
+Format = Literal["native", "ai-sdk"]
+ChatId = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")]
+
+
+class UIPart(Struct):
+    type: str
+    text: str | None = None
+
+
+class UIMessage(Struct):
+    """A message as `useChat` sends it; only its text parts matter here."""
+
+    role: str
+    parts: list[UIPart] = []
+    id: str | None = None
+
+
+class AgentChatBody(Struct, kw_only=True):
+    """Either noroshi's own `{prompt, session_id}` or useChat's `{id, messages}`; the latter
+    answers in the AI SDK stream unless `format` says otherwise."""
+
+    prompt: Annotated[str, Meta(min_length=1)] | None = None
+    session_id: ChatId | None = None
+    agent: str | None = None
+    format: Format | None = None
+    background: bool = False
+    id: ChatId | None = None  # useChat's chat id, used as the session id
+    messages: list[UIMessage] | None = None
+
+    def turn(self) -> tuple[str, str | None, Format]:
+        """The prompt, the session and the stream format this body asks for."""
+        if self.messages is not None:
+            users = [m for m in self.messages if m.role == "user"]
+            text = (
+                "".join(p.text or "" for p in users[-1].parts if p.type == "text") if users else ""
+            )
+            if not text:
+                raise BadRequest("The last user message has no text.", param="messages")
+            return text, self.session_id or self.id, self.format or "ai-sdk"
+        if self.prompt is None:
+            raise BadRequest("Send `prompt` (or useChat's `messages`).", param="prompt")
+        return self.prompt, self.session_id, self.format or "native"
+
+
+class WSMessage(AgentChatBody, kw_only=True):
+    type: Literal["run", "cancel"] = "run"
+
+
+class JoinQuery(Struct, forbid_unknown_fields=True, kw_only=True):
+    format: Format = "native"
+
+
+# --- events: `type` names each; `seq` is the SSE id (and a field of WebSocket frames) ---
+
+
+class _Event(Struct, tag_field="type", kw_only=True, forbid_unknown_fields=True):
+    seq: int = 0
+
+    @property
+    def text(self) -> str:
+        """The text this event adds to the answer: only `text.delta` has any."""
+        return ""
+
+
+class RunStarted(_Event, tag="run.started"):
+    run_id: str
+    session_id: str
+    agent: str
+    model: str
+
+
+class StepStarted(_Event, tag="step.started"):
+    step: int
+
+
+class TextDelta(_Event, tag="text.delta"):
+    text: str  # the property's value, as a field
+
+
+class ToolCalled(_Event, tag="tool.call"):
+    id: str
+    name: str
+    arguments: str  # the JSON text the model wrote
+
+
+class ToolResult(_Event, tag="tool.result"):
+    id: str
+    name: str
+    content: str
+    is_error: bool
+
+
+class StepFinished(_Event, tag="step.finished"):
+    step: int
+    finish_reason: str
+
+
+class UsageReport(_Event, tag="usage"):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class RunFinished(_Event, tag="run.finished"):
+    """The success terminator: a stream without it did not succeed."""
+
+    run_id: str
+    status: str
+    finish_reason: str
+    steps: int
+
+
+class ErrorEvent(_Event, tag="error"):
+    message: str
+    code: str | None = None
+
+
+AgentEvent = (
+    RunStarted
+    | StepStarted
+    | TextDelta
+    | ToolCalled
+    | ToolResult
+    | StepFinished
+    | UsageReport
+    | RunFinished
+    | ErrorEvent
+)
+
+
+# --- runs and sessions ---
+
+
+class Session(Struct, kw_only=True):
+    id: str
+    agent: str
+    title: str
+    created_at: float
+    updated_at: float
+
+
+class Run(Struct, kw_only=True):
+    id: str
+    session_id: str
+    agent: str
+    status: str  # "running" | "completed" | "failed" | "cancelled"
+    background: bool
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    steps: int = 0
+    error: str | None = None
+    created_at: float
+    finished_at: float | None = None
+
+
+class SessionDetail(Session, kw_only=True):
+    messages: list[Message]
+    runs: list[Run]
+
+
+class SessionList(Struct, kw_only=True):
+    data: list[Session]
+    object: Literal["list"] = "list"
+
+
+class RunAccepted(Struct, kw_only=True):
+    """The answer to a background run's start."""
+
+    run_id: str
+    session_id: str
+    status: str = "running"
+
+
+class RunCancelled(Struct, kw_only=True):
+    run_id: str
+    cancelled: bool
+
+
+class Deleted(Struct, kw_only=True):
+    id: str
+    deleted: bool = True

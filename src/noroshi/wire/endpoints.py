@@ -1,0 +1,227 @@
+"""The public HTTP API as one table: each endpoint's method, path, who may call it, and the
+types of its body, query, answer and stream events.
+
+The server routes and decodes by this table, `/openapi.json` is generated from it, and the
+client sends and decodes by it; a change to a type here changes all three.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+from noroshi.wire import admin, agent, simple
+from noroshi.wire import openai as oa
+from noroshi.wire.service import Health
+
+__all__ = ["ENDPOINTS", "Access", "Endpoint"]
+
+# public: anyone; key: any valid key; model: a key, and the request is metered; admin: master key
+Access = Literal["public", "key", "model", "admin"]
+
+
+class Endpoint:
+    """One operation. `answer` is the JSON body of a success (status `status`); `events` is the
+    type of each SSE event's data when it streams; `query` a Struct of query parameters,
+    decoded from their text; `headers` request headers it reads; `media` the answer's content
+    type when it is not JSON."""
+
+    __slots__ = (
+        "_decoder",
+        "access",
+        "answer",
+        "body",
+        "events",
+        "headers",
+        "media",
+        "method",
+        "name",
+        "path",
+        "query",
+        "status",
+        "summary",
+        "tag",
+    )
+
+    def __init__(
+        self,
+        method: str,
+        path: str,
+        name: str,
+        summary: str,
+        *,
+        tag: str,
+        access: Access,
+        body: Any = None,
+        answer: Any = None,
+        events: Any = None,
+        query: Any = None,
+        headers: tuple[str, ...] = (),
+        status: int = 200,
+        media: str = "application/json",
+    ) -> None:
+        self.method = method
+        self.path = path
+        self.name = name
+        self.summary = summary
+        self.tag = tag
+        self.access: Access = access
+        self.body = body
+        self.answer = answer
+        self.events = events
+        self.query = query
+        self.headers = headers
+        self.status = status
+        self.media = media
+        self._decoder: msgspec.json.Decoder[Any] | None = None
+
+    @property
+    def decoder(self) -> msgspec.json.Decoder[Any]:
+        """The body's decoder, made once."""
+        if self._decoder is None:
+            self._decoder = msgspec.json.Decoder(self.body)
+        return self._decoder
+
+    def __repr__(self) -> str:
+        return f"<Endpoint {self.method} {self.path}>"
+
+
+def _e(method: str, path: str, name: str, summary: str, **kw: Any) -> Endpoint:
+    return Endpoint(method, path, name, summary, **kw)
+
+
+# OpenAI-compatible
+CHAT_COMPLETIONS = _e(
+    "POST", "/v1/chat/completions", "createChatCompletion",
+    "A chat completion; with `stream: true`, chunk events ending with `data: [DONE]`.",
+    tag="openai", access="model", body=oa.ChatRequest, answer=oa.ChatCompletion,
+    events=oa.ChatCompletionChunk,
+)  # fmt: skip
+EMBEDDINGS = _e(
+    "POST", "/v1/embeddings", "createEmbeddings", "Embeddings of one text or a list.",
+    tag="openai", access="model", body=oa.EmbeddingRequest, answer=oa.EmbeddingList,
+)  # fmt: skip
+MODELS = _e(
+    "GET", "/v1/models", "listModels", "The models this key may use.",
+    tag="openai", access="key", answer=oa.ModelList,
+)  # fmt: skip
+MODEL = _e(
+    "GET", "/v1/models/{model}", "getModel", "One model.",
+    tag="openai", access="key", answer=oa.Model,
+)  # fmt: skip
+
+# simple
+API_CHAT = _e(
+    "POST", "/api/chat", "chatText", "Chat; the answer streams as `{text}` events.",
+    tag="simple", access="model", body=simple.ChatBody, events=simple.TextEvent,
+)  # fmt: skip
+API_GENERATE = _e(
+    "POST", "/api/generate", "generate", "Complete a prompt; streams `{text}` events.",
+    tag="simple", access="model", body=simple.GenerateBody, events=simple.TextEvent,
+)  # fmt: skip
+API_EMBED = _e(
+    "POST", "/api/embed", "embed", "The embedding of one text.",
+    tag="simple", access="model", body=simple.EmbedBody, answer=simple.EmbedAnswer,
+)  # fmt: skip
+CHAT = _e(
+    "POST", "/chat", "chat", "Answer a prompt in one JSON body.",
+    tag="simple", access="model", body=simple.PromptBody, answer=simple.SimpleAnswer,
+)  # fmt: skip
+CHAT_STREAM = _e(
+    "POST", "/chat/stream", "chatStream",
+    "Answer a prompt or messages as OpenAI chunk events, ending with `data: [DONE]`.",
+    tag="simple", access="model", body=simple.StreamBody, events=oa.ChatCompletionChunk,
+)  # fmt: skip
+
+# agents
+AGENT_CHAT = _e(
+    "POST", "/api/v1/agent/chat", "agentChat",
+    "Run an agent turn and stream its events; leaving the stream cancels the run.",
+    tag="agents", access="model", body=agent.AgentChatBody, events=agent.AgentEvent,
+)  # fmt: skip
+RUN_START = _e(
+    "POST", "/api/v1/runs", "startRun",
+    "Start a run: with `background: true` answers 202 and runs on without a client.",
+    tag="agents", access="model", body=agent.AgentChatBody, answer=agent.RunAccepted,
+    events=agent.AgentEvent, status=202,
+)  # fmt: skip
+RUN = _e(
+    "GET", "/api/v1/runs/{id}", "getRun", "A run's state.",
+    tag="agents", access="key", answer=agent.Run,
+)  # fmt: skip
+RUN_STREAM = _e(
+    "GET", "/api/v1/runs/{id}/stream", "joinRun",
+    "Replay and follow a run's events, after `Last-Event-ID` when sent.",
+    tag="agents", access="key", query=agent.JoinQuery, events=agent.AgentEvent,
+    headers=("last-event-id",),
+)  # fmt: skip
+RUN_CANCEL = _e(
+    "POST", "/api/v1/runs/{id}/cancel", "cancelRun", "Cancel a run, on whichever replica.",
+    tag="agents", access="key", answer=agent.RunCancelled,
+)  # fmt: skip
+SESSIONS = _e(
+    "GET", "/api/v1/sessions", "listSessions", "This key's sessions, newest first.",
+    tag="agents", access="key", answer=agent.SessionList,
+)  # fmt: skip
+SESSION = _e(
+    "GET", "/api/v1/sessions/{id}", "getSession", "A session with its messages and runs.",
+    tag="agents", access="key", answer=agent.SessionDetail,
+)  # fmt: skip
+SESSION_DELETE = _e(
+    "DELETE", "/api/v1/sessions/{id}", "deleteSession", "Delete a session that is not running.",
+    tag="agents", access="key", answer=agent.Deleted,
+)  # fmt: skip
+
+# admin (master key)
+KEY_CREATE = _e(
+    "POST", "/admin/keys", "createKey", "A new virtual key; its secret is shown this once.",
+    tag="admin", access="admin", body=admin.KeyCreate, answer=admin.CreatedKey, status=201,
+)  # fmt: skip
+KEYS = _e(
+    "GET", "/admin/keys", "listKeys", "Virtual keys, newest first.",
+    tag="admin", access="admin", query=admin.KeyListQuery, answer=admin.KeyList,
+)  # fmt: skip
+KEY = _e(
+    "GET", "/admin/keys/{id}", "getKey", "One virtual key.",
+    tag="admin", access="admin", answer=admin.ApiKey,
+)  # fmt: skip
+KEY_UPDATE = _e(
+    "PATCH", "/admin/keys/{id}", "updateKey",
+    "Change a key: fields left out stay, `null` clears; every replica sees it within a second.",
+    tag="admin", access="admin", body=admin.KeyUpdate, answer=admin.ApiKey,
+)  # fmt: skip
+KEY_REVOKE = _e(
+    "DELETE", "/admin/keys/{id}", "revokeKey", "Revoke a key, on every replica.",
+    tag="admin", access="admin", answer=admin.ApiKey,
+)  # fmt: skip
+USAGE = _e(
+    "GET", "/admin/usage", "queryUsage", "Usage records, or their totals by key, model or day.",
+    tag="admin", access="admin", query=admin.UsageQuery, answer=admin.UsageList,
+)  # fmt: skip
+
+# service
+HEALTH = _e(
+    "GET", "/health", "health", "Liveness and what is running.",
+    tag="service", access="public", answer=Health,
+)  # fmt: skip
+METRICS = _e(
+    "GET", "/metrics", "metrics", "Prometheus metrics.",
+    tag="service", access="public", media="text/plain",
+)  # fmt: skip
+OPENAPI = _e(
+    "GET", "/openapi.json", "openapi", "This API's OpenAPI 3.1 description.",
+    tag="service", access="public", answer=dict[str, Any],
+)  # fmt: skip
+DOCS = _e(
+    "GET", "/docs", "docs", "This API's reference, as a web page.",
+    tag="service", access="public", media="text/html",
+)  # fmt: skip
+
+ENDPOINTS: tuple[Endpoint, ...] = (
+    CHAT_COMPLETIONS, EMBEDDINGS, MODELS, MODEL,
+    API_CHAT, API_GENERATE, API_EMBED, CHAT, CHAT_STREAM,
+    AGENT_CHAT, RUN_START, RUN, RUN_STREAM, RUN_CANCEL, SESSIONS, SESSION, SESSION_DELETE,
+    KEY_CREATE, KEYS, KEY, KEY_UPDATE, KEY_REVOKE, USAGE,
+    HEALTH, METRICS, OPENAPI, DOCS,
+)  # fmt: skip
