@@ -14,6 +14,7 @@ import msgspec
 
 from noroshi.errors import ErrorBody
 from noroshi.wire.endpoints import Endpoint
+from noroshi.wire.simple import StreamError
 
 __all__ = ["openapi"]
 
@@ -24,17 +25,20 @@ _SECURITY = {
     "apiKey": {"type": "apiKey", "in": "header", "name": "x-api-key"},
 }  # fmt: skip
 _STREAM_NOTE = (
-    "Server-Sent Events: each event's `data` is one JSON value of this schema. OpenAI "
-    "surfaces end with `data: [DONE]`; agent streams carry an `id:` per event and end with "
-    "`run.finished` on success or `error` otherwise."
+    "Server-Sent Events: each event's `data` is one JSON value. OpenAI-style streams end with "
+    "`data: [DONE]`, which only a complete stream earns; an error after the first event is "
+    "sent as an event (OpenAI's envelope, or `event: error` with `{message}` on the simple "
+    "streams). Agent streams carry an `id:` per event and end with `run.finished` on success "
+    "or `error` otherwise."
 )
 
 
 def openapi(endpoints: Iterable[Endpoint], version: str) -> dict[str, Any]:
     endpoints = list(endpoints)
-    kinds = [ErrorBody]
+    kinds: list[Any] = [ErrorBody, StreamError]
     for e in endpoints:
-        kinds += [t for t in (e.body, e.answer, e.events, e.query) if t is not None]
+        kinds += [t for t in (e.body, e.answer, e.query) if t is not None]
+        kinds += _formats(e)
     schemas, components = msgspec.json.schema_components(kinds, ref_template=_REF)
     of = dict(zip(map(id, kinds), schemas, strict=True))
     paths: dict[str, dict[str, Any]] = {}
@@ -91,12 +95,40 @@ def _responses(e: Endpoint, of: dict[int, dict[str, Any]]) -> dict[str, Any]:
     if e.events is not None:
         ok = responses.setdefault("200", {"description": "Success.", "content": {}})
         ok["description"] += " " + _STREAM_NOTE
-        ok["content"]["text/event-stream"] = {"schema": of[id(e.events)]}
+        errors = [of[id(ErrorBody)], of[id(StreamError)]]
+        formats = [of[id(t)] for t in _formats(e)]
+        ok["content"]["text/event-stream"] = {"schema": _event(formats, errors)}
     responses["default"] = {
         "description": "An error, in OpenAI's envelope.",
         "content": {"application/json": {"schema": of[id(ErrorBody)]}},
     }
     return responses
+
+
+def _formats(e: Endpoint) -> list[Any]:
+    """The event types of an endpoint's stream, one per format it can send."""
+    if e.events is None:
+        return []
+    return list(e.events) if isinstance(e.events, tuple) else [e.events]
+
+
+def _event(formats: list[dict[str, Any]], errors: list[dict[str, Any]]) -> dict[str, Any]:
+    """One SSE event, as OpenAPI 3.2's `itemSchema` (and 3.1 by convention) describes it: its
+    `data` is JSON of the event type (or an error), or the `[DONE]` terminator."""
+    json_data = {
+        "type": "string",
+        "contentMediaType": "application/json",
+        "contentSchema": {"anyOf": [*formats, *errors]},
+    }
+    return {
+        "type": "object",
+        "required": ["data"],
+        "properties": {
+            "data": {"anyOf": [{"const": "[DONE]"}, json_data]},
+            "event": {"type": "string"},
+            "id": {"type": "string"},
+        },
+    }
 
 
 def _query_params(ref: dict[str, Any], components: dict[str, Any]) -> list[dict[str, Any]]:

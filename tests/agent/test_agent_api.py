@@ -1,17 +1,36 @@
 """The agent endpoints end to end: a real server, a fake upstream that scripts model turns
-(tool calls, then an answer), real tools, sessions stored and reloaded."""
+(tool calls, then an answer), real tools, sessions stored and reloaded. Through noroshi's own
+client, and raw where the wire is what is tested: the native SSE framing, Last-Event-ID, a
+socket that leaves, the AI SDK stream."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import httpx
+import msgspec
 import pytest
 
+from noroshi.client import (
+    AsyncClient,
+    ConflictError,
+    InvalidRequestError,
+    NotFoundError,
+)
+from noroshi.wire.admin import UsageRecord
+from noroshi.wire.agent import (
+    AgentEvent,
+    ErrorEvent,
+    RunFinished,
+    RunStarted,
+    ToolResult,
+)
 from tests.agent import loop_tools
 from tests.conftest import Serve, openai_config, write_config
 from tests.fakes.upstream import FakeOpenAI, Reply
@@ -30,6 +49,26 @@ max_steps = 3
 @pytest.fixture
 async def base(serve: Serve, tmp_path: Path, upstream: FakeOpenAI) -> str:
     return await serve(write_config(tmp_path, openai_config(upstream.base_url, extra=AGENTS)))
+
+
+@pytest.fixture
+async def client(base: str) -> AsyncIterator[AsyncClient]:
+    async with AsyncClient(base, max_retries=0) as c:
+        yield c
+
+
+def kind(event: AgentEvent) -> str:
+    """An event's `type`: the tag of its Struct."""
+    return str(type(event).__struct_config__.tag)
+
+
+def role(message: Any) -> str:
+    return str(type(message).__struct_config__.tag)
+
+
+async def turn(c: AsyncClient, **body: Any) -> list[AgentEvent]:
+    """One agent turn through the client, its events to the end."""
+    return [event async for event in c.agent.stream(**body)]
 
 
 def parse_sse(raw: bytes) -> list[tuple[int, str, dict[str, Any]]]:
@@ -53,74 +92,99 @@ async def agent_chat(
 
 
 async def test_tool_loop_streams_steps_and_stores_the_session(
-    base: str, upstream: FakeOpenAI
+    client: AsyncClient, upstream: FakeOpenAI
 ) -> None:
     upstream.script(
         Reply(tool_calls=[{"name": "lookup_city", "arguments": {"city": "Lyon"}},
                           {"name": "lookup_city", "arguments": {"city": "Oslo"}}]),
         Reply(text="Lyon and Oslo have 1000 people each."),
     )  # fmt: skip
-    status, events, headers = await agent_chat(base, prompt="How big are Lyon and Oslo?",
-                                               agent="helper")  # fmt: skip
-    assert status == 200
-    assert [seq for seq, _, _ in events] == list(range(1, len(events) + 1))
-    types = [t for _, t, _ in events]
+    events = await turn(client, prompt="How big are Lyon and Oslo?", agent="helper")
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    types = [kind(e) for e in events]
     assert types[0] == "run.started" and types[-2:] == ["usage", "run.finished"]
     assert types.count("step.started") == 2 and types.count("tool.call") == 2
-    results = [d for _, t, d in events if t == "tool.result"]
-    assert sorted(r["content"] for r in results) == ["Lyon: 1000 people", "Oslo: 1000 people"]
+    results = [e for e in events if isinstance(e, ToolResult)]
+    assert sorted(r.content for r in results) == ["Lyon: 1000 people", "Oslo: 1000 people"]
     assert sorted(loop_tools.CALLS[-2:]) == ["Lyon", "Oslo"]  # the tool really ran
-    text = "".join(d["text"] for _, t, d in events if t == "text.delta")
-    assert text == "Lyon and Oslo have 1000 people each."
+    assert "".join(e.text for e in events) == "Lyon and Oslo have 1000 people each."
     # the second model call carried the tool results back
     second = upstream.requests[-1].body["messages"]
     assert second[0] == {"role": "system", "content": "You help."}
     assert [m["role"] for m in second[1:]] == ["user", "assistant", "tool", "tool"]
     assert {m["content"] for m in second[3:]} == {"Lyon: 1000 people", "Oslo: 1000 people"}
 
-    session_id = headers["x-noroshi-session-id"]
-    async with aiohttp.ClientSession() as s, s.get(f"{base}/api/v1/sessions/{session_id}") as r:
-        session = await r.json()
-    assert [m["role"] for m in session["messages"]] == ["user", "assistant", "tool", "tool",
-                                                          "assistant"]  # fmt: skip
-    assert session["runs"][0]["status"] == "completed" and session["runs"][0]["steps"] == 2
+    started = events[0]
+    assert isinstance(started, RunStarted) and started.agent == "helper"
+    session = await client.sessions.get(started.session_id)
+    assert [role(m) for m in session.messages] == ["user", "assistant", "tool", "tool",
+                                                    "assistant"]  # fmt: skip
+    assert session.runs[0].status == "completed" and session.runs[0].steps == 2
+    assert session.runs[0].id == started.run_id
 
     # the next turn reloads the history
     upstream.script(Reply(text="You asked about two cities."))
-    status, events, _ = await agent_chat(base, prompt="What did I ask?", session_id=session_id)
-    assert status == 200 and events[-1][1] == "run.finished"
+    events = await turn(client, prompt="What did I ask?", session_id=started.session_id)
+    assert isinstance(events[-1], RunFinished)
     assert len(upstream.requests[-1].body["messages"]) == 1 + 5 + 1
 
 
-async def test_failing_tool_goes_back_to_the_model(base: str, upstream: FakeOpenAI) -> None:
+async def test_native_stream_framing(base: str, upstream: FakeOpenAI) -> None:
+    """The bytes of `POST /api/v1/agent/chat`: each event's `id:` is its `seq`, its `event:`
+    its `type`; the run's ids come as headers."""
+    upstream.script(Reply(tool_calls=[{"name": "lookup_city", "arguments": {"city": "Lyon"}}]),
+                    Reply(text="Lyon has 1000 people."))  # fmt: skip
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(f"{base}/api/v1/agent/chat", json={"prompt": "Lyon?", "agent": "helper"}) as r,
+    ):
+        assert r.status == 200 and r.content_type == "text/event-stream"
+        session_id, run_id = r.headers["x-noroshi-session-id"], r.headers["x-noroshi-run-id"]
+        events = parse_sse(await r.read())
+    assert [seq for seq, _, _ in events] == list(range(1, len(events) + 1))
+    assert all(data["seq"] == seq and data["type"] == name for seq, name, data in events)
+    types = [t for _, t, _ in events]
+    assert types[0] == "run.started" and types[-2:] == ["usage", "run.finished"]
+    assert events[0][2]["session_id"] == session_id and events[0][2]["run_id"] == run_id
+    # every event is one the client's types read
+    decoded = [msgspec.json.decode(json.dumps(d), type=AgentEvent) for _, _, d in events]
+    assert "".join(e.text for e in decoded) == "Lyon has 1000 people."
+
+
+async def test_failing_tool_goes_back_to_the_model(
+    client: AsyncClient, upstream: FakeOpenAI
+) -> None:
     upstream.script(Reply(tool_calls=[{"name": "broken_tool", "arguments": {}}]),
                     Reply(text="The tool failed, sorry."))  # fmt: skip
-    status, events, _ = await agent_chat(base, prompt="Try it", agent="helper")
-    assert status == 200 and events[-1][1] == "run.finished"
-    result = next(d for _, t, d in events if t == "tool.result")
-    assert result["is_error"] and "the tool broke" in result["content"]
+    events = await turn(client, prompt="Try it", agent="helper")
+    assert isinstance(events[-1], RunFinished)
+    result = next(e for e in events if isinstance(e, ToolResult))
+    assert result.is_error and "the tool broke" in result.content
 
 
-async def test_max_steps(base: str, upstream: FakeOpenAI) -> None:
+async def test_max_steps(client: AsyncClient, upstream: FakeOpenAI) -> None:
     call = Reply(tool_calls=[{"name": "lookup_city", "arguments": {"city": "Rome"}}])
     upstream.script(call, call, call)
-    status, events, _ = await agent_chat(base, prompt="Loop", agent="helper")
-    assert status == 200
-    finished = events[-1][2]
-    assert finished["finish_reason"] == "max_steps" and finished["steps"] == 3
+    events = await turn(client, prompt="Loop", agent="helper")
+    finished = events[-1]
+    assert isinstance(finished, RunFinished)
+    assert finished.finish_reason == "max_steps" and finished.steps == 3
 
 
 async def test_upstream_failure_ends_with_error_and_no_finish(
-    base: str, upstream: FakeOpenAI
+    client: AsyncClient, upstream: FakeOpenAI
 ) -> None:
     upstream.script(Reply(chunks=4, reset_after=2), *[Reply(status=500)] * 3)
-    status, events, _ = await agent_chat(base, prompt="Hi", agent="helper")
-    assert status == 200
-    assert events[-1][1] == "error" and "run.finished" not in [t for _, t, _ in events]
+    events = await turn(client, prompt="Hi", agent="helper")
+    assert isinstance(events[-1], ErrorEvent) and events[-1].message
+    assert not any(isinstance(e, RunFinished) for e in events)
 
 
-async def test_busy_session_is_409_and_disconnect_cancels(base: str, upstream: FakeOpenAI) -> None:
+async def test_busy_session_is_409_and_disconnect_cancels(
+    base: str, client: AsyncClient, upstream: FakeOpenAI
+) -> None:
     upstream.script(Reply(tool_calls=[{"name": "slow_tool", "arguments": {"seconds": 30}}]))
+    # raw: the socket itself leaves, mid-stream
     async with aiohttp.ClientSession() as s:
         r = await s.post(f"{base}/api/v1/agent/chat", json={"prompt": "Wait", "agent": "helper"})
         session_id = r.headers["x-noroshi-session-id"]
@@ -131,63 +195,81 @@ async def test_busy_session_is_409_and_disconnect_cancels(base: str, upstream: F
             body = await busy.json()
             assert busy.status == 409 and run_id in body["error"]["message"]
             assert body["error"]["param"] == "session_id"
+        # the client is refused the same way
+        with pytest.raises(ConflictError) as err:
+            await turn(client, prompt="Again", session_id=session_id)
+        assert err.value.status == 409 and run_id in err.value.message
+        assert err.value.param == "session_id"
         r.close()  # the client leaves: the run is cancelled, the tool stops
-        for _ in range(100):
-            async with s.get(f"{base}/api/v1/runs/{run_id}") as got:
-                run = await got.json()
-            if run["status"] != "running":
-                break
-            await asyncio.sleep(0.05)
-        assert run["status"] == "cancelled"
+    for _ in range(100):
+        run = await client.runs.get(run_id)
+        if run.status != "running":
+            break
+        await asyncio.sleep(0.05)
+    assert run.status == "cancelled"
 
 
 async def test_background_run_join_and_resume(base: str, upstream: FakeOpenAI) -> None:
     upstream.script(Reply(text="one two three four", chunks=4, token_delay=0.05))
-    async with aiohttp.ClientSession() as s:
-        async with s.post(f"{base}/api/v1/runs",
-                          json={"prompt": "Count", "agent": "helper", "background": True}) as r:  # fmt: skip
-            assert r.status == 202
-            run_id = (await r.json())["run_id"]
-        async with s.get(f"{base}/api/v1/runs/{run_id}/stream") as r:
-            events = parse_sse(await r.read())
-        assert events[-1][1] == "run.finished"
+    statuses: list[int] = []
+
+    async def keep(response: httpx.Response) -> None:
+        statuses.append(response.status_code)
+
+    http = httpx.AsyncClient(base_url=base, event_hooks={"response": [keep]})
+    async with AsyncClient(base, http_client=http, max_retries=0) as c:
+        accepted = await c.runs.start(prompt="Count", agent="helper")
+        assert statuses == [202] and accepted.status == "running"
+        run_id = accepted.run_id
+        events = [e async for e in c.runs.join(run_id)]
+        assert isinstance(events[-1], RunFinished)
         # resume after event 3: exactly the events after it
-        async with s.get(f"{base}/api/v1/runs/{run_id}/stream",
-                         headers={"last-event-id": "3"}) as r:  # fmt: skip
+        assert [e async for e in c.runs.join(run_id, after=3)] == events[3:]
+        # the same through the Last-Event-ID header itself, raw
+        async with (
+            aiohttp.ClientSession() as s,
+            s.get(f"{base}/api/v1/runs/{run_id}/stream", headers={"last-event-id": "3"}) as r,
+        ):
             rest = parse_sse(await r.read())
-        assert rest == events[3:]
-        async with s.get(f"{base}/api/v1/runs/{run_id}") as r:
-            run = await r.json()
-        assert run["status"] == "completed" and run["completion_tokens"] > 0
+        assert [seq for seq, _, _ in rest] == [e.seq for e in events[3:]]
+        assert [msgspec.json.decode(json.dumps(d), type=AgentEvent) for _, _, d in rest] == (
+            events[3:]
+        )
+        run = await c.runs.get(run_id)
+        assert run.status == "completed" and run.completion_tokens > 0 and run.background
         # billed when the run ended, with what it used, though no request waited for it
-        async with s.get(f"{base}/admin/usage") as r:
-            rows = [u for u in (await r.json())["data"] if u["route"] == "/api/v1/runs"]
-        assert len(rows) == 1 and rows[0]["outcome"] == "ok"
-        assert rows[0]["completion_tokens"] == run["completion_tokens"]
+        usage = await c.admin.usage()
+        rows = [u for u in usage.data if isinstance(u, UsageRecord) and u.route == "/api/v1/runs"]
+        assert len(rows) == 1 and rows[0].outcome == "ok"
+        assert rows[0].completion_tokens == run.completion_tokens
 
 
-async def test_bad_input(base: str) -> None:
-    status, _, body = await agent_chat(base, prompt="")
-    assert status == 400 and body["error"]["param"] == "prompt"
-    status, _, body = await agent_chat(base, prompt="Hi", agent="nobody")
-    assert status == 404 and body["error"]["param"] == "agent"
-    status, _, body = await agent_chat(base, prompt="Hi", session_id="ses_missing")
-    assert status == 404 and body["error"]["param"] == "session_id"
+async def test_bad_input(base: str, client: AsyncClient) -> None:
+    for body, status, param in [
+        ({"prompt": ""}, 400, "prompt"),
+        ({"prompt": "Hi", "agent": "nobody"}, 404, "agent"),
+        ({"prompt": "Hi", "session_id": "ses_missing"}, 404, "session_id"),
+    ]:
+        # the server's own answer, raw: the client refuses an empty prompt before sending
+        got, _, error = await agent_chat(base, **body)
+        assert got == status and error["error"]["param"] == param, body
+        kinds = InvalidRequestError if status == 400 else NotFoundError
+        with pytest.raises(kinds) as err:
+            await turn(client, **body)
+        assert err.value.param == param, body
 
 
-async def test_sessions_list_and_delete(base: str, upstream: FakeOpenAI) -> None:
+async def test_sessions_list_and_delete(client: AsyncClient, upstream: FakeOpenAI) -> None:
     upstream.script(Reply(text="Hello."))
-    status, _, headers = await agent_chat(base, prompt="Hi there")
-    assert status == 200
-    session_id = headers["x-noroshi-session-id"]
-    async with aiohttp.ClientSession() as s:
-        async with s.get(f"{base}/api/v1/sessions") as r:
-            listed = (await r.json())["data"]
-        assert [x["id"] for x in listed] == [session_id] and listed[0]["title"] == "Hi there"
-        async with s.delete(f"{base}/api/v1/sessions/{session_id}") as r:
-            assert r.status == 200
-        async with s.get(f"{base}/api/v1/sessions/{session_id}") as r:
-            assert r.status == 404
+    started = (await turn(client, prompt="Hi there"))[0]
+    assert isinstance(started, RunStarted)
+    session_id = started.session_id
+    listed = (await client.sessions.list()).data
+    assert [x.id for x in listed] == [session_id] and listed[0].title == "Hi there"
+    deleted = await client.sessions.delete(session_id)
+    assert deleted.id == session_id and deleted.deleted
+    with pytest.raises(NotFoundError):
+        await client.sessions.get(session_id)
 
 
 def ui_chunks(raw: bytes) -> list[Any]:
@@ -301,13 +383,14 @@ tools = ["mcp:calc"]
     base = await serve(write_config(tmp_path, openai_config(upstream.base_url, extra=extra)))
     upstream.script(Reply(tool_calls=[{"name": "calc__add", "arguments": {"a": 2, "b": 3}}]),
                     Reply(text="2 + 3 = 5"))  # fmt: skip
-    status, events, _ = await agent_chat(base, prompt="2 + 3?", agent="maths")
-    assert status == 200 and events[-1][1] == "run.finished"
+    async with AsyncClient(base, max_retries=0) as c:
+        events = await turn(c, prompt="2 + 3?", agent="maths")
+    assert isinstance(events[-1], RunFinished)
     offered = {t["function"]["name"] for t in upstream.requests[0].body["tools"]}
     assert {"calc__add", "calc__echo"} <= offered
-    result = next(d for _, t, d in events if t == "tool.result")
-    assert result == {"type": "tool.result", "seq": result["seq"], "id": "call_fake0",
-                      "name": "calc__add", "content": "5", "is_error": False}  # fmt: skip
+    result = next(e for e in events if isinstance(e, ToolResult))
+    assert result == ToolResult(seq=result.seq, id="call_fake0", name="calc__add", content="5",
+                                is_error=False)  # fmt: skip
 
 
 async def test_sessions_belong_to_the_key_that_made_them(
@@ -315,34 +398,41 @@ async def test_sessions_belong_to_the_key_that_made_them(
 ) -> None:
     text = openai_config(upstream.base_url, extra=AGENTS)
     base = await serve(write_config(tmp_path, text, {"NOROSHI_MASTER_KEY": "sk-m"}))
-    keys = []
-    async with aiohttp.ClientSession() as s:
-        for name in ("alice", "bob"):
-            async with s.post(f"{base}/admin/keys", json={"name": name},
-                              headers={"authorization": "Bearer sk-m"}) as r:  # fmt: skip
-                keys.append((await r.json())["key"])
-        alice, bob = ({"authorization": f"Bearer {k}"} for k in keys)
-        upstream.script(Reply(text="Hi Alice."))
-        async with s.post(f"{base}/api/v1/agent/chat", json={"prompt": "Hi"}, headers=alice) as r:
-            session_id, run_id = r.headers["x-noroshi-session-id"], r.headers["x-noroshi-run-id"]
-            await r.read()
-        for path in (f"/api/v1/sessions/{session_id}", f"/api/v1/runs/{run_id}",
-                     f"/api/v1/runs/{run_id}/stream"):  # fmt: skip
-            async with s.get(f"{base}{path}", headers=bob) as r:
-                assert r.status == 404, path
-            async with s.get(f"{base}{path}", headers=alice) as r:
-                assert r.status == 200, path
-        async with s.get(f"{base}/api/v1/sessions", headers=bob) as r:
-            assert (await r.json())["data"] == []
-        async with s.post(f"{base}/api/v1/agent/chat", headers=bob,
-                          json={"prompt": "Hi", "session_id": session_id}) as r:  # fmt: skip
-            assert r.status == 404
-        async with s.delete(f"{base}/api/v1/sessions/{session_id}", headers=bob) as r:
-            assert r.status == 404
-        # useChat's client-chosen id cannot reach into another key's session either
-        ui = {
-            "id": session_id,
-            "messages": [{"role": "user", "parts": [{"type": "text", "text": "x"}]}],
-        }
-        async with s.post(f"{base}/api/v1/agent/chat", headers=bob, json=ui) as r:
-            assert r.status == 404
+    async with AsyncClient(base, api_key="sk-m", max_retries=0) as admin:
+        keys = [(await admin.admin.keys.create(name=name)).key for name in ("alice", "bob")]
+    upstream.script(Reply(text="Hi Alice."))
+    async with (
+        AsyncClient(base, api_key=keys[0], max_retries=0) as alice,
+        AsyncClient(base, api_key=keys[1], max_retries=0) as bob,
+    ):
+        started = (await turn(alice, prompt="Hi"))[0]
+        assert isinstance(started, RunStarted)
+        session_id, run_id = started.session_id, started.run_id
+        assert (await alice.sessions.get(session_id)).id == session_id
+        assert (await alice.runs.get(run_id)).id == run_id
+        assert isinstance([e async for e in alice.runs.join(run_id)][-1], RunFinished)
+        with pytest.raises(NotFoundError):
+            await bob.sessions.get(session_id)
+        with pytest.raises(NotFoundError):
+            await bob.runs.get(run_id)
+        with pytest.raises(NotFoundError):
+            await anext(bob.runs.join(run_id))
+        assert (await bob.sessions.list()).data == []
+        with pytest.raises(NotFoundError) as err:
+            await turn(bob, prompt="Hi", session_id=session_id)
+        assert err.value.param == "session_id"
+        with pytest.raises(NotFoundError):
+            await bob.sessions.delete(session_id)
+        assert (await alice.sessions.get(session_id)).id == session_id
+    # useChat's client-chosen id cannot reach into another key's session either (raw: the AI
+    # SDK's own body, to the streaming endpoint)
+    ui = {
+        "id": session_id,
+        "messages": [{"role": "user", "parts": [{"type": "text", "text": "x"}]}],
+    }
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(f"{base}/api/v1/agent/chat", json=ui,
+               headers={"authorization": f"Bearer {keys[1]}"}) as r,
+    ):  # fmt: skip
+        assert r.status == 404

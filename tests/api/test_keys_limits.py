@@ -1,5 +1,6 @@
-"""Keys, limits, budgets, usage, CORS and metrics end to end: a real server on loopback, the
-official openai SDK and aiohttp as clients, a fake OpenAI upstream behind."""
+"""Keys, limits, budgets, usage, CORS and metrics end to end: a real server on loopback,
+noroshi's own client (aiohttp where the wire itself is tested: the headers of a success, CORS,
+the server's own validation), a fake OpenAI upstream behind."""
 
 from __future__ import annotations
 
@@ -10,10 +11,20 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import openai
 import pytest
 
+from noroshi.client import (
+    AsyncClient,
+    AuthenticationError,
+    BadRequestError,
+    InvalidRequestError,
+    NotFoundError,
+    PermissionDeniedError,
+    RateLimitError,
+)
 from noroshi.config import ConfigError
+from noroshi.wire.admin import UsageRecord, UsageTotals
+from noroshi.wire.openai import ChatCompletion
 from tests.conftest import Serve, openai_config, write_config
 from tests.fakes.upstream import FakeOpenAI, Reply
 
@@ -49,18 +60,26 @@ async def call(
         return r.status, body, r.headers
 
 
+def client(base: str, key: str | None = MASTER, **kw: Any) -> AsyncClient:
+    """noroshi's client with `key`, no retries: a refusal is raised at once."""
+    return AsyncClient(base, api_key=key, max_retries=0, **kw)
+
+
 async def new_key(base: str, **spec: Any) -> str:
-    status, body, _ = await call(base, "POST", "/admin/keys", json={"name": "test", **spec})
-    assert status == 201, body
-    assert body["key"].startswith("nrs-")
-    return str(body["key"])
+    async with client(base) as c:
+        created = await c.admin.keys.create(**{"name": "test", **spec})
+    assert created.key.startswith("nrs-")
+    return created.key
 
 
-def sdk(base: str, key: str) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0)
+async def chat(base: str, key: str | None, **kw: Any) -> ChatCompletion:
+    """A chat completion with `key`; a refusal raises its typed error."""
+    async with client(base, key) as c:
+        return await c.chat.create(model="fast", messages=HI, **kw)
 
 
-async def chat(base: str, key: str, **kw: Any) -> tuple[int, Any, Any]:
+async def raw_chat(base: str, key: str, **kw: Any) -> tuple[int, Any, Any]:
+    """The same request raw, for the headers of an answer that succeeds."""
     payload = {"model": "fast", "messages": HI, **kw}
     return await call(base, "POST", "/v1/chat/completions", key, json=payload)
 
@@ -69,9 +88,9 @@ async def test_auth_off_on_loopback_without_master_key(
     serve: Serve, tmp_path: Path, upstream: FakeOpenAI
 ) -> None:
     base = await serve(write_config(tmp_path, openai_config(upstream.base_url)))
-    status, health, _ = await call(base, "GET", "/health", None)
-    assert status == 200 and health["auth"].startswith("off")
-    assert (await chat(base, ""))[0] == 200
+    async with client(base, None) as c:
+        assert (await c.health()).auth.startswith("off")
+    assert (await chat(base, None)).choices[0].message.content == upstream.default.text
 
 
 def test_refuses_to_bind_beyond_loopback_without_master_key(tmp_path: Path) -> None:
@@ -82,113 +101,135 @@ def test_refuses_to_bind_beyond_loopback_without_master_key(tmp_path: Path) -> N
 
 
 async def test_master_key_and_the_401s(base: str) -> None:
-    assert (await call(base, "GET", "/health", None))[1]["auth"] == "on"
-    status, body, _ = await chat(base, "")
-    assert status == 401 and body["error"]["code"] == "missing_api_key"
-    status, body, _ = await chat(base, "nrs-wrong")
-    assert status == 401 and body["error"]["type"] == "authentication_error"
-    assert (await chat(base, MASTER))[0] == 200
-    status, _, _ = await call(base, "POST", "/v1/chat/completions", None,
-                              headers={"x-api-key": MASTER}, json={"model": "fast", "messages": HI})  # fmt: skip
-    assert status == 200
+    async with client(base, None) as c:
+        assert (await c.health()).auth == "on"
+    with pytest.raises(AuthenticationError) as err:
+        await chat(base, None)
+    assert err.value.status == 401 and err.value.code == "missing_api_key"
+    with pytest.raises(AuthenticationError) as err:
+        await chat(base, "nrs-wrong")
+    assert err.value.status == 401 and err.value.type == "authentication_error"
+    await chat(base, MASTER)
+    async with client(base, None, headers={"x-api-key": MASTER}) as c:
+        await c.chat.create(model="fast", messages=HI)
 
 
 async def test_virtual_key_lifecycle(base: str, upstream: FakeOpenAI) -> None:
-    status, body, _ = await call(base, "POST", "/admin/keys", json={
-        "name": "app", "models": ["fast"], "rpm": 100, "metadata": {"team": "a"},
-    })  # fmt: skip
-    assert status == 201
-    secret, key_id = body["key"], body["id"]
-    assert body["metadata"] == {"team": "a"} and body["hint"].startswith("nrs-")
+    async with client(base) as admin:
+        created = await admin.admin.keys.create(
+            name="app", models=["fast"], rpm=100, metadata={"team": "a"}
+        )
+        secret, key_id = created.key, created.id
+        assert created.metadata == {"team": "a"} and created.hint.startswith("nrs-")
 
-    async with sdk(base, secret) as client:
-        answer = await client.chat.completions.create(model="fast", messages=HI)  # type: ignore[arg-type]
+        answer = await chat(base, secret)
         assert answer.choices[0].message.content == upstream.default.text
 
-    # the secret is never shown again
-    status, listed, _ = await call(base, "GET", "/admin/keys")
-    assert [k["id"] for k in listed["data"]] == [key_id]
-    assert secret not in str(listed) and "key" not in listed["data"][0]
-    # a virtual key is not an admin key
-    assert (await call(base, "GET", "/admin/keys", secret))[0] == 403
+        # the secret is never shown again
+        listed = await admin.admin.keys.list()
+        assert [k.id for k in listed.data] == [key_id]
+        # raw: the client's types would drop a `key` field without a word
+        _, raw, _ = await call(base, "GET", "/admin/keys")
+        assert secret not in str(raw) and "key" not in raw["data"][0]
+        assert (await admin.admin.keys.get(key_id)).name == "app"
+        # a virtual key is not an admin key
+        async with client(base, secret) as app:
+            with pytest.raises(PermissionDeniedError) as denied:
+                await app.admin.keys.list()
+        assert denied.value.status == 403
 
-    status, updated, _ = await call(base, "PATCH", f"/admin/keys/{key_id}", json={"rpm": 5})
-    assert status == 200 and updated["rpm"] == 5 and updated["name"] == "app"
+        updated = await admin.admin.keys.update(key_id, rpm=5)
+        assert updated.rpm == 5 and updated.name == "app"
 
-    status, revoked, _ = await call(base, "DELETE", f"/admin/keys/{key_id}")
-    assert status == 200 and revoked["revoked_at"]
-    status, body, _ = await chat(base, secret)
-    assert status == 401 and "revoked" in body["error"]["message"]
-    assert (await call(base, "GET", "/admin/keys"))[1]["data"] == []
-    assert len((await call(base, "GET", "/admin/keys?include_revoked=true"))[1]["data"]) == 1
+        revoked = await admin.admin.keys.revoke(key_id)
+        assert revoked.revoked_at is not None
+        with pytest.raises(AuthenticationError) as err:
+            await chat(base, secret)
+        assert err.value.status == 401 and "revoked" in err.value.message
+        assert (await admin.admin.keys.list()).data == []
+        assert len((await admin.admin.keys.list(include_revoked=True)).data) == 1
 
 
 async def test_bad_key_specs_name_the_field(base: str) -> None:
-    for spec, param in [
-        ({"name": "x", "rpm": 0}, "rpm"),
-        ({"name": "x", "budget": {"tokens_per_day": "many"}}, "budget.tokens_per_day"),
-        ({"name": "x", "color": "red"}, None),
-        ({"name": "x", "expires_at": "2001-01-01T00:00:00Z"}, "expires_at"),
-    ]:
-        status, body, _ = await call(base, "POST", "/admin/keys", json=spec)
-        assert status == 400, spec
-        if param:
-            assert body["error"]["param"] == param, body
-    status, body, _ = await call(base, "PATCH", "/admin/keys/key_missing", json={"rpm": 1})
-    assert status == 404
+    async with client(base) as c:
+        for spec, param in [
+            ({"name": "x", "rpm": 0}, "rpm"),
+            ({"name": "x", "budget": {"tokens_per_day": "many"}}, "budget.tokens_per_day"),
+            ({"name": "x", "color": "red"}, None),
+            ({"name": "x", "expires_at": "2001-01-01T00:00:00Z"}, "expires_at"),
+        ]:
+            # the server's own check, raw: the client refuses most of these before sending
+            status, body, _ = await call(base, "POST", "/admin/keys", json=spec)
+            assert status == 400, spec
+            if param:
+                assert body["error"]["param"] == param, body
+            with pytest.raises((InvalidRequestError, BadRequestError)) as err:
+                await c.admin.keys.create(**spec)
+            assert err.value.param == param, spec
+        with pytest.raises(NotFoundError) as missing:
+            await c.admin.keys.update("key_missing", rpm=1)
+        assert missing.value.status == 404
 
 
 async def test_models_allowed_per_key(base: str) -> None:
     secret = await new_key(base, models=["other"])
-    status, body, _ = await chat(base, secret)
-    assert status == 403 and body["error"]["code"] == "model_not_allowed"
-    assert body["error"]["param"] == "model"
-    status, listed, _ = await call(base, "GET", "/v1/models", secret)
-    assert status == 200 and listed["data"] == []
-    assert (await call(base, "GET", "/v1/models/fast", secret))[0] == 404
-    assert [m["id"] for m in (await call(base, "GET", "/v1/models"))[1]["data"]] == ["fast"]
+    with pytest.raises(PermissionDeniedError) as err:
+        await chat(base, secret)
+    assert err.value.status == 403 and err.value.code == "model_not_allowed"
+    assert err.value.param == "model"
+    async with client(base, secret) as c:
+        assert (await c.models.list()).data == []
+        with pytest.raises(NotFoundError):
+            await c.models.get("fast")
+    async with client(base) as c:
+        assert [m.id for m in (await c.models.list()).data] == ["fast"]
 
 
 async def test_expired_key_is_refused(base: str) -> None:
     expires = datetime.now(UTC) + timedelta(seconds=1.5)
     secret = await new_key(base, expires_at=expires.isoformat())
-    assert (await chat(base, secret))[0] == 200
+    await chat(base, secret)
     await asyncio.sleep((expires - datetime.now(UTC)).total_seconds() + 0.1)
-    status, body, _ = await chat(base, secret)
-    assert status == 401 and "expired" in body["error"]["message"]
+    with pytest.raises(AuthenticationError) as err:
+        await chat(base, secret)
+    assert err.value.status == 401 and "expired" in err.value.message
 
 
 async def test_rpm_refusal_has_openai_headers(base: str) -> None:
     secret = await new_key(base, rpm=2)
-    status, _, headers = await chat(base, secret)
+    # the headers of an answer that succeeds, raw: the client does not show them
+    status, _, headers = await raw_chat(base, secret)
     assert status == 200
     assert headers["x-ratelimit-limit-requests"] == "2"
     assert headers["x-ratelimit-remaining-requests"] == "1"
     assert headers["x-ratelimit-reset-requests"]
-    assert (await chat(base, secret))[0] == 200
-    status, body, headers = await chat(base, secret)
-    assert status == 429 and body["error"]["code"] == "rate_limit_exceeded"
-    assert 1 <= int(headers["retry-after"]) <= 60
-    assert headers["x-ratelimit-remaining-requests"] == "0"
+    await chat(base, secret)
+    with pytest.raises(RateLimitError) as err:
+        await chat(base, secret)
+    assert err.value.status == 429 and err.value.code == "rate_limit_exceeded"
+    assert 1 <= int(err.value.headers["retry-after"]) <= 60
+    assert err.value.headers["x-ratelimit-remaining-requests"] == "0"
 
 
 async def test_per_model_rpm(base: str) -> None:
     secret = await new_key(base, model_limits={"fast": {"rpm": 1}})
-    assert (await chat(base, secret))[0] == 200
-    status, body, _ = await chat(base, secret)
-    assert status == 429 and "model" in body["error"]["message"]
+    await chat(base, secret)
+    with pytest.raises(RateLimitError) as err:
+        await chat(base, secret)
+    assert err.value.status == 429 and "model" in err.value.message
 
 
 async def test_tpm_reserves_max_tokens_and_reconciles(base: str, upstream: FakeOpenAI) -> None:
     secret = await new_key(base, tpm=600)
-    status, body, headers = await chat(base, secret, max_tokens=1000)
-    assert status == 429 and "tokens per minute" in body["error"]["message"]
-    assert headers["x-ratelimit-limit-tokens"] == "600"
+    with pytest.raises(RateLimitError) as err:
+        await chat(base, secret, max_tokens=1000)
+    assert err.value.status == 429 and "tokens per minute" in err.value.message
+    assert err.value.headers["x-ratelimit-limit-tokens"] == "600"
     # 400 reserved; the answer used far fewer, so the reservation is given back
-    status, body, _ = await chat(base, secret, max_tokens=400)
-    assert status == 200
-    used = body["usage"]["total_tokens"]
-    status, _, headers = await chat(base, secret, max_tokens=100)
+    answer = await chat(base, secret, max_tokens=400)
+    assert answer.usage is not None
+    used = answer.usage.total_tokens
+    status, _, headers = await raw_chat(base, secret, max_tokens=100)  # its headers, raw
     assert status == 200
     remaining = int(headers["x-ratelimit-remaining-tokens"])
     assert remaining < 600 - used  # this request's reservation is counted
@@ -198,91 +239,103 @@ async def test_tpm_reserves_max_tokens_and_reconciles(base: str, upstream: FakeO
 async def test_concurrency_limit(base: str, upstream: FakeOpenAI) -> None:
     secret = await new_key(base, max_concurrency=1)
     upstream.script(Reply(chunks=5, token_delay=0.2))
-    async with sdk(base, secret) as client:
-        stream = await client.chat.completions.create(model="fast", messages=HI, stream=True)  # type: ignore[arg-type]
-        status, body, _ = await chat(base, secret)
-        assert status == 429 and "concurrent" in body["error"]["message"]
-        async for _ in stream:
-            pass
-    assert (await chat(base, secret))[0] == 200
+    async with client(base, secret) as c:
+        stream = c.chat.stream(model="fast", messages=HI)
+        first = await anext(stream)  # the stream is open and holds the one slot
+        with pytest.raises(RateLimitError) as err:
+            await chat(base, secret)
+        assert err.value.status == 429 and "concurrent" in err.value.message
+        assert len([first, *[chunk async for chunk in stream]]) > 1
+    await chat(base, secret)
 
 
 async def test_budget_exhausted_and_running_stream_counted(base: str, upstream: FakeOpenAI) -> None:
     secret = await new_key(base, budget={"tokens_per_day": 25})
     upstream.script(Reply(text="one two three four five six", chunks=6, token_delay=0.05),
                     Reply(text="a b c d e f g h i j", chunks=10, token_delay=0.05))  # fmt: skip
-    async with sdk(base, secret) as client:
-        first = await client.chat.completions.create(model="fast", messages=HI, stream=True)  # type: ignore[arg-type]
-        second = await client.chat.completions.create(model="fast", messages=HI, stream=True)  # type: ignore[arg-type]
-        texts = ["".join([c.choices[0].delta.content or "" async for c in s if c.choices])
-                 for s in (first, second)]  # fmt: skip
+    async with client(base, secret) as c:
+        streams = [c.chat.stream(model="fast", messages=HI) for _ in range(2)]
+        firsts = [await anext(s) for s in streams]  # both admitted, both running
+        rests = [[chunk async for chunk in s] for s in streams]
+    texts = ["".join(chunk.choices[0].delta.content or "" for chunk in [first, *rest]
+                     if chunk.choices) for first, rest in zip(firsts, rests, strict=True)]  # fmt: skip
     assert all(texts)  # both were admitted, and both finish although they pass the budget
-    status, body, headers = await chat(base, secret)
-    assert status == 429 and body["error"]["code"] == "budget_exceeded"
-    assert int(headers["retry-after"]) <= 86400
-    status, rows, _ = await call(base, "GET", "/admin/usage?group_by=key")
-    spent = rows["data"][0]
-    assert spent["requests"] == 3 and spent["total_tokens"] == (7 + 6) + (7 + 10)
+    with pytest.raises(RateLimitError) as err:
+        await chat(base, secret)
+    assert err.value.status == 429 and err.value.code == "budget_exceeded"
+    assert int(err.value.headers["retry-after"]) <= 86400
+    async with client(base) as c:
+        spent = (await c.admin.usage(group_by="key")).data[0]
+    assert isinstance(spent, UsageTotals)
+    assert spent.requests == 3 and spent.total_tokens == (7 + 6) + (7 + 10)
 
 
 async def test_cost_budget(base: str) -> None:
     # 1000 per million prompt tokens: each request costs about 0.007 + output
     secret = await new_key(base, budget={"cost_per_month": 0.01})
-    assert (await chat(base, secret))[0] == 200
-    status, body, _ = await chat(base, secret)
-    assert status == 429 and body["error"]["code"] == "budget_exceeded"
+    await chat(base, secret)
+    with pytest.raises(RateLimitError) as err:
+        await chat(base, secret)
+    assert err.value.status == 429 and err.value.code == "budget_exceeded"
 
 
 async def test_usage_records_every_request(base: str, upstream: FakeOpenAI) -> None:
     secret = await new_key(base)
-    _, created, _ = await call(base, "GET", "/admin/keys")
-    key_id = created["data"][0]["id"]
+    async with client(base) as admin:
+        key_id = (await admin.admin.keys.list()).data[0].id
     since = time.time() - 1
     upstream.script(
         Reply(text="Hello there", prompt_tokens=11, completion_tokens=3),
         Reply(status=400, error_message="bad things"),
         Reply(chunks=20, token_delay=0.05),
     )
-    assert (await chat(base, secret))[0] == 200
-    assert (await chat(base, secret))[0] == 400
-    # a stream the client cuts after three chunks still counts the chunks it was sent
-    async with (
-        aiohttp.ClientSession() as s,
-        s.post(f"{base}/v1/chat/completions", headers={"authorization": f"Bearer {secret}"},
-               json={"model": "fast", "messages": HI, "stream": True}) as r,
-    ):  # fmt: skip
+    await chat(base, secret)
+    with pytest.raises(BadRequestError):
+        await chat(base, secret)
+    # a stream the client leaves after three chunks still counts the chunks it was sent
+    async with client(base, secret) as c, c.chat.stream(model="fast", messages=HI) as stream:
         seen = 0
-        async for line in r.content:
-            seen += line.startswith(b"data: {")
+        async for chunk in stream:
+            seen += bool(chunk.choices and chunk.choices[0].delta.content)
             if seen == 3:
                 break
     await upstream.wait_disconnect()
     await asyncio.sleep(0.2)
-    status, usage, _ = await call(base, "GET", f"/admin/usage?key={key_id}&since={since}")
-    assert status == 200
-    rows = sorted(usage["data"], key=lambda r: r["created_at"])
-    assert [r["status"] for r in rows] == [200, 400, 499 if rows[2]["status"] == 499 else 200]
-    assert [r["outcome"] for r in rows] == ["ok", "error", "cut"]
-    assert rows[0]["prompt_tokens"] == 11 and rows[0]["completion_tokens"] == 3
-    assert rows[0]["cost"] == pytest.approx((11 * 1000 + 3 * 2000) / 1e6)
-    assert rows[0]["deployment"] == "up/m1" and rows[0]["route"] == "/v1/chat/completions"
-    assert 3 <= rows[2]["completion_tokens"] < 20
-    for group in ("model", "day"):
-        status, grouped, _ = await call(base, "GET", f"/admin/usage?group_by={group}")
-        assert status == 200 and grouped["data"][0]["requests"] == 3
-    status, body, _ = await call(base, "GET", "/admin/usage?group_by=color")
-    assert status == 400 and body["error"]["param"] == "group_by"
-    status, body, _ = await call(base, "GET", "/admin/usage?since=yesterday")
-    assert status == 400 and body["error"]["param"] == "since"
-    assert (await call(base, "GET", "/admin/usage?model=none"))[1]["data"] == []
+    async with client(base) as admin:
+        usage = await admin.admin.usage(key=key_id, since=str(since))
+        rows = sorted((r for r in usage.data if isinstance(r, UsageRecord)),
+                      key=lambda r: r.created_at)  # fmt: skip
+        assert len(rows) == len(usage.data) == 3
+        assert [r.status for r in rows] == [200, 400, 499 if rows[2].status == 499 else 200]
+        assert [r.outcome for r in rows] == ["ok", "error", "cut"]
+        assert rows[0].prompt_tokens == 11 and rows[0].completion_tokens == 3
+        assert rows[0].cost == pytest.approx((11 * 1000 + 3 * 2000) / 1e6)
+        assert rows[0].deployment == "up/m1" and rows[0].route == "/v1/chat/completions"
+        assert 3 <= rows[2].completion_tokens < 20
+        for group in ("model", "day"):
+            grouped = await admin.admin.usage(group_by=group)
+            totals = grouped.data[0]
+            assert isinstance(totals, UsageTotals) and totals.requests == 3
+        # an unknown group: the server's answer raw, and the client's own refusal
+        status, body, _ = await call(base, "GET", "/admin/usage?group_by=color")
+        assert status == 400 and body["error"]["param"] == "group_by"
+        with pytest.raises(InvalidRequestError) as refused:
+            await admin.admin.usage(group_by="color")
+        assert refused.value.param == "group_by"
+        with pytest.raises(BadRequestError) as err:
+            await admin.admin.usage(since="yesterday")
+        assert err.value.status == 400 and err.value.param == "since"
+        assert (await admin.admin.usage(model="none")).data == []
 
 
 async def test_failed_logins_lock_the_address_out(base: str) -> None:
     for _ in range(10):
-        assert (await chat(base, "nrs-guess"))[0] == 401
-    status, body, headers = await chat(base, MASTER)
-    assert status == 429 and body["error"]["code"] == "auth_locked_out"
-    assert 200 <= int(headers["retry-after"]) <= 300
+        with pytest.raises(AuthenticationError):
+            await chat(base, "nrs-guess")
+    with pytest.raises(RateLimitError) as err:
+        await chat(base, MASTER)
+    assert err.value.status == 429 and err.value.code == "auth_locked_out"
+    assert 200 <= int(err.value.headers["retry-after"]) <= 300
 
 
 async def test_cors_preflight_and_exposed_headers(
@@ -315,12 +368,15 @@ async def test_cors_preflight_and_exposed_headers(
 
 async def test_metrics(base: str, upstream: FakeOpenAI) -> None:
     upstream.script(Reply(status=500), Reply(), Reply(status=400))  # two upstream errors
-    assert (await chat(base, MASTER))[0] == 200  # after one retry
-    assert (await chat(base, MASTER))[0] == 400
-    assert (await chat(base, MASTER, stream=True))[0] == 200
+    await chat(base, MASTER)  # after one retry
+    with pytest.raises(BadRequestError):
+        await chat(base, MASTER)
+    async with client(base) as c:
+        assert [chunk async for chunk in c.chat.stream(model="fast", messages=HI)]
     secret = await new_key(base, rpm=1)
     await chat(base, secret)
-    await chat(base, secret)
+    with pytest.raises(RateLimitError):
+        await chat(base, secret)
     async with aiohttp.ClientSession() as s, s.get(f"{base}/metrics") as r:
         assert r.status == 200 and r.content_type == "text/plain"
         text = await r.text()

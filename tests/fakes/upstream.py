@@ -208,6 +208,9 @@ def _seconds(value: float) -> str:
     return f"{value:g}"
 
 
+MAX_DIMENSIONS = 3072  # text-embedding-3-large's, the most OpenAI serves
+
+
 def _vector(text: str, dims: int) -> list[float]:
     """A deterministic unit vector for `text`, so equal inputs embed equally."""
     raw = b""
@@ -526,6 +529,8 @@ class FakeOpenAI(_FakeServer):
         if reply.status != 200:
             return openai_error(reply.status, reply.error_message, reply.retry_after)
         dims = int(body.get("dimensions") or 8)
+        if not 1 <= dims <= MAX_DIMENSIONS:
+            return openai_error(400, f"dimensions must be from 1 to {MAX_DIMENSIONS}")
         data = []
         for i, item in enumerate(items):
             vector = _vector(item if isinstance(item, str) else _dumps(item), dims)

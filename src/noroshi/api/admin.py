@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import msgspec
+from msgspec import UNSET, UnsetType
 
 from noroshi.errors import BadRequest, NotFound
 from noroshi.http import JSONResponse, Request, Response, Router
@@ -48,6 +49,10 @@ def parse_time(value: str, param: str) -> float:
     return moment.timestamp()
 
 
+def _given(value: str | UnsetType) -> str | None:
+    return None if isinstance(value, UnsetType) else value
+
+
 def install(router: Router, app: App) -> None:
     async def create_key(request: Request) -> Response:
         spec = await request.json(_decode_create)
@@ -82,18 +87,17 @@ def install(router: Router, app: App) -> None:
 
     async def usage(request: Request) -> Response:
         query = request.query_as(UsageQuery)
-        since = parse_time(query.since, "since") if query.since is not None else None
-        until = parse_time(query.until, "until") if query.until is not None else None
+        group_by = None if query.group_by is UNSET else query.group_by
         await app.usage.flush()
         rows = await app.usage.query(
-            key_id=query.key,
-            model=query.model,
-            since=since,
-            until=until,
-            group_by=query.group_by,
+            key_id=_given(query.key),
+            model=_given(query.model),
+            since=None if query.since is UNSET else parse_time(query.since, "since"),
+            until=None if query.until is UNSET else parse_time(query.until, "until"),
+            group_by=group_by,
             limit=query.limit,
         )
-        return JSONResponse(UsageList(group_by=query.group_by, data=list(rows)))
+        return JSONResponse(UsageList(group_by=group_by, data=list(rows)))
 
     router.serve(api.KEY_CREATE, create_key)
     router.serve(api.KEYS, list_keys)

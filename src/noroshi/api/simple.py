@@ -25,6 +25,7 @@ from noroshi.wire.simple import (
     SimpleAnswer,
     SimpleMessage,
     StreamBody,
+    StreamError,
 )
 from noroshi.wire.sse import SSEDecoder, encode_event
 
@@ -65,7 +66,7 @@ _DONE = b"data: [DONE]\n\n"
 
 
 def _error_event(exc: NoroshiError) -> bytes:
-    return encode_event(_encode({"message": exc.message}), event="error")
+    return encode_event(_encode(StreamError(message=exc.message)), event="error")
 
 
 async def text_events(first: bytes, rest: AsyncGenerator[bytes, None]) -> AsyncIterator[bytes]:

@@ -175,10 +175,13 @@ class AsyncClient:
                 reader.last_id = after
                 headers = {"last-event-id": str(after)} if after else None
                 call = make_call(api.RUN_STREAM, {"id": run_id}, headers=headers)
+                # closed here, not when collected: a cancel on leaving must run before the
+                # caller can close the client
                 try:
-                    async for event in self._events(reader, call, complete=False):
-                        after, failures = reader.last_id, 0
-                        yield event
+                    async with contextlib.aclosing(self._events(reader, call, False)) as events:
+                        async for event in events:
+                            after, failures = reader.last_id, 0
+                            yield event
                 except APIConnectionError:
                     pass
                 if reader.done:
@@ -251,8 +254,10 @@ class Agent(_Part):
 
     async def _run(self, body: dict[str, Any]) -> AsyncGenerator[ag.AgentEvent, None]:
         accepted = await self._c.runs.start(**body)
-        async for event in self._c._follow(accepted.run_id, 0, cancel_on_leave=True):
-            yield event
+        follow = self._c._follow(accepted.run_id, 0, cancel_on_leave=True)
+        async with contextlib.aclosing(follow) as events:  # leaving cancels the run, now
+            async for event in events:
+                yield event
 
 
 class Runs(_Part):

@@ -3,6 +3,7 @@ the retry rule, and decoding answers and stream events. Only sending differs bet
 
 from __future__ import annotations
 
+import datetime
 import email.utils
 import random
 import time
@@ -193,9 +194,9 @@ def make_call(
         content = msgspec.json.encode(fields)
     params: dict[str, str] = {}
     if endpoint.query is not None and query:
-        given = {k: v for k, v in query.items() if v is not None}
-        _check(given, endpoint.query)
-        params = {k: _text(v) for k, v in given.items()}
+        # checked as the server reads them: as text
+        params = {k: _text(v) for k, v in query.items() if v is not None}
+        _check(params, endpoint.query)
     sent = {"content-type": "application/json"} if content is not None else {}
     sent.update(headers or {})
     return Call(endpoint, url, content, params, sent)
@@ -230,7 +231,7 @@ def auth_headers(api_key: str | None) -> dict[str, str]:
 
 class RetryPolicy:
     """Retry 429 and 503 (and a connection that could not be made) with exponential backoff
-    and jitter, waiting at least what Retry-After asks."""
+    and jitter, waiting at least what Retry-After asks when it asks a minute or less."""
 
     def __init__(self, max_retries: int, base_s: float = 0.5, cap_s: float = 8.0) -> None:
         self.max_retries = max_retries
@@ -254,9 +255,12 @@ def retry_after(headers: Mapping[str, str]) -> float | None:
     try:
         seconds = float(value)
     except ValueError:
-        moment = email.utils.parsedate_to_datetime(value) if value else None
-        if moment is None:
+        try:
+            moment = email.utils.parsedate_to_datetime(value)
+        except (ValueError, TypeError):  # neither seconds nor a date: as if not sent
             return None
+        if moment.tzinfo is None:  # an HTTP date is GMT
+            moment = moment.replace(tzinfo=datetime.UTC)
         seconds = moment.timestamp() - time.time()
     return seconds if 0 <= seconds <= MAX_RETRY_WAIT_S else None
 
@@ -326,7 +330,7 @@ def _stream_error(data: bytes) -> APIStatusError:
         return status_error(_status_of(detail.type), data, {})
     except msgspec.MsgspecError:
         message = msgspec.json.decode(data).get("message", "The stream failed.")
-        return APIStatusError(str(message), status=502)
+        return InternalServerError(str(message), status=502)  # as a 502 before the stream
 
 
 def _status_of(type: str) -> int:

@@ -141,13 +141,14 @@ class UsageTotals(Struct, kw_only=True, tag_field="object", tag="usage.totals"):
 
 
 class UsageQuery(Struct, forbid_unknown_fields=True, kw_only=True):
-    """`since` and `until` are epoch seconds or ISO 8601 (UTC unless they say otherwise)."""
+    """`since` and `until` are epoch seconds or ISO 8601 (UTC unless they say otherwise).
+    Unset, not None: a query string has no null, and `group_by=null` is a mistake."""
 
-    key: str | None = None
-    model: str | None = None
-    since: str | None = None
-    until: str | None = None
-    group_by: Literal["key", "model", "day"] | None = None
+    key: str | UnsetType = UNSET
+    model: str | UnsetType = UNSET
+    since: str | UnsetType = UNSET
+    until: str | UnsetType = UNSET
+    group_by: Literal["key", "model", "day"] | UnsetType = UNSET
     limit: Annotated[int, Meta(ge=1, le=MAX_USAGE_ROWS)] = 1000
 
 

@@ -96,6 +96,11 @@ class _Event(Struct, tag_field="type", kw_only=True, forbid_unknown_fields=True)
     seq: int = 0
 
     @property
+    def type(self) -> str:
+        """The event's name, as on the wire: "run.started", "text.delta"…"""
+        return str(self.__struct_config__.tag)
+
+    @property
     def text(self) -> str:
         """The text this event adds to the answer: only `text.delta` has any."""
         return ""

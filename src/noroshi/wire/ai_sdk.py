@@ -12,15 +12,84 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
+from msgspec import Struct
 
-__all__ = ["HEADER", "UIMessageStream"]
+__all__ = ["HEADER", "UIChunk", "UIMessageStream"]
 
 HEADER = ("x-vercel-ai-ui-message-stream", "v1")  # beside the usual SSE headers
 DONE = b"data: [DONE]\n\n"
 _encode = msgspec.json.encode
 
 
-def _frame(seq: int, chunk: dict[str, Any]) -> bytes:
+class _Chunk(Struct, tag_field="type", rename="camel", kw_only=True):
+    pass
+
+
+class Start(_Chunk, tag="start"):
+    message_id: str | None
+
+
+class StartStep(_Chunk, tag="start-step"):
+    pass
+
+
+class TextStart(_Chunk, tag="text-start"):
+    id: str
+
+
+class TextDelta(_Chunk, tag="text-delta"):
+    id: str
+    delta: str
+
+
+class TextEnd(_Chunk, tag="text-end"):
+    id: str
+
+
+class ToolInputAvailable(_Chunk, tag="tool-input-available"):
+    tool_call_id: str
+    tool_name: str
+    input: Any
+
+
+class ToolOutputAvailable(_Chunk, tag="tool-output-available"):
+    tool_call_id: str
+    output: Any
+
+
+class ToolOutputError(_Chunk, tag="tool-output-error"):
+    tool_call_id: str
+    error_text: str
+
+
+class FinishStep(_Chunk, tag="finish-step"):
+    pass
+
+
+class Finish(_Chunk, tag="finish"):
+    pass
+
+
+class Error(_Chunk, tag="error"):
+    error_text: str
+
+
+UIChunk = (
+    Start
+    | StartStep
+    | TextStart
+    | TextDelta
+    | TextEnd
+    | ToolInputAvailable
+    | ToolOutputAvailable
+    | ToolOutputError
+    | FinishStep
+    | Finish
+    | Error
+)
+
+
+def _frame(seq: int, chunk: _Chunk) -> bytes:
     return f"id: {seq}\ndata: ".encode() + _encode(chunk) + b"\n\n"
 
 
@@ -40,41 +109,39 @@ class UIMessageStream:
         self._parts = 0
 
     def encode(self, seq: int, type: str, data: dict[str, Any]) -> bytes:
-        out: list[dict[str, Any]] = []
+        out: list[_Chunk] = []
         if type == "run.started":
-            out.append({"type": "start", "messageId": data.get("run_id")})
+            out.append(Start(message_id=data.get("run_id")))
         elif type == "step.started":
-            out.append({"type": "start-step"})
+            out.append(StartStep())
         elif type == "text.delta":
             if self._text is None:
                 self._parts += 1
                 self._text = f"text-{self._parts}"
-                out.append({"type": "text-start", "id": self._text})
-            out.append({"type": "text-delta", "id": self._text, "delta": data["text"]})
+                out.append(TextStart(id=self._text))
+            out.append(TextDelta(id=self._text, delta=data["text"]))
         elif type == "tool.call":
             out += self._close_text()
-            out.append({"type": "tool-input-available", "toolCallId": data["id"],
-                        "toolName": data["name"], "input": _input(data["arguments"])})  # fmt: skip
+            out.append(ToolInputAvailable(tool_call_id=data["id"], tool_name=data["name"],
+                                          input=_input(data["arguments"])))  # fmt: skip
         elif type == "tool.result":
             if data.get("is_error"):
-                out.append({"type": "tool-output-error", "toolCallId": data["id"],
-                            "errorText": data["content"]})  # fmt: skip
+                out.append(ToolOutputError(tool_call_id=data["id"], error_text=data["content"]))
             else:
-                out.append({"type": "tool-output-available", "toolCallId": data["id"],
-                            "output": data["content"]})  # fmt: skip
+                out.append(ToolOutputAvailable(tool_call_id=data["id"], output=data["content"]))
         elif type == "step.finished":
             out += self._close_text()
-            out.append({"type": "finish-step"})
+            out.append(FinishStep())
         elif type == "run.finished":
             out += self._close_text()
-            out.append({"type": "finish"})
+            out.append(Finish())
             return b"".join(_frame(seq, c) for c in out) + DONE
         elif type == "error":
-            out.append({"type": "error", "errorText": data.get("message", "The run failed.")})
+            out.append(Error(error_text=data.get("message", "The run failed.")))
         return b"".join(_frame(seq, c) for c in out)
 
-    def _close_text(self) -> list[dict[str, Any]]:
+    def _close_text(self) -> list[_Chunk]:
         if self._text is None:
             return []
         closed, self._text = self._text, None
-        return [{"type": "text-end", "id": closed}]
+        return [TextEnd(id=closed)]

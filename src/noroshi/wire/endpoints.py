@@ -13,6 +13,7 @@ import msgspec
 
 from noroshi.wire import admin, agent, simple
 from noroshi.wire import openai as oa
+from noroshi.wire.ai_sdk import UIChunk
 from noroshi.wire.service import Health
 
 __all__ = ["ENDPOINTS", "Access", "Endpoint"]
@@ -23,9 +24,9 @@ Access = Literal["public", "key", "model", "admin"]
 
 class Endpoint:
     """One operation. `answer` is the JSON body of a success (status `status`); `events` is the
-    type of each SSE event's data when it streams; `query` a Struct of query parameters,
-    decoded from their text; `headers` request headers it reads; `media` the answer's content
-    type when it is not JSON."""
+    type of each SSE event's data when it streams (a tuple: one per format it can send);
+    `query` a Struct of query parameters, decoded from their text; `headers` request headers
+    it reads; `media` the answer's content type when it is not JSON."""
 
     __slots__ = (
         "_decoder",
@@ -134,17 +135,18 @@ CHAT_STREAM = _e(
     tag="simple", access="model", body=simple.StreamBody, events=oa.ChatCompletionChunk,
 )  # fmt: skip
 
-# agents
+# agents: native events, or the AI SDK's UI message chunks (`format: "ai-sdk"`, or useChat)
+_AGENT_STREAMS = (agent.AgentEvent, UIChunk)
 AGENT_CHAT = _e(
     "POST", "/api/v1/agent/chat", "agentChat",
     "Run an agent turn and stream its events; leaving the stream cancels the run.",
-    tag="agents", access="model", body=agent.AgentChatBody, events=agent.AgentEvent,
+    tag="agents", access="model", body=agent.AgentChatBody, events=_AGENT_STREAMS,
 )  # fmt: skip
 RUN_START = _e(
     "POST", "/api/v1/runs", "startRun",
     "Start a run: with `background: true` answers 202 and runs on without a client.",
     tag="agents", access="model", body=agent.AgentChatBody, answer=agent.RunAccepted,
-    events=agent.AgentEvent, status=202,
+    events=_AGENT_STREAMS, status=202,
 )  # fmt: skip
 RUN = _e(
     "GET", "/api/v1/runs/{id}", "getRun", "A run's state.",
@@ -153,7 +155,7 @@ RUN = _e(
 RUN_STREAM = _e(
     "GET", "/api/v1/runs/{id}/stream", "joinRun",
     "Replay and follow a run's events, after `Last-Event-ID` when sent.",
-    tag="agents", access="key", query=agent.JoinQuery, events=agent.AgentEvent,
+    tag="agents", access="key", query=agent.JoinQuery, events=_AGENT_STREAMS,
     headers=("last-event-id",),
 )  # fmt: skip
 RUN_CANCEL = _e(

@@ -236,6 +236,7 @@ class ChatCompletionChunk(Struct):
 
 
 _encode = msgspec.json.encode
+MAX_DIMENSIONS = 16_384  # past any embedding model's; bounds the answer a request can ask for
 
 
 def frame_chunk(chunk: ChatCompletionChunk) -> bytes:
@@ -247,7 +248,7 @@ class EmbeddingRequest(Struct, omit_defaults=True):
     model: Annotated[str, Meta(min_length=1)]
     input: str | Annotated[list[str], Meta(min_length=1, max_length=2048)]
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: Annotated[int, Meta(ge=1)] | None = None
+    dimensions: Annotated[int, Meta(ge=1, le=MAX_DIMENSIONS)] | None = None
     user: str | None = None
 
     @property

@@ -18,6 +18,7 @@ __all__ = [
     "SimpleAnswer",
     "SimpleMessage",
     "StreamBody",
+    "StreamError",
     "TextEvent",
 ]
 
@@ -62,6 +63,12 @@ class TextEvent(Struct):
     """One `data:` event of `/api/chat` and `/api/generate`; the stream ends with `[DONE]`."""
 
     text: str
+
+
+class StreamError(Struct):
+    """The data of an `event: error` that ends a simple stream which failed after its start."""
+
+    message: str
 
 
 class SimpleAnswer(Struct, kw_only=True):
