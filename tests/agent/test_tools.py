@@ -354,4 +354,4 @@ def test_toolbox_refuses_duplicates_and_bad_names() -> None:
 
 
 def test_tool_result_encodes() -> None:
-    assert msgspec.json.encode(ToolResult("x")) == b'{"content":"x","is_error":false}'
+    assert msgspec.json.encode(ToolResult("x")) == b'{"content":"x","is_error":false,"sources":[]}'

@@ -17,9 +17,11 @@ from noroshi.agent.runs import Agent
 from noroshi.agent.tools import Tool, Toolbox, load_tool
 from noroshi.config import AgentConfig, Config, ConfigError, tool_ref
 from noroshi.errors import NoroshiError
+from noroshi.retrieval.tool import KnowledgeTool
 
 if TYPE_CHECKING:
     from noroshi.agent.mcp import MCPServer
+    from noroshi.retrieval.service import Knowledge
 
 __all__ = ["build_agents"]
 
@@ -29,7 +31,7 @@ Closer = Callable[[], Awaitable[None]]
 
 
 async def build_agents(
-    config: Config, default_model: Callable[[], str]
+    config: Config, default_model: Callable[[], str], knowledge: Knowledge | None = None
 ) -> tuple[dict[str, Agent], list[Closer]]:
     closers: list[Closer] = []
     http = {t.name: HTTPTool(t) for t in config.http_tools}
@@ -53,6 +55,10 @@ async def build_agents(
         for j, name in enumerate(agent.tools):
             where = f"agents.{i}.tools.{j}"
             tools.extend(_resolve(name, where, http, servers))
+        if agent.knowledge:
+            if knowledge is None:
+                raise ConfigError(f"agents.{i}.knowledge: knowledge bases are not available here")
+            tools.append(KnowledgeTool(knowledge, list(agent.knowledge)))
         try:
             model = agent.model or default_model()
         except NoroshiError:

@@ -170,6 +170,8 @@ async def _run_tools(toolbox: Toolbox, calls: list[oa.ToolCall], emit: Emit) -> 
         result = await toolbox.run(call.function.name, call.function.arguments)
         emit("tool.result", {"id": call.id, "name": call.function.name,
                              "content": result.content, "is_error": result.is_error})  # fmt: skip
+        for source in result.sources:
+            emit("source", {"tool_call_id": call.id, **source})
         return result
 
     for call in calls:

@@ -60,6 +60,7 @@ class ToolResult(msgspec.Struct):
 
     content: str
     is_error: bool = False
+    sources: list[dict[str, Any]] = []  # what it drew on (knowledge search), sent as events
 
 
 class Tool(abc.ABC):
@@ -71,8 +72,9 @@ class Tool(abc.ABC):
     timeout_s: float = 30.0
 
     @abc.abstractmethod
-    async def call(self, arguments: dict[str, Any]) -> str:
-        """Run with arguments as the model sent them; the result as text. May raise."""
+    async def call(self, arguments: dict[str, Any]) -> str | ToolResult:
+        """Run with arguments as the model sent them; the result as text (or a result with
+        its sources). May raise."""
 
     def spec(self) -> dict[str, Any]:
         """The tool as OpenAI's chat API declares it."""
@@ -211,7 +213,7 @@ async def run_tool(tool: Tool, arguments: str | dict[str, Any]) -> ToolResult:
         return _failure(tool, f"the tool {tool.name} was cancelled")
     except Exception as exc:
         return _failure(tool, _describe(exc), exc)
-    return ToolResult(content)
+    return content if isinstance(content, ToolResult) else ToolResult(content)
 
 
 class Toolbox:

@@ -28,6 +28,7 @@ from noroshi.client._base import (
 from noroshi.wire import admin as adm
 from noroshi.wire import agent as ag
 from noroshi.wire import endpoints as api
+from noroshi.wire import knowledge as kn
 from noroshi.wire import openai as oa
 from noroshi.wire import simple as sp
 from noroshi.wire.service import Health
@@ -85,6 +86,7 @@ class AsyncClient:
         self.agent = Agent(self)
         self.runs = Runs(self)
         self.sessions = Sessions(self)
+        self.kb = KnowledgeBases(self)
         self.admin = Admin(self)
 
     def generate(self, **body: Any) -> AsyncStream[sp.TextEvent]:
@@ -286,6 +288,46 @@ class Sessions(_Part):
 
     async def delete(self, session_id: str) -> ag.Deleted:
         return await self._c._json(ag.Deleted, make_call(api.SESSION_DELETE, {"id": session_id}))
+
+
+class KnowledgeBases(_Part):
+    """Knowledge bases: the master key writes, any key reads and searches."""
+
+    async def create(self, **body: Any) -> kn.KnowledgeBase:
+        """`KnowledgeBaseCreate` fields."""
+        return await self._c._json(kn.KnowledgeBase, make_call(api.KB_CREATE, body=body))
+
+    async def list(self) -> kn.KnowledgeBaseList:
+        return await self._c._json(kn.KnowledgeBaseList, make_call(api.KBS))
+
+    async def get(self, name: str) -> kn.KnowledgeBase:
+        return await self._c._json(kn.KnowledgeBase, make_call(api.KB, {"name": name}))
+
+    async def delete(self, name: str) -> ag.Deleted:
+        return await self._c._json(ag.Deleted, make_call(api.KB_DELETE, {"name": name}))
+
+    async def add(self, name: str, **body: Any) -> kn.DocumentAdded:
+        """`DocumentUpload` fields: `source` and `text`, or a file's bytes as `data`."""
+        call = make_call(api.KB_ADD, {"name": name}, body=body)
+        return await self._c._json(kn.DocumentAdded, call)
+
+    async def documents(self, name: str, **query: Any) -> kn.DocumentList:
+        """`DocumentQuery` fields: limit, offset."""
+        call = make_call(api.KB_DOCUMENTS, {"name": name}, query=query)
+        return await self._c._json(kn.DocumentList, call)
+
+    async def document(self, name: str, document_id: str) -> kn.StoredDocument:
+        call = make_call(api.KB_DOCUMENT, {"name": name, "id": document_id})
+        return await self._c._json(kn.StoredDocument, call)
+
+    async def delete_document(self, name: str, document_id: str) -> ag.Deleted:
+        call = make_call(api.KB_DOCUMENT_DELETE, {"name": name, "id": document_id})
+        return await self._c._json(ag.Deleted, call)
+
+    async def search(self, name: str, **body: Any) -> kn.SearchAnswer:
+        """`SearchBody` fields: query, k, mode, filter."""
+        call = make_call(api.KB_SEARCH, {"name": name}, body=body)
+        return await self._c._json(kn.SearchAnswer, call)
 
 
 class Keys(_Part):

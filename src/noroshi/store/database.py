@@ -288,6 +288,9 @@ class _PostgresConnection:
     async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
         return [tuple(row) for row in await self.conn.fetch(numbered(sql), *args)]
 
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        await self.conn.executemany(numbered(sql), rows)
+
 
 class PostgresDatabase(Database):
     """An asyncpg pool. Query parameters of the URL that libpq does not know become server
@@ -321,6 +324,12 @@ class PostgresDatabase(Database):
         # DataError: a value out of range, text with NUL or surrogates (asyncpg raises it for
         # arguments it cannot encode, too); integrity: NULL in a NOT NULL column, and the like
         return isinstance(exc, asyncpg.DataError | asyncpg.IntegrityConstraintViolationError)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[_PostgresConnection]:
+        """Statements on one pooled connection that commit together, or not at all."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            yield _PostgresConnection(conn)
 
     @asynccontextmanager
     async def _migration_transaction(self) -> AsyncIterator[_PostgresConnection]:

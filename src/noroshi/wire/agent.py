@@ -26,6 +26,7 @@ __all__ = [
     "Session",
     "SessionDetail",
     "SessionList",
+    "SourceCited",
     "StepFinished",
     "StepStarted",
     "TextDelta",
@@ -134,6 +135,18 @@ class ToolResult(_Event, tag="tool.result"):
     is_error: bool
 
 
+class SourceCited(_Event, tag="source"):
+    """A passage a tool drew on (a knowledge search hit), right after its `tool.result`."""
+
+    tool_call_id: str
+    id: str  # the chunk
+    document_id: str
+    source: str
+    title: str
+    heading: str
+    score: float
+
+
 class StepFinished(_Event, tag="step.finished"):
     step: int
     finish_reason: str
@@ -165,6 +178,7 @@ AgentEvent = (
     | TextDelta
     | ToolCalled
     | ToolResult
+    | SourceCited
     | StepFinished
     | UsageReport
     | RunFinished

@@ -62,6 +62,13 @@ class ToolOutputError(_Chunk, tag="tool-output-error"):
     error_text: str
 
 
+class SourceDocument(_Chunk, tag="source-document"):
+    source_id: str
+    media_type: str
+    title: str
+    filename: str | None = None
+
+
 class FinishStep(_Chunk, tag="finish-step"):
     pass
 
@@ -83,6 +90,7 @@ UIChunk = (
     | ToolInputAvailable
     | ToolOutputAvailable
     | ToolOutputError
+    | SourceDocument
     | FinishStep
     | Finish
     | Error
@@ -129,6 +137,9 @@ class UIMessageStream:
                 out.append(ToolOutputError(tool_call_id=data["id"], error_text=data["content"]))
             else:
                 out.append(ToolOutputAvailable(tool_call_id=data["id"], output=data["content"]))
+        elif type == "source":
+            out.append(SourceDocument(source_id=data["id"], media_type="text/plain",
+                                      title=data["title"], filename=data["source"]))  # fmt: skip
         elif type == "step.finished":
             out += self._close_text()
             out.append(FinishStep())

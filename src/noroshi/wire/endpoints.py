@@ -12,6 +12,7 @@ from typing import Any, Literal
 import msgspec
 
 from noroshi.wire import admin, agent, simple
+from noroshi.wire import knowledge as kb
 from noroshi.wire import openai as oa
 from noroshi.wire.ai_sdk import UIChunk
 from noroshi.wire.service import Health
@@ -175,6 +176,48 @@ SESSION_DELETE = _e(
     tag="agents", access="key", answer=agent.Deleted,
 )  # fmt: skip
 
+# knowledge bases: the master key writes, any key reads and searches
+KB_CREATE = _e(
+    "POST", "/api/v1/kb", "createKnowledgeBase", "Create a knowledge base.",
+    tag="knowledge", access="admin", body=kb.KnowledgeBaseCreate, answer=kb.KnowledgeBase,
+    status=201,
+)  # fmt: skip
+KBS = _e(
+    "GET", "/api/v1/kb", "listKnowledgeBases", "The knowledge bases, with their counts.",
+    tag="knowledge", access="key", answer=kb.KnowledgeBaseList,
+)  # fmt: skip
+KB = _e(
+    "GET", "/api/v1/kb/{name}", "getKnowledgeBase", "One knowledge base.",
+    tag="knowledge", access="key", answer=kb.KnowledgeBase,
+)  # fmt: skip
+KB_DELETE = _e(
+    "DELETE", "/api/v1/kb/{name}", "deleteKnowledgeBase", "Delete a base and all it holds.",
+    tag="knowledge", access="admin", answer=agent.Deleted,
+)  # fmt: skip
+KB_ADD = _e(
+    "POST", "/api/v1/kb/{name}/documents", "addDocument",
+    "Add or replace a document (by source): text, Markdown, HTML or PDF. Unchanged bytes "
+    "are skipped.",
+    tag="knowledge", access="admin", body=kb.DocumentUpload, answer=kb.DocumentAdded,
+)  # fmt: skip
+KB_DOCUMENTS = _e(
+    "GET", "/api/v1/kb/{name}/documents", "listDocuments", "A base's documents, newest first.",
+    tag="knowledge", access="key", query=kb.DocumentQuery, answer=kb.DocumentList,
+)  # fmt: skip
+KB_DOCUMENT = _e(
+    "GET", "/api/v1/kb/{name}/documents/{id}", "getDocument", "One document.",
+    tag="knowledge", access="key", answer=kb.StoredDocument,
+)  # fmt: skip
+KB_DOCUMENT_DELETE = _e(
+    "DELETE", "/api/v1/kb/{name}/documents/{id}", "deleteDocument", "Delete a document.",
+    tag="knowledge", access="admin", answer=agent.Deleted,
+)  # fmt: skip
+KB_SEARCH = _e(
+    "POST", "/api/v1/kb/{name}/search", "searchKnowledgeBase",
+    "The best chunks for a query, best first: vector and full-text rankings fused by rank.",
+    tag="knowledge", access="model", body=kb.SearchBody, answer=kb.SearchAnswer,
+)  # fmt: skip
+
 # admin (master key)
 KEY_CREATE = _e(
     "POST", "/admin/keys", "createKey", "A new virtual key; its secret is shown this once.",
@@ -224,6 +267,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     CHAT_COMPLETIONS, EMBEDDINGS, MODELS, MODEL,
     API_CHAT, API_GENERATE, API_EMBED, CHAT, CHAT_STREAM,
     AGENT_CHAT, RUN_START, RUN, RUN_STREAM, RUN_CANCEL, SESSIONS, SESSION, SESSION_DELETE,
+    KB_CREATE, KBS, KB, KB_DELETE, KB_ADD, KB_DOCUMENTS, KB_DOCUMENT, KB_DOCUMENT_DELETE,
+    KB_SEARCH,
     KEY_CREATE, KEYS, KEY, KEY_UPDATE, KEY_REVOKE, USAGE,
     HEALTH, METRICS, OPENAPI, DOCS,
 )  # fmt: skip
