@@ -10,7 +10,9 @@ from __future__ import annotations
 import abc
 import builtins
 from collections.abc import Callable, Sequence
+from typing import Any
 
+import msgspec
 from msgspec import Struct
 
 from noroshi.wire.knowledge import Filter, Hit, KnowledgeBase, Mode, StoredDocument
@@ -25,6 +27,8 @@ __all__ = [
     "Section",
     "StoredDocument",
     "TokenCounter",
+    "base_from_row",
+    "document_from_row",
 ]
 
 TokenCounter = Callable[[str], int]
@@ -43,6 +47,38 @@ class Chunk(Struct, kw_only=True):
     text: str
     heading: str  # the heading path, " > " between levels; "" before the first heading
     tokens: int
+
+
+def document_from_row(row: Sequence[Any]) -> StoredDocument:
+    """A document from its columns, in the order both stores select them: id, kb, source,
+    title, content_hash, format, metadata (JSON), chunks, created_at."""
+    return StoredDocument(
+        id=row[0],
+        kb=row[1],
+        source=row[2],
+        title=row[3],
+        content_hash=row[4],
+        format=row[5],
+        metadata=msgspec.json.decode(row[6]),
+        chunks=row[7],
+        created_at=row[8],
+    )
+
+
+def base_from_row(row: Sequence[Any]) -> KnowledgeBase:
+    """A base from its columns: name, embedding_model, dimensions, description,
+    chunk_tokens, overlap_tokens, created_at, then its document and chunk counts."""
+    return KnowledgeBase(
+        name=row[0],
+        embedding_model=row[1],
+        dimensions=row[2],
+        description=row[3],
+        chunk_tokens=row[4],
+        overlap_tokens=row[5],
+        created_at=row[6],
+        documents=row[7],
+        chunks=row[8],
+    )
 
 
 class KnowledgeStore(abc.ABC):

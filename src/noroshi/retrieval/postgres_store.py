@@ -24,6 +24,8 @@ from noroshi.retrieval.base import (
     KnowledgeStore,
     Mode,
     StoredDocument,
+    base_from_row,
+    document_from_row,
 )
 from noroshi.retrieval.ranking import (
     DEFAULT_WEIGHTS,
@@ -33,7 +35,7 @@ from noroshi.retrieval.ranking import (
     tsquery_text,
     vector_text,
 )
-from noroshi.store.database import PostgresDatabase, Row
+from noroshi.store.database import PostgresDatabase
 
 __all__ = ["PgvectorMissing", "PostgresKnowledge"]
 
@@ -118,34 +120,6 @@ def _texts(vectors: Sequence[Sequence[float]], dimensions: int) -> list[str]:
     return [vector_text(check_vector(v, dimensions)) for v in vectors]
 
 
-def _document(row: Row) -> StoredDocument:
-    return StoredDocument(
-        id=row[0],
-        kb=row[1],
-        source=row[2],
-        title=row[3],
-        content_hash=row[4],
-        format=row[5],
-        metadata=msgspec.json.decode(row[6]),
-        chunks=row[7],
-        created_at=row[8],
-    )
-
-
-def _base(row: Row) -> KnowledgeBase:
-    return KnowledgeBase(
-        name=row[0],
-        embedding_model=row[1],
-        dimensions=row[2],
-        description=row[3],
-        chunk_tokens=row[4],
-        overlap_tokens=row[5],
-        created_at=row[6],
-        documents=row[7],
-        chunks=row[8],
-    )
-
-
 class PostgresKnowledge(KnowledgeStore):
     """Knowledge bases in the schema of `db` (which the caller owns and closes)."""
 
@@ -216,11 +190,11 @@ class PostgresKnowledge(KnowledgeStore):
 
     async def get(self, name: str) -> KnowledgeBase | None:
         row = await self.db.fetchone(f"SELECT {_KB_COLUMNS} FROM kb k WHERE k.name = ?", (name,))
-        return _base(row) if row else None
+        return base_from_row(row) if row else None
 
     async def list(self) -> builtins.list[KnowledgeBase]:
         rows = await self.db.fetch(f"SELECT {_KB_COLUMNS} FROM kb k ORDER BY k.name")
-        return [_base(r) for r in rows]
+        return [base_from_row(r) for r in rows]
 
     async def delete(self, name: str) -> bool:
         # documents and their chunks go with it (ON DELETE CASCADE)
@@ -276,14 +250,14 @@ class PostgresKnowledge(KnowledgeStore):
             f"SELECT {_DOC_COLUMNS} FROM kb_documents d WHERE d.kb = ? AND d.id = ?",
             (kb, document_id),
         )
-        return _document(row) if row else None
+        return document_from_row(row) if row else None
 
     async def find_source(self, kb: str, source: str) -> StoredDocument | None:
         row = await self.db.fetchone(
             f"SELECT {_DOC_COLUMNS} FROM kb_documents d WHERE d.kb = ? AND d.source = ?",
             (kb, source),
         )
-        return _document(row) if row else None
+        return document_from_row(row) if row else None
 
     async def list_documents(
         self, kb: str, limit: int = 100, offset: int = 0
@@ -293,7 +267,7 @@ class PostgresKnowledge(KnowledgeStore):
             "ORDER BY d.created_at, d.id LIMIT ? OFFSET ?",
             (kb, max(0, min(limit, MAX_PAGE)), max(0, offset)),
         )
-        return [_document(r) for r in rows]
+        return [document_from_row(r) for r in rows]
 
     async def delete_document(self, kb: str, document_id: str) -> bool:
         row = await self.db.fetchone(

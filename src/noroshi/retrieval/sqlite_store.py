@@ -29,6 +29,8 @@ from noroshi.retrieval.base import (
     KnowledgeStore,
     Mode,
     StoredDocument,
+    base_from_row,
+    document_from_row,
 )
 from noroshi.retrieval.ranking import (
     DEFAULT_WEIGHTS,
@@ -157,34 +159,6 @@ def _blobs(vectors: Sequence[Sequence[float]], dimensions: int) -> list[bytes]:
     return [sqlite_vec.serialize_float32(check_vector(v, dimensions)) for v in vectors]
 
 
-def _document(row: Row) -> StoredDocument:
-    return StoredDocument(
-        id=row[0],
-        kb=row[1],
-        source=row[2],
-        title=row[3],
-        content_hash=row[4],
-        format=row[5],
-        metadata=msgspec.json.decode(row[6]),
-        chunks=row[7],
-        created_at=row[8],
-    )
-
-
-def _base(row: Row) -> KnowledgeBase:
-    return KnowledgeBase(
-        name=row[0],
-        embedding_model=row[1],
-        dimensions=row[2],
-        description=row[3],
-        chunk_tokens=row[4],
-        overlap_tokens=row[5],
-        created_at=row[6],
-        documents=row[7],
-        chunks=row[8],
-    )
-
-
 class SQLiteKnowledge(KnowledgeStore):
     """Knowledge bases in the SQLite file at `path`, beside (not inside) the main store."""
 
@@ -265,10 +239,11 @@ class SQLiteKnowledge(KnowledgeStore):
 
     async def get(self, name: str) -> KnowledgeBase | None:
         row = await self._fetchone(f"SELECT {_KB_COLUMNS} FROM kb k WHERE k.name = ?", (name,))
-        return _base(row) if row else None
+        return base_from_row(row) if row else None
 
     async def list(self) -> builtins.list[KnowledgeBase]:
-        return [_base(r) for r in await self._fetch(f"SELECT {_KB_COLUMNS} FROM kb k ORDER BY 1")]
+        rows = await self._fetch(f"SELECT {_KB_COLUMNS} FROM kb k ORDER BY 1")
+        return [base_from_row(r) for r in rows]
 
     async def delete(self, name: str) -> bool:
         async with self._transaction() as tx:
@@ -348,7 +323,7 @@ class SQLiteKnowledge(KnowledgeStore):
             "WHERE k.name = ? AND d.id = ?",
             (kb, document_id),
         )
-        return _document(row) if row else None
+        return document_from_row(row) if row else None
 
     async def find_source(self, kb: str, source: str) -> StoredDocument | None:
         row = await self._fetchone(
@@ -356,7 +331,7 @@ class SQLiteKnowledge(KnowledgeStore):
             "WHERE k.name = ? AND d.source = ?",
             (kb, source),
         )
-        return _document(row) if row else None
+        return document_from_row(row) if row else None
 
     async def list_documents(
         self, kb: str, limit: int = 100, offset: int = 0
@@ -366,7 +341,7 @@ class SQLiteKnowledge(KnowledgeStore):
             "WHERE k.name = ? ORDER BY d.created_at, d.id LIMIT ? OFFSET ?",
             (kb, max(0, min(limit, MAX_PAGE)), max(0, offset)),
         )
-        return [_document(r) for r in rows]
+        return [document_from_row(r) for r in rows]
 
     async def delete_document(self, kb: str, document_id: str) -> bool:
         async with self._transaction() as tx:
