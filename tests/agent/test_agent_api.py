@@ -436,3 +436,13 @@ async def test_sessions_belong_to_the_key_that_made_them(
                headers={"authorization": f"Bearer {keys[1]}"}) as r,
     ):  # fmt: skip
         assert r.status == 404
+
+
+async def test_agents_are_listed_with_their_tools(base: str) -> None:
+    async with AsyncClient(base) as client:
+        agents = {a.name: a for a in (await client.agents.list()).data}
+    assert set(agents) >= {"default"}
+    assert agents["default"].model == "fast" and agents["default"].tools == []
+    helper = agents["helper"]
+    assert (helper.model, helper.knowledge) == ("fast", [])
+    assert helper.tools == ["lookup_city", "slow_tool", "broken_tool"]

@@ -27,6 +27,8 @@ from noroshi.types import Handler, Headers
 from noroshi.wire import endpoints as api
 from noroshi.wire.agent import (
     AgentChatBody,
+    AgentInfo,
+    AgentList,
     Deleted,
     Format,
     JoinQuery,
@@ -157,6 +159,18 @@ def install(router: Router, app: App) -> None:
             RunAccepted(run_id=active.run.id, session_id=active.session.id), status=202
         )
 
+    async def list_agents(request: Request) -> Response:
+        agents = [
+            AgentInfo(
+                name=a.name,
+                model=a.model,
+                tools=[t.name for t in a.toolbox],
+                knowledge=list(a.config.knowledge),
+            )
+            for a in app.agents.values()
+        ]
+        return JSONResponse(AgentList(data=agents))
+
     async def owned_run(request: Request) -> Run:
         """The caller's run, as stored; NotFound when it is not theirs at all."""
         run_id = request.params["id"]
@@ -277,6 +291,7 @@ def install(router: Router, app: App) -> None:
 
     routes: list[tuple[api.Endpoint, Handler]] = [
         (api.AGENT_CHAT, agent_chat),
+        (api.AGENTS, list_agents),
         (api.RUN_START, start_run),
         (api.RUN, get_run),
         (api.RUN_STREAM, join_run),

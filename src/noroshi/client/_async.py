@@ -84,6 +84,7 @@ class AsyncClient:
         self.embeddings = Embeddings(self)
         self.models = Models(self)
         self.agent = Agent(self)
+        self.agents = Agents(self)
         self.runs = Runs(self)
         self.sessions = Sessions(self)
         self.kb = KnowledgeBases(self)
@@ -260,6 +261,11 @@ class Agent(_Part):
         async with contextlib.aclosing(follow) as events:  # leaving cancels the run, now
             async for event in events:
                 yield event
+
+
+class Agents(_Part):
+    async def list(self) -> ag.AgentList:
+        return await self._c._json(ag.AgentList, make_call(api.AGENTS))
 
 
 class Runs(_Part):

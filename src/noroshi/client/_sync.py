@@ -84,6 +84,7 @@ class Client:
         self.embeddings = Embeddings(self)
         self.models = Models(self)
         self.agent = Agent(self)
+        self.agents = Agents(self)
         self.runs = Runs(self)
         self.sessions = Sessions(self)
         self.kb = KnowledgeBases(self)
@@ -252,6 +253,11 @@ class Agent(_Part):
     def _run(self, body: dict[str, Any]) -> Generator[ag.AgentEvent, None, None]:
         accepted = self._c.runs.start(**body)
         yield from self._c._follow(accepted.run_id, 0, cancel_on_leave=True)
+
+
+class Agents(_Part):
+    def list(self) -> ag.AgentList:
+        return self._c._json(ag.AgentList, make_call(api.AGENTS))
 
 
 class Runs(_Part):

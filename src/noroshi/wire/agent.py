@@ -14,6 +14,8 @@ from noroshi.wire.openai import Message
 __all__ = [
     "AgentChatBody",
     "AgentEvent",
+    "AgentInfo",
+    "AgentList",
     "Deleted",
     "ErrorEvent",
     "Format",
@@ -218,6 +220,18 @@ class SessionDetail(Session, kw_only=True):
 
 class SessionList(Struct, kw_only=True):
     data: list[Session]
+    object: Literal["list"] = "list"
+
+
+class AgentInfo(Struct, kw_only=True):
+    name: str
+    model: str
+    tools: list[str]
+    knowledge: list[str] = []
+
+
+class AgentList(Struct, kw_only=True):
+    data: list[AgentInfo]
     object: Literal["list"] = "list"
 
 

@@ -143,6 +143,10 @@ AGENT_CHAT = _e(
     "Run an agent turn and stream its events; leaving the stream cancels the run.",
     tag="agents", access="model", body=agent.AgentChatBody, events=_AGENT_STREAMS,
 )  # fmt: skip
+AGENTS = _e(
+    "GET", "/api/v1/agents", "listAgents", "The agents this server runs, with their tools.",
+    tag="agents", access="key", answer=agent.AgentList,
+)  # fmt: skip
 RUN_START = _e(
     "POST", "/api/v1/runs", "startRun",
     "Start a run: with `background: true` answers 202 and runs on without a client.",
@@ -266,7 +270,7 @@ DOCS = _e(
 ENDPOINTS: tuple[Endpoint, ...] = (
     CHAT_COMPLETIONS, EMBEDDINGS, MODELS, MODEL,
     API_CHAT, API_GENERATE, API_EMBED, CHAT, CHAT_STREAM,
-    AGENT_CHAT, RUN_START, RUN, RUN_STREAM, RUN_CANCEL, SESSIONS, SESSION, SESSION_DELETE,
+    AGENT_CHAT, AGENTS, RUN_START, RUN, RUN_STREAM, RUN_CANCEL, SESSIONS, SESSION, SESSION_DELETE,
     KB_CREATE, KBS, KB, KB_DELETE, KB_ADD, KB_DOCUMENTS, KB_DOCUMENT, KB_DOCUMENT_DELETE,
     KB_SEARCH,
     KEY_CREATE, KEYS, KEY, KEY_UPDATE, KEY_REVOKE, USAGE,
