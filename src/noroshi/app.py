@@ -17,7 +17,7 @@ from noroshi.accounting import Accountant, Meter
 from noroshi.agent.build import build_agents
 from noroshi.agent.events import DatabaseEvents, EventStore, RedisEvents
 from noroshi.agent.runs import Agent, Runner
-from noroshi.api import admin, agent, docs, health, knowledge, openai, simple
+from noroshi.api import admin, agent, docs, health, knowledge, openai, playground, simple
 from noroshi.auth import Authenticator, KeyChanges
 from noroshi.config import Config, ProviderConfig, data_dir, load_config
 from noroshi.edge.relay import Relay
@@ -87,6 +87,7 @@ class App:
         agent.install(self.router, self)
         knowledge.install(self.router, self)
         docs.install(self.router, self)
+        playground.install(self.router, self)
         if self.config.cors.allow_origins:
             middleware = [cors(self.config.cors), *middleware]
         self._handle = compose(middleware, self._route)

@@ -76,6 +76,7 @@ def serve(
     database = open_database_file(directory) if not config.storage.url else None
     role_note = "" if server.role == "all" else f" as {server.role}"
     click.echo(f"noroshi {__version__} on {url}{role_note}")
+    click.echo(f"  open:   {url}/ (playground and console), {url}/docs (API reference)")
     if server.role == "edge":
         click.echo(f"  cores:  {', '.join(server.cores)}")
     click.echo(f"  config: {config.source or 'none (embedded defaults)'}")
