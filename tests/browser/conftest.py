@@ -55,6 +55,18 @@ model = "fast"
 system = "You help."
 tools = ["tests.agent.loop_tools:lookup_city"]
 max_steps = 3
+
+[[agents]]
+name = "librarian"
+model = "fast"
+knowledge = ["handbook"]
+
+[[models]]
+name = "embed"
+deployments = [{ provider = "up", model = "fake-embedding" }]
+
+[defaults]
+embedding_model = "embed"
 """
 
 

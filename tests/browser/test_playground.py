@@ -301,6 +301,29 @@ async def test_reload_resumes_a_running_agent_run(gateway: Gateway, page: Page) 
     assert status == 200 and run["status"] == "completed"
 
 
+async def test_agent_answer_lists_its_sources(gateway: Gateway, page: Page) -> None:
+    async with aiohttp.ClientSession(headers=gateway.auth) as http:
+        async with http.post(f"{gateway.url}/api/v1/kb", json={"name": "handbook"}) as r:
+            assert r.status == 201, await r.text()
+        doc = {"source": "handbook.md", "format": "markdown",
+               "text": "# Handbook\n\n## Holidays\n\nTwenty-five days of paid holiday."}  # fmt: skip
+        async with http.post(f"{gateway.url}/api/v1/kb/handbook/documents", json=doc) as r:
+            assert r.status == 200, await r.text()
+    gateway.upstream.script(
+        Reply(tool_calls=[{"name": "search_knowledge", "arguments": {"query": "holiday"}}]),
+        Reply(),  # the search embeds its query
+        Reply(text="Twenty-five days [1]."),
+    )
+    await sign_in(page, gateway)
+    await send(page, "agent:librarian", "How much holiday?")
+    await expect(assistant(page)).to_contain_text("Twenty-five days [1].")
+    source = page.get_by_test_id("source").first
+    await expect(source).to_contain_text("handbook.md")
+    await expect(source).to_contain_text("Holidays")
+    step = page.locator("details[data-testid=tool-step]").first
+    await expect(step.locator("summary")).to_contain_text("search_knowledge")
+
+
 # --- console --------------------------------------------------------------------------------
 
 
