@@ -29,6 +29,7 @@ __all__ = [
     "TokenCounter",
     "base_from_row",
     "document_from_row",
+    "hits_in_order",
 ]
 
 TokenCounter = Callable[[str], int]
@@ -79,6 +80,29 @@ def base_from_row(row: Sequence[Any]) -> KnowledgeBase:
         documents=row[7],
         chunks=row[8],
     )
+
+
+def hits_in_order(
+    ranked: Sequence[tuple[Any, float]], rows: Sequence[Sequence[Any]]
+) -> builtins.list[Hit]:
+    """The ranked chunks as hits, best first. Each row: the ranking's key, then chunk id,
+    document id, text, heading, source, title, metadata (JSON). A chunk deleted since it was
+    ranked has no row and is left out."""
+    found = {r[0]: r for r in rows}
+    return [
+        Hit(
+            chunk_id=r[1],
+            document_id=r[2],
+            text=r[3],
+            heading=r[4],
+            source=r[5],
+            title=r[6],
+            metadata=msgspec.json.decode(r[7]),
+            score=score,
+        )
+        for key, score in ranked
+        if (r := found.get(key)) is not None
+    ]
 
 
 class KnowledgeStore(abc.ABC):

@@ -26,6 +26,7 @@ from noroshi.retrieval.base import (
     StoredDocument,
     base_from_row,
     document_from_row,
+    hits_in_order,
 )
 from noroshi.retrieval.ranking import (
     DEFAULT_WEIGHTS,
@@ -325,23 +326,9 @@ class PostgresKnowledge(KnowledgeStore):
         if not ranked:
             return []
         rows = await self.db.fetch(
-            "SELECT c.id, c.document_id, c.text, c.heading, d.source, d.title, d.metadata::text "
-            "FROM kb_chunks c JOIN kb_documents d ON d.id = c.document_id "
+            "SELECT c.id, c.id, c.document_id, c.text, c.heading, d.source, d.title, "
+            "d.metadata::text FROM kb_chunks c JOIN kb_documents d ON d.id = c.document_id "
             "WHERE c.id = ANY(?::text[])",
             [[key for key, _ in ranked]],
         )
-        found = {r[0]: r for r in rows}
-        return [
-            Hit(
-                chunk_id=r[0],
-                document_id=r[1],
-                text=r[2],
-                heading=r[3],
-                source=r[4],
-                title=r[5],
-                metadata=msgspec.json.decode(r[6]),
-                score=score,
-            )
-            for key, score in ranked
-            if (r := found.get(key)) is not None  # gone since it was ranked
-        ]
+        return hits_in_order(ranked, rows)

@@ -31,6 +31,7 @@ from noroshi.retrieval.base import (
     StoredDocument,
     base_from_row,
     document_from_row,
+    hits_in_order,
 )
 from noroshi.retrieval.ranking import (
     DEFAULT_WEIGHTS,
@@ -411,18 +412,4 @@ class SQLiteKnowledge(KnowledgeStore):
             f"WHERE c.rowid IN ({', '.join('?' * len(ranked))})",
             [key for key, _ in ranked],
         )
-        found = {r[0]: r for r in rows}
-        return [
-            Hit(
-                chunk_id=r[1],
-                document_id=r[2],
-                text=r[3],
-                heading=r[4],
-                source=r[5],
-                title=r[6],
-                metadata=msgspec.json.decode(r[7]),
-                score=score,
-            )
-            for key, score in ranked
-            if (r := found.get(key)) is not None  # gone since it was ranked
-        ]
+        return hits_in_order(ranked, rows)
