@@ -84,7 +84,7 @@ def install(router: Router, app: App) -> None:
         routed = Routed(base.embedding_model, request.id)
         if body.mode != "text":  # the query's embedding is billed to the caller's key
             await admit(app, request, routed, 0)
-        hits = await kb().search(base.name, body.query, body.k, body.mode, body.filter, routed)
+        hits = await kb().search(base, body.query, body.k, body.mode, body.filter, routed)
         return JSONResponse(SearchAnswer(results=hits))
 
     router.serve(api.KB_CREATE, create)

@@ -151,19 +151,21 @@ class Knowledge:
 
     async def search(
         self,
-        name: str,
+        base: KnowledgeBase | str,
         query: str,
         k: int = 5,
         mode: Mode = "hybrid",
         filter: Filter | None = None,
         routed: Routed | None = None,
     ) -> list[Hit]:
-        kb = await self.base(name)
+        """`base` as read already (the API reads it to bill the query's embedding), or its
+        name."""
+        kb = await self.base(base) if isinstance(base, str) else base
         vector = None
         if mode != "text":
             model = kb.embedding_model
             vector = (await self._embed(routed or Routed(model), model, [query]))[0]
-        return await self.store.search(name, vector, query, k, mode, filter)
+        return await self.store.search(kb.name, vector, query, k, mode, filter)
 
     def _cut(
         self, kb: KnowledgeBase, source: str, data: bytes, fmt: str
