@@ -18,10 +18,11 @@ import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, Self
 
 from aiohttp import web
+
+from tests.fakes.loopback import LoopbackServer
 
 JSON = dict[str, Any]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -226,58 +227,29 @@ def _vector(text: str, dims: int) -> list[float]:
 # --- the server machinery shared by both fakes ---------------------------------------------
 
 
-class _FakeServer:
+class _FakeServer(LoopbackServer):
     """Lifecycle, script queue, request log and disconnect bookkeeping shared by the fakes."""
 
     stall_limit: float = 60.0  # how long a stalled stream waits for the client to go away
+    client_max_size = 64 * 1024 * 1024
 
     def __init__(self, api_key: str | None = None) -> None:
+        super().__init__()
         self.api_key = api_key
         self.default = Reply()
         self.requests: list[Recorded] = []
         self.disconnects = 0
         self.in_flight = 0
-        self.port = 0
         self.base_url = ""
         self._queue: deque[Reply] = deque()
         self._disconnect_times: list[float] = []
         self._baseline = 0
-        self._closing = False
-        self._runner: web.AppRunner | None = None
-
-    def _routes(self) -> list[web.RouteDef]:
-        raise NotImplementedError
 
     async def start(self) -> Self:
         """Listen on 127.0.0.1 at a free port; fills in `port` and `base_url`."""
-        app = web.Application(client_max_size=64 * 1024 * 1024)
-        app.add_routes(self._routes())
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        self._runner = runner
-        self._closing = False
-        self.port = int(runner.addresses[0][1])
-        self.base_url = f"http://127.0.0.1:{self.port}/v1"
+        await super().start()
+        self.base_url = f"{self.origin}/v1"
         return self
-
-    async def close(self) -> None:
-        """Stop listening; stalled or delayed answers end at once."""
-        self._closing = True
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
-
-    async def __aenter__(self) -> Self:
-        return await self.start()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     def script(self, *replies: Reply) -> None:
         """Queue answers; each scripted request takes the next, then `default` is used."""
@@ -476,6 +448,10 @@ class FakeOpenAI(_FakeServer):
     def __init__(self, api_key: str | None = None) -> None:
         super().__init__(api_key)
         self.models: list[str] = [DEFAULT_MODEL, "fake-embedding"]
+
+    def chats(self) -> list[list[JSON]]:
+        """The messages of each chat completion request, in the order they came."""
+        return [r.body["messages"] for r in self.requests if r.path == "/v1/chat/completions"]
 
     def _routes(self) -> list[web.RouteDef]:
         return [

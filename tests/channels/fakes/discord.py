@@ -38,23 +38,22 @@ with Discord's message objects and error bodies (404 `{"message": "Unknown Webho
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import math
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import count
-from types import TracebackType
 from typing import Any, Literal, Self
 
 import aiohttp
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from tests.fakes.loopback import LoopbackServer
 
 JSON = dict[str, Any]
 Kind = Literal["original", "followup", "edit"]
@@ -118,7 +117,7 @@ class _Interaction:
     followups: dict[str, JSON] = field(default_factory=dict)
 
 
-class FakeDiscord:
+class FakeDiscord(LoopbackServer):
     """Discord's interactions side for one application; see the module docstring."""
 
     def __init__(
@@ -128,6 +127,7 @@ class FakeDiscord:
         channel_id: str = "1300000000000000001",
         user_id: str = "1400000000000000001",
     ) -> None:
+        super().__init__()
         self.application_id = application_id
         self.guild_id = guild_id
         self.channel_id = channel_id
@@ -142,44 +142,22 @@ class FakeDiscord:
         self._faults: dict[Kind, deque[_Fault]] = {
             k: deque() for k in ("original", "followup", "edit")
         }
-        self._runner: web.AppRunner | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------
 
+    def _routes(self) -> list[web.RouteDef]:
+        prefix = "/api/v10/webhooks/{application_id}/{token}"
+        return [
+            web.post(prefix, self._create),
+            web.patch(prefix + "/messages/{message}", self._edit),
+            web.get(prefix + "/messages/{message}", self._get),
+        ]
+
     async def start(self) -> Self:
         """Listen on 127.0.0.1 at a free port; fills in `port` and `api_base`."""
-        app = web.Application()
-        prefix = "/api/v10/webhooks/{application_id}/{token}"
-        app.add_routes(
-            [
-                web.post(prefix, self._create),
-                web.patch(prefix + "/messages/{message}", self._edit),
-                web.get(prefix + "/messages/{message}", self._get),
-            ]
-        )
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        self._runner = runner
-        self.port = int(runner.addresses[0][1])
-        self.api_base = f"http://127.0.0.1:{self.port}/api/v10"
+        await super().start()
+        self.api_base = f"{self.origin}/api/v10"
         return self
-
-    async def close(self) -> None:
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
-
-    async def __aenter__(self) -> Self:
-        return await self.start()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     # --- interactions, the way Discord sends them --------------------------------------------
 
@@ -411,14 +389,6 @@ class FakeDiscord:
     def followups(self, token: str) -> list[JSON]:
         state = self._interactions.get(token)
         return [] if state is None else list(state.followups.values())
-
-    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 10) -> None:  # noqa: ASYNC109
-        """Wait until `predicate()` holds (checked as requests arrive)."""
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            if time.monotonic() >= deadline:
-                raise TimeoutError(f"condition not met within {timeout} s")
-            await asyncio.sleep(0.005)
 
     # --- the webhook endpoints ---------------------------------------------------------------
 

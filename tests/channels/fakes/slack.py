@@ -42,7 +42,6 @@ kept as sent, so `&`, `<`, `>` appear as `&amp;`, `&lt;`, `&gt;`.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import json
@@ -52,11 +51,12 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any, Literal, Self
 
 import aiohttp
 from aiohttp import web
+
+from tests.fakes.loopback import LoopbackServer
 
 JSON = dict[str, Any]
 Signature = Literal["good", "bad", "none"]
@@ -109,7 +109,7 @@ class _Message:
     edited: list[str] = field(default_factory=list)
 
 
-class FakeSlack:
+class FakeSlack(LoopbackServer):
     """See the module docstring."""
 
     def __init__(
@@ -121,6 +121,7 @@ class FakeSlack:
         bot_id: str = "B0BOT0000",
         app_id: str = "A0APP0000",
     ) -> None:
+        super().__init__()
         self.bot_token = bot_token
         self.signing_secret = signing_secret
         self.team_id = team_id
@@ -137,7 +138,6 @@ class FakeSlack:
         self._faults: dict[str, deque[_Fault]] = {}
         self._epoch = int(time.time())
         self._seq = 0
-        self._runner: web.AppRunner | None = None
         self._methods: dict[str, Callable[[JSON], JSON]] = {
             "chat.postMessage": self._post_message,
             "chat.update": self._update,
@@ -147,31 +147,13 @@ class FakeSlack:
 
     # --- lifecycle -----------------------------------------------------------------------
 
+    def _routes(self) -> list[web.RouteDef]:
+        return [web.post("/api/{method}", self._web_api)]
+
     async def start(self) -> Self:
-        app = web.Application()
-        app.router.add_post("/api/{method}", self._web_api)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        self._runner = runner
-        self.api_base = f"http://127.0.0.1:{int(runner.addresses[0][1])}/api"
+        await super().start()
+        self.api_base = f"{self.origin}/api"
         return self
-
-    async def close(self) -> None:
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
-
-    async def __aenter__(self) -> Self:
-        return await self.start()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     # --- faults and queries --------------------------------------------------------------
 
@@ -197,13 +179,6 @@ class FakeSlack:
             for m in self._messages.values()
             if m.channel == channel and m.thread_ts == thread_ts
         ]
-
-    async def wait_for(self, predicate: Callable[[], object], timeout: float = 10) -> None:  # noqa: ASYNC109
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            if time.monotonic() >= deadline:
-                raise TimeoutError(f"condition not met within {timeout} s")
-            await asyncio.sleep(0.01)
 
     def next_ts(self) -> str:
         """A message timestamp as Slack writes them, later than every one before."""

@@ -50,11 +50,12 @@ import time
 from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from types import TracebackType
 from typing import Any, Self, TypeVar
 
 import aiohttp
 from aiohttp import web
+
+from tests.fakes.loopback import LoopbackServer
 
 JSON = dict[str, Any]
 T = TypeVar("T")
@@ -151,12 +152,12 @@ def _int(params: JSON, name: str) -> int:
     return value
 
 
-class FakeTelegram:
+class FakeTelegram(LoopbackServer):
     """See the module docstring."""
 
     def __init__(self, token: str = "123456:TEST-token_abcdef") -> None:
+        super().__init__()
         self.token = token
-        self.port = 0
         self.api_base = ""
         self.calls: list[str] = []
         self.sent: list[Sent] = []
@@ -175,41 +176,22 @@ class FakeTelegram:
         self._faults: dict[str, deque[_Refusal]] = defaultdict(deque)
         self._poll: _Poll | None = None
         self._wake = asyncio.Event()
-        self._closing = False
-        self._runner: web.AppRunner | None = None
 
     # --- lifecycle ---------------------------------------------------------------------
 
+    def _routes(self) -> list[web.RouteDef]:
+        return [web.post("/bot{token}/{method}", self._handle)]
+
     async def start(self) -> Self:
-        app = web.Application()
-        app.router.add_post("/bot{token}/{method}", self._handle)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        self._runner = runner
-        self._closing = False
-        self.port = int(runner.addresses[0][1])
-        self.api_base = f"http://127.0.0.1:{self.port}"
+        await super().start()
+        self.api_base = self.origin
         return self
 
     async def close(self) -> None:
         """Stop listening; long polls in progress end at once."""
         self._closing = True
         self._notify()
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
-
-    async def __aenter__(self) -> Self:
-        return await self.start()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
+        await super().close()
 
     # --- updates -----------------------------------------------------------------------
 
@@ -299,14 +281,6 @@ class FakeTelegram:
             for s in self.sent
             if s.chat_id == chat_id
         ]
-
-    async def wait_for(self, predicate: Callable[[], T], timeout: float = 10) -> T:  # noqa: ASYNC109
-        deadline = time.monotonic() + timeout
-        while not (value := predicate()):
-            if time.monotonic() >= deadline:
-                raise TimeoutError(f"condition not met within {timeout} s")
-            await asyncio.sleep(0.01)
-        return value
 
     # --- the API -------------------------------------------------------------------------
 
