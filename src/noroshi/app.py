@@ -17,8 +17,10 @@ from noroshi.accounting import Accountant, Meter
 from noroshi.agent.build import build_agents
 from noroshi.agent.events import DatabaseEvents, EventStore, RedisEvents
 from noroshi.agent.runs import Agent, Runner
-from noroshi.api import admin, agent, docs, health, knowledge, openai, playground, simple
+from noroshi.api import admin, agent, channels, docs, health, knowledge, openai, playground, simple
 from noroshi.auth import Authenticator, KeyChanges
+from noroshi.channels.gateway import ChannelGateway
+from noroshi.channels.store import ChannelStore
 from noroshi.config import Config, ProviderConfig, data_dir, load_config
 from noroshi.edge.relay import Relay
 from noroshi.edge.signing import MemoryNonces, RedisNonces, Signer, Verifier
@@ -78,6 +80,8 @@ class App:
                 core.signer = signer
             self.relay = Relay(cores, self.config.server.max_stream_bytes)
         self.models = ProviderRouter(self.config, self.providers, self.metrics)
+        channel_configs = self.config.channels
+        self.channels = ChannelGateway(channel_configs) if channel_configs else None
         self.router = Router()
         health.install(self.router, self)
         openai.install(self.router, self)
@@ -86,6 +90,7 @@ class App:
             admin.install(self.router, self)
         agent.install(self.router, self)
         knowledge.install(self.router, self)
+        channels.install(self.router, self)
         docs.install(self.router, self)
         playground.install(self.router, self)
         if self.config.cors.allow_origins:
@@ -223,6 +228,9 @@ class App:
                 config, self.default_chat_model, self.knowledge
             )
             self._closers.extend(closers)
+        if self.channels is not None:
+            await self.channels.start(ChannelStore(self.db), self.runner, self.sessions,
+                                      self.agents, self.accountant)  # fmt: skip
         self.warm()
 
     def warm(self) -> None:
@@ -253,6 +261,8 @@ class App:
             return
         if self._health_task is not None:
             self._health_task.cancel()
+        if self.channels is not None:  # first: what it was answering is finished on restart
+            await self.channels.close()
         await self.runner.close()
         await self.run_events.close()
         for close in self._closers:

@@ -20,6 +20,7 @@ import msgspec
 __all__ = [
     "AgentConfig",
     "AuthConfig",
+    "ChannelConfig",
     "Config",
     "ConfigError",
     "CorsConfig",
@@ -225,6 +226,27 @@ class AgentConfig(_Section):
     knowledge: list[str] = []  # knowledge bases its `search_knowledge` tool searches
 
 
+class ChannelConfig(_Section):
+    """A messaging platform where people talk to an agent. The plugin's own keys (its token,
+    its signing secret) sit in the same table and become `settings`."""
+
+    type: Annotated[str, msgspec.Meta(min_length=1)]  # a plugin: an entry point name
+    name: Annotated[str, msgspec.Meta(pattern=r"^[a-zA-Z0-9_-]{0,64}$")] = ""  # default: type
+    agent: str = "default"
+    # who may talk to it: sender ids or chat ids, "*" for anyone; both empty: nobody
+    allow_users: list[str] = []
+    allow_chats: list[str] = []
+    retries: Annotated[int, msgspec.Meta(ge=0, le=20)] = 5
+    backoff_base_s: Annotated[float, msgspec.Meta(ge=0)] = 0.5
+    max_retry_after_s: Annotated[float, msgspec.Meta(ge=0)] = 60.0
+    edit_interval_s: Annotated[float, msgspec.Meta(ge=0)] | None = None  # default: the plugin's
+    lease_s: Annotated[float, msgspec.Meta(gt=0)] = 15.0  # how long a dead replica holds it
+    settings: Any = None
+
+    def __post_init__(self) -> None:
+        self.name = self.name or self.type
+
+
 class Config(_Section):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     auth: AuthConfig = msgspec.field(default_factory=AuthConfig)
@@ -234,6 +256,7 @@ class Config(_Section):
     cors: CorsConfig = msgspec.field(default_factory=CorsConfig)
     prices: dict[str, Price] = {}  # by model name, or by deployment "provider/model"
     agents: list[AgentConfig] = []  # a default agent, "default", exists unless one is named so
+    channels: list[ChannelConfig] = []
     http_tools: list[HTTPToolConfig] = []
     mcp_servers: list[MCPServerConfig] = []
     retrieval: RetrievalConfig = msgspec.field(default_factory=RetrievalConfig)
@@ -284,7 +307,9 @@ def load_config(
     providers = raw.pop("providers", {})
     if not isinstance(providers, dict):
         raise ConfigError("providers: expected a table of named providers")
+    channels = raw.pop("channels", [])
     config = _convert(raw, Config, "")
+    config.channels = _channels(channels)
     config.providers = {
         name: _convert(value, ProviderConfig, f"providers.{name}")
         for name, value in providers.items()
@@ -295,6 +320,7 @@ def load_config(
         config.auth.master_key = environ.get("NOROSHI_MASTER_KEY", "")
     _check_references(config)
     _check_agents(config)
+    _check_channels(config)
     _check_roles(config)
     _check_exposure(config)
     config.source = str(file) if file is not None else None
@@ -498,6 +524,43 @@ def _check_agents(config: Config) -> None:
                     f"agents.{i}.tools.{j}: '{tool}' is not an [[http_tools]] name, "
                     "'mcp:<server>', '<server>__<tool>' or 'module:function'"
                 )
+
+
+def _channels(raw: Any) -> list[ChannelConfig]:
+    """Each `[[channels]]` table: the gateway's keys, then the rest as its plugin's settings."""
+    from noroshi.channels.plugins import plugin  # plugins import this module
+
+    if not isinstance(raw, list):
+        raise ConfigError("channels: expected an array of tables ([[channels]])")
+    channels = []
+    common = set(ChannelConfig.__struct_fields__) - {"settings"}
+    for i, table in enumerate(raw):
+        if not isinstance(table, dict):
+            raise ConfigError(f"channels.{i}: expected a table")
+        channel = _convert({k: v for k, v in table.items() if k in common}, ChannelConfig,
+                           f"channels.{i}")  # fmt: skip
+        try:
+            kind = plugin(channel.type)
+        except LookupError as exc:
+            raise ConfigError(f"channels.{i}.type: {exc}") from None
+        own = {k: v for k, v in table.items() if k not in common}
+        channel.settings = _convert(own, kind.settings_type, f"channels.{i}")
+        channels.append(channel)
+    return channels
+
+
+def _check_channels(config: Config) -> None:
+    """Names are unique (each is a webhook path) and name agents that exist."""
+    agents = {a.name for a in config.agents} | {"default"}
+    seen: set[str] = set()
+    for i, channel in enumerate(config.channels):
+        if channel.name in seen:
+            raise ConfigError(f"channels.{i}.name: the name '{channel.name}' is used twice")
+        seen.add(channel.name)
+        if channel.agent not in agents:
+            raise ConfigError(f"channels.{i}.agent: no agent named '{channel.agent}'")
+    if config.channels and config.server.role == "edge":
+        raise ConfigError("channels: channels run where agents run; give them to a core")
 
 
 def _check_references(config: Config) -> None:

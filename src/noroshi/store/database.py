@@ -112,6 +112,32 @@ MIGRATIONS: list[str] = [
         data TEXT NOT NULL,
         PRIMARY KEY (run_id, seq)
     )""",
+    # channels: each message a platform delivered, kept before it is acknowledged
+    """CREATE TABLE channel_inbox (
+        channel TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        conversation TEXT NOT NULL,
+        message TEXT NOT NULL,
+        state TEXT NOT NULL,
+        run_id TEXT,
+        reply TEXT NOT NULL,
+        received_ns BIGINT NOT NULL,
+        answered_at DOUBLE PRECISION,
+        PRIMARY KEY (channel, message_id)
+    )""",
+    "CREATE INDEX channel_inbox_open ON channel_inbox (channel, state, received_ns)",
+    """CREATE TABLE channel_state (
+        channel TEXT PRIMARY KEY,
+        poll_offset TEXT NOT NULL,
+        owner TEXT NOT NULL,
+        lease_until DOUBLE PRECISION NOT NULL
+    )""",
+    """CREATE TABLE channel_conversations (
+        channel TEXT NOT NULL,
+        conversation TEXT NOT NULL,
+        session_id TEXT NOT NULL,
+        PRIMARY KEY (channel, conversation)
+    )""",
 ]
 
 _MIGRATIONS_TABLE = """CREATE TABLE IF NOT EXISTS noroshi_migrations (

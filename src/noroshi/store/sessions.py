@@ -97,6 +97,13 @@ class SessionStore:
         )
         return [_decode_message.decode(r[0]) for r in rows]
 
+    async def run_messages(self, run_id: str) -> builtins.list[Message]:
+        """What one run added to its session: the prompt, tool calls and answers."""
+        rows = await self.db.fetch(
+            "SELECT message FROM session_messages WHERE run_id = ? ORDER BY seq", (run_id,)
+        )
+        return [_decode_message.decode(r[0]) for r in rows]
+
     async def append(self, session_id: str, run_id: str, messages: builtins.list[Message]) -> None:
         """Add a turn's messages after the history; one run at a time per session makes the
         sequence numbers safe to take from the count."""
