@@ -101,6 +101,19 @@ async def test_a_wrong_secret_is_refused_and_nothing_is_answered(
 
 
 @rsgi
+async def test_the_webhook_needs_no_api_key_when_keys_are_on(
+    serve: Serve, tmp_path: Path, upstream: FakeOpenAI, memo: MemoServer
+) -> None:
+    """A platform holds no noroshi key: the plugin's own check guards the webhook."""
+    text = config_text(upstream, memo) + '[auth]\nmaster_key = "sk-master-0123456789"\n'
+    hook = await webhook_of(serve, tmp_path, text)
+    message = memo.message("echo: keys are on")
+    assert (await memo.deliver(hook, message))[0] == 204
+    await memo.wait_for(lambda: memo.answer_text(message["id"]) == "keys are on")
+    assert (await memo.deliver(hook, memo.message("echo: forged"), secret="x"))[0] == 401
+
+
+@rsgi
 async def test_a_redelivered_message_is_answered_once(
     serve: Serve, tmp_path: Path, upstream: FakeOpenAI, memo: MemoServer
 ) -> None:
@@ -356,6 +369,9 @@ async def test_another_replica_takes_the_channel_over(
          "channels.1.name: the name 'memo' is used twice"),
         ('[[channels]]\ntype = "memo"\nname = "b"\nurl = "http://x"\nsecret = "s"\ntoken = "t"',
          "channels.1: object contains unknown field `token`"),
+        ('[server]\nrole = "edge"\ncores = ["http://127.0.0.1:9"]\n'
+         '[internal]\nsecret = "0123456789abcdef0123"',
+         "channels: channels run where agents run; give them to a core"),
     ],
 )  # fmt: skip
 def test_channel_config_errors_name_the_key(
