@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -314,6 +315,28 @@ async def test_killed_mid_answer_the_answer_is_finished_in_place(
         await stop(proc)
     assert len(memo.answers(cut["id"])) == 1  # one message, edited: answered at most once
     assert len(memo.answers(meanwhile["id"])) == 1
+
+
+async def test_a_channel_lost_to_another_replica_stops_answering_here(
+    tmp_path: Path, upstream: FakeOpenAI, memo: MemoServer
+) -> None:
+    """A replica that finds its lease taken (it stalled past `lease_s`) stops its runs: the
+    new holder answers, into the same message."""
+    upstream.script(Reply(text=" ".join(["slowly"] * 40), chunks=40, token_delay=0.1))
+    app = App(write_config(tmp_path, config_text(upstream, memo, 'mode = "polling"\nlease_s = 1')))
+    await app.startup()
+    assert app.channels is not None
+    line = app.channels.lines["memo"]
+    cut = memo.say("tell me a long story")
+    await memo.wait_for(lambda: any(m.edits for m in memo.answers(cut["id"])))
+    await app.db.execute("UPDATE channel_state SET owner = 'elsewhere', lease_until = ?",
+                         (time.time() + 3600,))  # fmt: skip
+    await memo.wait_for(lambda: not line.owned and not app.runner.by_session)
+    upstream.script(Reply(text="finished by the next holder"))
+    await app.db.execute("UPDATE channel_state SET lease_until = 0")  # that replica is gone
+    await _answered(memo, cut, "finished by the next holder")
+    await app.shutdown()
+    assert len(memo.answers(cut["id"])) == 1
 
 
 # --- replicas sharing PostgreSQL --------------------------------------------------------------

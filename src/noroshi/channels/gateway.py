@@ -273,14 +273,20 @@ class ChannelGateway:
         await self.store.begin(pending, active.run.id)
         reply.start()
         text, error = "", ""
-        async for event in active.log.follow(0):
-            if event.type == "text.delta":
-                text += event.data["text"]
-                reply.text = text
-            elif event.type == "step.started" and text.strip():
-                text = text.rstrip() + "\n\n"  # each step's words in a paragraph of its own
-            elif event.type == "error":
-                error = str(event.data.get("message", ""))
+        try:
+            async for event in active.log.follow(0):
+                if event.type == "text.delta":
+                    text += event.data["text"]
+                    reply.text = text
+                elif event.type == "step.started" and text.strip():
+                    text = text.rstrip() + "\n\n"  # each step's words in a paragraph of its own
+                elif event.type == "error":
+                    error = str(event.data.get("message", ""))
+        except asyncio.CancelledError:  # shutting down, or the channel went to another replica
+            self.runner.cancel(active)
+            raise
+        finally:
+            reply.stop()
         answer = text.strip()
         if error:
             answer = f"{answer}\n\n({error})" if answer else f"Sorry, I could not answer: {error}"

@@ -57,6 +57,11 @@ class StreamedReply:
     def start(self) -> None:
         self._ticker = asyncio.get_running_loop().create_task(self._tick())
 
+    def stop(self) -> None:
+        """No more edits on the clock: the answer is complete, or abandoned."""
+        if self._ticker is not None:
+            self._ticker.cancel()
+
     async def finish(self, text: str) -> None:
         """Show the whole answer; raises ChannelError when the platform will not take it."""
         if self._ticker is not None:
