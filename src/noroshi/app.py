@@ -11,7 +11,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from noroshi.accounting import Accountant, Meter
 from noroshi.agent.build import build_agents
@@ -19,8 +19,6 @@ from noroshi.agent.events import DatabaseEvents, EventStore, RedisEvents
 from noroshi.agent.runs import Agent, Runner
 from noroshi.api import admin, agent, channels, docs, health, knowledge, openai, playground, simple
 from noroshi.auth import Authenticator, KeyChanges
-from noroshi.channels.gateway import ChannelGateway
-from noroshi.channels.store import ChannelStore
 from noroshi.config import Config, ProviderConfig, data_dir, load_config
 from noroshi.edge.relay import Relay
 from noroshi.edge.signing import MemoryNonces, RedisNonces, Signer, Verifier
@@ -46,6 +44,9 @@ from noroshi.store.keys import KeyStore
 from noroshi.store.sessions import SessionStore
 from noroshi.store.usage import UsageLog
 from noroshi.types import Middleware
+
+if TYPE_CHECKING:
+    from noroshi.channels.gateway import ChannelGateway
 
 __all__ = ["App", "build_provider"]
 
@@ -80,8 +81,11 @@ class App:
                 core.signer = signer
             self.relay = Relay(cores, self.config.server.max_stream_bytes)
         self.models = ProviderRouter(self.config, self.providers, self.metrics)
-        channel_configs = self.config.channels
-        self.channels = ChannelGateway(channel_configs) if channel_configs else None
+        self.channels: ChannelGateway | None = None
+        if self.config.channels:  # imported only when used: it brings httpx, a tenth of a start
+            from noroshi.channels.gateway import ChannelGateway
+
+            self.channels = ChannelGateway(self.config.channels)
         self.router = Router()
         health.install(self.router, self)
         openai.install(self.router, self)
@@ -229,6 +233,8 @@ class App:
             )
             self._closers.extend(closers)
         if self.channels is not None:
+            from noroshi.channels.store import ChannelStore
+
             await self.channels.start(ChannelStore(self.db), self.runner, self.sessions,
                                       self.agents, self.accountant)  # fmt: skip
         self.warm()

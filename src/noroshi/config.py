@@ -528,10 +528,12 @@ def _check_agents(config: Config) -> None:
 
 def _channels(raw: Any) -> list[ChannelConfig]:
     """Each `[[channels]]` table: the gateway's keys, then the rest as its plugin's settings."""
-    from noroshi.channels.plugins import plugin  # plugins import this module
-
     if not isinstance(raw, list):
         raise ConfigError("channels: expected an array of tables ([[channels]])")
+    if not raw:
+        return []
+    from noroshi.channels.plugins import plugin  # here: plugins import this module, and httpx
+
     channels = []
     common = set(ChannelConfig.__struct_fields__) - {"settings"}
     for i, table in enumerate(raw):
