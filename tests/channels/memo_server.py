@@ -6,7 +6,8 @@ platforms' own APIs.
 `MemoServer()` is an async context manager: `.url` for the channel's settings, `.say(text,
 chat=, user=, thread=, id=)` queues a message for polls (and returns it), `await
 .deliver(webhook, message, secret=)` posts one to a webhook, `.fail_next(status,
-retry_after=, times=)` makes the next bot calls fail; `.bot` holds the bot's messages by id
+retry_after=, times=)` makes the next bot calls fail, `.send_delay` holds back the answer to
+a send (the message exists, its id is not back yet); `.bot` holds the bot's messages by id
 (chat, thread, reply_to, text, edits), `.answers(message_id)` those that answer a message.
 """
 
@@ -42,6 +43,7 @@ class MemoServer:
         self.calls: list[str] = []
         self.faults: list[tuple[int, float | None]] = []
         self.confirmed = 0  # the highest offset a poll has confirmed
+        self.send_delay = 0.0  # how long a new message's id takes to come back, once made
         self._ids = itertools.count(1)
         self._new = asyncio.Event()
         self._runner: web.AppRunner | None = None
@@ -134,6 +136,7 @@ class MemoServer:
         body = await request.json()
         id = f"b{next(self._ids)}"
         self.bot[id] = BotMessage(id, body["chat"], body["thread"], body["reply_to"], body["text"])
+        await asyncio.sleep(self.send_delay)
         return web.json_response({"id": id})
 
     async def _edit(self, request: web.Request) -> web.Response:

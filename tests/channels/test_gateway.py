@@ -267,6 +267,28 @@ async def test_polling_keeps_its_offset_across_restarts(
     assert len(upstream.chats()) == 2
 
 
+async def test_a_shutdown_in_the_middle_of_a_send_keeps_its_record(
+    tmp_path: Path, upstream: FakeOpenAI, memo: MemoServer
+) -> None:
+    """Stopped while a platform makes the answer's message: the stop waits for its id, so the
+    restart edits that message instead of sending the answer again."""
+    text = config_text(upstream, memo, more='mode = "polling"')
+    app = App(write_config(tmp_path, text))
+    await app.startup()
+    memo.send_delay = 0.3
+    first = memo.say("echo: mid-send")
+    await memo.wait_for(lambda: bool(memo.answers(first["id"])))  # made; its id not back yet
+    await app.shutdown()
+    memo.send_delay = 0.0
+    app = App(write_config(tmp_path, text))
+    await app.startup()
+    second = memo.say("echo: after")
+    await _answered(memo, second, "after")
+    await app.shutdown()
+    assert [m.text for m in memo.answers(first["id"])] == ["mid-send"]
+    assert len(upstream.chats()) == 2  # the finished run's answer was not asked for again
+
+
 async def test_a_poll_that_repeats_messages_answers_them_once(
     tmp_path: Path, upstream: FakeOpenAI, memo: MemoServer
 ) -> None:

@@ -73,6 +73,7 @@ class ChannelLine:
         self.queued: set[str] = set()  # message ids queued or being answered here
         self.conversations: dict[str, deque[Pending]] = {}
         self.workers: dict[str, asyncio.Task[None]] = {}
+        self.sending: set[asyncio.Task[None]] = set()  # sends that a cancel lets finish
         self.poller: asyncio.Task[None] | None = None
         self.keeper: asyncio.Task[None] | None = None
         self.wake = asyncio.Event()
@@ -134,6 +135,7 @@ class ChannelGateway:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         for line in self.lines.values():
+            await asyncio.gather(*line.sending, return_exceptions=True)
             if line.owned:
                 with contextlib.suppress(Exception):
                     await self.store.release(line.name, self.owner)
@@ -240,7 +242,7 @@ class ChannelGateway:
         message = pending.message
         agent = self.agents[line.config.agent]
         reply = StreamedReply(line.channel, message, pending.handles, line.edit_interval_s,
-                              lambda: self.store.sent(pending))  # fmt: skip
+                              lambda: self.store.sent(pending), line.sending)  # fmt: skip
         words = message.text.split()
         if words and words[0].lower() in NEW_SESSION:
             await self._new_session(line, pending.conversation, agent)

@@ -43,12 +43,14 @@ class StreamedReply:
         handles: list[str],
         interval: float,
         on_sent: Callable[[], Awaitable[None]],
+        sending: set[asyncio.Task[None]],
     ) -> None:
         self.channel = channel
         self.to = to
         self.handles = handles  # kept by the caller: the messages already sent, page by page
         self.interval = interval
         self.on_sent = on_sent
+        self.sending = sending  # sends under way, which a shutdown waits for
         self.text = ""
         self._shown: list[str | None] = [None] * len(handles)  # unknown after a restart
         self._lock = asyncio.Lock()
@@ -93,7 +95,15 @@ class StreamedReply:
                     if self._shown[i] != page:
                         await self.channel.edit(self.to, self.handles[i], page)
                 else:
-                    self.handles.append(await self.channel.send(self.to, page, i))
-                    self._shown.append(None)
-                    await self.on_sent()
+                    send = asyncio.ensure_future(self._send(page, i))
+                    self.sending.add(send)
+                    send.add_done_callback(self.sending.discard)
+                    await asyncio.shield(send)
                 self._shown[i] = page
+
+    async def _send(self, page: str, i: int) -> None:
+        """A new message and the record of its id, as one step that a cancel does not cut:
+        cut between the two, a restart would send the page again."""
+        self.handles.append(await self.channel.send(self.to, page, i))
+        self._shown.append(None)
+        await self.on_sent()
