@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import os
 import platform
@@ -356,6 +357,9 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", help="contender names to run")
     args = parser.parse_args()
     mode = "full" if args.full else "quick"
+    if mode == "full" and importlib.util.find_spec("matplotlib") is None:
+        # found out at the chart, after half an hour of measuring
+        parser.error("the full mode draws a chart: pip install -e '.[bench]' (scripts/bench does)")
     results = run(mode, args.only)
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{mode}.json"
