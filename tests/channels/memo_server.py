@@ -18,11 +18,12 @@ import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any, Self
 
 import aiohttp
 from aiohttp import web
+
+from tests.fakes.loopback import LoopbackServer
 
 
 @dataclass
@@ -36,8 +37,9 @@ class BotMessage:
     sent_at: float = field(default_factory=time.monotonic)
 
 
-class MemoServer:
+class MemoServer(LoopbackServer):
     def __init__(self) -> None:
+        super().__init__()
         self.updates: list[dict[str, Any]] = []
         self.bot: dict[str, BotMessage] = {}
         self.calls: list[str] = []
@@ -46,26 +48,19 @@ class MemoServer:
         self.send_delay = 0.0  # how long a new message's id takes to come back, once made
         self._ids = itertools.count(1)
         self._new = asyncio.Event()
-        self._runner: web.AppRunner | None = None
         self.url = ""
 
-    async def __aenter__(self) -> Self:
-        app = web.Application()
-        app.router.add_get("/updates", self._updates)
-        app.router.add_post("/messages", self._send)
-        app.router.add_patch("/messages/{id}", self._edit)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
-        return self
+    def _routes(self) -> list[web.RouteDef]:
+        return [
+            web.get("/updates", self._updates),
+            web.post("/messages", self._send),
+            web.patch("/messages/{id}", self._edit),
+        ]
 
-    async def __aexit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+    async def start(self) -> Self:
+        await super().start()
+        self.url = self.origin
+        return self
 
     # --- people ------------------------------------------------------------------------------
 
@@ -102,11 +97,11 @@ class MemoServer:
         return "".join(m.text for m in self.answers(message_id))
 
     async def wait_for(self, check: Callable[[], bool], timeout: float = 15.0) -> None:  # noqa: ASYNC109
-        deadline = time.monotonic() + timeout
-        while not check():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out; the bot sent {list(self.bot.values())}")
-            await asyncio.sleep(0.02)
+        """As every fake waits, with what the bot sent in the failure."""
+        try:
+            await super().wait_for(check, timeout)
+        except TimeoutError:
+            raise AssertionError(f"timed out; the bot sent {list(self.bot.values())}") from None
 
     # --- the service -------------------------------------------------------------------------
 
