@@ -66,8 +66,8 @@ class StreamedReply:
 
     async def finish(self, text: str) -> None:
         """Show the whole answer; raises ChannelError when the platform will not take it."""
+        self.stop()
         if self._ticker is not None:
-            self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ticker
         self.text = text
