@@ -11,12 +11,14 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+from yarl import URL
 
 from noroshi.errors import UpstreamConnectError, UpstreamError, UpstreamTimeout
 
 __all__ = ["TRANSPORT_ERRORS", "HTTPTransport", "UpstreamResponse", "UpstreamSocket", "translate"]
 
 MAX_ERROR_BODY = 64 * 1024
+MAX_CACHED_URLS = 1024  # an edge's URLs carry session ids: past this, parse them every time
 
 
 class UpstreamResponse:
@@ -108,6 +110,7 @@ class HTTPTransport:
         )
         self._session: aiohttp.ClientSession | None = None
         self._read_timeouts: dict[float, aiohttp.ClientTimeout] = {}
+        self._urls: dict[str, URL] = {}  # a provider calls a handful of URLs: parse each once
 
     def _read_timeout(self, seconds: float) -> aiohttp.ClientTimeout:
         timeout = aiohttp.ClientTimeout(
@@ -124,6 +127,8 @@ class HTTPTransport:
                 timeout=self._timeout,
                 auto_decompress=True,
                 skip_auto_headers=("User-Agent",),
+                # one session serves every caller: an upstream's cookie must not reach another
+                cookie_jar=aiohttp.DummyCookieJar(),
             )
         return self._session
 
@@ -147,9 +152,14 @@ class HTTPTransport:
         timeout = self._timeout
         if read_timeout is not None:
             timeout = self._read_timeouts.get(read_timeout) or self._read_timeout(read_timeout)
+        parsed = self._urls.get(url)
+        if parsed is None:
+            parsed = URL(url)
+            if len(self._urls) < MAX_CACHED_URLS:
+                self._urls[url] = parsed
         try:
             resp = await self._client().request(
-                method, url, data=body, headers=headers, timeout=timeout
+                method, parsed, data=body, headers=headers, timeout=timeout
             )
         except TRANSPORT_ERRORS as exc:
             raise translate(exc) from exc
