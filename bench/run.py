@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import compileall
 import importlib.util
 import json
 import os
@@ -29,6 +30,7 @@ from typing import Any
 
 from bench.loadgen import Result, concurrent_streams, percentile, request_rate
 from bench.procs import Proc, wait_healthy
+from bench.profile import Sampler, import_times
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -56,6 +58,7 @@ class Spec:
     model: str = "m"
     headers: dict[str, str] = field(default_factory=dict)
     version: str = ""
+    imports: str = ""  # a Python contender's imports at start, for the profile of its cold start
 
     @property
     def base(self) -> str:
@@ -100,14 +103,17 @@ deployments = [{{ provider = "up", model = "m" }}]
     )  # fmt: skip
     key = created.stdout.strip().splitlines()[-1]
     headers = {"authorization": f"Bearer {key}"}
-    return Spec("noroshi", argv, {}, port, headers=headers, version=__version__)
+    # `serve` loads the CLI and Granian, whose worker is forked and imports the app
+    imports = "import noroshi.cli, granian, noroshi.rsgi"
+    return Spec("noroshi", argv, {}, port, headers=headers, version=__version__, imports=imports)
 
 
 def builtin_specs(port: int, upstream: str, workdir: Path) -> list[Spec]:
     import granian as g
 
     bare = Spec("bare-relay", granian("bench.bare_relay:app", port), {"BENCH_UPSTREAM": upstream},
-                port, version=f"granian {g.__version__}")  # fmt: skip
+                port, version=f"granian {g.__version__}",
+                imports="import granian, bench.bare_relay")  # fmt: skip
     return [noroshi_spec(port, upstream, workdir), bare]
 
 
@@ -197,8 +203,14 @@ def measure(spec_for: Any, plan: dict[str, Any], fast: Upstream, slow: Upstream,
             result = asyncio.run(request_rate(url, payload, spec.headers, plan["connections"],
                                               plan["duration"]))  # fmt: skip
             out[name] = summary(result, proc.cpu() - before)
+        if spec.imports and plan["profile_s"]:
+            payload = {"model": spec.model, "messages": MESSAGES, "stream": True}
+            out["profile"] = cpu_profile(proc, url, payload, spec.headers, plan, workdir)
     finally:
         proc.stop()
+    if spec.imports:
+        own = spec.imports.split()[-1].split(".")[0]  # the package the contender itself is
+        out["imports"] = import_times(["-c", spec.imports], own)
     spec = spec_for(free_port(), slow.url)
     proc, _ = start(spec, ROOT)
     try:
@@ -223,6 +235,32 @@ def measure(spec_for: Any, plan: dict[str, Any], fast: Upstream, slow: Upstream,
     return out
 
 
+def cpu_profile(proc: Proc, url: str, payload: dict[str, Any], headers: dict[str, str],
+                plan: dict[str, Any], workdir: Path) -> dict[str, Any] | None:  # fmt: skip
+    """The streaming load again, sampled by py-spy: the CPU that the event loop's thread spends
+    per request, by package and by noroshi's own steps (µs, from samples at a known rate)."""
+    seconds = plan["profile_s"]
+    sampler = Sampler(proc.popen.pid, seconds, workdir / f"profile-{proc.popen.pid}.raw")
+    result = asyncio.run(request_rate(url, payload, headers, plan["connections"], seconds + 1.0,
+                                      warmup=0.5))  # fmt: skip
+    profile = sampler.result()
+    if profile is None or not result.rps:
+        return None
+    us_per_sample = 1e6 / Sampler.RATE
+
+    def per_request(rows: list[tuple[str, float]]) -> list[tuple[str, float]]:
+        # samples spread over `seconds` at the request rate measured meanwhile
+        return [(name, round(share * profile.total * us_per_sample / (result.rps * seconds), 1))
+                for name, share in rows]  # fmt: skip
+
+    return {
+        "samples": profile.total,
+        "loop_us_per_request": per_request([("all", 1.0)])[0][1],
+        "by_package": per_request(profile.by_package(14)),
+        "steps": per_request(profile.inclusive("noroshi.", 14)),
+    }
+
+
 def floor(plan: dict[str, Any], fast: Upstream, slow: Upstream) -> dict[str, Any]:
     """The upstream called directly: the ceiling of req/s and the floor of time to first byte."""
     out: dict[str, Any] = {}
@@ -240,16 +278,27 @@ def floor(plan: dict[str, Any], fast: Upstream, slow: Upstream) -> dict[str, Any
 
 
 QUICK = {"cold_runs": 1, "connections": 16, "duration": 1.0, "streams": [100], "ramp": 0.5,
-         "stream_limit": 60, "token_ms": 20, "tokens": 20, "hop_streams": 20}  # fmt: skip
+         "stream_limit": 60, "token_ms": 20, "tokens": 20, "hop_streams": 20, "hop_light_s": 1.0,
+         "profile_s": 2.0}  # fmt: skip
+# A stream takes 4 s (200 tokens, 20 ms apart); 60 s lets each crowd finish what this machine can
+# finish, and keeps the full mode under 30 minutes.
 FULL = {"cold_runs": 5, "connections": 64, "duration": 8.0, "streams": [1000, 5000, 10000],
-        "ramp": 2.0, "stream_limit": 120, "token_ms": 20, "tokens": 200,
-        "hop_streams": 200}  # fmt: skip
+        "ramp": 2.0, "stream_limit": 60, "token_ms": 20, "tokens": 200,
+        "hop_streams": 200, "hop_light_s": 5.0, "profile_s": 6.0}  # fmt: skip
 
 
-def edge_hop(plan: dict[str, Any], slow: Upstream, workdir: Path) -> dict[str, Any]:
+def edge_hop(plan: dict[str, Any], fast: Upstream, slow: Upstream, workdir: Path) -> dict[str, Any]:
     """What the edge adds to time to first byte: the same streams through one noroshi (role
-    all) and through an edge in front of a core, one after the other, a few at a time."""
-    config = workdir / "hop.toml"
+    all) and through an edge in front of a core. `light`: one stream at a time, which is the
+    hop itself; `loaded`: many at once, where the two extra processes also share the cores."""
+    out: dict[str, Any] = {}
+    for load, upstream in (("light", fast), ("loaded", slow)):
+        out[load] = _hop(plan, load, upstream, workdir)
+    return out
+
+
+def _hop(plan: dict[str, Any], load: str, upstream: Upstream, workdir: Path) -> dict[str, Any]:
+    config = workdir / f"hop-{load}.toml"
     config.write_text(f"""
 [server]
 data_dir = "{workdir / "hop"}"
@@ -259,7 +308,7 @@ master_key = "{BENCH_MASTER}"
 secret = "bench-internal-secret-0123456789"
 [providers.up]
 type = "openai"
-base_url = "{slow.url}/v1"
+base_url = "{upstream.url}/v1"
 [[models]]
 name = "m"
 deployments = [{{ provider = "up", model = "m" }}]
@@ -281,13 +330,20 @@ deployments = [{{ provider = "up", model = "m" }}]
             procs.append(proc)
             wait_healthy(f"http://127.0.0.1:{ports[name]}/health", proc, limit_s=120)
         headers = {"authorization": f"Bearer {BENCH_MASTER}"}
-        payload = {"model": "m", "messages": MESSAGES}
+        payload = {"model": "m", "messages": MESSAGES, "stream": True}
         for name in ("single", "edge"):
             url = f"http://127.0.0.1:{ports[name]}/v1/chat/completions"
-            asyncio.run(concurrent_streams(url, payload, headers, 5, 0.1, plan["stream_limit"]))
-            result = asyncio.run(concurrent_streams(url, payload, headers, plan["hop_streams"],
-                                                    plan["hop_streams"] / 100,
-                                                    plan["stream_limit"]))  # fmt: skip
+            if load == "light":
+                before = [p.cpu() for p in procs]
+                result = asyncio.run(request_rate(url, payload, headers, 1, plan["hop_light_s"]))
+                used = [p.cpu() - b for p, b in zip(procs, before, strict=True)]
+                per_request = [round(cpu / max(result.ok, 1) * 1e6) for cpu in used]
+                out[f"{name}_cpu_us"] = dict(zip(ports, per_request, strict=True))
+            else:
+                asyncio.run(concurrent_streams(url, payload, headers, 5, 0.1, plan["stream_limit"]))
+                result = asyncio.run(concurrent_streams(url, payload, headers, plan["hop_streams"],
+                                                        plan["hop_streams"] / 100,
+                                                        plan["stream_limit"]))  # fmt: skip
             out[name] = summary(result)
     finally:
         for proc in procs:
@@ -313,6 +369,9 @@ def run(mode: str, only: list[str] | None) -> dict[str, Any]:
     except (ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     plan = QUICK if mode == "quick" else FULL
+    # as an installed package is: imports read bytecode, not sources to compile at every start
+    compileall.compile_dir(ROOT / "src", quiet=1)
+    compileall.compile_dir(ROOT / "bench", quiet=1)
     results: dict[str, Any] = {"mode": mode, "plan": plan, "machine": machine(), "contenders": {}}
     fast = Upstream(20, 0)
     slow = Upstream(plan["tokens"], plan["token_ms"])
@@ -322,7 +381,7 @@ def run(mode: str, only: list[str] | None) -> dict[str, Any]:
             results["floor"] = floor(plan, fast, slow)
             if not only or "edge-hop" in only:
                 print("bench: edge hop", file=sys.stderr, flush=True)
-                results["edge_hop"] = edge_hop(plan, slow, workdir)
+                results["edge_hop"] = edge_hop(plan, fast, slow, workdir)
             names = ["noroshi", "bare-relay"]
             if mode == "full":
                 from bench import contenders

@@ -24,7 +24,43 @@ def test_quick_bench_runs() -> None:
         assert measured["stream20"]["cpu_us_per_request"] > 0
         assert measured["cold_start_s"] > 0
         assert measured["streams100"]["peak_rss_mb"] > 0
+        # py-spy sampled its loop under load, and its imports were timed
+        profile = measured["profile"]
+        assert profile["samples"] > 0 and profile["loop_us_per_request"] > 0
+        packages = dict(profile["by_package"])
+        assert packages["aiohttp"] > 0 and packages["granian"] > 0
+        assert dict(measured["imports"])["aiohttp"] > 0
+    ours = report["contenders"]["noroshi"]
+    steps = dict(ours["profile"]["steps"])
+    assert steps["noroshi.app.App.dispatch"] > 0
+    assert "noroshi.cli.serve" not in steps  # the frames that start the server hold everything
+    assert "noroshi (own modules)" in dict(ours["imports"])
     assert report["floor"]["stream20"]["ok"] > 0
-    hop = report["edge_hop"]
-    assert hop["edge"]["success_rate"] == 1.0 and hop["single"]["success_rate"] == 1.0
-    assert isinstance(hop["added_ttfb_p50_ms"], float)
+    for load in ("light", "loaded"):
+        hop = report["edge_hop"][load]
+        assert hop["edge"]["success_rate"] == 1.0 and hop["single"]["success_rate"] == 1.0
+        assert isinstance(hop["added_ttfb_p50_ms"], float)
+    light = report["edge_hop"]["light"]
+    assert light["edge"]["ok"] > 1  # one stream after another, for a while
+    assert light["edge_cpu_us"]["edge"] > 0 and light["edge_cpu_us"]["core"] > 0
+    assert light["single_cpu_us"]["single"] > 0
+
+
+def test_report_explains_from_the_quick_results(tmp_path: Path) -> None:
+    """The report's profile sections come from the measurements (the quick run's, here)."""
+    from bench.report import write_report
+
+    path = ROOT / "bench" / "results" / "quick.json"
+    if not path.exists():
+        test_quick_bench_runs()
+    results = json.loads(path.read_text())
+    write_report(results, tmp_path, chart=False)
+    text = (tmp_path / "benchmarks.md").read_text()
+    ours = results["contenders"]["noroshi"]
+    loop_us = ours["profile"]["loop_us_per_request"]
+    assert f"| **the loop's thread** | {loop_us:,.1f} |" in text
+    assert "| `app.App.dispatch` |" in text
+    assert "| noroshi (own modules) |" in text
+    light = results["edge_hop"]["light"]
+    assert f"+{light['added_ttfb_p50_ms']:.2f} ms p50" in text
+    assert "| the edge hop adds < 1 ms to TTFB p50 (one stream at a time) |" in text
