@@ -16,8 +16,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-import redis.asyncio as aioredis
-
 from noroshi.broadcast import Channel
 from noroshi.config import AuthConfig
 from noroshi.edge.signing import Verifier
@@ -59,7 +57,10 @@ class KeyChanges:
     """Redis pub/sub of changed key ids: every replica drops them from its cache at once."""
 
     def __init__(self, url: str, prefix: str, on_change: Callable[[str | None], None]) -> None:
+        import redis.asyncio as aioredis  # only when Redis is configured
+
         self.client = aioredis.from_url(url, socket_timeout=None, socket_connect_timeout=2)
+        self.failed = (aioredis.RedisError, OSError)
         # on (re)subscribing, anything may have changed while away: forget every key
         self.channel = Channel(self.client, f"{prefix}keys", on_change, lambda: on_change(None))
 
@@ -74,7 +75,7 @@ class KeyChanges:
     async def publish(self, key_id: str) -> None:
         try:
             await self.channel.publish(key_id)
-        except (aioredis.RedisError, OSError) as exc:
+        except self.failed as exc:
             log.warning("could not announce a key change over Redis: %s", exc)
 
     async def close(self) -> None:

@@ -7,8 +7,10 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import redis.asyncio as aioredis
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
 
 __all__ = ["Channel"]
 
@@ -40,6 +42,8 @@ class Channel:
         return int(await self.client.publish(self.name, message))
 
     async def _listen(self) -> None:
+        from redis.exceptions import RedisError  # loaded already: there is a client
+
         while True:
             try:
                 async with self.client.pubsub() as pubsub:
@@ -50,7 +54,7 @@ class Channel:
                     async for message in pubsub.listen():
                         if message.get("type") == "message":
                             self.on_message(message["data"].decode())
-            except (aioredis.RedisError, OSError) as exc:
+            except (RedisError, OSError) as exc:
                 if self.live:
                     log.warning("lost the Redis channel %s (%s); subscribing again", self.name, exc)
             self.live = False

@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import msgspec
-import redis.asyncio as aioredis
 
 from noroshi.broadcast import Channel
 from noroshi.store.database import Database
@@ -100,6 +99,8 @@ class RedisEvents(EventStore):
     """A Redis stream per run, entry ids `<seq>-0`, so a join asks for what follows an id."""
 
     def __init__(self, url: str, prefix: str) -> None:
+        import redis.asyncio as aioredis  # only when Redis is configured
+
         self.prefix = prefix
         self.client = aioredis.from_url(url, socket_timeout=None, socket_connect_timeout=2)
         self.cancels = Channel(self.client, f"{prefix}run-cancels", lambda _: None)

@@ -36,9 +36,6 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import msgspec
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
 from noroshi.errors import Unauthorized, Unavailable
 
@@ -195,6 +192,10 @@ class RedisNonces(NonceStore):
     """
 
     def __init__(self, url: str, prefix: str = "noroshi:", timeout_s: float = 0.5) -> None:
+        import redis.asyncio as aioredis  # only when Redis is configured
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
         self.prefix = prefix
         self.client = aioredis.Redis.from_url(
             url,
@@ -202,12 +203,13 @@ class RedisNonces(NonceStore):
             socket_connect_timeout=timeout_s,
             retry=Retry(NoBackoff(), 0),
         )
+        self.failed = (aioredis.RedisError, OSError)
 
     async def seen(self, nonce: str, ttl_s: float) -> bool:
         key = f"{self.prefix}nonce:{nonce}"
         try:
             added = await self.client.set(key, b"1", nx=True, px=max(1, math.ceil(ttl_s * 1000)))
-        except (aioredis.RedisError, OSError) as exc:
+        except self.failed as exc:
             raise Unavailable("Cannot check the request for replays.") from exc
         return not added
 

@@ -19,10 +19,6 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-
 from noroshi.limits.base import (
     CONCURRENCY_RETRY_S,
     LEASE_TTL_S,
@@ -251,6 +247,11 @@ class RedisLimiter(Limiter):
         self.prefix = prefix
         self.lease_ttl_s = lease_ttl_s
         self.window_s = window_s
+        # imported only when Redis is configured: the client costs a tenth of a second at start
+        import redis.asyncio as aioredis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
         pool = aioredis.BlockingConnectionPool.from_url(
             url,
             max_connections=max_connections,

@@ -13,8 +13,6 @@ import time
 from collections.abc import Sequence
 from typing import TypeVar
 
-import redis.exceptions
-
 from noroshi.limits.base import LEASE_TTL_S, Decision, Limiter, Rule
 from noroshi.limits.local import MAX_SCOPES, LocalLimiter
 from noroshi.limits.redis import RedisLimiter
@@ -25,15 +23,19 @@ log = logging.getLogger("noroshi.limits")
 
 T = TypeVar("T")
 
-# Unreachable, or unable to write (a replica promoted late, memory full): either way, no shared
-# limits for now. Other errors are bugs, and are raised.
-UNREACHABLE = (
-    redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError,
-    redis.exceptions.ReadOnlyError,
-    redis.exceptions.OutOfMemoryError,
-    OSError,
-)
+
+def _unreachable() -> tuple[type[Exception], ...]:
+    """Unreachable, or unable to write (a replica promoted late, memory full): either way, no
+    shared limits for now. Other errors are bugs, and are raised."""
+    import redis.exceptions  # only when Redis is configured
+
+    return (
+        redis.exceptions.ConnectionError,
+        redis.exceptions.TimeoutError,
+        redis.exceptions.ReadOnlyError,
+        redis.exceptions.OutOfMemoryError,
+        OSError,
+    )
 
 
 class SharedLimiter(Limiter):
@@ -50,6 +52,7 @@ class SharedLimiter(Limiter):
         timeout_s: float = 0.5,
     ) -> None:
         self.redis = RedisLimiter(url, prefix, lease_ttl_s, timeout_s)
+        self.unreachable = _unreachable()
         self.local = LocalLimiter(local_share, lease_ttl_s=lease_ttl_s)
         self.local_share = local_share
         self.retry_s = retry_s
@@ -68,7 +71,7 @@ class SharedLimiter(Limiter):
         if await self._reachable():
             try:
                 return await self.redis.admit(rules, lease, tokens)
-            except UNREACHABLE as exc:
+            except self.unreachable as exc:
                 self._lost(exc)
         decision = await self.local.admit(rules, lease, tokens)
         if decision.allowed:
@@ -82,7 +85,7 @@ class SharedLimiter(Limiter):
         if await self._reachable():
             try:
                 await self.redis.settle(rules, lease, tokens)
-            except UNREACHABLE as exc:
+            except self.unreachable as exc:
                 self._lost(exc)  # the lease runs out in Redis after lease_ttl_s
 
     async def add_spend(
@@ -93,7 +96,7 @@ class SharedLimiter(Limiter):
             try:
                 await self.redis.add_spend(subject, periods, tokens, cost)
                 return
-            except UNREACHABLE as exc:
+            except self.unreachable as exc:
                 self._lost(exc)
         for period in periods:
             old_tokens, old_cost = self._unsent.get((subject, period), (0, 0.0))
@@ -103,7 +106,7 @@ class SharedLimiter(Limiter):
         if await self._reachable():
             try:
                 spent = await self.redis.spend(subject, periods)
-            except UNREACHABLE as exc:
+            except self.unreachable as exc:
                 self._lost(exc)
             else:
                 for period, (tokens, cost) in zip(periods, spent, strict=True):
@@ -117,7 +120,7 @@ class SharedLimiter(Limiter):
             try:
                 await self.redis.seed_spend(subject, period, tokens, cost)
                 return
-            except UNREACHABLE as exc:
+            except self.unreachable as exc:
                 self._lost(exc)
         self._keep(self._seeds, (subject, period), (tokens, cost))
 
@@ -125,7 +128,7 @@ class SharedLimiter(Limiter):
         if await self._reachable():
             try:
                 return await self.redis.hit(scope, window_s)
-            except UNREACHABLE as exc:
+            except self.unreachable as exc:
                 self._lost(exc)
         return await self.local.hit(scope, window_s)
 
@@ -146,7 +149,7 @@ class SharedLimiter(Limiter):
         self._retry_at = now + self.retry_s
         try:
             await self._hand_over()
-        except UNREACHABLE as exc:
+        except self.unreachable as exc:
             self._lost(exc)
             return False
         self._retry_at = None

@@ -16,10 +16,12 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import aiosqlite
-import asyncpg
+
+if TYPE_CHECKING:
+    import asyncpg  # loaded by `PostgresDatabase.connect` only: SQLite needs none of it
 
 __all__ = [
     "DATABASE_FILE",
@@ -329,6 +331,8 @@ class PostgresDatabase(Database):
 
     @classmethod
     async def connect(cls, url: str) -> PostgresDatabase:
+        import asyncpg
+
         return cls(await asyncpg.create_pool(url, min_size=1, max_size=10))
 
     async def execute(self, sql: str, args: Sequence[Any] = ()) -> None:
@@ -349,6 +353,8 @@ class PostgresDatabase(Database):
     def refuses(self, exc: BaseException) -> bool:
         # DataError: a value out of range, text with NUL or surrogates (asyncpg raises it for
         # arguments it cannot encode, too); integrity: NULL in a NOT NULL column, and the like
+        import asyncpg  # loaded already: this database is on it
+
         return isinstance(exc, asyncpg.DataError | asyncpg.IntegrityConstraintViolationError)
 
     @asynccontextmanager
