@@ -13,8 +13,11 @@ from noroshi.limits import RedisLimiter, Rule
 
 @pytest.fixture
 async def replicas(redis_url: str, redis_prefix: str) -> AsyncIterator[list[RedisLimiter]]:
-    """Three limiters on one Redis, each with its own client, as three replicas would be."""
-    limiters = [RedisLimiter(redis_url, redis_prefix) for _ in range(3)]
+    """Three limiters on one Redis, each with its own client, as three replicas would be.
+    What they count is under test, not how fast they connect: a burst of 600 opens every
+    pooled connection at once, which on a busy machine can take longer than the 0.5 s that a
+    server allows before it falls back to local limits."""
+    limiters = [RedisLimiter(redis_url, redis_prefix, timeout_s=5.0) for _ in range(3)]
     yield limiters
     for limiter in limiters:
         await limiter.close()
