@@ -179,6 +179,13 @@ def _why(contenders: dict[str, dict[str, Any]], floor: dict[str, Any],
         lines.append(f"- 1,000 streams: the bare relay alone adds +{b_ttfb - f_ttfb:,.1f} ms to "
                      "the p99 time to first byte, with the load generator, the upstream and "
                      "the relay on the same two cores.")  # fmt: skip
+    crowds = [(n, _get(floor, f"streams{n}", "success_rate")) for n in plan["streams"]]
+    if any(rate is not None and rate < 1 for _, rate in crowds):
+        done = ", ".join(f"{rate:.0%} of {n:,}" for n, rate in crowds if rate is not None)
+        lines.append(f"- Crowds: called directly, the upstream itself completes {done} streams "
+                     f"within {plan['stream_limit']} s; where it falls short, those columns "
+                     "measure the machine more than the gateways (peak RSS still "
+                     "holds).")  # fmt: skip
     b_cold, h_cold = _get(bare, "cold_start_s"), _get(hono, "cold_start_s")
     if b_cold and h_cold:
         lines.append(f"- Cold start: the bare relay (Python, Granian, aiohttp and nothing else) "
