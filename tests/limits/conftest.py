@@ -31,7 +31,9 @@ async def make(backend: tuple[str, str] | None) -> AsyncIterator[Make]:
             limiter: Limiter = LocalLimiter(**options)
         else:
             url, prefix = backend
-            limiter = RedisLimiter(url, prefix, **options)
+            # bursts here open every pooled connection at once; on a busy machine a connect
+            # can outlast the server's fail-fast 0.5 s, which is tested on its own
+            limiter = RedisLimiter(url, prefix, **{"timeout_s": 5.0, **options})
         made.append(limiter)
         return limiter
 
