@@ -14,10 +14,10 @@ from aiohttp import web
 
 from noroshi.channels.base import ChannelError, Inbound
 from noroshi.channels.discord import DiscordChannel, DiscordSettings
-from noroshi.channels.outbound import Outbound
 from noroshi.errors import BadRequest, Unauthorized
 from noroshi.http import Request
 from tests.channels.fakes.discord import FakeDiscord
+from tests.channels.helpers import fast_outbound, webhook
 
 APP = "1100000000000000001"
 
@@ -34,16 +34,13 @@ async def channel(discord: FakeDiscord) -> AsyncIterator[DiscordChannel]:
         application_id=APP, public_key=discord.public_key_hex, api_base=discord.api_base
     )
     plugin = DiscordChannel("discord", settings, None)
-    plugin.http = Outbound(plugin.retry_hint, retries=3, backoff_base_s=0.01, max_retry_after_s=0.2)
+    plugin.http = fast_outbound(plugin)
     yield plugin
     await plugin.http.close()
 
 
 def as_request(headers: dict[str, str], body: bytes) -> Request:
-    async def read() -> bytes:
-        return body
-
-    return Request("POST", "/channels/discord", "", headers, read)
+    return webhook("/channels/discord", headers, body)
 
 
 async def receive(
@@ -162,14 +159,9 @@ async def test_deliver_posts_over_http_like_discord(
     """The fake's `deliver`, which end-to-end tests use, against a bare endpoint."""
 
     async def endpoint(request: web.Request) -> web.Response:
-        body = await request.read()
-
-        async def read() -> bytes:
-            return body
-
-        headers = {name.lower(): value for name, value in request.headers.items()}
+        call = webhook(request.path, request.headers, await request.read())
         try:
-            received = await channel.receive(Request("POST", request.path, "", headers, read))
+            received = await channel.receive(call)
         except Unauthorized as exc:
             return web.Response(body=exc.body(), status=exc.status, content_type="application/json")
         answer = received.response

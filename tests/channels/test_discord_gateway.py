@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.channels.fakes.discord import FakeDiscord
+from tests.channels.helpers import FAST_CHANNEL_KEYS
 from tests.conftest import Serve, openai_config, write_config
 from tests.fakes.upstream import FakeOpenAI, Reply
 
@@ -22,10 +23,7 @@ allow_users = ["{user}"]
 application_id = "{app}"
 public_key = "{key}"
 api_base = "{api_base}"
-backoff_base_s = 0.01
-max_retry_after_s = 0.2
-edit_interval_s = 0.05
-"""
+{fast}"""
 
 
 @pytest.fixture
@@ -37,7 +35,8 @@ async def discord() -> AsyncIterator[FakeDiscord]:
 @pytest.fixture
 async def hook(serve: Serve, tmp_path: Path, upstream: FakeOpenAI, discord: FakeDiscord) -> str:
     channel = CHANNEL.format(user=discord.user_id, app=discord.application_id,
-                             key=discord.public_key_hex, api_base=discord.api_base)  # fmt: skip
+                             key=discord.public_key_hex, api_base=discord.api_base,
+                             fast=FAST_CHANNEL_KEYS)  # fmt: skip
     base = await serve(write_config(tmp_path, openai_config(upstream.base_url, extra=channel)))
     return f"{base}/channels/discord"
 

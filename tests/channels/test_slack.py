@@ -19,6 +19,7 @@ from noroshi.channels.slack import SlackChannel, SlackSettings
 from noroshi.errors import BadRequest, NoroshiError, Unauthorized
 from noroshi.http import Request
 from tests.channels.fakes.slack import FakeSlack, Post, Signature, Status, Update
+from tests.channels.helpers import fast_outbound, webhook
 
 
 @pytest.fixture
@@ -33,17 +34,13 @@ async def channel(slack: FakeSlack) -> AsyncIterator[SlackChannel]:
         bot_token=slack.bot_token, signing_secret=slack.signing_secret, api_base=slack.api_base
     )
     plugin = SlackChannel("slack", settings, None)
-    plugin.http = Outbound(plugin.retry_hint, retries=3, backoff_base_s=0.01, max_retry_after_s=0.2)
+    plugin.http = fast_outbound(plugin)
     yield plugin
     await plugin.http.close()
 
 
 def request(headers: dict[str, str], raw: bytes) -> Request:
-    async def read() -> bytes:
-        return raw
-
-    lower = {name.lower(): value for name, value in headers.items()}
-    return Request("POST", "/channels/slack", "", lower, read)
+    return webhook("/channels/slack", headers, raw)
 
 
 async def receive(

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from tests.channels.fakes.slack import FakeSlack
+from tests.channels.helpers import FAST_CHANNEL_KEYS
 from tests.conftest import Serve, openai_config, write_config
 from tests.fakes.upstream import FakeOpenAI, Reply
 
@@ -25,10 +26,7 @@ allow_chats = ["C123"]
 bot_token = "{token}"
 signing_secret = "{secret}"
 api_base = "{api_base}"
-backoff_base_s = 0.01
-max_retry_after_s = 0.2
-edit_interval_s = 0.05
-"""
+{fast}"""
 
 
 @pytest.fixture
@@ -40,7 +38,7 @@ async def slack() -> AsyncIterator[FakeSlack]:
 @pytest.fixture
 async def hook(serve: Serve, tmp_path: Path, upstream: FakeOpenAI, slack: FakeSlack) -> str:
     channel = CHANNEL.format(token=slack.bot_token, secret=slack.signing_secret,
-                             api_base=slack.api_base)  # fmt: skip
+                             api_base=slack.api_base, fast=FAST_CHANNEL_KEYS)  # fmt: skip
     base = await serve(write_config(tmp_path, openai_config(upstream.base_url, extra=channel)))
     return f"{base}/channels/slack"
 

@@ -15,11 +15,11 @@ import pytest
 from aiohttp import web
 
 from noroshi.channels.base import ChannelError, Inbound
-from noroshi.channels.outbound import Outbound
 from noroshi.channels.telegram import TelegramChannel, TelegramError, TelegramSettings
 from noroshi.errors import NoroshiError, Unauthorized
 from noroshi.http import Request
 from tests.channels.fakes.telegram import FakeTelegram
+from tests.channels.helpers import fast_outbound, webhook
 
 TOKEN = "123456:TEST-token_abcdef"
 SECRET = "s3cret_Token-42"
@@ -42,9 +42,7 @@ async def make(tg: FakeTelegram) -> AsyncIterator[Make]:
     def factory(**keys: Any) -> TelegramChannel:
         values = {"token": TOKEN, "api_base": tg.api_base, "secret_token": SECRET, **keys}
         channel = TelegramChannel("tg", msgspec.convert(values, TelegramSettings), None)
-        channel.http = Outbound(
-            channel.retry_hint, retries=3, backoff_base_s=0.01, max_retry_after_s=0.2
-        )
+        channel.http = fast_outbound(channel)
         made.append(channel)
         return channel
 
@@ -58,11 +56,7 @@ def webhook_call(update: dict[str, Any], secret: str | None = SECRET) -> Request
     headers = {"content-type": "application/json"}
     if secret is not None:
         headers[HEADER] = secret
-
-    async def read() -> bytes:
-        return body
-
-    return Request("POST", "/channels/tg", "", headers, read)
+    return webhook("/channels/tg", headers, body)
 
 
 async def parse(channel: TelegramChannel, update: dict[str, Any]) -> list[Inbound]:
@@ -119,14 +113,9 @@ async def serve(channel: TelegramChannel, got: list[Inbound]) -> AsyncIterator[s
     """The channel's webhook on a loopback server, as the gateway would mount it."""
 
     async def handle(request: web.Request) -> web.Response:
-        body = await request.read()
-
-        async def read() -> bytes:
-            return body
-
-        headers = {k.lower(): v for k, v in request.headers.items()}
+        call = webhook(request.path, request.headers, await request.read())
         try:
-            received = await channel.receive(Request("POST", request.path, "", headers, read))
+            received = await channel.receive(call)
         except NoroshiError as exc:
             return web.Response(status=exc.status, body=exc.body())
         got.extend(received.messages)

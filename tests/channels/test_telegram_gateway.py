@@ -12,6 +12,7 @@ import pytest
 
 from noroshi.app import App
 from tests.channels.fakes.telegram import FakeTelegram, Sent
+from tests.channels.helpers import FAST_CHANNEL_KEYS
 from tests.conftest import Serve, openai_config, write_config
 from tests.fakes.upstream import FakeOpenAI, Reply
 from tests.processes import kill_tree, start_server, stop
@@ -26,10 +27,7 @@ api_base = "{api_base}"
 mode = "{mode}"
 secret_token = "{secret}"
 poll_timeout_s = 1
-backoff_base_s = 0.01
-max_retry_after_s = 0.2
-edit_interval_s = 0.05
-lease_s = 1
+{fast}lease_s = 1
 """
 
 
@@ -41,7 +39,7 @@ async def telegram() -> AsyncIterator[FakeTelegram]:
 
 def config_text(upstream: FakeOpenAI, telegram: FakeTelegram, mode: str = "webhook") -> str:
     channel = CHANNEL.format(token=telegram.token, api_base=telegram.api_base, mode=mode,
-                             secret=SECRET)  # fmt: skip
+                             secret=SECRET, fast=FAST_CHANNEL_KEYS)  # fmt: skip
     return openai_config(upstream.base_url, extra=channel)
 
 
