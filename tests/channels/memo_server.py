@@ -96,6 +96,10 @@ class MemoServer(LoopbackServer):
     def answer_text(self, message_id: str) -> str:
         return "".join(m.text for m in self.answers(message_id))
 
+    async def answered(self, message: dict[str, Any], text: str) -> None:
+        """Until the bot's answer to `message` reads `text`."""
+        await self.wait_for(lambda: self.answer_text(message["id"]) == text)
+
     async def wait_for(self, check: Callable[[], bool], timeout: float = 15.0) -> None:  # noqa: ASYNC109
         """As every fake waits, with what the bot sent in the failure."""
         try:

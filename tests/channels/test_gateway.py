@@ -75,7 +75,7 @@ async def test_an_answer_streams_into_the_chat_by_edits(
     hook = await webhook_of(serve, tmp_path, config_text(upstream, memo))
     message = memo.message("How is the weather?", chat="c1")
     assert (await memo.deliver(hook, message))[0] == 204
-    await memo.wait_for(lambda: memo.answer_text(message["id"]) == answer)
+    await memo.answered(message, answer)
     [reply] = memo.answers(message["id"])
     assert (reply.chat, reply.reply_to) == ("c1", message["id"])
     partial = [t for t in reply.edits if t.endswith("…")]
@@ -96,7 +96,7 @@ async def test_a_wrong_secret_is_refused_and_nothing_is_answered(
     assert "x-memo-secret" in body
     real = memo.message("echo: real")
     assert (await memo.deliver(hook, real))[0] == 204
-    await memo.wait_for(lambda: memo.answer_text(real["id"]) == "real")
+    await memo.answered(real, "real")
     assert memo.answers(forged["id"]) == []
     assert len(upstream.chats()) == 1
 
@@ -110,7 +110,7 @@ async def test_the_webhook_needs_no_api_key_when_keys_are_on(
     hook = await webhook_of(serve, tmp_path, text)
     message = memo.message("echo: keys are on")
     assert (await memo.deliver(hook, message))[0] == 204
-    await memo.wait_for(lambda: memo.answer_text(message["id"]) == "keys are on")
+    await memo.answered(message, "keys are on")
     assert (await memo.deliver(hook, memo.message("echo: forged"), secret="x"))[0] == 401
 
 
@@ -122,11 +122,11 @@ async def test_a_redelivered_message_is_answered_once(
     first = memo.message("echo: once")
     statuses = await asyncio.gather(*(memo.deliver(hook, first) for _ in range(3)))
     assert [s for s, _ in statuses] == [204, 204, 204]  # each delivery is acknowledged
-    await memo.wait_for(lambda: memo.answer_text(first["id"]) == "once")
+    await memo.answered(first, "once")
     assert (await memo.deliver(hook, first))[0] == 204  # again, after the answer
     later = memo.message("echo: later")
     await memo.deliver(hook, later)
-    await memo.wait_for(lambda: memo.answer_text(later["id"]) == "later")
+    await memo.answered(later, "later")
     assert len(memo.answers(first["id"])) == 1
     assert len(upstream.chats()) == 2
 
@@ -142,8 +142,8 @@ async def test_only_allowed_people_and_chats_are_answered(
     friend = memo.message("echo: hi", user="bob", chat="c2")
     for message in (stranger, colleague, friend):
         assert (await memo.deliver(hook, message))[0] == 204
-    await memo.wait_for(lambda: memo.answer_text(friend["id"]) == "hi")
-    await memo.wait_for(lambda: memo.answer_text(colleague["id"]) == "team chat")
+    await memo.answered(friend, "hi")
+    await memo.answered(colleague, "team chat")
     assert memo.answers(stranger["id"]) == []
     assert len(upstream.chats()) == 2
 
@@ -159,7 +159,7 @@ async def test_a_conversation_keeps_its_session_and_queues_its_messages(
     one, two = memo.message("one"), memo.message("two")
     await memo.deliver(hook, one)
     await memo.deliver(hook, two)  # while the first is being answered
-    await memo.wait_for(lambda: memo.answer_text(two["id"]) == "second answer")
+    await memo.answered(two, "second answer")
     assert memo.answer_text(one["id"]) == "first answer"
     # the second run began after the first had ended, in the same session
     assert said(upstream.chats()[1])[1:] == [
@@ -169,8 +169,8 @@ async def test_a_conversation_keeps_its_session_and_queues_its_messages(
     in_thread = memo.message("echo: in a thread", chat="c1", thread="t1")
     for message in (other_chat, in_thread):
         await memo.deliver(hook, message)
-    await memo.wait_for(lambda: memo.answer_text(in_thread["id"]) == "in a thread")
-    await memo.wait_for(lambda: memo.answer_text(other_chat["id"]) == "elsewhere")
+    await memo.answered(in_thread, "in a thread")
+    await memo.answered(other_chat, "elsewhere")
     for messages in upstream.chats()[2:]:  # sessions of their own
         assert len(messages) == 2
     assert memo.answers(in_thread["id"])[0].thread == "t1"
@@ -186,7 +186,7 @@ async def test_new_starts_a_fresh_session(
                          ("echo: who am I", "who am I")):  # fmt: skip
         message = memo.message(text)
         await memo.deliver(hook, message)
-        await memo.wait_for(lambda m=message, a=answer: memo.answer_text(m["id"]) == a)
+        await memo.answered(message, answer)
     first, last = upstream.chats()
     assert ("user", "echo: remember me") in said(first)
     assert said(last) == [("system", "You help on chat."), ("user", "echo: who am I")]
@@ -216,7 +216,7 @@ async def test_a_busy_platform_is_tried_again(
     memo.fail_next(503)
     message = memo.message("echo: got through")
     await memo.deliver(hook, message)
-    await memo.wait_for(lambda: memo.answer_text(message["id"]) == "got through")
+    await memo.answered(message, "got through")
     assert memo.calls.count("send") == 3  # 429, 503, then the answer
     assert len(memo.answers(message["id"])) == 1
 
@@ -228,7 +228,7 @@ async def test_a_channel_run_is_billed_to_the_channel(
     hook = await webhook_of(serve, tmp_path, config_text(upstream, memo))
     message = memo.message("echo: billed")
     await memo.deliver(hook, message)
-    await memo.wait_for(lambda: memo.answer_text(message["id"]) == "billed")
+    await memo.answered(message, "billed")
     async with AsyncClient(hook.removesuffix("/channels/memo")) as client:
         for _ in range(100):
             listed = (await client.admin.usage()).data
@@ -245,7 +245,7 @@ async def test_a_channel_run_is_billed_to_the_channel(
 
 
 async def _answered(memo: MemoServer, message: dict[str, Any], text: str) -> None:
-    await memo.wait_for(lambda: memo.answer_text(message["id"]) == text)
+    await memo.answered(message, text)
 
 
 async def test_polling_keeps_its_offset_across_restarts(
@@ -255,12 +255,12 @@ async def test_polling_keeps_its_offset_across_restarts(
     app = App(write_config(tmp_path, text))
     await app.startup()
     first = memo.say("echo: before")
-    await _answered(memo, first, "before")
+    await memo.answered(first, "before")
     await app.shutdown()
     second = memo.say("echo: while away")
     app = App(write_config(tmp_path, text))
     await app.startup()
-    await _answered(memo, second, "while away")
+    await memo.answered(second, "while away")
     await memo.wait_for(lambda: memo.confirmed == 2)
     await app.shutdown()
     assert len(memo.answers(first["id"])) == 1
@@ -283,7 +283,7 @@ async def test_a_shutdown_in_the_middle_of_a_send_keeps_its_record(
     app = App(write_config(tmp_path, text))
     await app.startup()
     second = memo.say("echo: after")
-    await _answered(memo, second, "after")
+    await memo.answered(second, "after")
     await app.shutdown()
     assert [m.text for m in memo.answers(first["id"])] == ["mid-send"]
     assert len(upstream.chats()) == 2  # the finished run's answer was not asked for again
@@ -298,14 +298,14 @@ async def test_a_poll_that_repeats_messages_answers_them_once(
     app = App(write_config(tmp_path, text))
     await app.startup()
     first = memo.say("echo: one")
-    await _answered(memo, first, "one")
+    await memo.answered(first, "one")
     await app.shutdown()
     with sqlite3.connect(tmp_path / "data" / "noroshi.sqlite3") as db:
         db.execute("UPDATE channel_state SET poll_offset = ''")  # as if it was never saved
     app = App(write_config(tmp_path, text))
     await app.startup()
     second = memo.say("echo: two")
-    await _answered(memo, second, "two")
+    await memo.answered(second, "two")
     await app.shutdown()
     assert len(memo.answers(first["id"])) == 1
     assert len(upstream.chats()) == 2
@@ -330,8 +330,8 @@ async def test_killed_mid_answer_the_answer_is_finished_in_place(
     meanwhile = memo.say("echo: and then?")
     proc, _ = await start_server(tmp_path, text, env)
     try:
-        await _answered(memo, cut, "the story, told again")
-        await _answered(memo, meanwhile, "and then?")
+        await memo.answered(cut, "the story, told again")
+        await memo.answered(meanwhile, "and then?")
     finally:
         proc.terminate()
         await stop(proc)
@@ -356,7 +356,7 @@ async def test_a_channel_lost_to_another_replica_stops_answering_here(
     await memo.wait_for(lambda: not line.owned and not app.runner.by_session)
     upstream.script(Reply(text="finished by the next holder"))
     await app.db.execute("UPDATE channel_state SET lease_until = 0")  # that replica is gone
-    await _answered(memo, cut, "finished by the next holder")
+    await memo.answered(cut, "finished by the next holder")
     await app.shutdown()
     assert len(memo.answers(cut["id"])) == 1
 
@@ -375,7 +375,7 @@ async def test_replicas_share_the_inbox_and_one_answers(
         for hook in (hooks[i % 2], hooks[1 - i % 2]):
             assert (await memo.deliver(hook, message))[0] == 204
     for i, message in enumerate(messages):
-        await memo.wait_for(lambda m=message, i=i: memo.answer_text(m["id"]) == f"number {i}")
+        await memo.answered(message, f"number {i}")
     assert [len(memo.answers(m["id"])) for m in messages] == [1, 1, 1, 1]
     assert len(upstream.chats()) == 4
 
@@ -389,12 +389,12 @@ async def test_another_replica_takes_the_channel_over(
     for app in apps:
         await app.startup()
     first = memo.say("echo: first")
-    await _answered(memo, first, "first")
+    await memo.answered(first, "first")
     [holder] = [a for a in apps if a.channels is not None and a.channels.lines["memo"].owned]
     await holder.shutdown()  # hands the lease over
     [other] = [a for a in apps if a is not holder]
     second = memo.say("echo: second")
-    await _answered(memo, second, "second")
+    await memo.answered(second, "second")
     await other.shutdown()
     assert len(memo.answers(first["id"])) == 1
     assert len(upstream.chats()) == 2
