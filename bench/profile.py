@@ -60,8 +60,7 @@ class Profile:
         """Self time by package (noroshi's split by module): who burns the CPU."""
         counts: Counter[str] = Counter()
         for stack, count in self.stacks.items():
-            counts[stack[-1][1].split(".", 2)[0] if not stack[-1][1].startswith("noroshi.")
-                   else stack[-1][1]] += count  # fmt: skip
+            counts[stack[-1][1]] += count  # `_where` names noroshi's modules, others' packages
         return self._share(counts, n)
 
     def inclusive(self, prefix: str = "noroshi.", n: int = 12) -> list[tuple[str, float]]:
