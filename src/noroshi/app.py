@@ -70,7 +70,8 @@ class App:
     def __init__(self, config: Config | None = None, middleware: Sequence[Middleware] = ()) -> None:
         self.config = config if config is not None else load_config()
         self.started = time.monotonic()
-        self.metrics = Metrics()
+        self.streams: dict[StreamResponse, asyncio.Task[Any] | None] = {}
+        self.metrics = Metrics(active_streams=lambda: len(self.streams))
         self.role = self.config.server.role
         self.providers = {n: build_provider(n, p) for n, p in self.config.providers.items()}
         self.relay: Relay | None = None
@@ -100,7 +101,6 @@ class App:
         if self.config.cors.allow_origins:
             middleware = [cors(self.config.cors), *middleware]
         self._handle = compose(middleware, self._route)
-        self.streams: dict[StreamResponse, asyncio.Task[Any] | None] = {}
         self.draining = False
         self.server = ""  # which server runs us, set by the transport adapter
         self._started: asyncio.Task[None] | None = None
@@ -168,11 +168,9 @@ class App:
                 outcome = "ok" if status < 400 else "error"
                 return
             self.streams[response] = request.task
-            self.metrics.active_streams.inc()
             try:
                 await response.send(sink)
             finally:
-                self.metrics.active_streams.dec()
                 del self.streams[response]
                 outcome = response.outcome
         finally:
