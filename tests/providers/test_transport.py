@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 from aiohttp import web
 
-from noroshi.providers.transport import HTTPTransport
+from noroshi.errors import UpstreamTimeout
+from noroshi.providers.transport import TRANSPORT_ERRORS, HTTPTransport, translate
 from tests.fakes.loopback import LoopbackServer
 
 
@@ -39,3 +43,64 @@ async def test_an_upstream_cookie_never_reaches_the_next_caller() -> None:
             assert upstream.cookies == [None, None, None]
     finally:
         await transport.close()
+
+
+class Trickle(LoopbackServer):
+    """Streams `parts` chunks, `gap_s` apart, then stalls for `stall_s` before ending."""
+
+    def __init__(self, parts: int, gap_s: float, stall_s: float) -> None:
+        super().__init__()
+        self.parts, self.gap_s, self.stall_s = parts, gap_s, stall_s
+
+    def _routes(self) -> list[web.RouteDef]:
+        async def answer(request: web.Request) -> web.StreamResponse:
+            resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
+            await resp.prepare(request)
+            for i in range(self.parts):
+                await resp.write(b"data: %d\n\n" % i)
+                await asyncio.sleep(self.gap_s)
+            await asyncio.sleep(self.stall_s)
+            await resp.write_eof()
+            return resp
+
+        return [web.post("/v1/chat/completions", answer)]
+
+
+async def read_all(upstream: Trickle, idle_s: float) -> tuple[list[bytes], float, Exception | None]:
+    """The chunks read with an idle timeout set after the first; how long; what it raised."""
+    transport = HTTPTransport(max_connections=4, connect_timeout=2)
+    chunks: list[bytes] = []
+    started = time.monotonic()
+    try:
+        resp = await transport.send("POST", f"{upstream.origin}/v1/chat/completions", {}, b"{}")
+        try:
+            async for chunk in resp.chunks():
+                if not chunks:
+                    resp.set_idle_timeout(idle_s)
+                chunks.append(chunk)
+        except TRANSPORT_ERRORS as exc:
+            return chunks, time.monotonic() - started, translate(exc)
+        finally:
+            resp.finish(False)
+            assert resp._watchdog is None  # no timer outlives the answer
+        return chunks, time.monotonic() - started, None
+    finally:
+        await transport.close()
+
+
+async def test_a_stall_after_the_first_byte_is_cut_within_the_idle_timeout() -> None:
+    async with Trickle(parts=2, gap_s=0.0, stall_s=5.0) as upstream:
+        chunks, took, error = await read_all(upstream, idle_s=0.4)
+    assert isinstance(error, UpstreamTimeout)
+    assert b"".join(chunks) == b"data: 0\n\ndata: 1\n\n"
+    # at most a quarter of the idle timeout late, and far from the 5 s stall
+    assert 0.4 <= took < 2.0
+
+
+async def test_data_that_keeps_coming_is_never_a_stall() -> None:
+    # each gap is half the idle timeout; the whole answer takes four idle timeouts
+    async with Trickle(parts=8, gap_s=0.1, stall_s=0.0) as upstream:
+        chunks, took, error = await read_all(upstream, idle_s=0.2)
+    assert error is None
+    assert b"".join(chunks) == b"".join(b"data: %d\n\n" % i for i in range(8))
+    assert took >= 0.8

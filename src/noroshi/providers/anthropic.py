@@ -362,7 +362,6 @@ class AnthropicProvider(HTTPProvider):
             "POST",
             "/v1/messages",
             _encode(to_anthropic(call.request, model, True)),
-            read_timeout=self.config.first_byte_timeout_s,
         )
         finished = False
         try:

@@ -95,7 +95,6 @@ class OpenAIProvider(HTTPProvider):
             "POST",
             "/chat/completions",
             self._body(call, model, True),
-            read_timeout=self.config.first_byte_timeout_s,
         )
         finished = False
         try:

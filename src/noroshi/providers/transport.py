@@ -19,15 +19,25 @@ __all__ = ["TRANSPORT_ERRORS", "HTTPTransport", "UpstreamResponse", "UpstreamSoc
 
 MAX_ERROR_BODY = 64 * 1024
 MAX_CACHED_URLS = 1024  # an edge's URLs carry session ids: past this, parse them every time
+LOOKS = 4  # how often, per idle timeout, the stall watchdog looks for new bytes
 
 
 class UpstreamResponse:
-    """A started upstream answer: its status and headers are known, its body is still coming."""
+    """A started upstream answer: its status and headers are known, its body is still coming.
 
-    __slots__ = ("_resp",)
+    A stall is caught by a watchdog that looks at how many bytes have arrived a few times per
+    idle timeout, rather than by aiohttp's read timeout, which cancels and re-arms a timer for
+    every TCP segment: that was 23 timers for a 20-token answer, a tenth of the relay's cost.
+    """
+
+    __slots__ = ("_idle_s", "_quiet", "_resp", "_seen", "_watchdog")
 
     def __init__(self, resp: aiohttp.ClientResponse) -> None:
         self._resp = resp
+        self._idle_s = 0.0
+        self._seen = 0  # bytes received when the watchdog last looked
+        self._quiet = 0  # looks in a row that found no new bytes
+        self._watchdog: asyncio.TimerHandle | None = None
 
     @property
     def status(self) -> int:
@@ -57,15 +67,32 @@ class UpstreamResponse:
         return self._resp.content.iter_any()
 
     def set_idle_timeout(self, seconds: float) -> None:
-        """From the first byte on, a read that waits longer than this is a stall."""
-        conn = self._resp.connection
-        if conn is not None and conn.protocol is not None:
-            conn.protocol.read_timeout = seconds
-            # aiohttp re-arms its timer only when data arrives: re-arm it now, so that a stall
-            # right after this chunk is caught too
-            rearm = getattr(conn.protocol, "_reschedule_timeout", None)
-            if rearm is not None:
-                rearm()
+        """From now on, no data for longer than this (at most a quarter more) is a stall: the
+        read waiting for it fails as aiohttp's own read timeout would."""
+        self._idle_s = seconds
+        self._seen = self._resp.content.total_bytes
+        self._quiet = 0
+        self._stop_watchdog()
+        self._watchdog = asyncio.get_running_loop().call_later(seconds / LOOKS, self._watch)
+
+    def _watch(self) -> None:
+        self._watchdog = None
+        content = self._resp.content
+        if content.is_eof():
+            return
+        if content.total_bytes != self._seen:
+            self._seen, self._quiet = content.total_bytes, 0
+        else:
+            self._quiet += 1
+            if self._quiet >= LOOKS:
+                content.set_exception(aiohttp.ServerTimeoutError("The upstream stalled."))
+                return
+        self._watchdog = asyncio.get_running_loop().call_later(self._idle_s / LOOKS, self._watch)
+
+    def _stop_watchdog(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
 
     def finish(self, complete: bool) -> None:
         """Release a connection read to its end; drop one left half-read."""
@@ -76,10 +103,12 @@ class UpstreamResponse:
 
     def release(self) -> None:
         """The answer was read to its end: the connection can serve another request."""
+        self._stop_watchdog()
         self._resp.release()
 
     def close(self) -> None:
         """Drop the connection: an answer left half-read must not go back to the pool."""
+        self._stop_watchdog()
         self._resp.close()
 
 
