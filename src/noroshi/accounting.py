@@ -78,7 +78,6 @@ class Accountant:
         self.limiter = limiter
         self.usage = usage
         self.metrics = metrics
-        self._seeded: set[tuple[str, str]] = set()
         self._calendar = _Calendar(time.time())
         self._lease_prefix = secrets.token_hex(6)  # unique per process, so across replicas
         self._leases = itertools.count()
@@ -141,15 +140,15 @@ class Accountant:
 
     async def _seed(self, key_id: str, cal: _Calendar) -> None:
         """Budget counters start from the usage already stored (after a restart, or when a
-        budget is added to a key that has been in use)."""
+        budget is added to a key that has been in use); once per key and calendar day."""
+        if key_id in cal.seeded:
+            return
         for period, start in zip(cal.periods, cal.starts, strict=True):
-            if (key_id, period) in self._seeded:
-                continue
             tokens, cost = await self.usage.spent(key_id, start)
             await self.limiter.seed_spend(key_id, period, tokens, cost)
-            if len(self._seeded) >= MAX_SEEDED:
-                self._seeded.clear()
-            self._seeded.add((key_id, period))
+        if len(cal.seeded) >= MAX_SEEDED:
+            cal.seeded.clear()
+        cal.seeded.add(key_id)
 
     def headers(self, meter: Meter) -> Headers:
         return rate_headers(meter.decision) if meter.decision is not None else []
@@ -259,7 +258,7 @@ def _reached(spent: float, limit: float | None) -> bool:
 class _Calendar:
     """Today's and this month's budget periods (UTC), worked out once a day."""
 
-    __slots__ = ("day_ends", "month_ends", "periods", "starts")
+    __slots__ = ("day_ends", "month_ends", "periods", "seeded", "starts")
 
     def __init__(self, now: float) -> None:
         moment = datetime.fromtimestamp(now, UTC)
@@ -269,3 +268,4 @@ class _Calendar:
         self.starts = (day.timestamp(), month.timestamp())
         self.day_ends = (day + timedelta(days=1)).timestamp()
         self.month_ends = (month + timedelta(days=32)).replace(day=1).timestamp()
+        self.seeded: set[str] = set()  # keys whose counters for these periods are seeded

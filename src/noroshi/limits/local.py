@@ -103,7 +103,8 @@ class LocalLimiter(Limiter):
     async def admit(self, rules: Sequence[Rule], lease: str, tokens: int) -> Decision:
         check_lease(lease)
         now = self._tick()
-        rules = [scale(rule, self.share) for rule in rules]
+        if self.share != 1.0:
+            rules = [scale(rule, self.share) for rule in rules]
         refusal = None
         for i, rule in enumerate(rules):
             for reason, wait in self._refusals(rule, tokens, now):

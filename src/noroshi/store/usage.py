@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from typing import Any
@@ -41,11 +42,17 @@ _TOTALS = (
 def _row(r: UsageRecord) -> tuple[Any, ...]:
     """The columns, in the types each driver binds; the day is kept so that grouping by it is
     the same plain SQL on both dialects."""
-    day = time.strftime("%Y-%m-%d", time.gmtime(r.created_at))
+    day = _day(int(r.created_at // 86_400))
     ttft = None if r.ttft_ms is None else float(r.ttft_ms)
     return (r.request_id, r.key_id, r.model, r.deployment, r.route, int(r.prompt_tokens),
             int(r.completion_tokens), float(r.cost), ttft, float(r.duration_ms), int(r.status),
             r.outcome, float(r.created_at), day)  # fmt: skip
+
+
+@functools.lru_cache(maxsize=4)
+def _day(days: int) -> str:
+    """The UTC date of a day number since the epoch: formatted once per day, not per row."""
+    return time.strftime("%Y-%m-%d", time.gmtime(days * 86_400))
 
 
 class UsageLog:
