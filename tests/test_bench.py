@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -64,3 +67,18 @@ def test_report_explains_from_the_quick_results(tmp_path: Path) -> None:
     light = results["edge_hop"]["light"]
     assert f"+{light['added_ttfb_p50_ms']:.2f} ms p50" in text
     assert "| the edge hop adds < 1 ms to TTFB p50 (one stream at a time) |" in text
+
+
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
+def test_instruction_counts_run() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.instructions", "--requests", "20", "--concurrency", "4"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    counted = json.loads(result.stdout)
+    per_request = counted["k_instructions_per_request"]
+    # each server's worker did work for every request; the gateway does more than the floor
+    assert per_request["bare-relay"] > 100
+    assert per_request["noroshi"] > per_request["bare-relay"]
+    assert counted["ratio"] == round(per_request["noroshi"] / per_request["bare-relay"], 3)

@@ -1,0 +1,120 @@
+"""The work each request costs, counted: noroshi and the bare relay side by side, each served as
+in the bench, with its worker under valgrind's callgrind, which counts the instructions it runs.
+
+CPU time on a shared 2-core machine drifts by a quarter between runs; an instruction count is
+the same to about 1% from run to run, so it shows what a change to the hot path saves long
+before the timed bench can. It counts user-space work only (not the kernel's), in every thread
+of the worker: the event loop, Granian's Rust threads and the usage writer.
+
+Run: python -m bench.instructions [--requests 200] [--concurrency 8]   (needs valgrind)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from bench.procs import Proc, _tree, wait_healthy
+from bench.run import MESSAGES, ROOT, Spec, Upstream, builtin_specs, free_port
+
+__all__ = ["count", "main"]
+
+WARMUP = 50  # requests before counting: connections pooled, caches filled
+
+
+async def _load(spec: Spec, requests: int, concurrency: int) -> None:
+    """`requests` complete streams, `concurrency` at a time; each must end with its terminator."""
+    payload = {"model": spec.model, "messages": MESSAGES, "stream": True}
+    left = requests
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        nonlocal left
+        while left > 0:
+            left -= 1
+            async with session.post(
+                spec.base + spec.chat_path, json=payload, headers=spec.headers
+            ) as r:
+                body = await r.read()
+                if r.status != 200 or not body.endswith(b"data: [DONE]\n\n"):
+                    raise RuntimeError(f"{spec.name} answered {r.status}: {body[-200:]!r}")
+
+    async with aiohttp.ClientSession() as session:
+        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
+
+
+def _cpu_ticks(pids: list[int]) -> dict[int, int]:
+    out = {}
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[pid] = int(fields[11]) + int(fields[12])
+    return out
+
+
+def count(spec: Spec, requests: int, concurrency: int, workdir: Path) -> float:
+    """Instructions per request that `spec`'s worker runs, in thousands."""
+    out = workdir / f"callgrind-{spec.name}"
+    argv = ["valgrind", "--tool=callgrind", "--trace-children=yes", "--instr-atstart=no",
+            f"--callgrind-out-file={out}.%p", *spec.argv]  # fmt: skip
+    proc = Proc(argv, spec.env, cwd=str(ROOT))
+    try:
+        wait_healthy(spec.base + spec.health_path, proc, limit_s=300)
+        # the worker is the process that does the work: the one whose CPU grows under load
+        before = _cpu_ticks(_tree(proc.popen.pid))
+        asyncio.run(_load(spec, WARMUP, concurrency))
+        after = _cpu_ticks(_tree(proc.popen.pid))
+        worker = str(max(after, key=lambda pid: after[pid] - before.get(pid, 0)))
+        for action in ("--instr=on", "--zero"):
+            subprocess.run(["callgrind_control", action, worker], check=True, capture_output=True)
+        asyncio.run(_load(spec, requests, concurrency))
+        subprocess.run(["callgrind_control", "--dump", worker], check=True, capture_output=True)
+        dumps = sorted(workdir.glob(f"{out.name}.{worker}*"), key=os.path.getmtime)
+        totals = next(line for line in dumps[-1].read_text().splitlines()
+                      if line.startswith("totals:"))  # fmt: skip
+        return int(totals.split()[1]) / requests / 1000
+    finally:
+        proc.stop()
+
+
+def run(requests: int, concurrency: int) -> dict[str, Any]:
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        raise SystemExit("valgrind is not installed (Debian: apt-get install valgrind)")
+    upstream = Upstream(20, 0)  # the bench's stream20 answer
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            work = Path(tmp)
+            counted = {s.name: round(count(s, requests, concurrency, work), 1)
+                       for s in builtin_specs(free_port(), upstream.url, work)}  # fmt: skip
+    finally:
+        upstream.proc.stop()
+    return {
+        "requests": requests,
+        "concurrency": concurrency,
+        "k_instructions_per_request": counted,
+        "ratio": round(counted["noroshi"] / counted["bare-relay"], 3),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--concurrency", type=int, default=8)
+    args = parser.parse_args()
+    print(json.dumps(run(args.requests, args.concurrency), indent=1))
+
+
+if __name__ == "__main__":
+    main()
