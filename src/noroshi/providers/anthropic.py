@@ -359,9 +359,7 @@ class AnthropicProvider(HTTPProvider):
 
     async def stream(self, call: Call, model: str) -> AsyncGenerator[bytes, None]:
         resp = await self.request(
-            "POST",
-            "/v1/messages",
-            _encode(to_anthropic(call.request, model, True)),
+            "POST", "/v1/messages", _encode(to_anthropic(call.request, model, True))
         )
         finished = False
         try:

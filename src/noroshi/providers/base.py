@@ -140,13 +140,12 @@ class HTTPProvider(Provider):
     def error_message(body: Any) -> str | None:
         """The message inside this provider's JSON error body."""
 
-    async def request(
-        self, method: str, path: str, body: bytes | None, read_timeout: float | None = None
-    ) -> UpstreamResponse:
-        """A started answer; an error status is raised as an `UpstreamError`."""
+    async def request(self, method: str, path: str, body: bytes | None) -> UpstreamResponse:
+        """A started answer; an error status is raised as an `UpstreamError`. Its waits are
+        bounded by the router's timeouts and, once streaming, the answer's idle timeout."""
         url = f"{self.config.base_url}{path}"
         headers = self.request_headers(method, path, body)
-        resp = await self.transport.send(method, url, headers, body, read_timeout)
+        resp = await self.transport.send(method, url, headers, body)
         if resp.status >= 400:
             try:
                 raise await upstream_error(resp, self.error_message)

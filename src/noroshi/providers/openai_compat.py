@@ -91,11 +91,7 @@ class OpenAIProvider(HTTPProvider):
         return body
 
     async def stream(self, call: Call, model: str) -> AsyncGenerator[bytes, None]:
-        resp = await self.request(
-            "POST",
-            "/chat/completions",
-            self._body(call, model, True),
-        )
+        resp = await self.request("POST", "/chat/completions", self._body(call, model, True))
         finished = False
         try:
             ctype = resp.header("content-type") or ""
