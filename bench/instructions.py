@@ -22,9 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
-from bench.procs import Proc, _tree, wait_healthy
+from bench.loadgen import request_count
+from bench.procs import Proc, _cpu, _tree, wait_healthy
 from bench.run import MESSAGES, ROOT, Spec, Upstream, builtin_specs, free_port
 
 __all__ = ["count", "main"]
@@ -32,35 +31,13 @@ __all__ = ["count", "main"]
 WARMUP = 50  # requests before counting: connections pooled, caches filled
 
 
-async def _load(spec: Spec, requests: int, concurrency: int) -> None:
-    """`requests` complete streams, `concurrency` at a time; each must end with its terminator."""
+def _load(spec: Spec, requests: int, concurrency: int) -> None:
+    """`requests` streams, `concurrency` at a time; each must end with its terminator."""
     payload = {"model": spec.model, "messages": MESSAGES, "stream": True}
-    left = requests
-
-    async def worker(session: aiohttp.ClientSession) -> None:
-        nonlocal left
-        while left > 0:
-            left -= 1
-            async with session.post(
-                spec.base + spec.chat_path, json=payload, headers=spec.headers
-            ) as r:
-                body = await r.read()
-                if r.status != 200 or not body.endswith(b"data: [DONE]\n\n"):
-                    raise RuntimeError(f"{spec.name} answered {r.status}: {body[-200:]!r}")
-
-    async with aiohttp.ClientSession() as session:
-        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
-
-
-def _cpu_ticks(pids: list[int]) -> dict[int, int]:
-    out = {}
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        out[pid] = int(fields[11]) + int(fields[12])
-    return out
+    url = spec.base + spec.chat_path
+    result = asyncio.run(request_count(url, payload, spec.headers, concurrency, requests))
+    if result.ok != requests:
+        raise RuntimeError(f"{spec.name}: {requests - result.ok} requests failed: {result.errors}")
 
 
 def count(spec: Spec, requests: int, concurrency: int, workdir: Path) -> float:
@@ -72,13 +49,13 @@ def count(spec: Spec, requests: int, concurrency: int, workdir: Path) -> float:
     try:
         wait_healthy(spec.base + spec.health_path, proc, limit_s=300)
         # the worker is the process that does the work: the one whose CPU grows under load
-        before = _cpu_ticks(_tree(proc.popen.pid))
-        asyncio.run(_load(spec, WARMUP, concurrency))
-        after = _cpu_ticks(_tree(proc.popen.pid))
+        before = {pid: _cpu(pid) for pid in _tree(proc.popen.pid)}
+        _load(spec, WARMUP, concurrency)
+        after = {pid: _cpu(pid) for pid in _tree(proc.popen.pid)}
         worker = str(max(after, key=lambda pid: after[pid] - before.get(pid, 0)))
         for action in ("--instr=on", "--zero"):
             subprocess.run(["callgrind_control", action, worker], check=True, capture_output=True)
-        asyncio.run(_load(spec, requests, concurrency))
+        _load(spec, requests, concurrency)
         subprocess.run(["callgrind_control", "--dump", worker], check=True, capture_output=True)
         dumps = sorted(workdir.glob(f"{out.name}.{worker}*"), key=os.path.getmtime)
         totals = next(line for line in dumps[-1].read_text().splitlines()

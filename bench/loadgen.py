@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 import msgspec
 
-__all__ = ["Result", "concurrent_streams", "percentile", "request_rate"]
+__all__ = ["Result", "concurrent_streams", "percentile", "request_count", "request_rate"]
 
 
 @dataclass
@@ -76,11 +76,8 @@ async def request_rate(
     warmup: float = 1.0,
 ) -> Result:
     """`connections` clients, each sending its next request when the last one is answered."""
-    body = msgspec.json.encode(payload)
-    headers = {"content-type": "application/json", **headers}
-    connector = aiohttp.TCPConnector(limit=connections, force_close=False)
-    timeout = aiohttp.ClientTimeout(total=60)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+    body, headers = _request(payload, headers)
+    async with _clients(connections) as session:
         scratch = Result()
         stop = time.perf_counter() + warmup
 
@@ -94,6 +91,33 @@ async def request_rate(
         await asyncio.gather(*(loop(result, start + duration) for _ in range(connections)))
         result.elapsed = time.perf_counter() - start
     return result
+
+
+async def request_count(
+    url: str, payload: dict[str, Any], headers: dict[str, str], connections: int, count: int
+) -> Result:
+    """`count` requests in all, from `connections` clients as in `request_rate`."""
+    body, headers = _request(payload, headers)
+    result = Result()
+    async with _clients(connections) as session:
+
+        async def loop() -> None:
+            while result.sent < count:  # `_one` counts a request as sent before it waits
+                await _one(session, url, body, headers, result)
+
+        start = time.perf_counter()
+        await asyncio.gather(*(loop() for _ in range(connections)))
+        result.elapsed = time.perf_counter() - start
+    return result
+
+
+def _request(payload: dict[str, Any], headers: dict[str, str]) -> tuple[bytes, dict[str, str]]:
+    return msgspec.json.encode(payload), {"content-type": "application/json", **headers}
+
+
+def _clients(connections: int) -> aiohttp.ClientSession:
+    connector = aiohttp.TCPConnector(limit=connections, force_close=False)
+    return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60))
 
 
 async def concurrent_streams(
