@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from noroshi.limits import Decision, Limiter, Rule
+from noroshi.limits import Decision, Limiter, LocalLimiter, Rule
 from tests.limits.conftest import Make
 
 KEY = "key:k1"
@@ -211,3 +211,12 @@ async def test_hit_counts_events_in_a_sliding_window(make: Make) -> None:
 async def test_an_empty_lease_is_refused(make: Make) -> None:
     with pytest.raises(ValueError, match="lease"):
         await make().admit([Rule(KEY, rpm=1)], "", 0)
+
+
+async def test_a_request_admitted_now_leaves_in_exactly_one_window(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # at this clock reading, adding the window first and subtracting after rounds up
+    monkeypatch.setattr("noroshi.limits.local.time.monotonic", lambda: 2027.5755678185303)
+    decision = await LocalLimiter().admit([Rule(KEY, rpm=3, tpm=50)], "a", 20)
+    assert decision.reset_requests_s == 60.0 and decision.reset_tokens_s == 60.0

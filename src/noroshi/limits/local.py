@@ -166,7 +166,8 @@ class LocalLimiter(Limiter):
         entries, window = log.entries, self.window_s
         room = self._room_s(rule.rpm, entries, now) if rule.rpm is not None else 0.0
         total = log.total if rule.tpm is not None else 0
-        oldest, newest = entries[0][0] + window - now, entries[-1][0] + window - now
+        # the age first: (t - now) is exact, so a request admitted now leaves in exactly a window
+        oldest, newest = entries[0][0] - now + window, entries[-1][0] - now + window
         return Window(len(entries), total, oldest, newest, room)
 
     def _freed_s(self, log: _Log, need: int, now: float) -> float:
@@ -175,7 +176,7 @@ class LocalLimiter(Limiter):
         for at, lease in log.entries:
             freed += log.tokens.get(lease, 0)
             if freed >= need:
-                return at + self.window_s - now
+                return at - now + self.window_s
         return self.window_s
 
     def _room_s(self, rpm: int, entries: deque[tuple[float, str]], now: float) -> float:
@@ -185,7 +186,7 @@ class LocalLimiter(Limiter):
             return 0.0
         if rpm == 0:
             return self.window_s
-        return entries[count - rpm][0] + self.window_s - now
+        return entries[count - rpm][0] - now + self.window_s
 
     def _log(self, scope: str, now: float) -> _Log | None:
         log = self._logs.get(scope)
