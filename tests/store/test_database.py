@@ -56,6 +56,21 @@ async def test_executemany_is_one_transaction(db: Database) -> None:
     assert len(await db.fetch("SELECT key FROM meta")) == 2
 
 
+async def test_executemany_of_many_rows_keeps_each_row_once(db: Database) -> None:
+    """SQLite sends a plain INSERT as statements of many rows: every row lands, once, in
+    order, whatever the count; an INSERT with more than placeholders goes row by row."""
+    rows = [(f"k{i:04}", str(i)) for i in range(1000)]
+    await db.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", rows)
+    await db.executemany("insert into meta (key, value)\n values ( ? , ? )", [("lower", "x")])
+    await db.executemany("INSERT INTO meta (key, value) VALUES (?, 'same')", [("s1",), ("s2",)])
+    stored = await db.fetch("SELECT key, value FROM meta")
+    assert len(stored) == 1003
+    assert sorted(stored) == sorted([*rows, ("lower", "x"), ("s1", "same"), ("s2", "same")])
+    if db.dialect == "sqlite":
+        ordered = await db.fetch("SELECT key FROM meta WHERE key LIKE 'k%' ORDER BY rowid")
+        assert [k for (k,) in ordered] == [k for k, _ in rows]
+
+
 async def test_refuses_tells_bad_data_from_other_failures(db: Database) -> None:
     sql = (
         "INSERT INTO usage (request_id, key_id, model, deployment, route, prompt_tokens, "

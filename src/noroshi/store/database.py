@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import functools
+import re
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -254,10 +255,24 @@ class SQLiteDatabase(Database):
             await self._conn.execute(sql, args)
 
     async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """A plain `INSERT … VALUES (?, …)` goes as a few statements of many rows each: the
+        sqlite3 module lets go of the GIL and takes it back around every statement it runs, and
+        once per row that was a tug of war with the event loop for every usage record."""
         if not rows:
             return
         async with self._transaction() as tx:
-            await tx.conn.executemany(sql, rows)
+            match = _MANY_ROWS.match(sql)
+            if match is None:
+                await tx.conn.executemany(sql, rows)
+                return
+            most = max(1, MAX_VARIABLES // match.group(1).count("?"))
+            start = 0
+            while start < len(rows):
+                # powers of two: a handful of statement shapes, each compiled once and cached
+                count = min(most, 1 << (len(rows) - start).bit_length() - 1)
+                args = [value for row in rows[start : start + count] for value in row]
+                await tx.execute(_many_rows(sql, count), args)
+                start += count
 
     async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
         async with self._lock:
@@ -289,6 +304,18 @@ class SQLiteDatabase(Database):
 
     def _migration_transaction(self) -> AbstractAsyncContextManager[_Executor]:
         return self._transaction()
+
+
+# an INSERT whose one row of placeholders ends the statement: it can take more rows
+_MANY_ROWS = re.compile(r"(?is)^\s*INSERT\s.*\sVALUES\s*(\(\s*\?(?:\s*,\s*\?)*\s*\))\s*$")
+MAX_VARIABLES = 999  # the fewest placeholders a statement may have, in SQLite before 3.32
+
+
+@functools.lru_cache(maxsize=64)
+def _many_rows(sql: str, count: int) -> str:
+    match = _MANY_ROWS.match(sql)
+    assert match is not None
+    return sql + (", " + match.group(1)) * (count - 1)
 
 
 @functools.lru_cache(maxsize=1024)
