@@ -265,13 +265,14 @@ class SQLiteDatabase(Database):
             if match is None:
                 await tx.conn.executemany(sql, rows)
                 return
-            most = max(1, MAX_VARIABLES // match.group(1).count("?"))
+            group = match.group(1)
+            most = max(1, MAX_VARIABLES // group.count("?"))
             start = 0
             while start < len(rows):
                 # powers of two: a handful of statement shapes, each compiled once and cached
                 count = min(most, 1 << (len(rows) - start).bit_length() - 1)
                 args = [value for row in rows[start : start + count] for value in row]
-                await tx.execute(_many_rows(sql, count), args)
+                await tx.execute(_many_rows(sql, group, count), args)
                 start += count
 
     async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
@@ -312,10 +313,9 @@ MAX_VARIABLES = 999  # the fewest placeholders a statement may have, in SQLite b
 
 
 @functools.lru_cache(maxsize=64)
-def _many_rows(sql: str, count: int) -> str:
-    match = _MANY_ROWS.match(sql)
-    assert match is not None
-    return sql + (", " + match.group(1)) * (count - 1)
+def _many_rows(sql: str, group: str, count: int) -> str:
+    """`sql`, whose row of placeholders is `group`, taking `count` rows."""
+    return sql + (", " + group) * (count - 1)
 
 
 @functools.lru_cache(maxsize=1024)
