@@ -11,6 +11,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from noroshi.process import YOUNG_GENERATION
 from tests.conftest import free_port, openai_config
 from tests.fakes.upstream import FakeOpenAI
 
@@ -175,3 +176,22 @@ async def test_keys_create_list_revoke(tmp_path: Path, upstream: FakeOpenAI) -> 
     assert code == 1 and "no key" in out
     code, out = await run("keys", "create", "x", "--config", str(path), "--budget", "{", env=env)
     assert code == 2 and "--budget" in out
+
+
+@pytest.mark.parametrize("module", ["noroshi.rsgi", "noroshi.asgi"])
+async def test_loading_the_served_app_raises_the_young_collection_threshold(
+    tmp_path: Path, module: str
+) -> None:
+    """The server's worker process, not the importer of `noroshi.app`, gets the tuning."""
+    code = f"import gc; before = gc.get_threshold(); import {module}; print(before, gc.get_threshold())"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", code,
+        env=clean_env(NOROSHI_SERVER__DATA_DIR=str(tmp_path)),
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    before, after = out.decode().strip().split(") (")
+    assert before.strip("()").split(", ")[0] == "700"
+    young, *older = after.strip("()").split(", ")
+    assert int(young) == YOUNG_GENERATION
+    assert older == before.strip("()").split(", ")[1:]

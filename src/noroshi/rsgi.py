@@ -1,5 +1,7 @@
 """`noroshi.rsgi:app`, the target `noroshi serve` hands to Granian in each worker process.
 
+Loading it sets the worker process up for serving (`noroshi.process`).
+
 Granian waits for open streams on SIGTERM but tells the app nothing, so the worker's signal
 setup is wrapped: the app starts its drain timer at the same moment Granian stops accepting.
 """
@@ -13,9 +15,11 @@ from typing import Any
 from granian import _signals
 
 from noroshi.app import App
+from noroshi.process import tune_collector
 
 __all__ = ["app"]
 
+tune_collector()
 app = App()
 
 _granian_set_loop_signals = _signals.set_loop_signals
