@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import openai
 import pytest
+from aiohttp import web
 
 from tests.conftest import Serve, openai_config, write_config
+from tests.fakes.loopback import LoopbackServer
 from tests.fakes.upstream import FakeOpenAI, Reply
 
 HI = [{"role": "user", "content": "Hi"}]
@@ -150,3 +155,44 @@ async def test_all_deployments_cooling_is_503(serve: Serve, tmp_path: Path, up: 
     assert info.value.code == "no_deployment_available"
     assert int(info.value.response.headers["retry-after"]) > 50
     assert len(up.requests) == 1
+
+
+class EmptyThenSlow(LoopbackServer):
+    """First answers a stream with nothing but its terminator; then streams two chunks, one read
+    apart, and the terminator."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.answered = 0
+
+    def _routes(self) -> list[web.RouteDef]:
+        async def answer(request: web.Request) -> web.StreamResponse:
+            self.answered += 1
+            resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
+            await resp.prepare(request)
+            if self.answered > 1:
+                for word in ("Hello", " there"):
+                    delta = {"choices": [{"index": 0, "delta": {"content": word}}]}
+                    await resp.write(b"data: %s\n\n" % json.dumps(delta).encode())
+                    await asyncio.sleep(0.05)
+            await resp.write(b"data: [DONE]\n\n")
+            await resp.write_eof()
+            return resp
+
+        return [web.post("/v1/chat/completions", answer)]
+
+
+async def test_a_retry_after_an_empty_stream_ends_the_answer_once(
+    serve: Serve, tmp_path: Path
+) -> None:
+    """The empty attempt saw its upstream's terminator; that must not make the next attempt's
+    first chunk look like the last, or `[DONE]` would reach the client before the rest."""
+    async with EmptyThenSlow() as up:
+        base = await serve(write_config(tmp_path, openai_config(f"{up.origin}/v1")))
+        payload = {"model": "fast", "messages": HI, "stream": True}
+        async with aiohttp.ClientSession() as s, s.post(f"{base}/v1/chat/completions",
+                                                        json=payload) as r:  # fmt: skip
+            body = await r.read()
+    assert up.answered == 2
+    assert body.count(b"data: [DONE]") == 1 and body.endswith(b"data: [DONE]\n\n")
+    assert body.index(b"Hello") < body.index(b"there") < body.index(b"[DONE]")

@@ -34,10 +34,15 @@ _decode_embedding: msgspec.json.Decoder[EmbeddingRequest] = api.EMBEDDINGS.decod
 _DONE = b"data: [DONE]\n\n"
 
 
-def chunk_stream(first: bytes, rest: AsyncGenerator[bytes, None], max_bytes: int) -> Response:
+def chunk_stream(
+    call: Call, first: bytes, rest: AsyncGenerator[bytes, None], max_bytes: int
+) -> Response:
     """OpenAI's chunk stream: the provider's events, then `[DONE]`, which only a complete
-    stream earns."""
-    return StreamResponse(rest, head=first, tail=_DONE, max_bytes=max_bytes)
+    stream earns; it goes in the same write as the last events when the provider says which
+    those are."""
+    return StreamResponse(
+        rest, head=first, tail=_DONE, max_bytes=max_bytes, ended=lambda: call.finished
+    )
 
 
 async def new_call(
@@ -83,7 +88,7 @@ def install(router: Router, app: App) -> None:
         call = await new_call(app, request, chat, _decode_any.decode(await request.body()))
         if chat.stream:
             first, rest = await app.models.open_stream(call)
-            return chunk_stream(first, rest, app.config.server.max_stream_bytes)
+            return chunk_stream(call, first, rest, app.config.server.max_stream_bytes)
         return Response(await app.models.complete(call))
 
     def describe(name: str) -> Model:

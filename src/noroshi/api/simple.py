@@ -158,7 +158,7 @@ def install(router: Router, app: App) -> None:
         )
         call = await new_call(app, request, chat_request(messages, body.model, True))
         first, rest = await app.models.open_stream(call)
-        return chunk_stream(first, rest, limit)
+        return chunk_stream(call, first, rest, limit)
 
     router.serve(api.API_CHAT, api_chat)
     router.serve(api.API_GENERATE, api_generate)

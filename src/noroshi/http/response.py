@@ -86,10 +86,12 @@ class StreamResponse(Response):
     """Streams `head`, then `stream`, then `tail`; an error after the first byte becomes an event
     in the stream's format, and then the tail (the success terminator) is never sent.
 
-    The source iterator is always closed, which is what cancels the upstream call.
+    The source iterator is always closed, which is what cancels the upstream call. `ended`, when
+    given, says after an item whether it was the source's last, one that nothing can fail after:
+    the tail then leaves in the same write.
     """
 
-    __slots__ = ("_cut", "head", "max_bytes", "on_error", "outcome", "stream", "tail")
+    __slots__ = ("_cut", "ended", "head", "max_bytes", "on_error", "outcome", "stream", "tail")
 
     def __init__(
         self,
@@ -100,6 +102,7 @@ class StreamResponse(Response):
         max_bytes: int = 64 * 1024 * 1024,
         head: bytes = b"",
         tail: bytes = b"",
+        ended: Callable[[], bool] | None = None,
     ) -> None:
         super().__init__(b"", status, headers if headers is not None else list(SSE_HEADERS))
         self.stream = stream
@@ -107,6 +110,7 @@ class StreamResponse(Response):
         self.max_bytes = max_bytes
         self.head = head
         self.tail = tail
+        self.ended = ended
         self._cut: NoroshiError | None = None
         self.outcome = "cut"  # "ok" once the tail is sent, "error" after an error event
 
@@ -117,20 +121,25 @@ class StreamResponse(Response):
 
     async def send(self, sink: Sink) -> None:
         writer = await sink.start(self.status, self.headers)
-        send, gone = writer.send_bytes, sink.gone
-        stream, sent = self.stream, len(self.head)
+        send, gone, ended = writer.send_bytes, sink.gone, self.ended
+        stream, head, tail = self.stream, self.head, self.tail
+        sent = len(head)
         try:
-            if self.head:
-                await send(self.head)
+            if head:
+                if ended is not None and ended():
+                    head, tail = head + tail, b""
+                await send(head)
             async for chunk in stream:
                 sent += len(chunk)
                 if sent > self.max_bytes:
                     raise NoroshiError(
                         "The stream exceeded the gateway's size limit.", code="stream_too_large"
                     )
+                if ended is not None and ended():
+                    chunk, tail = chunk + tail, b""
                 await send(chunk)
-            if self.tail:
-                await send(self.tail)
+            if tail:
+                await send(tail)
             self.outcome = "ok"
         except gone:
             pass

@@ -378,7 +378,7 @@ class AnthropicProvider(HTTPProvider):
                     if not isinstance(event, dict):
                         raise UpstreamProtocolError("The upstream sent a malformed event.")
                     if event.get("type", name) == "message_stop":
-                        finished = True
+                        finished = call.finished = True
                         call.usage = state.usage
                         if call.include_usage:
                             yield state.usage_chunk()

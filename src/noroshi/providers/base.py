@@ -53,7 +53,7 @@ class Routed:
 class Call(Routed):
     """One chat request on its way through the router to a provider, and what came back."""
 
-    __slots__ = ("body", "chunks", "deadline", "first_byte_at", "request")
+    __slots__ = ("body", "chunks", "deadline", "finished", "first_byte_at", "request")
 
     def __init__(self, request: ChatRequest, body: dict[str, Any], request_id: str = "") -> None:
         super().__init__(request.model, request_id)
@@ -62,6 +62,8 @@ class Call(Routed):
         self.chunks = 0
         self.first_byte_at: float | None = None
         self.deadline = 0.0
+        # the upstream sent its terminator: what the stream yields next is its last item
+        self.finished = False
 
     @property
     def include_usage(self) -> bool:
@@ -89,7 +91,8 @@ class Provider(abc.ABC):
 
     def stream(self, call: Call, model: str) -> AsyncGenerator[bytes, None]:
         """`chat.completion.chunk` events, SSE-framed (`data: {...}\\n\\n`, one or more per item);
-        ends only after the upstream's terminator, which it does not include."""
+        ends only after the upstream's terminator, which it does not include. A provider may set
+        `call.finished` before its last item, so the client's terminator can leave with it."""
         raise self._unsupported("chat completions")
 
     async def embed(self, texts: list[str], model: str, dimensions: int | None) -> Embedded:

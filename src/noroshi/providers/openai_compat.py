@@ -107,7 +107,7 @@ class OpenAIProvider(HTTPProvider):
                 kept: list[bytes] = []
                 for _, data in decoder.feed(raw):
                     if data == _DONE:
-                        finished = True
+                        finished = call.finished = True
                         break
                     try:
                         peek = _peek.decode(data)

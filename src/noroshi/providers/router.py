@@ -114,6 +114,7 @@ class ProviderRouter:
         async def attempt(dep: Deployment) -> Opened:
             cfg = dep.provider.config
             call.deadline = asyncio.get_running_loop().time() + cfg.total_timeout_s
+            call.finished = False  # a failed attempt may have seen its upstream's terminator
             stream = dep.provider.stream(call, dep.model)
             try:
                 async with asyncio.timeout(cfg.first_byte_timeout_s):

@@ -1,0 +1,88 @@
+"""A stream's writes: the head, each item, and the tail, which only a complete stream earns and
+which leaves with the source's last item when the source says which that is."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import msgspec
+
+from noroshi.errors import NoroshiError
+from noroshi.http.response import StreamResponse
+from noroshi.types import Headers
+
+TAIL = b"data: [DONE]\n\n"
+
+
+class Gone(Exception):
+    pass
+
+
+class RecordingSink:
+    """A transport that keeps each write as it was made."""
+
+    gone: tuple[type[BaseException], ...] = (Gone,)
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    async def send(self, status: int, headers: Headers, body: bytes) -> None:
+        raise AssertionError("a stream is not sent whole")
+
+    async def start(self, status: int, headers: Headers) -> RecordingSink:
+        return self
+
+    async def send_bytes(self, data: bytes) -> None:
+        self.writes.append(data)
+
+
+class Source:
+    """Items, then an end; `ended` is what a provider reports: it saw its upstream's end before
+    handing out the last item."""
+
+    def __init__(self, items: list[bytes], fail_after: bool = False) -> None:
+        self.items, self.fail_after, self.done = items, fail_after, False
+
+    async def run(self) -> AsyncIterator[bytes]:
+        for i, item in enumerate(self.items):
+            self.done = i == len(self.items) - 1 and not self.fail_after
+            yield item
+        if self.fail_after:
+            raise NoroshiError("The upstream failed.")
+
+
+async def send(source: Source, ended: bool, head: bytes = b"h") -> tuple[list[bytes], str]:
+    sink = RecordingSink()
+    response = StreamResponse(
+        source.run(), head=head, tail=TAIL, ended=(lambda: source.done) if ended else None
+    )
+    await response.send(sink)
+    return sink.writes, response.outcome
+
+
+async def test_the_tail_leaves_with_the_last_item() -> None:
+    writes, outcome = await send(Source([b"a", b"b"]), ended=True)
+    assert writes == [b"h", b"a", b"b" + TAIL]
+    assert outcome == "ok"
+
+
+async def test_without_ended_the_tail_is_its_own_write() -> None:
+    writes, outcome = await send(Source([b"a", b"b"]), ended=False)
+    assert writes == [b"h", b"a", b"b", TAIL]
+    assert outcome == "ok"
+
+
+async def test_a_head_that_was_the_whole_answer_takes_the_tail() -> None:
+    source = Source([])
+    source.done = True  # the first item, taken before the response, was also the last
+    writes, outcome = await send(source, ended=True)
+    assert writes == [b"h" + TAIL]
+    assert outcome == "ok"
+
+
+async def test_a_source_that_fails_never_sends_the_tail() -> None:
+    writes, outcome = await send(Source([b"a", b"b"], fail_after=True), ended=True)
+    assert writes[:3] == [b"h", b"a", b"b"]
+    assert msgspec.json.decode(writes[3].removeprefix(b"data: "))["error"]["message"]
+    assert all(TAIL not in w for w in writes)
+    assert outcome == "error"
