@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -27,6 +26,7 @@ from noroshi.http import Request, Response, Router, StreamResponse
 from noroshi.http.asgi import Receive, Scope, Send, serve_asgi
 from noroshi.http.cors import cors
 from noroshi.http.middleware import compose
+from noroshi.http.request import request_id
 from noroshi.http.response import Sink
 from noroshi.http.rsgi import serve_rsgi
 from noroshi.limits import Limiter, LocalLimiter, SharedLimiter
@@ -146,8 +146,7 @@ class App:
         bill for every model request however it ended."""
         if self._started is None or not self._started.done():
             await self.startup()
-        rid = request.headers.get("x-request-id")
-        request.id = rid if rid and len(rid) <= 128 and rid.isprintable() else os.urandom(12).hex()
+        request.id = request_id(request.headers.get("x-request-id"))
         status, outcome = 499, "cut"  # unless the answer is sent, the client left
         began = time.monotonic()
         try:

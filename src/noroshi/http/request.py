@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import os
+import secrets
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qs
@@ -15,10 +18,32 @@ if TYPE_CHECKING:
     from noroshi.accounting import Meter
     from noroshi.auth import Principal
 
-__all__ = ["Request", "decode_json", "decode_query"]
+__all__ = ["Request", "decode_json", "decode_query", "request_id"]
 
 T = TypeVar("T")
 BodyReader = Callable[[], Awaitable[bytes]]
+MAX_REQUEST_ID = 128
+
+
+def request_id(given: str | None) -> str:
+    """The client's `x-request-id` when it is a sane one, else a new id: this process's random
+    prefix and a counter, which needs no system call (`os.urandom` made one per request)."""
+    if given and len(given) <= MAX_REQUEST_ID and given.isprintable():
+        return given
+    return f"{_id_prefix}{next(_id_counter):08x}"
+
+
+def _new_id_prefix() -> None:
+    """A fresh prefix in each process, forked workers included, so ids never repeat across
+    workers or replicas."""
+    global _id_prefix, _id_counter
+    _id_prefix, _id_counter = secrets.token_hex(8), itertools.count()
+
+
+_id_prefix = ""
+_id_counter = itertools.count()
+_new_id_prefix()
+os.register_at_fork(after_in_child=_new_id_prefix)
 
 
 class Request:

@@ -14,7 +14,6 @@ arrives without a code.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Literal, Protocol, TypeVar
 from urllib.parse import parse_qsl
@@ -22,7 +21,7 @@ from urllib.parse import parse_qsl
 import msgspec
 
 from noroshi.errors import Forbidden, NoroshiError, Unavailable
-from noroshi.http.request import Request, decode_json
+from noroshi.http.request import Request, decode_json, request_id
 
 if TYPE_CHECKING:
     from noroshi.app import App
@@ -162,8 +161,7 @@ class WebSocket:
 async def serve_websocket(app: App, request: Request, ws: WebSocket) -> None:
     """The WebSocket twin of `App.dispatch`: route, auth guard, handler, and every error
     ending the socket the one way the protocol allows at that point."""
-    rid = request.headers.get("x-request-id")
-    request.id = rid if rid and len(rid) <= 128 and rid.isprintable() else os.urandom(12).hex()
+    request.id = request_id(request.headers.get("x-request-id"))
     request.headers = _with_query_key(request.headers, request.query)
     try:
         await app.startup()
