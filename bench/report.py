@@ -95,11 +95,15 @@ def write_report(results: dict[str, Any], docs: Path, chart: bool = True) -> Non
             if p50 is not None and f50 is not None and p99 is not None and f99 is not None:
                 lines.append(f"- {n} streams, {name}: +{p50 - f50:.2f} ms p50, "
                              f"+{p99 - f99:.2f} ms p99")  # fmt: skip
+    pair = results.get("cpu_pair")
+    if pair:
+        title = "## CPU per request, noroshi and the bare relay in turns"
+        lines += ["", title, "", *_pair_lines(pair)]
     hop = results.get("edge_hop")
     if hop:
         lines += ["", "## What the edge adds", "", *_hop_lines(hop)]
     lines += ["", "## Targets", "", "| target | measured | verdict |", "|---|---|---|"]
-    lines += [f"| {t} | {m} | {v} |" for t, m, v in _targets(contenders, floor, hop)]
+    lines += [f"| {t} | {m} | {v} |" for t, m, v in _targets(contenders, floor, hop, pair)]
     lines += _why(contenders, floor, results["plan"])
     if results.get("missing"):
         lines += ["", "## Not measured", ""]
@@ -109,6 +113,18 @@ def write_report(results: dict[str, Any], docs: Path, chart: bool = True) -> Non
     (docs / "benchmarks.md").write_text("\n".join(lines))
     if chart:
         _chart(contenders, docs / "benchmarks.png")
+
+
+def _pair_lines(pair: dict[str, Any]) -> list[str]:
+    rounds = ", ".join(f"{r['noroshi']:,.0f}/{r['bare-relay']:,.0f}" for r in pair["rounds"])
+    low, high = pair["ratio_range"]
+    return [
+        f"The streaming load above, in {len(pair['rounds'])} short rounds that take turns (µs of "
+        f"CPU per request, noroshi/bare relay): {rounds}. Median: {pair['noroshi_us']:,.1f} µs "
+        f"against {pair['bare_us']:,.1f} µs, a ratio of {pair['ratio']:.2f}x (rounds from "
+        f"{low:.2f}x to {high:.2f}x). The table's column measures each contender in its own "
+        "run, minutes apart, where the machine drifts; the CPU target is judged on this median.",
+    ]
 
 
 def _hop_lines(hop: dict[str, Any]) -> list[str]:
@@ -194,7 +210,10 @@ def _why(contenders: dict[str, dict[str, Any]], floor: dict[str, Any],
 
 
 def _targets(
-    contenders: dict[str, dict[str, Any]], floor: dict[str, Any], hop: dict[str, Any] | None
+    contenders: dict[str, dict[str, Any]],
+    floor: dict[str, Any],
+    hop: dict[str, Any] | None,
+    pair: dict[str, Any] | None = None,
 ) -> list[tuple[str, str, str]]:
     """Each target of the project, what this run measured, and by how much it holds or misses."""
     ours = contenders.get("noroshi", {})
@@ -216,9 +235,14 @@ def _targets(
         other = _get(contenders.get(peer, {}), "stream20", "rps")
         check(f"streaming req/s >= {factor:g}x {peer}", rps,
               other * factor if other else None, True, " req/s")  # fmt: skip
-    bare = _get(contenders.get("bare-relay", {}), "stream20", "cpu_us_per_request")
-    check("CPU per request <= 1.5x the bare relay", _get(ours, "stream20", "cpu_us_per_request"),
-          bare * 1.5 if bare else None, False, " µs")  # fmt: skip
+    if pair:  # taken in turns: what the target is judged on
+        check("CPU per request <= 1.5x the bare relay (in turns, median)", pair["ratio"], 1.5,
+              False, "x")  # fmt: skip
+    else:
+        bare = _get(contenders.get("bare-relay", {}), "stream20", "cpu_us_per_request")
+        check("CPU per request <= 1.5x the bare relay",
+              _get(ours, "stream20", "cpu_us_per_request"),
+              bare * 1.5 if bare else None, False, " µs")  # fmt: skip
     check("10,000 streams on one worker, RSS < 1 GiB", _get(ours, "streams10000", "peak_rss_mb"),
           1024.0, False, " MiB")  # fmt: skip
     added = _get(ours, "streams1000", "ttfb_p99_ms")

@@ -108,13 +108,16 @@ deployments = [{{ provider = "up", model = "m" }}]
     return Spec("noroshi", argv, {}, port, headers=headers, version=__version__, imports=imports)
 
 
-def builtin_specs(port: int, upstream: str, workdir: Path) -> list[Spec]:
+def bare_spec(port: int, upstream: str) -> Spec:
     import granian as g
 
-    bare = Spec("bare-relay", granian("bench.bare_relay:app", port), {"BENCH_UPSTREAM": upstream},
+    return Spec("bare-relay", granian("bench.bare_relay:app", port), {"BENCH_UPSTREAM": upstream},
                 port, version=f"granian {g.__version__}",
                 imports="import granian, bench.bare_relay")  # fmt: skip
-    return [noroshi_spec(port, upstream, workdir), bare]
+
+
+def builtin_specs(port: int, upstream: str, workdir: Path) -> list[Spec]:
+    return [noroshi_spec(port, upstream, workdir), bare_spec(port, upstream)]
 
 
 def peer_specs(port: int, upstream: str) -> list[Spec]:
@@ -284,12 +287,51 @@ def floor(plan: dict[str, Any], fast: Upstream, slow: Upstream) -> dict[str, Any
 
 QUICK = {"cold_runs": 1, "connections": 16, "duration": 1.0, "streams": [100], "ramp": 0.5,
          "stream_limit": 60, "token_ms": 20, "tokens": 20, "hop_streams": 20, "hop_light_s": 1.0,
-         "profile_s": 2.0}  # fmt: skip
+         "profile_s": 2.0, "pair_rounds": 2, "pair_s": 1.0}  # fmt: skip
 # A stream takes 4 s (200 tokens, 20 ms apart); 60 s lets each crowd finish what this machine can
 # finish, and keeps the full mode under 30 minutes.
 FULL = {"cold_runs": 5, "connections": 64, "duration": 8.0, "streams": [1000, 5000, 10000],
         "ramp": 2.0, "stream_limit": 60, "token_ms": 20, "tokens": 200,
-        "hop_streams": 200, "hop_light_s": 5.0, "profile_s": 6.0}  # fmt: skip
+        "hop_streams": 200, "hop_light_s": 5.0, "profile_s": 6.0, "pair_rounds": 7,
+        "pair_s": 4.0}  # fmt: skip
+
+
+def cpu_pair(plan: dict[str, Any], fast: Upstream, workdir: Path) -> dict[str, Any]:
+    """CPU per streamed request of noroshi and of the bare relay, taken in turns: short rounds,
+    one right after the other (which goes first alternates), so that both meet the same
+    machine. Each contender's own run measures them minutes apart, and on this shared machine
+    their ratio moved between 1.66x and 2.03x from one full run to the next."""
+    specs = [noroshi_spec(free_port(), fast.url, workdir), bare_spec(free_port(), fast.url)]
+    procs = []
+    try:
+        for spec in specs:
+            procs.append(start(spec, ROOT)[0])
+        served = list(zip(specs, procs, strict=True))
+        rounds: list[dict[str, float]] = []
+        for n in range(plan["pair_rounds"] + 1):  # the first warms both up and is not counted
+            cpu: dict[str, float] = {}
+            for spec, proc in served if n % 2 else served[::-1]:
+                payload = {"model": spec.model, "messages": MESSAGES, "stream": True}
+                before = proc.cpu()
+                result = asyncio.run(request_rate(spec.base + spec.chat_path, payload,
+                                                  spec.headers, plan["connections"],
+                                                  plan["pair_s"]))  # fmt: skip
+                if result.ok == 0 or result.success_rate < 1.0:
+                    raise RuntimeError(f"{spec.name} failed streams: {result.errors}")
+                cpu[spec.name] = round((proc.cpu() - before) / result.ok * 1e6, 1)
+            if n:
+                rounds.append(cpu)
+    finally:
+        for proc in procs:
+            proc.stop()
+    ratios = [r["noroshi"] / r["bare-relay"] for r in rounds]
+    return {
+        "rounds": rounds,
+        "noroshi_us": statistics.median(r["noroshi"] for r in rounds),
+        "bare_us": statistics.median(r["bare-relay"] for r in rounds),
+        "ratio": round(statistics.median(ratios), 3),
+        "ratio_range": [round(min(ratios), 3), round(max(ratios), 3)],
+    }
 
 
 def edge_hop(plan: dict[str, Any], fast: Upstream, slow: Upstream, workdir: Path) -> dict[str, Any]:
@@ -387,6 +429,10 @@ def run(mode: str, only: list[str] | None) -> dict[str, Any]:
             if not only or "edge-hop" in only:
                 print("bench: edge hop", file=sys.stderr, flush=True)
                 results["edge_hop"] = edge_hop(plan, fast, slow, workdir)
+            if not only or {"noroshi", "bare-relay"} <= set(only):
+                print("bench: CPU per request, noroshi and the bare relay in turns",
+                      file=sys.stderr, flush=True)  # fmt: skip
+                results["cpu_pair"] = cpu_pair(plan, fast, workdir)
             names = ["noroshi", "bare-relay"]
             if mode == "full":
                 from bench import contenders

@@ -47,6 +47,11 @@ def test_quick_bench_runs() -> None:
     assert light["edge"]["ok"] > 1  # one stream after another, for a while
     assert light["edge_cpu_us"]["edge"] > 0 and light["edge_cpu_us"]["core"] > 0
     assert light["single_cpu_us"]["single"] > 0
+    pair = report["cpu_pair"]  # noroshi and the bare relay measured in turns
+    assert len(pair["rounds"]) == report["plan"]["pair_rounds"]
+    ratios = sorted(r["noroshi"] / r["bare-relay"] for r in pair["rounds"])
+    assert pair["ratio_range"] == [round(ratios[0], 3), round(ratios[-1], 3)]
+    assert ratios[0] <= pair["ratio"] <= ratios[-1]
 
 
 def test_report_explains_from_the_quick_results(tmp_path: Path) -> None:
@@ -67,6 +72,12 @@ def test_report_explains_from_the_quick_results(tmp_path: Path) -> None:
     light = results["edge_hop"]["light"]
     assert f"+{light['added_ttfb_p50_ms']:.2f} ms p50" in text
     assert "| the edge hop adds < 1 ms to TTFB p50 (one stream at a time) |" in text
+    pair = results["cpu_pair"]
+    assert f"a ratio of {pair['ratio']:.2f}x" in text
+    assert (
+        f"| CPU per request <= 1.5x the bare relay (in turns, median) | {pair['ratio']:,.2f}x"
+        in text
+    )
 
 
 @pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
