@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 from collections.abc import AsyncIterator
@@ -183,15 +184,18 @@ async def test_loading_the_served_app_raises_the_young_collection_threshold(
     tmp_path: Path, module: str
 ) -> None:
     """The server's worker process, not the importer of `noroshi.app`, gets the tuning."""
-    code = f"import gc; before = gc.get_threshold(); import {module}; print(before, gc.get_threshold())"
+    code = (
+        "import gc, json; seen = [gc.get_threshold()]; import noroshi.app; "
+        f"seen.append(gc.get_threshold()); import {module}; seen.append(gc.get_threshold()); "
+        "print(json.dumps(seen))"
+    )
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-c", code,
         env=clean_env(NOROSHI_SERVER__DATA_DIR=str(tmp_path)),
         stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip
     out, _ = await asyncio.wait_for(proc.communicate(), 60)
-    before, after = out.decode().strip().split(") (")
-    assert before.strip("()").split(", ")[0] == "700"
-    young, *older = after.strip("()").split(", ")
-    assert int(young) == YOUNG_GENERATION
-    assert older == before.strip("()").split(", ")[1:]
+    before, after_app, after_module = json.loads(out)
+    assert before[0] == 700  # CPython's own
+    assert after_app == before
+    assert after_module == [YOUNG_GENERATION, *before[1:]]
