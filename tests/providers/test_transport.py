@@ -1,4 +1,4 @@
-"""The upstream transport: one pooled session that many callers share."""
+"""The upstream transport: pooled connections that many callers share."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import time
 
 from aiohttp import web
 
-from noroshi.errors import UpstreamTimeout
-from noroshi.providers.transport import TRANSPORT_ERRORS, HTTPTransport, translate
+from noroshi.errors import NoroshiError, UpstreamTimeout
+from noroshi.providers.transport import HTTPTransport
 from tests.fakes.loopback import LoopbackServer
 
 
@@ -33,7 +33,7 @@ async def test_an_upstream_cookie_never_reaches_the_next_caller() -> None:
     transport = HTTPTransport(max_connections=4, connect_timeout=2)
     try:
         async with CookieSetter() as upstream:
-            # by name: aiohttp's cookie jar ignores cookies from bare IP addresses
+            # by name: a cookie jar would ignore cookies from bare IP addresses
             url = f"http://localhost:{upstream.port}/v1/chat/completions"
             for _ in range(3):
                 resp = await transport.send("POST", url, {}, b"{}")
@@ -78,8 +78,8 @@ async def read_all(upstream: Trickle, idle_s: float) -> tuple[list[bytes], float
                 if not chunks:
                     resp.set_idle_timeout(idle_s)
                 chunks.append(chunk)
-        except TRANSPORT_ERRORS as exc:
-            return chunks, time.monotonic() - started, translate(exc)
+        except NoroshiError as exc:
+            return chunks, time.monotonic() - started, exc
         finally:
             resp.finish(False)
             assert resp._watchdog is None  # no timer outlives the answer

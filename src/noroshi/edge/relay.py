@@ -20,7 +20,7 @@ from noroshi.http.response import Response, StreamResponse
 from noroshi.http.websocket import WebSocket, WebSocketDisconnect
 from noroshi.providers.core import CALLER, CoreProvider
 from noroshi.providers.router import least_busy
-from noroshi.providers.transport import TRANSPORT_ERRORS, UpstreamResponse, translate
+from noroshi.providers.transport import UpstreamResponse
 
 __all__ = ["Relay"]
 
@@ -117,8 +117,6 @@ class Relay:
                 async for chunk in resp.chunks():
                     yield chunk
                 complete = True
-            except TRANSPORT_ERRORS as exc:
-                raise translate(exc) from exc
             finally:
                 core.outstanding -= 1
                 resp.finish(complete)

@@ -16,7 +16,6 @@ import msgspec
 
 from noroshi.errors import UpstreamError, UpstreamProtocolError, UpstreamTimeout
 from noroshi.providers.base import Call, HTTPProvider, Usage
-from noroshi.providers.transport import TRANSPORT_ERRORS, translate
 from noroshi.wire import openai as oa
 from noroshi.wire.sse import SSEDecoder
 
@@ -393,8 +392,6 @@ class AnthropicProvider(HTTPProvider):
                 if loop.time() > call.deadline:
                     raise UpstreamTimeout("The upstream answer took longer than the total timeout.")
             raise UpstreamProtocolError("The upstream ended the stream without message_stop.")
-        except TRANSPORT_ERRORS as exc:
-            raise translate(exc) from exc
         finally:
             resp.finish(finished)
 

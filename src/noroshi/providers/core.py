@@ -61,7 +61,7 @@ class CoreProvider(OpenAIProvider):
         except Exception:
             return False
         finally:
-            resp.close()
+            resp.release()  # read to its end, the connection serves the next check
 
     def request_headers(self, method: str, path: str, body: bytes | None) -> dict[str, str]:
         headers = self.headers()

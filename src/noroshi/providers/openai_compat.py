@@ -20,7 +20,6 @@ from noroshi.providers.base import (
     HTTPProvider,
     Usage,
 )
-from noroshi.providers.transport import TRANSPORT_ERRORS, translate
 from noroshi.wire.sse import SSEDecoder
 
 __all__ = ["OpenAIProvider"]
@@ -135,8 +134,6 @@ class OpenAIProvider(HTTPProvider):
                 if loop.time() > call.deadline:
                     raise UpstreamTimeout("The upstream answer took longer than the total timeout.")
             raise UpstreamProtocolError("The upstream ended the stream without its terminator.")
-        except TRANSPORT_ERRORS as exc:
-            raise translate(exc) from exc
         finally:
             resp.finish(finished)
 
