@@ -130,10 +130,18 @@ def _pair_lines(pair: dict[str, Any]) -> list[str]:
 def _hop_lines(hop: dict[str, Any]) -> list[str]:
     light, loaded = hop["light"], hop["loaded"]
     single, edge = light["single_cpu_us"], light["edge_cpu_us"]
+    low, high = light["added_ttfb_p50_range_ms"]
     return [
-        f"- One stream at a time ({light['edge']['ok']:,} through the edge): "
-        f"+{light['added_ttfb_p50_ms']:.2f} ms p50, +{light['added_ttfb_p99_ms']:.2f} ms p99 to "
-        f"the first byte ({light['single']['ttfb_p50_ms']:.2f} ms p50 through one noroshi).",
+        f"- One stream at a time ({light['edge']['ok']:,} through the edge, in short rounds taken "
+        f"in turns with one noroshi): +{light['added_ttfb_p50_ms']:.2f} ms p50 to the first byte "
+        f"(the median of the rounds' differences, which ranged from {low:+.2f} to {high:+.2f} ms), "
+        f"+{light['added_ttfb_p99_ms']:.2f} ms p99 ({light['single']['ttfb_p50_ms']:.2f} ms p50 "
+        "through one noroshi).",
+        f"- The floor of a hop on this machine, in the same rounds: a second bare relay (raw RSGI "
+        f"and aiohttp, doing nothing else) in front of the first adds "
+        f"{light['bare_hop_ttfb_p50_ms']:+.2f} ms p50. Any hop wakes two more processes in turn "
+        "and crosses loopback twice more; at one stream at a time that, not the work, is most of "
+        "the time.",
         f"- {loaded['edge']['sent']} streams at once: +{loaded['added_ttfb_p50_ms']:.2f} ms p50, "
         f"+{loaded['added_ttfb_p99_ms']:.2f} ms p99; the edge and the core are two more "
         "processes on the same two cores.",

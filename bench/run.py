@@ -286,14 +286,14 @@ def floor(plan: dict[str, Any], fast: Upstream, slow: Upstream) -> dict[str, Any
 
 
 QUICK = {"cold_runs": 1, "connections": 16, "duration": 1.0, "streams": [100], "ramp": 0.5,
-         "stream_limit": 60, "token_ms": 20, "tokens": 20, "hop_streams": 20, "hop_light_s": 1.0,
-         "profile_s": 2.0, "pair_rounds": 2, "pair_s": 1.0}  # fmt: skip
+         "stream_limit": 60, "token_ms": 20, "tokens": 20, "hop_streams": 20, "hop_light_s": 0.5,
+         "hop_rounds": 2, "profile_s": 2.0, "pair_rounds": 2, "pair_s": 1.0}  # fmt: skip
 # A stream takes 4 s (200 tokens, 20 ms apart); 60 s lets each crowd finish what this machine can
 # finish, and keeps the full mode under 30 minutes.
 FULL = {"cold_runs": 5, "connections": 64, "duration": 8.0, "streams": [1000, 5000, 10000],
         "ramp": 2.0, "stream_limit": 60, "token_ms": 20, "tokens": 200,
-        "hop_streams": 200, "hop_light_s": 5.0, "profile_s": 6.0, "pair_rounds": 7,
-        "pair_s": 4.0}  # fmt: skip
+        "hop_streams": 200, "hop_light_s": 1.5, "hop_rounds": 6, "profile_s": 6.0,
+        "pair_rounds": 7, "pair_s": 4.0}  # fmt: skip
 
 
 def cpu_pair(plan: dict[str, Any], fast: Upstream, workdir: Path) -> dict[str, Any]:
@@ -338,13 +338,11 @@ def edge_hop(plan: dict[str, Any], fast: Upstream, slow: Upstream, workdir: Path
     """What the edge adds to time to first byte: the same streams through one noroshi (role
     all) and through an edge in front of a core. `light`: one stream at a time, which is the
     hop itself; `loaded`: many at once, where the two extra processes also share the cores."""
-    out: dict[str, Any] = {}
-    for load, upstream in (("light", fast), ("loaded", slow)):
-        out[load] = _hop(plan, load, upstream, workdir)
-    return out
+    return {"light": _hop_light(plan, fast, workdir), "loaded": _hop_loaded(plan, slow, workdir)}
 
 
-def _hop(plan: dict[str, Any], load: str, upstream: Upstream, workdir: Path) -> dict[str, Any]:
+def _hop_servers(load: str, upstream: Upstream, workdir: Path) -> tuple[dict[str, str], list[Proc]]:
+    """One noroshi (role all), and an edge in front of a core: their chat URLs and processes."""
     config = workdir / f"hop-{load}.toml"
     config.write_text(f"""
 [server]
@@ -367,30 +365,99 @@ deployments = [{{ provider = "up", model = "m" }}]
         "edge": {"NOROSHI_SERVER__ROLE": "edge",
                  "NOROSHI_SERVER__CORES": f'["http://127.0.0.1:{ports["core"]}"]'},
     }  # fmt: skip
-    procs = []
-    out: dict[str, Any] = {}
+    procs: list[Proc] = []
     try:
         for name in ("single", "core", "edge"):
             argv = [PY, "-m", "noroshi", "serve", "--config", str(config),
                     "--port", str(ports[name])]  # fmt: skip
-            proc = Proc(argv, roles[name], cwd=str(ROOT))
-            procs.append(proc)
-            wait_healthy(f"http://127.0.0.1:{ports[name]}/health", proc, limit_s=120)
-        headers = {"authorization": f"Bearer {BENCH_MASTER}"}
-        payload = {"model": "m", "messages": MESSAGES, "stream": True}
+            procs.append(Proc(argv, roles[name], cwd=str(ROOT)))
+            wait_healthy(f"http://127.0.0.1:{ports[name]}/health", procs[-1], limit_s=120)
+    except BaseException:
+        for proc in procs:
+            proc.stop()
+        raise
+    urls = {name: f"http://127.0.0.1:{ports[name]}/v1/chat/completions" for name in ports}
+    return urls, procs
+
+
+HOP_HEADERS = {"authorization": f"Bearer {BENCH_MASTER}"}
+HOP_PAYLOAD = {"model": "m", "messages": MESSAGES, "stream": True}
+
+
+def _hop_light(plan: dict[str, Any], upstream: Upstream, workdir: Path) -> dict[str, Any]:
+    """One stream at a time, in short rounds taken in turns (the order alternating), the first
+    a warm-up: through one noroshi, through the edge and its core, and, as the floor that this
+    machine sets for any hop, through one bare relay and through two in a row. The added time
+    is the median over rounds of each round's difference of p50s, so that drift between the
+    two measurements cannot pass for the hop."""
+    urls, procs = _hop_servers("light", upstream, workdir)
+    inner = bare_spec(free_port(), upstream.url)
+    outer = bare_spec(free_port(), inner.base)
+    try:
+        for spec in (inner, outer):
+            procs.append(start(spec, ROOT)[0])
+        targets = {"single": (urls["single"], HOP_HEADERS), "edge": (urls["edge"], HOP_HEADERS),
+                   "bare": (inner.base + inner.chat_path, {}),
+                   "bare_chain": (outer.base + outer.chat_path, {})}  # fmt: skip
+        named = dict(zip(("single", "core", "edge"), procs[:3], strict=True))
+        results: dict[str, list[Result]] = {name: [] for name in targets}
+        cpu = {"single": 0.0, "edge": 0.0, "core": 0.0}
+        for n in range(plan["hop_rounds"] + 1):
+            for name in list(targets) if n % 2 else list(targets)[::-1]:
+                url, headers = targets[name]
+                watched = {"single": ("single",), "edge": ("edge", "core")}.get(name, ())
+                before = [named[p].cpu() for p in watched]
+                result = asyncio.run(
+                    request_rate(url, HOP_PAYLOAD, headers, 1, plan["hop_light_s"])
+                )
+                if n:
+                    results[name].append(result)
+                    for p, used in zip(watched, before, strict=True):
+                        cpu[p] += named[p].cpu() - used
+    finally:
+        for proc in procs:
+            proc.stop()
+
+    def p50s(name: str) -> list[float]:
+        return [percentile(r.ttfb, 50) * 1000 for r in results[name]]
+
+    added = [e - s for s, e in zip(p50s("single"), p50s("edge"), strict=True)]
+    floor = [c - b for b, c in zip(p50s("bare"), p50s("bare_chain"), strict=True)]
+    out: dict[str, Any] = {name: summary(_merged(rs)) for name, rs in results.items()}
+    ok = {name: max(out[name]["ok"], 1) for name in ("single", "edge")}
+    out["single_cpu_us"] = {"single": round(cpu["single"] / ok["single"] * 1e6)}
+    out["edge_cpu_us"] = {p: round(cpu[p] / ok["edge"] * 1e6) for p in ("edge", "core")}
+    out["added_ttfb_p50_ms"] = round(statistics.median(added), 2)
+    out["added_ttfb_p50_range_ms"] = [round(min(added), 2), round(max(added), 2)]
+    out["added_ttfb_p99_ms"] = round(out["edge"]["ttfb_p99_ms"] - out["single"]["ttfb_p99_ms"], 2)
+    out["bare_hop_ttfb_p50_ms"] = round(statistics.median(floor), 2)
+    return out
+
+
+def _merged(results: list[Result]) -> Result:
+    out = Result()
+    for r in results:
+        out.sent += r.sent
+        out.ok += r.ok
+        out.elapsed += r.elapsed
+        out.latencies += r.latencies
+        out.ttfb += r.ttfb
+        for why, count in r.errors.items():
+            out.errors[why] = out.errors.get(why, 0) + count
+    return out
+
+
+def _hop_loaded(plan: dict[str, Any], upstream: Upstream, workdir: Path) -> dict[str, Any]:
+    urls, procs = _hop_servers("loaded", upstream, workdir)
+    out: dict[str, Any] = {}
+    try:
         for name in ("single", "edge"):
-            url = f"http://127.0.0.1:{ports[name]}/v1/chat/completions"
-            if load == "light":
-                before = [p.cpu() for p in procs]
-                result = asyncio.run(request_rate(url, payload, headers, 1, plan["hop_light_s"]))
-                used = [p.cpu() - b for p, b in zip(procs, before, strict=True)]
-                per_request = [round(cpu / max(result.ok, 1) * 1e6) for cpu in used]
-                out[f"{name}_cpu_us"] = dict(zip(ports, per_request, strict=True))
-            else:
-                asyncio.run(concurrent_streams(url, payload, headers, 5, 0.1, plan["stream_limit"]))
-                result = asyncio.run(concurrent_streams(url, payload, headers, plan["hop_streams"],
-                                                        plan["hop_streams"] / 100,
-                                                        plan["stream_limit"]))  # fmt: skip
+            asyncio.run(concurrent_streams(urls[name], HOP_PAYLOAD, HOP_HEADERS, 5, 0.1,
+                                           plan["stream_limit"]))  # fmt: skip
+            result = asyncio.run(concurrent_streams(urls[name], HOP_PAYLOAD, HOP_HEADERS,
+                                                    plan["hop_streams"],
+                                                    plan["hop_streams"] / 100,
+                                                    plan["stream_limit"]))  # fmt: skip
             out[name] = summary(result)
     finally:
         for proc in procs:

@@ -48,6 +48,9 @@ def test_quick_bench_runs() -> None:
     assert light["edge"]["ok"] > 1  # one stream after another, for a while
     assert light["edge_cpu_us"]["edge"] > 0 and light["edge_cpu_us"]["core"] > 0
     assert light["single_cpu_us"]["single"] > 0
+    assert light["bare"]["success_rate"] == 1.0 and light["bare_chain"]["success_rate"] == 1.0
+    low, high = light["added_ttfb_p50_range_ms"]  # rounds in turns, the median between
+    assert low <= light["added_ttfb_p50_ms"] <= high
     pair = report["cpu_pair"]  # noroshi and the bare relay measured in turns
     assert len(pair["rounds"]) == report["plan"]["pair_rounds"]
     ratios = sorted(r["noroshi"] / r["bare-relay"] for r in pair["rounds"])
@@ -72,6 +75,7 @@ def test_report_explains_from_the_quick_results(tmp_path: Path) -> None:
     assert "| noroshi (own modules) |" in text
     light = results["edge_hop"]["light"]
     assert f"+{light['added_ttfb_p50_ms']:.2f} ms p50" in text
+    assert f"in front of the first adds {light['bare_hop_ttfb_p50_ms']:+.2f} ms p50" in text
     assert "| the edge hop adds < 1 ms to TTFB p50 (one stream at a time) |" in text
     pair = results["cpu_pair"]
     assert f"a ratio of {pair['ratio']:.2f}x" in text
