@@ -263,6 +263,29 @@ async def test_an_answer_left_half_read_never_serves_another_request() -> None:
     assert up.connections == 2
 
 
+@pytest.mark.parametrize("then", [b"0\r\n\r\n", chunked(b"data: more\n\n")])
+async def test_a_stream_released_at_its_terminator_waits_a_moment_for_the_http_end(
+    then: bytes,
+) -> None:
+    async def answer(_r: asyncio.StreamReader, w: asyncio.StreamWriter, _n: int) -> None:
+        w.write(SSE_HEAD + chunked(b"data: [DONE]\n\n"))
+        await w.drain()
+        await asyncio.sleep(0.05)  # HTTP's end comes in a later read, as it often does
+        w.write(then)
+        await w.drain()
+        if then != b"0\r\n\r\n":
+            await asyncio.sleep(1)
+
+    async with raw(answer) as up, client() as c:
+        for _ in range(2):
+            stream = await c.send("POST", up.url, {}, b"{}")
+            assert await stream.chunks().__anext__() == b"data: [DONE]\n\n"
+            stream.finish(True)  # the caller saw its terminator; HTTP's end is yet to come
+            await asyncio.sleep(0.2)
+    # the connection is reused when the answer ended as it should, and dropped when it went on
+    assert up.connections == (1 if then == b"0\r\n\r\n" else 2)
+
+
 async def test_a_header_with_a_line_break_is_refused_before_sending() -> None:
     async with raw(json_answer) as up, client() as c:
         with pytest.raises(ValueError, match="line break"):

@@ -34,6 +34,7 @@ __all__ = ["Client", "Exchange"]
 
 HIGH_WATER = 256 * 1024  # bytes buffered before the socket is paused
 KEEPALIVE_S = 15.0  # an idle connection older than this is closed rather than reused
+LINGER_S = 0.5  # how long a released answer may take to reach its HTTP end, for reuse
 LOOKS = 4  # how often, per idle timeout, the stall watchdog looks for new bytes
 MAX_CACHED_URLS = 1024  # an edge's URLs carry session ids: past this, split them every time
 MAX_HEAD_BYTES = 64 * 1024
@@ -54,6 +55,7 @@ class Exchange:
         "_headers",
         "_idle_s",
         "_interim",
+        "_lingering",
         "_paused",
         "_quiet",
         "_raw_headers",
@@ -87,6 +89,7 @@ class Exchange:
         self._error: BaseException | None = None
         self._paused = False
         self._interim = False  # reading a 1xx answer, which the real one follows
+        self._lingering = False  # released before its HTTP end: reused if that comes soon
         self._timer: asyncio.TimerHandle | None = None
         self._idle_s = 0.0
         self._seen = 0
@@ -122,6 +125,9 @@ class Exchange:
             body = self._decoder.decompress(body)
             if not body:
                 return
+        if self._lingering:  # more than the caller wanted: the connection's state is unknown
+            self._give_up()
+            return
         self._body.append(body)
         _wake(self._waiter)
         if self.received > HIGH_WATER and not self._paused and self._buffered() > HIGH_WATER:
@@ -136,6 +142,9 @@ class Exchange:
             self._body.append(rest)
         self._done = True
         _wake(self._waiter)
+        if self._lingering:
+            self._lingering = False
+            self.release()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._done:
@@ -160,7 +169,9 @@ class Exchange:
             self._error = exc
             _wake(self._head)
             _wake(self._waiter)
-        if self.conn.exchange is self:
+        if self._lingering:
+            self._give_up()
+        elif self.conn.exchange is self:
             self.conn.abort()
 
     def _buffered(self) -> int:
@@ -254,8 +265,15 @@ class Exchange:
     def release(self) -> None:
         """Done with the answer: its connection serves another request if the answer was read
         to its end and the upstream keeps connections alive, else it is closed."""
-        if self.conn.exchange is not self:
+        if self.conn.exchange is not self or self._lingering:
             return  # already let go
+        if not self._done and self._error is None and not self._body and self.keep_alive:
+            # the caller saw its answer end (an event stream's terminator) before HTTP's end,
+            # which often comes in the next read: wait a moment for it rather than reconnect
+            self.unwatch()
+            self._lingering = True
+            self._timer = self.conn.loop.call_later(LINGER_S, self._give_up)
+            return
         reusable = self._done and not self._body and self.keep_alive
         self._let_go()
         if reusable:
@@ -269,12 +287,19 @@ class Exchange:
             self._let_go()
             self.conn.pool.discard(self.conn)
 
+    def _give_up(self) -> None:
+        self._lingering = False
+        self.close()
+
     def _let_go(self) -> None:
         """Break the cycle of a raised error, whose traceback holds the frames that held the
         exchange. Freed by reference counting, not by a later collection, the error lets go
         of those frames at once: a server ends a response stream only once nothing refers to
         its writer any more."""
         self.unwatch()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self._head = None
         if not self._done:
             self._error = UpstreamConnectError("The upstream answer was closed unread.")
