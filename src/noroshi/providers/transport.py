@@ -1,19 +1,14 @@
-"""Upstream HTTP: requests through noroshi's own HTTP/1.1 client (`http1`), WebSockets through
-aiohttp, and the failures of either translated.
+"""Upstream HTTP: requests through noroshi's own HTTP/1.1 client (`http1`), and WebSockets (an
+edge to its core) through aiohttp.
 
-Each failure becomes the most specific noroshi error, chained with `from`, so the router can
-decide what to retry. The client raises noroshi's errors itself; aiohttp's and the socket's
-are translated here.
+The client raises noroshi's errors itself; aiohttp's are translated here, chained with `from`.
 """
 
 from __future__ import annotations
 
-import asyncio
-from typing import Any
-
 import aiohttp
 
-from noroshi.errors import UpstreamConnectError, UpstreamError, UpstreamTimeout
+from noroshi.errors import UpstreamConnectError, UpstreamTimeout
 from noroshi.providers.http1 import Client, Exchange
 
 __all__ = ["MAX_ERROR_BODY", "HTTPTransport", "UpstreamResponse", "UpstreamSocket"]
@@ -57,10 +52,7 @@ class HTTPTransport:
         read_timeout: float | None = None,
     ) -> UpstreamResponse:
         """Send the request; `read_timeout` bounds each wait for data of this answer."""
-        try:
-            return await self._client.send(method, url, headers, body, read_timeout)
-        except _FAILURES as exc:
-            raise _translate(exc) from exc
+        return await self._client.send(method, url, headers, body, read_timeout)
 
     async def websocket(self, url: str, headers: dict[str, str]) -> UpstreamSocket:
         """A WebSocket to the upstream (an edge to its core)."""
@@ -73,8 +65,11 @@ class HTTPTransport:
             )
         try:
             ws = await self._session.ws_connect(url, headers=headers, max_msg_size=1 << 20)
-        except _FAILURES as exc:
-            raise _translate(exc) from exc
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            raise UpstreamTimeout("The upstream did not open the WebSocket in time.") from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            reason = str(exc) or type(exc).__name__
+            raise UpstreamConnectError(f"Could not open the upstream WebSocket: {reason}.") from exc
         return UpstreamSocket(ws)
 
     async def close(self) -> None:
@@ -82,21 +77,3 @@ class HTTPTransport:
         if self._session is not None:
             await self._session.close()
             self._session = None
-
-
-_FAILURES = (aiohttp.ClientError, OSError)
-
-
-def _translate(exc: BaseException) -> UpstreamError | UpstreamTimeout:
-    """The most specific noroshi error for a failure of the upstream connection."""
-    if isinstance(exc, aiohttp.ServerTimeoutError | asyncio.TimeoutError):
-        return UpstreamTimeout("The upstream stopped sending data (idle timeout).")
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return UpstreamConnectError(f"Could not connect to the upstream: {exc.os_error}.")
-    if isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ServerDisconnectedError):
-        return UpstreamConnectError("The upstream closed the connection mid-answer.")
-    return UpstreamConnectError(f"The upstream connection failed: {_describe(exc)}.")
-
-
-def _describe(exc: Any) -> str:
-    return str(exc) or type(exc).__name__
