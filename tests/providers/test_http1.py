@@ -66,7 +66,7 @@ async def client(limit: int = 8) -> AsyncIterator[Client]:
     try:
         yield c
     finally:
-        c.close()
+        await c.close()
 
 
 def chunked(*parts: bytes) -> bytes:

@@ -565,7 +565,8 @@ class Client:
                 raise
             return exchange
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        """Close the idle connections; those in use close as their answers end."""
         for pool in self._pools.values():
             pool.close()
         self._pools.clear()

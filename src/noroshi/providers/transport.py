@@ -37,29 +37,20 @@ class UpstreamSocket:
         await self._ws.close()
 
 
-class HTTPTransport:
-    def __init__(self, *, max_connections: int, connect_timeout: float) -> None:
-        self._client = Client(max_connections=max_connections, connect_timeout=connect_timeout)
-        self._connect_timeout = connect_timeout
-        self._session: aiohttp.ClientSession | None = None
+class HTTPTransport(Client):
+    """The HTTP/1.1 client (its `send` is the hot path, with no layer above it), and a
+    WebSocket to the upstream when an edge bridges one."""
 
-    async def send(
-        self,
-        method: str,
-        url: str,
-        headers: dict[str, str],
-        body: bytes | None,
-        read_timeout: float | None = None,
-    ) -> UpstreamResponse:
-        """Send the request; `read_timeout` bounds each wait for data of this answer."""
-        return await self._client.send(method, url, headers, body, read_timeout)
+    def __init__(self, *, max_connections: int, connect_timeout: float) -> None:
+        super().__init__(max_connections=max_connections, connect_timeout=connect_timeout)
+        self._session: aiohttp.ClientSession | None = None
 
     async def websocket(self, url: str, headers: dict[str, str]) -> UpstreamSocket:
         """A WebSocket to the upstream (an edge to its core)."""
         if self._session is None or self._session.closed:
             # made on first use, inside the running loop, which aiohttp requires
             self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._connect_timeout),
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.connect_s),
                 skip_auto_headers=("User-Agent",),
                 cookie_jar=aiohttp.DummyCookieJar(),
             )
@@ -73,7 +64,7 @@ class HTTPTransport:
         return UpstreamSocket(ws)
 
     async def close(self) -> None:
-        self._client.close()
+        await super().close()
         if self._session is not None:
             await self._session.close()
             self._session = None
