@@ -199,3 +199,17 @@ async def test_loading_the_served_app_raises_the_young_collection_threshold(
     assert before[0] == 700  # CPython's own
     assert after_app == before
     assert after_module == [YOUNG_GENERATION, *before[1:]]
+
+
+@pytest.mark.parametrize("module", ["noroshi.rsgi", "noroshi.asgi"])
+async def test_the_served_app_starts_without_aiohttp(tmp_path: Path, module: str) -> None:
+    """aiohttp was a fifth of the start: only HTTP tools and the edge's WebSocket bridge need
+    it, and they import it when first made."""
+    code = f"import sys, {module}; from noroshi.agent import Tool; print('aiohttp' in sys.modules)"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", code,
+        env=clean_env(NOROSHI_SERVER__DATA_DIR=str(tmp_path)),
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    assert out.strip() == b"False"

@@ -1,7 +1,8 @@
 """The agent runtime: tools (Python functions, HTTP requests, MCP servers) and the loop that
 lets a model call them."""
 
-from noroshi.agent.http_tools import HTTPTool
+from typing import TYPE_CHECKING, Any
+
 from noroshi.agent.tools import (
     FunctionTool,
     Tool,
@@ -13,6 +14,9 @@ from noroshi.agent.tools import (
     run_tool,
     tool,
 )
+
+if TYPE_CHECKING:
+    from noroshi.agent.http_tools import HTTPTool
 
 __all__ = [
     "FunctionTool",
@@ -26,3 +30,12 @@ __all__ = [
     "run_tool",
     "tool",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """`HTTPTool` on first use: it loads aiohttp, which a server without HTTP tools never needs."""
+    if name == "HTTPTool":
+        from noroshi.agent.http_tools import HTTPTool
+
+        return HTTPTool
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

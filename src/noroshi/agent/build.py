@@ -12,7 +12,6 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from noroshi.agent.http_tools import HTTPTool
 from noroshi.agent.runs import Agent
 from noroshi.agent.tools import Tool, Toolbox, load_tool
 from noroshi.config import AgentConfig, Config, ConfigError, tool_ref
@@ -20,6 +19,7 @@ from noroshi.errors import NoroshiError
 from noroshi.retrieval.tool import KnowledgeTool
 
 if TYPE_CHECKING:
+    from noroshi.agent.http_tools import HTTPTool
     from noroshi.agent.mcp import MCPServer
     from noroshi.retrieval.service import Knowledge
 
@@ -34,8 +34,12 @@ async def build_agents(
     config: Config, default_model: Callable[[], str], knowledge: Knowledge | None = None
 ) -> tuple[dict[str, Agent], list[Closer]]:
     closers: list[Closer] = []
-    http = {t.name: HTTPTool(t) for t in config.http_tools}
-    closers.extend(t.close for t in http.values())
+    http: dict[str, HTTPTool] = {}
+    if config.http_tools:  # aiohttp, which they use, takes a while to import: only then
+        from noroshi.agent.http_tools import HTTPTool
+    for http_config in config.http_tools:
+        http[http_config.name] = HTTPTool(http_config)
+        closers.append(http[http_config.name].close)
     servers: dict[str, MCPServer] = {}
     if config.mcp_servers:  # the MCP SDK takes a while to import: only when it is used
         from noroshi.agent.mcp import MCPServer

@@ -1,15 +1,18 @@
 """Upstream HTTP: requests through noroshi's own HTTP/1.1 client (`http1`), and WebSockets (an
-edge to its core) through aiohttp.
+edge to its core) through aiohttp, imported when the first one opens: few servers bridge one.
 
 The client raises noroshi's errors itself; aiohttp's are translated here, chained with `from`.
 """
 
 from __future__ import annotations
 
-import aiohttp
+from typing import TYPE_CHECKING
 
 from noroshi.errors import UpstreamConnectError, UpstreamTimeout
 from noroshi.providers.http1 import Client, Exchange
+
+if TYPE_CHECKING:
+    import aiohttp
 
 __all__ = ["MAX_ERROR_BODY", "HTTPTransport", "UpstreamResponse", "UpstreamSocket"]
 
@@ -21,17 +24,18 @@ UpstreamResponse = Exchange  # a started answer: status and headers known, the b
 class UpstreamSocket:
     """Text frames to and from an upstream WebSocket; None from `receive` once it closed."""
 
-    __slots__ = ("_ws",)
+    __slots__ = ("_text", "_ws")
 
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse, text: aiohttp.WSMsgType) -> None:
         self._ws = ws
+        self._text = text  # the type of a text frame
 
     async def send(self, text: str) -> None:
         await self._ws.send_str(text)
 
     async def receive(self) -> str | None:
         message = await self._ws.receive()
-        return message.data if message.type == aiohttp.WSMsgType.TEXT else None
+        return message.data if message.type == self._text else None
 
     async def close(self) -> None:
         await self._ws.close()
@@ -47,6 +51,8 @@ class HTTPTransport(Client):
 
     async def websocket(self, url: str, headers: dict[str, str]) -> UpstreamSocket:
         """A WebSocket to the upstream (an edge to its core)."""
+        import aiohttp
+
         if self._session is None or self._session.closed:
             # made on first use, inside the running loop, which aiohttp requires
             self._session = aiohttp.ClientSession(
@@ -61,7 +67,7 @@ class HTTPTransport(Client):
         except (aiohttp.ClientError, OSError) as exc:
             reason = str(exc) or type(exc).__name__
             raise UpstreamConnectError(f"Could not open the upstream WebSocket: {reason}.") from exc
-        return UpstreamSocket(ws)
+        return UpstreamSocket(ws, aiohttp.WSMsgType.TEXT)
 
     async def close(self) -> None:
         await super().close()
