@@ -189,13 +189,7 @@ async def test_loading_the_served_app_raises_the_young_collection_threshold(
         f"seen.append(gc.get_threshold()); import {module}; seen.append(gc.get_threshold()); "
         "print(json.dumps(seen))"
     )
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", code,
-        env=clean_env(NOROSHI_SERVER__DATA_DIR=str(tmp_path)),
-        stdout=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, _ = await asyncio.wait_for(proc.communicate(), 60)
-    before, after_app, after_module = json.loads(out)
+    before, after_app, after_module = json.loads(await _python(code, tmp_path))
     assert before[0] == 700  # CPython's own
     assert after_app == before
     assert after_module == [YOUNG_GENERATION, *before[1:]]
@@ -206,10 +200,15 @@ async def test_the_served_app_starts_without_aiohttp(tmp_path: Path, module: str
     """aiohttp was a fifth of the start: only HTTP tools and the edge's WebSocket bridge need
     it, and they import it when first made."""
     code = f"import sys, {module}; from noroshi.agent import Tool; print('aiohttp' in sys.modules)"
+    assert (await _python(code, tmp_path)).strip() == b"False"
+
+
+async def _python(code: str, data_dir: Path) -> bytes:
+    """What `code` prints in a fresh interpreter, as a server's worker would start."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-c", code,
-        env=clean_env(NOROSHI_SERVER__DATA_DIR=str(tmp_path)),
+        env=clean_env(NOROSHI_SERVER__DATA_DIR=str(data_dir)),
         stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip
     out, _ = await asyncio.wait_for(proc.communicate(), 60)
-    assert out.strip() == b"False"
+    return out
