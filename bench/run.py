@@ -24,9 +24,10 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from bench.loadgen import Result, concurrent_streams, percentile, request_rate
 from bench.procs import Proc, wait_healthy
@@ -36,6 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 PY = sys.executable
 MESSAGES = [{"role": "user", "content": "hi"}]
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -296,6 +298,14 @@ FULL = {"cold_runs": 5, "connections": 64, "duration": 8.0, "streams": [1000, 50
         "pair_rounds": 7, "pair_s": 4.0}  # fmt: skip
 
 
+def in_turns(items: Sequence[T], rounds: int) -> Iterator[tuple[int, T]]:
+    """Each item once a round, with its round's number, the order alternating so that none
+    always goes first; round 0 is a warm-up, which callers leave out of what they report."""
+    for n in range(rounds + 1):
+        for item in items if n % 2 else items[::-1]:
+            yield n, item
+
+
 def cpu_pair(plan: dict[str, Any], fast: Upstream, workdir: Path) -> dict[str, Any]:
     """CPU per streamed request of noroshi and of the bare relay, taken in turns: short rounds,
     one right after the other (which goes first alternates), so that both meet the same
@@ -307,23 +317,20 @@ def cpu_pair(plan: dict[str, Any], fast: Upstream, workdir: Path) -> dict[str, A
         for spec in specs:
             procs.append(start(spec, ROOT)[0])
         served = list(zip(specs, procs, strict=True))
-        rounds: list[dict[str, float]] = []
-        for n in range(plan["pair_rounds"] + 1):  # the first warms both up and is not counted
-            cpu: dict[str, float] = {}
-            for spec, proc in served if n % 2 else served[::-1]:
-                payload = {"model": spec.model, "messages": MESSAGES, "stream": True}
-                before = proc.cpu()
-                result = asyncio.run(request_rate(spec.base + spec.chat_path, payload,
-                                                  spec.headers, plan["connections"],
-                                                  plan["pair_s"]))  # fmt: skip
-                if result.ok == 0 or result.success_rate < 1.0:
-                    raise RuntimeError(f"{spec.name} failed streams: {result.errors}")
-                cpu[spec.name] = round((proc.cpu() - before) / result.ok * 1e6, 1)
-            if n:
-                rounds.append(cpu)
+        measured: list[dict[str, float]] = [{} for _ in range(plan["pair_rounds"] + 1)]
+        for n, (spec, proc) in in_turns(served, plan["pair_rounds"]):
+            payload = {"model": spec.model, "messages": MESSAGES, "stream": True}
+            before = proc.cpu()
+            result = asyncio.run(request_rate(spec.base + spec.chat_path, payload,
+                                              spec.headers, plan["connections"],
+                                              plan["pair_s"]))  # fmt: skip
+            if result.ok == 0 or result.success_rate < 1.0:
+                raise RuntimeError(f"{spec.name} failed streams: {result.errors}")
+            measured[n][spec.name] = round((proc.cpu() - before) / result.ok * 1e6, 1)
     finally:
         for proc in procs:
             proc.stop()
+    rounds = measured[1:]  # the warm-up round is not counted
     ratios = [r["noroshi"] / r["bare-relay"] for r in rounds]
     return {
         "rounds": rounds,
@@ -402,18 +409,15 @@ def _hop_light(plan: dict[str, Any], upstream: Upstream, workdir: Path) -> dict[
         named = dict(zip(("single", "core", "edge"), procs[:3], strict=True))
         results: dict[str, list[Result]] = {name: [] for name in targets}
         cpu = {"single": 0.0, "edge": 0.0, "core": 0.0}
-        for n in range(plan["hop_rounds"] + 1):
-            for name in list(targets) if n % 2 else list(targets)[::-1]:
-                url, headers = targets[name]
-                watched = {"single": ("single",), "edge": ("edge", "core")}.get(name, ())
-                before = [named[p].cpu() for p in watched]
-                result = asyncio.run(
-                    request_rate(url, HOP_PAYLOAD, headers, 1, plan["hop_light_s"])
-                )
-                if n:
-                    results[name].append(result)
-                    for p, used in zip(watched, before, strict=True):
-                        cpu[p] += named[p].cpu() - used
+        for n, name in in_turns(list(targets), plan["hop_rounds"]):
+            url, headers = targets[name]
+            watched = {"single": ("single",), "edge": ("edge", "core")}.get(name, ())
+            before = [named[p].cpu() for p in watched]
+            result = asyncio.run(request_rate(url, HOP_PAYLOAD, headers, 1, plan["hop_light_s"]))
+            if n:  # the warm-up round is not counted
+                results[name].append(result)
+                for p, used in zip(watched, before, strict=True):
+                    cpu[p] += named[p].cpu() - used
     finally:
         for proc in procs:
             proc.stop()
