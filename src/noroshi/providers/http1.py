@@ -155,11 +155,11 @@ class Exchange:
         self._fail(UpstreamConnectError("The upstream closed the connection mid-answer."))
 
     def _until_close(self) -> bool:
+        """Whether the answer (a final one: `status` is set from 200 on) has no length."""
         return (
             self.header("content-length") is None
             and self.header("transfer-encoding") is None
             and self.status not in (204, 304)
-            and self.status >= 200
         )
 
     def _fail(self, exc: BaseException) -> None:
