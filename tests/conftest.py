@@ -16,9 +16,15 @@ from granian.server.embed import Server as GranianServer
 from noroshi.app import App
 from noroshi.config import Config, load_config
 from tests.fakes.upstream import FakeOpenAI
-from tests.services import postgres_url, redis_prefix, redis_url
+from tests.services import postgres_proxy, postgres_url, redis_prefix, redis_server, redis_url
 
-__all__ = ["postgres_url", "redis_prefix", "redis_url"]  # fixtures shared with every test
+__all__ = [  # fixtures shared with every test
+    "postgres_proxy",
+    "postgres_url",
+    "redis_prefix",
+    "redis_server",
+    "redis_url",
+]
 
 Serve = Callable[[Config], Awaitable[str]]
 

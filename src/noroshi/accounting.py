@@ -4,7 +4,8 @@ Every request on a model route gets a `Meter`. Admission checks the key's models
 rate limits (reserving the prompt estimate plus `max_tokens` against the token limits); the
 finish, which runs however the request ended (answered, failed, cut by the client), settles the
 reservation with the real usage, adds to the budget counters, queues the usage record and
-updates the metrics.
+updates the metrics. The finish never waits: it runs in whatever task ends the request, which
+may be one being cancelled, so nothing in it can be cut short and no request is billed twice.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from noroshi.config import Config, Price
-from noroshi.errors import Forbidden, RateLimited
+from noroshi.errors import Forbidden, RateLimited, Unavailable
 from noroshi.limits import Decision, Limiter, Rule
+from noroshi.limits.base import Settlement
 from noroshi.metrics import Metrics
 from noroshi.providers.base import Call, Routed
 from noroshi.store.keys import ApiKey
@@ -34,6 +36,7 @@ log = logging.getLogger("noroshi.accounting")
 
 DEFAULT_COMPLETION_RESERVE = 256  # reserved against a token limit when max_tokens is not sent
 MAX_SEEDED = 100_000
+USAGE_RETRY_S = 5.0  # when the usage backlog is full: about how long the database may take
 
 
 class Meter:
@@ -42,6 +45,7 @@ class Meter:
     __slots__ = (
         "decision",
         "estimate",
+        "finished",
         "key",
         "lease",
         "model",
@@ -65,6 +69,7 @@ class Meter:
         self.decision: Decision | None = None
         self.periods: list[str] = []
         self.routed: Routed | None = None
+        self.finished = False
 
 
 def estimate_tokens(text_length: int) -> int:
@@ -86,6 +91,13 @@ class Accountant:
         """Refuse with 403 or 429, or reserve what the request may use."""
         meter.model = model
         meter.estimate = estimate
+        if self.usage.full:
+            self.metrics.refusals.labels("usage_backlog").inc()
+            raise Unavailable(
+                "Usage cannot be recorded right now (the database is away); retry shortly.",
+                code="usage_backlog",
+                retry_after=USAGE_RETRY_S,
+            )
         key = meter.key
         if key is None:
             return
@@ -102,7 +114,11 @@ class Accountant:
             return
         lease = f"{self._lease_prefix}{next(self._leases)}"
         reserve = estimate + (max_tokens or DEFAULT_COMPLETION_RESERVE)
-        decision = await self.limiter.admit(rules, lease, reserve)
+        try:
+            decision = await self.limiter.admit(rules, lease, reserve)
+        except BaseException:  # cut off (a client gone): the admission may have been made
+            self.limiter.release(Settlement(rules, lease, 0))
+            raise
         if not decision.allowed:
             self.metrics.refusals.labels(decision.reason or "rate").inc()
             raise RateLimited(
@@ -153,8 +169,11 @@ class Accountant:
     def headers(self, meter: Meter) -> Headers:
         return rate_headers(meter.decision) if meter.decision is not None else []
 
-    async def finish(self, meter: Meter, status: int, outcome: str) -> None:
-        """Bill what was used, however the request ended."""
+    def finish(self, meter: Meter, status: int, outcome: str) -> None:
+        """Bill what was used, however the request ended; exactly once per meter."""
+        if meter.finished:
+            return
+        meter.finished = True
         routed = meter.routed
         prompt = completion = 0
         ttft_s = None
@@ -171,13 +190,14 @@ class Accountant:
                 ttft_s = routed.first_byte_at - meter.started
         cost = self._cost(meter.model, deployment, prompt, completion)
         key = meter.key
-        if meter.rules:
-            await self.limiter.settle(meter.rules, meter.lease, prompt + completion)
-        if key is not None and meter.periods:
-            await self.limiter.add_spend(key.id, meter.periods, prompt + completion, cost)
+        if meter.rules or (key is not None and meter.periods):
+            self.limiter.release(Settlement(
+                meter.rules, meter.lease, prompt + completion,
+                key.id if key is not None else "", meter.periods if key is not None else (), cost,
+            ))  # fmt: skip
         now = time.monotonic()
         duration = now - meter.started
-        await self.usage.record(UsageRecord(
+        self.usage.record(UsageRecord(
             request_id=meter.request_id,
             key_id=key.id if key is not None else None,
             model=meter.model,

@@ -174,7 +174,7 @@ class App:
                 outcome = response.outcome
         finally:
             if request.meter is not None:
-                await self.accountant.finish(request.meter, status, outcome)
+                self.accountant.finish(request.meter, status, outcome)
             else:
                 self.metrics.answered(request.route, "", status, time.monotonic() - began)
 
@@ -196,7 +196,8 @@ class App:
         self.usage.start()
         redis = config.redis
         if redis.url:
-            self.limiter = SharedLimiter(redis.url, redis.prefix, redis.local_share, redis.retry_s)
+            self.limiter = SharedLimiter(redis.url, redis.prefix, redis.local_share,
+                                         redis.retry_s, lease_ttl_s=redis.lease_ttl_s)  # fmt: skip
         else:
             self.limiter = LocalLimiter()
         self.auth = Authenticator(config.auth, self.keys, self.limiter)

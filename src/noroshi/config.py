@@ -156,6 +156,7 @@ class RedisConfig(_Section):
     prefix: str = "noroshi:"
     local_share: Annotated[float, msgspec.Meta(gt=0, le=1)] = 1.0  # of each limit while away
     retry_s: Positive = 1.0
+    lease_ttl_s: Positive = 60.0  # a dead replica's concurrency slots free this soon
 
 
 class CorsConfig(_Section):

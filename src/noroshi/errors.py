@@ -17,7 +17,8 @@
      ├── UpstreamRejected         4xx  the upstream refused the request itself; its status kept
      ├── UpstreamTimeout          504  connect, first byte, idle or total timeout
      ├── NoDeployment             503  every deployment is cooling down or none is configured
-     └── Unavailable              503  overloaded or shutting down
+     └── Unavailable              503  overloaded or shutting down; may carry Retry-After
+          └── StoreUnavailable    503  the database did not answer in time
 
 An error raised before the first byte becomes a status and a JSON body (`body()`);
 after it, the stream encoders turn the same object into an error event.
@@ -42,6 +43,7 @@ __all__ = [
     "NotFound",
     "PayloadTooLarge",
     "RateLimited",
+    "StoreUnavailable",
     "Unauthorized",
     "Unavailable",
     "UnsupportedMediaType",
@@ -230,6 +232,15 @@ class Unavailable(NoroshiError):
     status = 503
     type = "service_unavailable"
     code = "unavailable"
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        if retry_after is not None:
+            self.headers.setdefault("retry-after", str(max(1, round(retry_after))))
+
+
+class StoreUnavailable(Unavailable):
+    code = "store_unavailable"
 
 
 def where(exc: msgspec.ValidationError) -> tuple[str, str | None]:

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from noroshi.limits import Limiter, LocalLimiter, RedisLimiter
+from noroshi.limits import Limiter, LocalLimiter, RedisLimiter, Rule
+from noroshi.limits.base import Settlement
 
 Make = Callable[..., Limiter]
 
@@ -40,3 +41,16 @@ async def make(backend: tuple[str, str] | None) -> AsyncIterator[Make]:
     yield build
     for limiter in made:
         await limiter.close()
+
+
+async def settle(limiter: Limiter, rules: list[Rule], lease: str, tokens: int) -> None:
+    """Release a request and wait until the limiter has applied it."""
+    limiter.release(Settlement(rules, lease, tokens))
+    await limiter.flush()
+
+
+async def add_spend(
+    limiter: Limiter, subject: str, periods: list[str], tokens: int, cost: float
+) -> None:
+    limiter.release(Settlement((), "", tokens, subject, periods, cost))
+    await limiter.flush()

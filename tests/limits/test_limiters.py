@@ -8,7 +8,7 @@ import time
 import pytest
 
 from noroshi.limits import Decision, Limiter, LocalLimiter, Rule
-from tests.limits.conftest import Make
+from tests.limits.conftest import Make, add_spend, settle
 
 KEY = "key:k1"
 MODEL = "key:k1:model:m1"
@@ -73,8 +73,8 @@ async def test_settle_replaces_the_reservation_with_the_real_usage(make: Make) -
     assert (first.allowed, first.remaining_tokens) == (True, 20)
     refused = await limiter.admit(rules, "b", 30)
     assert (refused.allowed, refused.reason, refused.remaining_tokens) == (False, "tpm", 20)
-    await limiter.settle(rules, "a", 10)
-    await limiter.settle(rules, "a", 10)  # idempotent
+    await settle(limiter, rules, "a", 10)
+    await settle(limiter, rules, "a", 10)  # idempotent
     second = await limiter.admit(rules, "b", 30)
     assert (second.allowed, second.remaining_tokens) == (True, 60)
     # the settled usage stays in the window at its original time
@@ -86,7 +86,7 @@ async def test_settle_replaces_the_reservation_with_the_real_usage(make: Make) -
 async def test_settle_of_an_unknown_lease_changes_nothing(make: Make) -> None:
     limiter = make()
     rules = [Rule(KEY, tpm=100, concurrency=1)]
-    await limiter.settle(rules, "never-admitted", 50)
+    await settle(limiter, rules, "never-admitted", 50)
     decision = await limiter.admit(rules, "a", 10)
     assert (decision.allowed, decision.remaining_tokens) == (True, 90)
 
@@ -168,17 +168,22 @@ async def test_concurrency_slots_free_on_settle(make: Make) -> None:
     refused = await limiter.admit(rules, "c", 0)
     assert (refused.allowed, refused.reason, refused.scope) == (False, "concurrency", KEY)
     assert 0 < refused.retry_after_s <= 1
-    await limiter.settle(rules, "a", 0)
-    await limiter.settle(rules, "a", 0)  # idempotent: frees one slot, not two
+    await settle(limiter, rules, "a", 0)
+    await settle(limiter, rules, "a", 0)  # idempotent: frees one slot, not two
     assert (await limiter.admit(rules, "c", 0)).allowed
     assert not (await limiter.admit(rules, "d", 0)).allowed
 
 
 async def test_concurrency_leases_expire_unless_settled(make: Make) -> None:
-    limiter = make(lease_ttl_s=0.3)
+    owner = make(lease_ttl_s=0.3)
     rules = [Rule(KEY, concurrency=1)]
-    assert (await limiter.admit(rules, "lost", 0)).allowed
-    assert not (await limiter.admit(rules, "b", 0)).allowed
+    assert (await owner.admit(rules, "lost", 0)).allowed
+    assert not (await owner.admit(rules, "b", 0)).allowed
+    if isinstance(owner, LocalLimiter):
+        limiter = owner
+    else:  # the replica that admitted it is gone: nothing renews its lease
+        await owner.close()
+        limiter = make(lease_ttl_s=0.3)
     await asyncio.sleep(1.0)
     assert (await limiter.admit(rules, "b", 0)).allowed
 
@@ -187,16 +192,16 @@ async def test_budget_counters(make: Make) -> None:
     limiter = make()
     periods = ["day:2026-11-21", "month:2026-11"]
     assert await limiter.spend("k1", periods) == [(0, 0.0), (0, 0.0)]
-    await limiter.add_spend("k1", periods, 100, 0.25)
-    await limiter.add_spend("k1", periods, 50, 0.125)
-    await limiter.add_spend("k2", periods[:1], 7, 1e-05)
+    await add_spend(limiter, "k1", periods, 100, 0.25)
+    await add_spend(limiter, "k1", periods, 50, 0.125)
+    await add_spend(limiter, "k2", periods[:1], 7, 1e-05)
     assert await limiter.spend("k1", periods) == [(150, 0.375), (150, 0.375)]
     assert await limiter.spend("k2", periods) == [(7, pytest.approx(1e-05)), (0, 0.0)]
     await limiter.seed_spend("k1", "day:2026-11-21", 9_999, 99.0)  # exists: kept
     await limiter.seed_spend("k1", "month:2026-10", 1_000, 2.5)  # new: set
     spent = await limiter.spend("k1", ["day:2026-11-21", "month:2026-10"])
     assert spent == [(150, 0.375), (1_000, 2.5)]
-    await limiter.add_spend("k1", ["month:2026-10"], 1, 0.5)
+    await add_spend(limiter, "k1", ["month:2026-10"], 1, 0.5)
     assert await limiter.spend("k1", ["month:2026-10"]) == [(1_001, 3.0)]
 
 

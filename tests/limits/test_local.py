@@ -8,6 +8,7 @@ import pytest
 
 from noroshi.limits import LocalLimiter, Rule
 from noroshi.limits.base import MAX_HITS
+from tests.limits.conftest import add_spend
 
 
 @pytest.mark.parametrize(
@@ -49,7 +50,7 @@ async def test_tables_are_bounded() -> None:
     for i in range(30):
         await limiter.admit([Rule(f"key:{i}", rpm=5, concurrency=5)], f"l{i}", 0)
         await limiter.hit(f"authfail:{i}", 60)
-        await limiter.add_spend(f"k{i}", ["day:2026-11-21"], 1, 0.1)
+        await add_spend(limiter, f"k{i}", ["day:2026-11-21"], 1, 0.1)
     assert limiter.sizes() == (10, 10, 10, 10)
 
 

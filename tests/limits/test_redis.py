@@ -9,6 +9,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from noroshi.limits import RedisLimiter, Rule
+from tests.limits.conftest import add_spend, settle
 
 
 @pytest.fixture
@@ -46,7 +47,7 @@ async def test_replicas_see_each_others_leases_and_settles(replicas: list[RedisL
     rules = [Rule("key:k1", tpm=100, concurrency=1)]
     assert (await a.admit(rules, "x", 90)).allowed
     assert (await b.admit(rules, "y", 5)).reason == "concurrency"
-    await b.settle(rules, "x", 20)  # a request may end on any replica
+    await settle(b, rules, "x", 20)  # a request may end on any replica
     decision = await a.admit(rules, "y", 5)
     assert (decision.allowed, decision.remaining_tokens) == (True, 75)
 
@@ -57,7 +58,7 @@ async def test_every_key_is_under_the_prefix_and_expires(
     limiter = replicas[0]
     await limiter.admit([Rule("key:k1", rpm=5, tpm=50, concurrency=2)], "a", 5)
     await limiter.hit("authfail:1.2.3.4", 60)
-    await limiter.add_spend("k1", ["day:2026-11-21", "month:2026-11"], 5, 0.5)
+    await add_spend(limiter, "k1", ["day:2026-11-21", "month:2026-11"], 5, 0.5)
     await limiter.seed_spend("k1", "year:2026", 5, 0.5)
     client = aioredis.from_url(redis_url)
     try:
@@ -65,7 +66,11 @@ async def test_every_key_is_under_the_prefix_and_expires(
         ttls = {key: await client.pttl(key) for key in keys}
     finally:
         await client.aclose()
-    assert [k.removeprefix(redis_prefix) for k in keys] == [
+    names = [k.removeprefix(redis_prefix) for k in keys]
+    marks = [name for name in names if name.startswith("batch:")]
+    assert len(marks) == 1  # the one batch of writes, remembered against a second sending
+    assert 0 < ttls[redis_prefix + marks[0]] <= 600_000
+    assert [name for name in names if name not in marks] == [
         "hit:authfail:1.2.3.4",
         "rl:key:k1:conc",
         "rl:key:k1:log",
@@ -90,3 +95,21 @@ async def test_an_unreachable_redis_raises_redis_errors() -> None:
             await limiter.admit([Rule("key:k1", rpm=1)], "a", 0)
     finally:
         await limiter.close()
+
+
+async def test_a_running_request_keeps_its_lease_past_its_time_to_live(
+    redis_url: str, redis_prefix: str
+) -> None:
+    a = RedisLimiter(redis_url, redis_prefix, lease_ttl_s=0.3, timeout_s=5.0)
+    b = RedisLimiter(redis_url, redis_prefix, lease_ttl_s=0.3, timeout_s=5.0)
+    rules = [Rule("key:k1", concurrency=1)]
+    try:
+        assert (await a.admit(rules, "long", 0)).allowed
+        for _ in range(4):  # well past the lease's 0.3 s: its replica renews it
+            await asyncio.sleep(0.3)
+            assert (await b.admit(rules, "other", 0)).reason == "concurrency"
+        await settle(a, rules, "long", 0)
+        assert (await b.admit(rules, "other", 0)).allowed
+    finally:
+        await a.close()
+        await b.close()

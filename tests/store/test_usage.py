@@ -99,7 +99,7 @@ class Flaky(Database):
 async def test_records_round_trip(usage: UsageLog, db: Database) -> None:
     records = [rec(0), rec(1, key_id=None, ttft_ms=None, status=499, outcome="cut")]
     for r in records:
-        await usage.record(r)
+        usage.record(r)
     assert await usage.query() == []  # queued, not written yet
     await usage.flush()
     rows = await usage.query()
@@ -115,10 +115,10 @@ async def test_full_batches_are_written_without_waiting(db: Database) -> None:
     log.start()
     try:
         for n in range(10):
-            await log.record(rec(n))
+            log.record(rec(n))
         await eventually(written(db, 10))
         for n in range(10, 13):
-            await log.record(rec(n))
+            log.record(rec(n))
         await asyncio.sleep(0.1)
         assert await count(db) == 10 and log.pending == 3  # no full batch: they wait
     finally:
@@ -131,7 +131,7 @@ async def test_a_partial_batch_waits_for_the_interval(db: Database) -> None:
     log.start()
     try:
         for n in range(3):
-            await log.record(rec(n))
+            log.record(rec(n))
         assert await count(db) == 0
         await eventually(written(db, 3))
     finally:
@@ -144,7 +144,7 @@ async def test_close_writes_every_record(db: Database) -> None:
 
     async def client(first: int) -> None:
         for n in range(first, first + 1000):
-            await log.record(rec(n))
+            log.record(rec(n))
             if n % 50 == 0:
                 await asyncio.sleep(0)
 
@@ -153,18 +153,20 @@ async def test_close_writes_every_record(db: Database) -> None:
     assert log.pending == 0
     assert await count(db) == 5000
     with pytest.raises(RuntimeError, match="closed"):
-        await log.record(rec(99_999))
+        log.record(rec(99_999))
 
 
-async def test_a_full_queue_makes_record_wait(db: Database) -> None:
+async def test_a_full_queue_says_so_and_never_drops(db: Database) -> None:
     log = UsageLog(db, batch_size=5, flush_interval_s=60, max_pending=20)
-    for n in range(20):
-        await log.record(rec(n))  # at once: there is room
-    blocked = asyncio.create_task(log.record(rec(20)))
-    await asyncio.sleep(0.05)
-    assert not blocked.done() and log.pending == 20
+    for n in range(19):
+        log.record(rec(n))
+    assert not log.full
+    log.record(rec(19))
+    assert log.full  # admission refuses new work now
+    log.record(rec(20))  # a request already running is still billed
+    assert log.pending == 21
     await log.flush()
-    await asyncio.wait_for(blocked, 1)
+    assert not log.full
     await log.close()
     assert await count(db) == 21
 
@@ -177,7 +179,7 @@ async def test_failed_writes_are_kept_and_tried_again(
     flaky.down = True
     log.start()
     for n in range(35):
-        await log.record(rec(n))
+        log.record(rec(n))
 
     async def tried() -> bool:
         return flaky.attempts >= 3
@@ -199,7 +201,7 @@ async def test_close_retries_then_says_what_is_lost(
     flaky = Flaky(db)
     log = UsageLog(flaky, batch_size=10, flush_interval_s=0.01)
     for n in range(3):
-        await log.record(rec(n))
+        log.record(rec(n))
     flaky.down = True
     with caplog.at_level(logging.ERROR, logger="noroshi.usage"):
         await log.close()
@@ -211,7 +213,7 @@ async def test_a_record_the_database_refuses_is_dropped_alone(
     usage: UsageLog, caplog: pytest.LogCaptureFixture
 ) -> None:
     for n in range(6):
-        await usage.record(rec(n, prompt_tokens=2**70 if n == 2 else 10))
+        usage.record(rec(n, prompt_tokens=2**70 if n == 2 else 10))
     with caplog.at_level(logging.ERROR, logger="noroshi.usage"):
         await usage.flush()
     assert usage.pending == 0
@@ -222,10 +224,10 @@ async def test_a_record_the_database_refuses_is_dropped_alone(
 
 
 async def test_query_filters(usage: UsageLog) -> None:
-    await usage.record(rec(0, key_id="key_a", model="fast", created_at=100.0))
-    await usage.record(rec(1, key_id="key_b", model="fast", created_at=200.0))
-    await usage.record(rec(2, key_id="key_a", model="smart", created_at=300.0))
-    await usage.record(rec(3, key_id=None, model="smart", created_at=400.0))
+    usage.record(rec(0, key_id="key_a", model="fast", created_at=100.0))
+    usage.record(rec(1, key_id="key_b", model="fast", created_at=200.0))
+    usage.record(rec(2, key_id="key_a", model="smart", created_at=300.0))
+    usage.record(rec(3, key_id=None, model="smart", created_at=400.0))
     await usage.flush()
 
     async def ids(**filters: Any) -> list[str]:
@@ -250,7 +252,7 @@ async def test_query_grouped(usage: UsageLog) -> None:
         rec(3, key_id=None, model="fast", created_at=DAY2, completion_tokens=7),
     ]
     for r in records:
-        await usage.record(r)
+        usage.record(r)
     await usage.flush()
 
     def totals(
@@ -296,9 +298,9 @@ async def test_query_grouped(usage: UsageLog) -> None:
 
 async def test_spent(usage: UsageLog) -> None:
     assert await usage.spent("key_a", 0) == (0, 0.0)
-    await usage.record(rec(0, created_at=100.0, prompt_tokens=3, completion_tokens=4, cost=0.1))
-    await usage.record(rec(1, created_at=200.0, prompt_tokens=5, completion_tokens=6, cost=0.2))
-    await usage.record(rec(2, key_id="key_b", created_at=200.0))
+    usage.record(rec(0, created_at=100.0, prompt_tokens=3, completion_tokens=4, cost=0.1))
+    usage.record(rec(1, created_at=200.0, prompt_tokens=5, completion_tokens=6, cost=0.2))
+    usage.record(rec(2, key_id="key_b", created_at=200.0))
     await usage.flush()
     tokens, cost = await usage.spent("key_a", 0)
     assert tokens == 18 and cost == pytest.approx(0.3)

@@ -97,14 +97,16 @@ def install(router: Router, app: App) -> None:
         on_end = None
         meter = request.meter
         if (body.background or bill_at_end) and meter is not None:
-            request.meter = None
 
             async def on_end(outcome: str) -> None:
-                await app.accountant.finish(meter, 200, outcome)
+                app.accountant.finish(meter, 200, outcome)
 
-        return await app.runner.start(
+        active = await app.runner.start(
             key_id, session, agent, prompt, routed, body.background, on_end
         )
+        if on_end is not None:
+            request.meter = None  # the run bills itself when it ends
+        return active
 
     def stream(
         source: Callable[[int], AsyncIterator[Event]],
@@ -278,10 +280,15 @@ def install(router: Router, app: App) -> None:
                     active = await begin(request, message, prompt, session_id, bill_at_end=True)
                     pump = asyncio.get_running_loop().create_task(forward(active))
                 except NoroshiError as exc:
+                    if request.meter is not None:  # refused before its run could bill it
+                        app.accountant.finish(request.meter, exc.status, "error")
+                        request.meter = None
                     await refuse(exc)
         except WebSocketDisconnect:
             pass
         finally:
+            if request.meter is not None:  # cut off while a run was being admitted
+                app.accountant.finish(request.meter, 499, "cut")
             if active is not None:
                 app.runner.cancel(active)
             if pump is not None:

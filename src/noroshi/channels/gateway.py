@@ -263,7 +263,7 @@ class ChannelGateway:
         routed.attempts = 1
 
         async def bill(outcome: str) -> None:
-            await self.accountant.finish(meter, 200, outcome)
+            self.accountant.finish(meter, 200, outcome)
 
         while True:
             try:

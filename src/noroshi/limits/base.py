@@ -2,8 +2,11 @@
 
 A rate window is a log of admissions (time, lease) per scope: sliding, so that a window
 boundary never lets twice the limit through. Each admission may carry a token reservation,
-replaced by the real usage when the request is settled, and a concurrency lease, which ends
-when the request is settled or, should its replica die, after a time to live.
+replaced by the real usage when the request is released, and a concurrency lease, which ends
+when the request is released or, should its replica die, after a time to live.
+
+A release never waits and cannot fail: the request that ends may be a cancelled task (its
+client left), and what it reserved must be given back all the same.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import msgspec
 __all__ = ["Decision", "Limiter", "Rule"]
 
 WINDOW_S = 60.0  # rpm and tpm count the last minute
-LEASE_TTL_S = 900.0
+LEASE_TTL_S = 900.0  # in memory a lease is always released; this is only a safety net
 # A concurrency slot frees when any request ends, which cannot be foreseen: suggest a short wait.
 CONCURRENCY_RETRY_S = 1.0
 MAX_HITS = 10_000  # a `hit` count saturates here, so a flood cannot grow one log without bound
@@ -62,6 +65,18 @@ class Decision(msgspec.Struct):
     reset_tokens_s: float = 0.0
 
 
+class Settlement(NamedTuple):
+    """What a request that ended gives back: its lease settled at the real `tokens`, and
+    the `tokens` and `cost` added to the budget buckets of `subject` in `periods`."""
+
+    rules: Sequence[Rule]
+    lease: str
+    tokens: int
+    subject: str = ""
+    periods: Sequence[str] = ()
+    cost: float = 0.0
+
+
 class Limiter(abc.ABC):
     """Rate limits, concurrency leases, budget counters and event counts."""
 
@@ -73,15 +88,16 @@ class Limiter(abc.ABC):
         admission and must be unique (a random id)."""
 
     @abc.abstractmethod
-    async def settle(self, rules: Sequence[Rule], lease: str, tokens: int) -> None:
-        """The request ended: its reservation becomes the real `tokens`, kept at its original
-        time in the window, and its concurrency slot is freed. Idempotent."""
+    def release(self, settlement: Settlement) -> None:
+        """The request ended: its reservation becomes the real tokens, kept at its original
+        time in the window, its concurrency slot is freed (settling twice frees one slot), and
+        its spend is added to each bucket (periods like "day:2026-11-21", "month:2026-11").
+        Applied at once in memory; a shared store gets it in the background, kept and sent
+        again while the store is away."""
 
     @abc.abstractmethod
-    async def add_spend(
-        self, subject: str, periods: Sequence[str], tokens: int, cost: float
-    ) -> None:
-        """Add to each bucket of `subject`; periods are like "day:2026-11-21", "month:2026-11"."""
+    async def flush(self) -> None:
+        """Until every release so far has been applied, or given up on."""
 
     @abc.abstractmethod
     async def spend(self, subject: str, periods: Sequence[str]) -> list[tuple[int, float]]:

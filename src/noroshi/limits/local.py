@@ -21,6 +21,7 @@ from noroshi.limits.base import (
     Limiter,
     Refusal,
     Rule,
+    Settlement,
     Window,
     check_lease,
     decide,
@@ -115,7 +116,8 @@ class LocalLimiter(Limiter):
                 self._record(rule, lease, tokens, now)
         return decide(rules, [self._window(rule, now) for rule in rules], refusal)
 
-    async def settle(self, rules: Sequence[Rule], lease: str, tokens: int) -> None:
+    def release(self, settlement: Settlement) -> None:
+        rules, lease, tokens, subject, periods, cost = settlement
         for rule in rules:
             log = self._logs.get(rule.scope)
             if log is not None and lease in log.tokens:
@@ -124,6 +126,11 @@ class LocalLimiter(Limiter):
             leases = self._leases.get(rule.scope)
             if leases is not None:
                 leases.pop(lease, None)
+        if periods:
+            self.add_spend(subject, periods, tokens, cost)
+
+    async def flush(self) -> None:
+        pass  # applied at once
 
     def _refusals(self, rule: Rule, tokens: int, now: float) -> Iterator[tuple[str, float]]:
         window = self.window_s
@@ -217,9 +224,7 @@ class LocalLimiter(Limiter):
         hits.prune(now)
         return len(hits.times)
 
-    async def add_spend(
-        self, subject: str, periods: Sequence[str], tokens: int, cost: float
-    ) -> None:
+    def add_spend(self, subject: str, periods: Sequence[str], tokens: int, cost: float) -> None:
         now = self._tick()
         for period in periods:
             bucket = self._bucket(subject, period, now)

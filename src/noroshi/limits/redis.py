@@ -9,34 +9,53 @@ first use), and reads the server's clock, so replicas with skewed clocks agree. 
     {prefix}hit:{scope}      sorted set  one member an event
     {prefix}spend:{subject}:{period}  hash  t -> tokens, c -> cost
 
+    {prefix}batch:{id}  string      a batch of writes already applied
+
 Every key expires once nothing in it can matter any more, so idle scopes disappear.
-Commands are never retried: a retried admission could be counted twice.
+Admissions are never retried: a retried admission could be counted twice. What a request gives
+back when it ends (releases), and the renewals of live concurrency leases, go through one
+ordered outbox, sent in batches, each batch one atomic script marked with its id, so a batch
+sent again after a lost reply is not applied twice. While Redis is away the outbox keeps its
+batches (bounded) and sends them when it is back.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import math
-from collections.abc import Sequence
-from typing import Any
+import secrets
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, NamedTuple
 
 from noroshi.limits.base import (
     CONCURRENCY_RETRY_S,
-    LEASE_TTL_S,
     MAX_HITS,
     WINDOW_S,
     Decision,
     Limiter,
     Refusal,
     Rule,
+    Settlement,
     Window,
     check_lease,
     decide,
     period_ttl_s,
 )
 
-__all__ = ["RedisLimiter"]
+__all__ = ["SHARED_LEASE_TTL_S", "RedisLimiter"]
+
+log = logging.getLogger("noroshi.limits")
 
 MAX_CONNECTIONS = 64
+# A concurrency lease on Redis lives this long unless renewed; its replica renews the leases
+# of the requests it runs every third of it, so a replica that dies frees its slots this soon.
+SHARED_LEASE_TTL_S = 60.0
+MAX_OUTBOX = 100_000  # writes kept while Redis is away; past it the oldest go
+BATCH = 500  # writes sent in one script
+BATCH_MARK_S = 600.0  # how long a batch's id is remembered against sending it twice
 REASONS = {1: "rpm", 2: "tpm", 3: "concurrency"}
 NONE = -1  # an unlimited limit, in a script's arguments
 
@@ -178,18 +197,56 @@ return out
 """
 )
 
-# KEYS: tok, conc of each rule. ARGV: lease, tokens.
-_SETTLE = """
-local lease, tokens = ARGV[1], tonumber(ARGV[2])
-for i = 1, #KEYS, 2 do
-  local old = redis.call('HGET', KEYS[i], lease)
-  if old then
-    redis.call('HSET', KEYS[i], lease, tokens)
-    redis.call('HINCRBY', KEYS[i], '', tokens - tonumber(old))
+# A batch of writes, applied at once. KEYS[1]: the batch's mark. ARGV: the mark's time to live
+# (ms), the lease time to live (µs), then operations, each a code and its arguments, taking
+# its keys in order:
+#   s lease tokens n        settle: keys tok, conc of each of n rules
+#   p tokens cost ttl_ms    spend: key the bucket
+#   r lease                 renew a live lease: key conc
+#   c lease                 claim a slot for a lease admitted while Redis was away: key conc
+_APPLY = (
+    _PRELUDE
+    + """
+if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then return 0 end
+local ttl = tonumber(ARGV[2])
+local k, a = 2, 3
+while a <= #ARGV do
+  local op = ARGV[a]
+  if op == 's' then
+    local lease, tokens, n = ARGV[a + 1], tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+    a = a + 4
+    for _ = 1, n do
+      local tok, conc = KEYS[k], KEYS[k + 1]
+      k = k + 2
+      local old = redis.call('HGET', tok, lease)
+      if old then
+        redis.call('HSET', tok, lease, tokens)
+        redis.call('HINCRBY', tok, '', tokens - tonumber(old))
+      end
+      redis.call('ZREM', conc, lease)
+    end
+  elseif op == 'p' then
+    local key = KEYS[k]
+    k = k + 1
+    redis.call('HINCRBY', key, 't', ARGV[a + 1])
+    redis.call('HINCRBYFLOAT', key, 'c', ARGV[a + 2])
+    if redis.call('PTTL', key) < 0 then redis.call('PEXPIRE', key, ARGV[a + 3]) end
+    a = a + 4
+  else
+    local conc = KEYS[k]
+    k = k + 1
+    local mode = 'XX'
+    if op == 'c' then mode = 'NX' end
+    redis.call('ZADD', conc, mode, now + ttl, ARGV[a + 1])
+    if redis.call('EXISTS', conc) == 1 then
+      redis.call('PEXPIRE', conc, math.ceil(ttl / 1000) + 1000)
+    end
+    a = a + 2
   end
-  redis.call('ZREM', KEYS[i + 1], lease)
 end
+return 1
 """
+)
 
 # KEYS: the log. ARGV: window (µs), most members kept.
 _HIT = (
@@ -212,15 +269,6 @@ return count
 """
 )
 
-# KEYS: buckets. ARGV: tokens, cost, then each bucket's time to live (ms).
-_ADD_SPEND = """
-for i, key in ipairs(KEYS) do
-  redis.call('HINCRBY', key, 't', ARGV[1])
-  redis.call('HINCRBYFLOAT', key, 'c', ARGV[2])
-  if redis.call('PTTL', key) < 0 then redis.call('PEXPIRE', key, ARGV[i + 2]) end
-end
-"""
-
 # KEYS: the bucket. ARGV: tokens, cost, time to live (ms).
 _SEED_SPEND = """
 if redis.call('EXISTS', KEYS[1]) == 0 then
@@ -232,21 +280,25 @@ end
 
 class RedisLimiter(Limiter):
     """The limiter on Redis. `timeout_s` bounds each command, so a stalled Redis fails fast
-    (and `SharedLimiter` can fall back) instead of holding requests."""
+    (and `SharedLimiter` can fall back) instead of holding requests. `on_unreachable` hears
+    of every failure to send the outbox."""
 
     def __init__(
         self,
         url: str,
         prefix: str = "noroshi:",
-        lease_ttl_s: float = LEASE_TTL_S,
+        lease_ttl_s: float = SHARED_LEASE_TTL_S,
         timeout_s: float = 0.5,
         *,
         window_s: float = WINDOW_S,
         max_connections: int = MAX_CONNECTIONS,
+        retry_s: float = 1.0,
+        on_unreachable: Callable[[BaseException], None] | None = None,
     ) -> None:
         self.prefix = prefix
         self.lease_ttl_s = lease_ttl_s
         self.window_s = window_s
+        self.timeout_s = timeout_s
         # imported only when Redis is configured: the client costs a tenth of a second at start
         import redis.asyncio as aioredis
         from redis.asyncio.retry import Retry
@@ -261,14 +313,19 @@ class RedisLimiter(Limiter):
             retry=Retry(NoBackoff(), 0),
         )
         self.client = aioredis.Redis.from_pool(pool)
+        self.unreachable = unreachable_errors()
         self._admit = self.client.register_script(_ADMIT)
-        self._settle = self.client.register_script(_SETTLE)
+        self._apply = self.client.register_script(_APPLY)
         self._hit = self.client.register_script(_HIT)
-        self._add_spend = self.client.register_script(_ADD_SPEND)
         self._seed_spend = self.client.register_script(_SEED_SPEND)
+        self.outbox = _Outbox(self._send, self.unreachable, retry_s, on_unreachable)
+        self._live: dict[str, list[str]] = {}  # lease -> its concurrency keys, while it runs
+        self._renewer: asyncio.Task[None] | None = None
 
     async def admit(self, rules: Sequence[Rule], lease: str, tokens: int) -> Decision:
         check_lease(lease)
+        if self.outbox.scopes and any(rule.scope in self.outbox.scopes for rule in rules):
+            await self._settled()
         keys: list[str] = []
         args: list[Any] = [lease, tokens, _us(self.window_s), _us(self.lease_ttl_s)]
         args.append(_us(CONCURRENCY_RETRY_S))
@@ -282,26 +339,47 @@ class RedisLimiter(Limiter):
             for r in (reply[3 + 5 * i : 8 + 5 * i] for i in range(len(rules)))
         ]
         refusal = Refusal(refused - 1, REASONS[reason], wait / 1e6) if refused else None
+        if refusal is None:
+            self._hold(rules, lease)
         return decide(rules, windows, refusal)
 
-    async def settle(self, rules: Sequence[Rule], lease: str, tokens: int) -> None:
-        keys = []
-        for rule in rules:
-            keys += self._rate_keys(rule.scope)[1:]
-        if keys:
-            await self._settle(keys, [lease, tokens])
+    def _hold(self, rules: Sequence[Rule], lease: str) -> None:
+        """Renew the lease's concurrency slots while the request runs."""
+        conc = [self._rate_keys(rule.scope)[2] for rule in rules if rule.concurrency is not None]
+        if not conc:
+            return
+        self._live[lease] = conc
+        if self._renewer is None or self._renewer.done():
+            self._renewer = asyncio.get_running_loop().create_task(self._renew())
+
+    def release(self, settlement: Settlement) -> None:
+        self._live.pop(settlement.lease, None)
+        self.outbox.put(settlement)
+
+    async def _settled(self) -> None:
+        """Releases made here before this admission reach Redis before it does: a client that
+        ends one request and starts the next is never refused for the slot it just gave back."""
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                await self.outbox.flush()
+        except TimeoutError:
+            import redis.exceptions
+
+            raise redis.exceptions.TimeoutError("the outbox did not drain in time") from None
+
+    def claim(self, rules: Sequence[Rule], lease: str) -> None:
+        """Take the concurrency slots of a request admitted while Redis was away and still
+        running, so that Redis counts it until it is released."""
+        self._hold(rules, lease)
+        for key in self._live.get(lease, ()):
+            self.outbox.put(_Renewal(lease, key, claim=True))
+
+    async def flush(self) -> None:
+        await self.outbox.flush()
 
     async def hit(self, scope: str, window_s: float) -> int:
         count: int = await self._hit([f"{self.prefix}hit:{scope}"], [_us(window_s), MAX_HITS])
         return count
-
-    async def add_spend(
-        self, subject: str, periods: Sequence[str], tokens: int, cost: float
-    ) -> None:
-        if periods:
-            keys = [self._spend_key(subject, period) for period in periods]
-            ttls = [_ms(period_ttl_s(period)) for period in periods]
-            await self._add_spend(keys, [tokens, repr(float(cost)), *ttls])
 
     async def spend(self, subject: str, periods: Sequence[str]) -> list[tuple[int, float]]:
         async with self.client.pipeline(transaction=False) as pipe:
@@ -315,7 +393,39 @@ class RedisLimiter(Limiter):
         await self._seed_spend([key], [tokens, repr(float(cost)), _ms(period_ttl_s(period))])
 
     async def close(self) -> None:
+        if self._renewer is not None:
+            self._renewer.cancel()
+        await self.outbox.close()
         await self.client.aclose()
+
+    async def _renew(self) -> None:
+        """Every third of a lease's life, renew the live ones, in the outbox's order, so a
+        renewal can never come after the release of the same lease."""
+        while self._live:
+            await asyncio.sleep(self.lease_ttl_s / 3)
+            if self.outbox.failing:
+                continue  # what Redis lost meanwhile is not renewed by piling up renewals
+            for lease, keys in list(self._live.items()):
+                for key in keys:
+                    self.outbox.put(_Renewal(lease, key))
+
+    async def _send(self, mark: str, batch: Sequence[_Write]) -> None:
+        keys = [f"{self.prefix}batch:{mark}"]
+        args: list[Any] = [_ms(BATCH_MARK_S), _us(self.lease_ttl_s)]
+        for write in batch:
+            if isinstance(write, Settlement):
+                if write.rules:
+                    args += ["s", write.lease, write.tokens, len(write.rules)]
+                for rule in write.rules:
+                    keys += self._rate_keys(rule.scope)[1:]
+                for period in write.periods:
+                    keys.append(self._spend_key(write.subject, period))
+                    args += ["p", write.tokens, repr(float(write.cost)),
+                             _ms(period_ttl_s(period))]  # fmt: skip
+            else:
+                keys.append(write.key)
+                args += ["c" if write.claim else "r", write.lease]
+        await self._apply(keys, args)
 
     def _rate_keys(self, scope: str) -> list[str]:
         base = f"{self.prefix}rl:{scope}"
@@ -323,6 +433,123 @@ class RedisLimiter(Limiter):
 
     def _spend_key(self, subject: str, period: str) -> str:
         return f"{self.prefix}spend:{subject}:{period}"
+
+
+class _Renewal(NamedTuple):
+    lease: str
+    key: str  # a concurrency set
+    claim: bool = False  # take the slot even if Redis no longer has it
+
+
+_Write = Settlement | _Renewal
+
+
+class _Outbox:
+    """Writes to Redis in the order they were made, sent in batches by one task. A batch keeps
+    its mark until Redis has taken it: sent again after a failure, it is applied once. While
+    Redis cannot be reached the batch is tried again every `retry_s`; past `MAX_OUTBOX`
+    writes waiting, the oldest go, and are counted."""
+
+    def __init__(
+        self,
+        send: Callable[[str, Sequence[_Write]], Awaitable[None]],
+        unreachable: tuple[type[BaseException], ...],
+        retry_s: float,
+        on_unreachable: Callable[[BaseException], None] | None,
+    ) -> None:
+        self.send = send
+        self.unreachable = unreachable
+        self.retry_s = retry_s
+        self.on_unreachable = on_unreachable
+        self.writes: deque[_Write] = deque()
+        self.scopes: Counter[str] = Counter()  # of the releases not yet sent
+        self.failing = False
+        self.dropped = 0
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._task: asyncio.Task[None] | None = None
+
+    def __len__(self) -> int:
+        return len(self.writes)
+
+    def put(self, write: _Write) -> None:
+        if len(self.writes) >= MAX_OUTBOX:
+            self._done([self.writes.popleft()])
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 10_000 == 0:
+                log.error("Redis has been away too long: %d writes dropped (leases expire "
+                          "on their own; budget counters undercount)", self.dropped)  # fmt: skip
+        self.writes.append(write)
+        if isinstance(write, Settlement):
+            self.scopes.update(rule.scope for rule in write.rules)
+        self._idle.clear()
+        self._wake.set()
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def flush(self) -> None:
+        await self._idle.wait()
+
+    def _done(self, writes: Sequence[_Write]) -> None:
+        scopes = self.scopes
+        for write in writes:
+            if isinstance(write, Settlement):
+                scopes.subtract(rule.scope for rule in write.rules)
+        for scope in [scope for scope, n in scopes.items() if n <= 0]:
+            del scopes[scope]
+
+    async def close(self, timeout_s: float = 2.0) -> None:
+        """Send what is left, for a while; what Redis cannot take by then is lost."""
+        if self._task is None:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self._idle.wait()
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        if self.writes:
+            log.warning("%d writes to Redis lost at close: it is away", len(self.writes))
+
+    async def _run(self) -> None:
+        writes = self.writes
+        while True:
+            while writes:
+                batch = [writes.popleft() for _ in range(min(BATCH, len(writes)))]
+                mark = secrets.token_hex(8)
+                while True:
+                    try:
+                        await self.send(mark, batch)
+                        self.failing = False
+                        break
+                    except self.unreachable as exc:
+                        self.failing = True
+                        if self.on_unreachable is not None:
+                            self.on_unreachable(exc)
+                        await asyncio.sleep(self.retry_s)
+                    except Exception:
+                        log.exception("a batch of %d writes to Redis failed; dropped",
+                                      len(batch))  # fmt: skip
+                        break
+                self._done(batch)
+            self._idle.set()
+            self._wake.clear()
+            await self._wake.wait()
+
+
+def unreachable_errors() -> tuple[type[Exception], ...]:
+    """Unreachable, or unable to write (a replica promoted late, memory full): either way, no
+    shared limits for now. Other errors are bugs, and are raised."""
+    import redis.exceptions  # only when Redis is configured
+
+    return (
+        redis.exceptions.ConnectionError,
+        redis.exceptions.TimeoutError,
+        redis.exceptions.ReadOnlyError,
+        redis.exceptions.OutOfMemoryError,
+        OSError,
+    )
 
 
 def _arg(limit: int | None) -> int:

@@ -1,9 +1,14 @@
 """Shared limits on Redis that survive losing Redis.
 
 While Redis cannot be reached, each replica enforces its own share of every limit in memory
-and tries Redis again every `retry_s`. Budget counters are copied into memory as they are
-read, so a replica keeps enforcing budgets while away; what it spends meanwhile is added to
-Redis once it is back.
+and tries Redis again every `retry_s`. When Redis is back, for one more window each admission
+must pass both Redis and the replica's own share, whose window still holds what it admitted
+while away; and the requests it admitted meanwhile that still run take their slots in Redis's
+concurrency sets. So over any window, a key gets at most its limit plus each replica's share
+of it (`limit x (1 + local_share x replicas)`), whether Redis kept its data or came back empty.
+
+Releases go to Redis through its outbox, which keeps them while Redis is away. Budget counters
+are copied into memory as they are read, so a replica keeps enforcing budgets while away.
 """
 
 from __future__ import annotations
@@ -11,31 +16,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from typing import TypeVar
 
-from noroshi.limits.base import LEASE_TTL_S, Decision, Limiter, Rule
+from noroshi.limits.base import WINDOW_S, Decision, Limiter, Rule, Settlement
 from noroshi.limits.local import MAX_SCOPES, LocalLimiter
-from noroshi.limits.redis import RedisLimiter
+from noroshi.limits.redis import SHARED_LEASE_TTL_S, RedisLimiter
 
 __all__ = ["SharedLimiter"]
 
 log = logging.getLogger("noroshi.limits")
-
-T = TypeVar("T")
-
-
-def _unreachable() -> tuple[type[Exception], ...]:
-    """Unreachable, or unable to write (a replica promoted late, memory full): either way, no
-    shared limits for now. Other errors are bugs, and are raised."""
-    import redis.exceptions  # only when Redis is configured
-
-    return (
-        redis.exceptions.ConnectionError,
-        redis.exceptions.TimeoutError,
-        redis.exceptions.ReadOnlyError,
-        redis.exceptions.OutOfMemoryError,
-        OSError,
-    )
 
 
 class SharedLimiter(Limiter):
@@ -48,19 +36,21 @@ class SharedLimiter(Limiter):
         local_share: float = 1.0,
         retry_s: float = 1.0,
         *,
-        lease_ttl_s: float = LEASE_TTL_S,
+        lease_ttl_s: float = SHARED_LEASE_TTL_S,
         timeout_s: float = 0.5,
+        window_s: float = WINDOW_S,
     ) -> None:
-        self.redis = RedisLimiter(url, prefix, lease_ttl_s, timeout_s)
-        self.unreachable = _unreachable()
-        self.local = LocalLimiter(local_share, lease_ttl_s=lease_ttl_s)
+        self.redis = RedisLimiter(url, prefix, lease_ttl_s, timeout_s, window_s=window_s,
+                                  retry_s=retry_s, on_unreachable=self._lost)  # fmt: skip
+        self.unreachable = self.redis.unreachable
+        self.local = LocalLimiter(local_share, window_s=window_s)
         self.local_share = local_share
         self.retry_s = retry_s
-        self.lease_ttl_s = lease_ttl_s
+        self.window_s = window_s
         self._retry_at: float | None = None  # while Redis is away: when to try it again
-        self._local_leases: dict[str, float] = {}  # admitted locally -> when, oldest first
+        self._grace_until = 0.0  # after an outage: the local share still applies until then
+        self._running: dict[str, Sequence[Rule]] = {}  # admitted in memory while away, running
         self._seeds: dict[tuple[str, str], tuple[int, float]] = {}  # made locally while away
-        self._unsent: dict[tuple[str, str], tuple[int, float]] = {}  # spent locally while away
 
     @property
     def shared(self) -> bool:
@@ -69,38 +59,40 @@ class SharedLimiter(Limiter):
 
     async def admit(self, rules: Sequence[Rule], lease: str, tokens: int) -> Decision:
         if await self._reachable():
-            try:
-                return await self.redis.admit(rules, lease, tokens)
-            except self.unreachable as exc:
-                self._lost(exc)
+            if time.monotonic() >= self._grace_until:
+                try:
+                    return await self.redis.admit(rules, lease, tokens)
+                except self.unreachable as exc:
+                    self._lost(exc)
+            else:
+                return await self._admit_both(rules, lease, tokens)
         decision = await self.local.admit(rules, lease, tokens)
         if decision.allowed:
-            self._remember_local(lease)
+            self._remember(rules, lease)
         return decision
 
-    async def settle(self, rules: Sequence[Rule], lease: str, tokens: int) -> None:
-        if self._local_leases.pop(lease, None) is not None:
-            await self.local.settle(rules, lease, tokens)
-            # and in Redis too, once it is back: an admission that timed out may have reached it
-        if await self._reachable():
-            try:
-                await self.redis.settle(rules, lease, tokens)
-            except self.unreachable as exc:
-                self._lost(exc)  # the lease runs out in Redis after lease_ttl_s
+    async def _admit_both(self, rules: Sequence[Rule], lease: str, tokens: int) -> Decision:
+        """Just after an outage: this replica's share, then Redis. A request Redis refuses
+        stays in the local window, which only errs on the side of refusing."""
+        local = await self.local.admit(rules, lease, tokens)
+        if not local.allowed:
+            return local
+        try:
+            return await self.redis.admit(rules, lease, tokens)
+        except self.unreachable as exc:
+            self._lost(exc)
+            self._remember(rules, lease)
+            return local
 
-    async def add_spend(
-        self, subject: str, periods: Sequence[str], tokens: int, cost: float
-    ) -> None:
-        await self.local.add_spend(subject, periods, tokens, cost)
-        if await self._reachable():
-            try:
-                await self.redis.add_spend(subject, periods, tokens, cost)
-                return
-            except self.unreachable as exc:
-                self._lost(exc)
-        for period in periods:
-            old_tokens, old_cost = self._unsent.get((subject, period), (0, 0.0))
-            self._keep(self._unsent, (subject, period), (old_tokens + tokens, old_cost + cost))
+    def release(self, settlement: Settlement) -> None:
+        # in memory for budgets (and the lease, if admitted here); in Redis too, even for a
+        # lease admitted here, since an admission that timed out may have reached it
+        self.local.release(settlement)
+        self._running.pop(settlement.lease, None)
+        self.redis.release(settlement)
+
+    async def flush(self) -> None:
+        await self.redis.flush()
 
     async def spend(self, subject: str, periods: Sequence[str]) -> list[tuple[int, float]]:
         if await self._reachable():
@@ -122,7 +114,8 @@ class SharedLimiter(Limiter):
                 return
             except self.unreachable as exc:
                 self._lost(exc)
-        self._keep(self._seeds, (subject, period), (tokens, cost))
+        if (subject, period) in self._seeds or len(self._seeds) < MAX_SCOPES:
+            self._seeds[subject, period] = (tokens, cost)
 
     async def hit(self, scope: str, window_s: float) -> int:
         if await self._reachable():
@@ -166,38 +159,21 @@ class SharedLimiter(Limiter):
         self._retry_at = time.monotonic() + self.retry_s
 
     async def _hand_over(self) -> None:
-        """Seeds go first, so that a bucket made while away is not taken as already seeded.
-        Whatever is not handed over is kept for the next try."""
+        """Seeds go first, so that a bucket made while away is not taken as already seeded;
+        then the requests admitted here that still run claim their slots, behind the releases
+        made meanwhile in the outbox's order. Whatever is not handed over is kept."""
         await self.redis.client.ping()
-        seeds, self._seeds = self._seeds, {}
-        unsent, self._unsent = self._unsent, {}
-        try:
-            for (subject, period), (tokens, cost) in list(seeds.items()):
-                await self.redis.seed_spend(subject, period, tokens, cost)
-                del seeds[subject, period]
-            for (subject, period), (tokens, cost) in list(unsent.items()):
-                await self.redis.add_spend(subject, [period], tokens, cost)
-                del unsent[subject, period]
-        finally:
-            for key, seed in seeds.items():
-                self._keep(self._seeds, key, self._seeds.get(key, seed))
-            for key, (tokens, cost) in unsent.items():
-                more_tokens, more_cost = self._unsent.get(key, (0, 0.0))
-                self._keep(self._unsent, key, (tokens + more_tokens, cost + more_cost))
+        for (subject, period), (tokens, cost) in list(self._seeds.items()):
+            await self.redis.seed_spend(subject, period, tokens, cost)
+            del self._seeds[subject, period]
+        for lease, rules in self._running.items():
+            self.redis.claim(rules, lease)
+        self._running.clear()
+        self._grace_until = time.monotonic() + self.window_s
 
-    def _remember_local(self, lease: str) -> None:
-        """So that its settle goes where it was admitted; forgotten when it would have expired."""
-        now = time.monotonic()
-        leases = self._local_leases
-        while leases:
-            first = next(iter(leases))
-            if leases[first] > now - self.lease_ttl_s and len(leases) < MAX_SCOPES:
-                break
-            del leases[first]
-        leases[lease] = now
-
-    @staticmethod
-    def _keep(table: dict[tuple[str, str], T], key: tuple[str, str], value: T) -> None:
-        if key not in table and len(table) >= MAX_SCOPES:
-            return  # bounded: past this, an outage's spend is enforced locally but not handed over
-        table[key] = value
+    def _remember(self, rules: Sequence[Rule], lease: str) -> None:
+        """A request admitted here while Redis is away; bounded (the oldest goes first)."""
+        if any(rule.concurrency is not None for rule in rules):
+            if len(self._running) >= MAX_SCOPES:
+                del self._running[next(iter(self._running))]
+            self._running[lease] = rules

@@ -1,10 +1,13 @@
 """Usage records: one per model request, queued in memory and written in batches by a
 background task, so a request never waits on the database to be billed.
 
-The queue is bounded and never drops: when it is full (the database is down for a long time),
-`record` waits for room. A batch that fails stays queued and is tried again. Only a record the
-database can never take (a token count past 64 bits, say) is logged and dropped, so that one
-bad record cannot stall the rest.
+`record` never waits, so a request that ends is billed even while its task is being
+cancelled. The queue is bounded by refusing new work instead: once `max_pending` records wait
+(the database has been away a long time), `full` says so and admission answers 503, while the
+requests already running still add theirs. A batch that fails stays queued and is tried again.
+Only a record the database can never take (a token count past 64 bits, say) is logged and
+dropped, so that one bad record cannot stall the rest. A process killed outright loses what
+is queued: at most `flush_interval_s` of records while the database is up.
 """
 
 from __future__ import annotations
@@ -70,7 +73,6 @@ class UsageLog:
         self._pending: list[UsageRecord] = []
         self._writing = asyncio.Lock()  # one writer at a time: a batch is never written twice
         self._wake = asyncio.Event()  # a full batch is waiting, or the log is closing
-        self._room = asyncio.Event()  # records were written: `record` may go on
         self._stopping = asyncio.Event()
         self._closed = False
         self._task: asyncio.Task[None] | None = None
@@ -79,17 +81,18 @@ class UsageLog:
     def pending(self) -> int:
         return len(self._pending)
 
+    @property
+    def full(self) -> bool:
+        """Whether the backlog is at its bound: take no new work that would add to it."""
+        return len(self._pending) >= self.max_pending
+
     def start(self) -> None:
         """Start writing in the background (without it, only `flush` writes)."""
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="noroshi-usage")
 
-    async def record(self, rec: UsageRecord) -> None:
-        """Queue a record; returns at once unless the queue is full."""
-        while len(self._pending) >= self.max_pending and not self._closed:
-            self._room.clear()
-            self._wake.set()
-            await self._room.wait()
+    def record(self, rec: UsageRecord) -> None:
+        """Queue a record."""
         if self._closed:
             raise RuntimeError("the usage log is closed")
         self._pending.append(rec)
@@ -99,21 +102,17 @@ class UsageLog:
     async def flush(self) -> None:
         """Write every queued record now; raises if the database fails (they stay queued)."""
         async with self._writing:
-            try:
-                while self._pending:
-                    batch = self._pending[: self.batch_size]
-                    try:
-                        await self.db.executemany(_INSERT, [_row(r) for r in batch])
-                    except Exception as exc:
-                        if not self.db.refuses(exc):
-                            raise
-                        await self._one_by_one(len(batch))
-                    else:
-                        # only the writer takes from the front; `record` appends at the back
-                        del self._pending[: len(batch)]
-                    self._room.set()
-            finally:  # room for what was written before a failure, too
-                self._room.set()
+            while self._pending:
+                batch = self._pending[: self.batch_size]
+                try:
+                    await self.db.executemany(_INSERT, [_row(r) for r in batch])
+                except Exception as exc:
+                    if not self.db.refuses(exc):
+                        raise
+                    await self._one_by_one(len(batch))
+                else:
+                    # only the writer takes from the front; `record` appends at the back
+                    del self._pending[: len(batch)]
 
     async def _one_by_one(self, count: int) -> None:
         """A record in the next batch can never be written: write them alone, dropping it."""
@@ -149,7 +148,6 @@ class UsageLog:
                 delay = min(delay * 2, MAX_RETRY_DELAY_S)
         self._closed = True
         self._pending.clear()
-        self._room.set()
 
     async def _run(self) -> None:
         delay = 0.0  # after a failure: how long to wait before trying again
