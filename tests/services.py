@@ -81,11 +81,12 @@ async def redis_prefix(redis_url: str) -> AsyncIterator[str]:
         await client.aclose()
 
 
-def shared_state(postgres_url: str, redis_url: str, redis_prefix: str) -> str:
-    """The config that makes servers replicas of one another: one database, one Redis."""
+def shared_state(postgres_url: str, redis_url: str, redis_prefix: str, redis: str = "") -> str:
+    """The config that makes servers replicas of one another: one database, one Redis (and
+    `redis`, more lines of its table)."""
     return (
         f'[storage]\nurl = "{postgres_url}"\n'
-        f'[redis]\nurl = "{redis_url}"\nprefix = "{redis_prefix}"\n'
+        f'[redis]\nurl = "{redis_url}"\nprefix = "{redis_prefix}"\n{redis}'
     )
 
 

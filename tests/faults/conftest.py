@@ -7,8 +7,9 @@ prints it (shown by `pytest -s` and with a failure) and checks it against the do
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,7 +75,20 @@ class Fleet:
             await client.aclose()
 
 
-Fleets = Callable[..., Awaitable[Fleet]]
+@contextlib.asynccontextmanager
+async def start_fleet(
+    tmp_path: Path, upstream: FakeOpenAI, storage_url: str, redis_url: str, prefix: str,
+    extra: str = "", redis: str = "", count: int = 3,
+) -> AsyncIterator[Fleet]:  # fmt: skip
+    """`count` replicas on one database and one Redis, behind a fake OpenAI."""
+    config = openai_config(
+        upstream.base_url,
+        extra=f'[auth]\nmaster_key = "{MASTER}"\n'
+        + shared_state(storage_url, redis_url, prefix, redis)
+        + extra,
+    )
+    async with serve_replicas(tmp_path, config, count) as bases:
+        yield Fleet(bases, redis_url, prefix)
 
 
 @pytest.fixture
@@ -82,10 +96,5 @@ async def fleet(
     tmp_path: Path, upstream: FakeOpenAI, postgres_url: str, redis_url: str, redis_prefix: str
 ) -> AsyncIterator[Fleet]:
     """Three replicas on the machine's PostgreSQL and Redis, behind a fake OpenAI."""
-    config = openai_config(
-        upstream.base_url,
-        extra=f'[auth]\nmaster_key = "{MASTER}"\n'
-        + shared_state(postgres_url, redis_url, redis_prefix),
-    )
-    async with serve_replicas(tmp_path, config, 3) as bases:
-        yield Fleet(bases, redis_url, redis_prefix)
+    async with start_fleet(tmp_path, upstream, postgres_url, redis_url, redis_prefix) as fleet:
+        yield fleet
