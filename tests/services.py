@@ -81,11 +81,13 @@ async def redis_prefix(redis_url: str) -> AsyncIterator[str]:
         await client.aclose()
 
 
-def shared_state(postgres_url: str, redis_url: str, redis_prefix: str, redis: str = "") -> str:
+def shared_state(
+    postgres_url: str, redis_url: str, redis_prefix: str, redis: str = "", storage: str = ""
+) -> str:
     """The config that makes servers replicas of one another: one database, one Redis (and
-    `redis`, more lines of its table)."""
+    `redis` and `storage`, more lines of their tables)."""
     return (
-        f'[storage]\nurl = "{postgres_url}"\n'
+        f'[storage]\nurl = "{postgres_url}"\n{storage}'
         f'[redis]\nurl = "{redis_url}"\nprefix = "{redis_prefix}"\n{redis}'
     )
 

@@ -43,6 +43,7 @@ class Meter:
     """One request on a model route, from admission to its usage record."""
 
     __slots__ = (
+        "admitted",
         "decision",
         "estimate",
         "finished",
@@ -69,6 +70,7 @@ class Meter:
         self.decision: Decision | None = None
         self.periods: list[str] = []
         self.routed: Routed | None = None
+        self.admitted = False  # passed admission: whatever happens next is billed
         self.finished = False
 
 
@@ -100,6 +102,7 @@ class Accountant:
             )
         key = meter.key
         if key is None:
+            meter.admitted = True
             return
         if key.models and model not in key.models:
             raise Forbidden(
@@ -111,6 +114,7 @@ class Accountant:
             await self._check_budget(meter, key)
         rules = _rules(key, model)
         if not rules:
+            meter.admitted = True
             return
         lease = f"{self._lease_prefix}{next(self._leases)}"
         reserve = estimate + (max_tokens or DEFAULT_COMPLETION_RESERVE)
@@ -127,6 +131,7 @@ class Accountant:
                 headers=dict(rate_headers(decision)),
             )
         meter.rules, meter.lease, meter.decision = rules, lease, decision
+        meter.admitted = True
 
     async def _check_budget(self, meter: Meter, key: ApiKey) -> None:
         budget = key.budget
@@ -197,21 +202,22 @@ class Accountant:
             ))  # fmt: skip
         now = time.monotonic()
         duration = now - meter.started
-        self.usage.record(UsageRecord(
-            request_id=meter.request_id,
-            key_id=key.id if key is not None else None,
-            model=meter.model,
-            deployment=deployment,
-            route=meter.route,
-            prompt_tokens=prompt,
-            completion_tokens=completion,
-            cost=cost,
-            ttft_ms=ttft_s * 1000 if ttft_s is not None else None,
-            duration_ms=duration * 1000,
-            status=status,
-            outcome=outcome,
-            created_at=time.time(),
-        ))  # fmt: skip
+        if meter.admitted or not self.usage.full:  # else refused, nothing billed: not kept
+            self.usage.record(UsageRecord(
+                request_id=meter.request_id,
+                key_id=key.id if key is not None else None,
+                model=meter.model,
+                deployment=deployment,
+                route=meter.route,
+                prompt_tokens=prompt,
+                completion_tokens=completion,
+                cost=cost,
+                ttft_ms=ttft_s * 1000 if ttft_s is not None else None,
+                duration_ms=duration * 1000,
+                status=status,
+                outcome=outcome,
+                created_at=time.time(),
+            ))  # fmt: skip
         self.metrics.answered(
             meter.route, meter.model, status, duration, ttft_s, prompt, completion
         )

@@ -188,11 +188,12 @@ class App:
 
     async def _open(self) -> None:
         config = self.config
-        self.db = await open_database(config.storage.url, data_dir(config))
+        storage = config.storage
+        self.db = await open_database(storage.url, data_dir(config), storage.timeout_s,
+                                      storage.connect_timeout_s)  # fmt: skip
         self.keys = KeyStore(self.db)
-        self.usage = UsageLog(
-            self.db, config.storage.usage_batch_size, config.storage.usage_flush_s
-        )
+        self.usage = UsageLog(self.db, storage.usage_batch_size, storage.usage_flush_s,
+                              storage.usage_max_pending)  # fmt: skip
         self.usage.start()
         redis = config.redis
         if redis.url:

@@ -4,7 +4,9 @@ Keys arrive as `Authorization: Bearer …` or `x-api-key`. The master key opens 
 virtual keys are looked up by hash and cached per process. A change to a key reaches every
 replica's cache within a second: through Redis pub/sub when Redis is configured (the cache
 then keeps keys for `auth.key_cache_s`), otherwise by keeping them for one second only.
-Repeated failures from one address lock it out for a while.
+While the database is away, a key looked up in the last `auth.stale_key_s` is served from the
+cache; an unknown one is refused with 503. Repeated failures from one address lock it out for
+a while.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 from noroshi.broadcast import Channel
 from noroshi.config import AuthConfig
 from noroshi.edge.signing import Verifier
-from noroshi.errors import Forbidden, RateLimited, Unauthorized
+from noroshi.errors import Forbidden, RateLimited, StoreUnavailable, Unauthorized
 from noroshi.http.request import Request
 from noroshi.limits import Limiter
 from noroshi.store.keys import ApiKey, KeyStore, hash_key
@@ -151,7 +153,12 @@ class Authenticator:
         ttl = self.config.key_cache_s if self.changes and self.changes.live else UNSHARED_CACHE_S
         if hit is not None and now - hit[1] < ttl:
             return hit[0]
-        key = await self.keys.find(secret)
+        try:
+            key = await self.keys.find(secret)
+        except StoreUnavailable:
+            if hit is not None and now - hit[1] < self.config.stale_key_s:
+                return hit[0]
+            raise
         if key is None:
             self._cache.pop(digest, None)
             return None

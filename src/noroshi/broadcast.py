@@ -17,6 +17,7 @@ __all__ = ["Channel"]
 log = logging.getLogger("noroshi.broadcast")
 
 RESUBSCRIBE_S = 1.0
+PUBLISH_TIMEOUT_S = 2.0  # a stalled Redis fails a publish, rather than holding its caller
 
 
 class Channel:
@@ -38,8 +39,9 @@ class Channel:
         self._task = asyncio.get_running_loop().create_task(self._listen())
 
     async def publish(self, message: str) -> int:
-        """How many subscribers (replicas) received it."""
-        return int(await self.client.publish(self.name, message))
+        """How many subscribers (replicas) received it; TimeoutError past PUBLISH_TIMEOUT_S."""
+        async with asyncio.timeout(PUBLISH_TIMEOUT_S):
+            return int(await self.client.publish(self.name, message))
 
     async def _listen(self) -> None:
         from redis.exceptions import RedisError  # loaded already: there is a client

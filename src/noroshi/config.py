@@ -35,6 +35,7 @@ __all__ = [
     "RedisConfig",
     "RoutingConfig",
     "ServerConfig",
+    "StartupError",
     "StorageConfig",
     "data_dir",
     "find_config_file",
@@ -46,11 +47,17 @@ __all__ = [
 ENV_PREFIX = "NOROSHI_"
 T = TypeVar("T")
 Positive = Annotated[float, msgspec.Meta(gt=0)]
+NonNegative = Annotated[float, msgspec.Meta(ge=0)]
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 
 
 class ConfigError(Exception):
     """A configuration problem, already phrased for a person."""
+
+
+class StartupError(ConfigError):
+    """Something the configuration names could not be reached at start; the message names
+    the key, so the server can exit with that one line."""
 
 
 class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -140,6 +147,7 @@ class InternalConfig(_Section):
 class AuthConfig(_Section):
     master_key: str = ""  # empty: auth is off, allowed only on a loopback address
     key_cache_s: Positive = 60.0  # with Redis, changes are pushed; without it, 1 s at most
+    stale_key_s: NonNegative = 300.0  # while the database is away, a cached key serves this long
     lockout_failures: Annotated[int, msgspec.Meta(ge=1)] = 10
     lockout_window_s: Positive = 60.0
     lockout_s: Positive = 300.0
@@ -149,6 +157,9 @@ class StorageConfig(_Section):
     url: str = ""  # default: SQLite in the data directory; or postgresql://…
     usage_batch_size: Annotated[int, msgspec.Meta(ge=1)] = 500
     usage_flush_s: Positive = 0.5
+    usage_max_pending: Annotated[int, msgspec.Meta(ge=1)] = 50_000  # then 503 until written
+    timeout_s: Positive = 5.0  # the most any database call waits
+    connect_timeout_s: Positive = 10.0  # at start: how long to keep trying to reach it
 
 
 class RedisConfig(_Section):

@@ -242,6 +242,12 @@ class Unavailable(NoroshiError):
 class StoreUnavailable(Unavailable):
     code = "store_unavailable"
 
+    def __init__(self, reason: str, *, retry_after: float | None = None) -> None:
+        super().__init__(
+            f"The database is unavailable ({reason}); retry shortly.", retry_after=retry_after
+        )
+        self.reason = reason  # which database, and what went wrong; never a password
+
 
 def where(exc: msgspec.ValidationError) -> tuple[str, str | None]:
     """A validation failure as a message and the field it names:

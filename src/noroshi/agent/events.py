@@ -17,6 +17,7 @@ from typing import Any
 import msgspec
 
 from noroshi.broadcast import Channel
+from noroshi.errors import Unavailable
 from noroshi.store.database import Database
 
 __all__ = ["TERMINAL", "DatabaseEvents", "EventStore", "EventWriter", "RedisEvents"]
@@ -28,6 +29,7 @@ KEEP_S = 24 * 3600  # how long a run's events stay joinable
 POLL_S = 0.2  # how often a database follower looks for new events
 MAX_FOLLOW_S = 3600.0  # a follower of a run that never ends gives up
 BATCH = 500
+REDIS_TIMEOUT_S = 2.0  # a stalled Redis fails a call, rather than holding a run
 
 Row = tuple[int, str, dict[str, Any]]
 Running = Callable[[], Awaitable[bool]]  # whether the run is still going (asked when idle)
@@ -103,10 +105,15 @@ class RedisEvents(EventStore):
 
         self.prefix = prefix
         self.client = aioredis.from_url(url, socket_timeout=None, socket_connect_timeout=2)
+        self.failed = (aioredis.RedisError, OSError)
         self.cancels = Channel(self.client, f"{prefix}run-cancels", lambda _: None)
 
     async def ask_cancel(self, run_id: str) -> bool:
-        return bool(await self.cancels.publish(run_id))
+        try:
+            return bool(await self.cancels.publish(run_id))
+        except self.failed as exc:
+            raise Unavailable("The run's replica cannot be asked to cancel it (Redis is "
+                              "away); retry shortly.", retry_after=1.0) from exc  # fmt: skip
 
     def listen_cancels(self, cancel: Callable[[str], None]) -> None:
         self.cancels.on_message = cancel
@@ -117,7 +124,7 @@ class RedisEvents(EventStore):
 
     async def append(self, run_id: str, rows: list[Row]) -> None:
         key = self._key(run_id)
-        async with self.client.pipeline(transaction=False) as pipe:
+        async with asyncio.timeout(REDIS_TIMEOUT_S), self.client.pipeline(False) as pipe:
             for seq, type, data in rows:
                 pipe.xadd(key, {"t": type, "d": _encode(data)}, id=f"{seq}-0")
             pipe.expire(key, KEEP_S)
@@ -128,7 +135,8 @@ class RedisEvents(EventStore):
         loop = asyncio.get_running_loop()
         give_up = loop.time() + MAX_FOLLOW_S
         while loop.time() < give_up:
-            answer: Any = await self.client.xread({key: last}, count=BATCH, block=1000)
+            async with asyncio.timeout(1.0 + REDIS_TIMEOUT_S):  # it blocks for 1 s itself
+                answer: Any = await self.client.xread({key: last}, count=BATCH, block=1000)
             if not answer and not await running():
                 return
             for _, entries in answer or ():

@@ -4,6 +4,11 @@ replicas), so the stores write their SQL once, with `?` placeholders, and get pl
 The schema lives in `MIGRATIONS`, one portable statement per version. Every opener applies the
 missing ones, each in its own transaction, under a lock that serialises concurrent openers
 (several workers or replicas starting at once).
+
+Every call waits at most `timeout_s`. A database that is away, refuses connections or does not
+answer in time raises `StoreUnavailable` (503 with Retry-After), never a bare driver error: a
+request that needs the database then fails fast and cleanly, and one that does not (a cached
+key, a usage record queued) goes on.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import functools
+import logging
 import re
 import sqlite3
 import time
@@ -20,6 +26,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import aiosqlite
+
+from noroshi.config import StartupError
+from noroshi.errors import StoreUnavailable
 
 if TYPE_CHECKING:
     import asyncpg  # loaded by `PostgresDatabase.connect` only: SQLite needs none of it
@@ -35,8 +44,13 @@ __all__ = [
     "open_database_file",
 ]
 
+log = logging.getLogger("noroshi.store")
+
 DATABASE_FILE = "noroshi.sqlite3"
 OPEN_ATTEMPTS = 5
+TIMEOUT_S = 5.0  # the most any call waits for the database
+RETRY_AFTER_S = 2.0  # what a client refused for an unavailable database is told
+MAX_CONNECTIONS = 10
 
 Row = tuple[Any, ...]
 T = TypeVar("T")
@@ -226,15 +240,34 @@ class SQLiteDatabase(Database):
 
     dialect = "sqlite"
 
-    def __init__(self, conn: aiosqlite.Connection, path: Path) -> None:
+    def __init__(self, conn: aiosqlite.Connection, path: Path, timeout_s: float = TIMEOUT_S):
         self.path = path
+        self.timeout_s = timeout_s
         self._conn = _SQLiteConnection(conn)
         self._lock = asyncio.Lock()
+        self._breaker = _Breaker(f"SQLite at {path}")
 
     @classmethod
-    async def connect(cls, path: Path) -> SQLiteDatabase:
+    async def connect(cls, path: Path, timeout_s: float = TIMEOUT_S) -> SQLiteDatabase:
         """Open, in WAL mode."""
-        return await _until_unlocked(lambda: cls._connect(path))
+        db = await _until_unlocked(lambda: cls._connect(path))
+        db.timeout_s = timeout_s
+        return db
+
+    @asynccontextmanager
+    async def _turn(self) -> AsyncIterator[_SQLiteConnection]:
+        """The connection, for at most `timeout_s` (waiting for it included)."""
+        self._breaker.check()
+        try:
+            async with asyncio.timeout(self.timeout_s), self._lock:
+                yield self._conn
+        except TimeoutError:
+            raise self._breaker.failed(f"no answer within {self.timeout_s:g} s") from None
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            raise self._breaker.failed(str(exc)) from None
+        self._breaker.passed()
 
     @classmethod
     async def _connect(cls, path: Path) -> SQLiteDatabase:
@@ -251,8 +284,8 @@ class SQLiteDatabase(Database):
         return cls(conn, path)
 
     async def execute(self, sql: str, args: Sequence[Any] = ()) -> None:
-        async with self._lock:
-            await self._conn.execute(sql, args)
+        async with self._turn() as conn:
+            await conn.execute(sql, args)
 
     async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         """A plain `INSERT … VALUES (?, …)` goes as a few statements of many rows each: the
@@ -276,8 +309,8 @@ class SQLiteDatabase(Database):
                 start += count
 
     async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
-        async with self._lock:
-            return await self._conn.fetch(sql, args)
+        async with self._turn() as conn:
+            return await conn.fetch(sql, args)
 
     async def close(self) -> None:
         async with self._lock:
@@ -292,8 +325,7 @@ class SQLiteDatabase(Database):
     async def _transaction(self) -> AsyncIterator[_SQLiteConnection]:
         """A write transaction: IMMEDIATE takes the file's write lock at once (waiting up to
         the busy timeout), so two writers never deadlock upgrading a read."""
-        async with self._lock:
-            conn = self._conn
+        async with self._turn() as conn:
             try:
                 await conn.execute("BEGIN IMMEDIATE")
                 yield conn
@@ -334,48 +366,86 @@ def numbered(sql: str) -> str:
 
 
 class _PostgresConnection:
-    def __init__(self, conn: asyncpg.Connection) -> None:
+    """One pooled connection; each statement waits at most `timeout_s`."""
+
+    def __init__(self, conn: asyncpg.Connection, timeout_s: float) -> None:
         self.conn = conn
+        self.timeout_s = timeout_s
 
     async def execute(self, sql: str, args: Sequence[Any] = ()) -> None:
-        await self.conn.execute(numbered(sql), *args)
+        await self.conn.execute(numbered(sql), *args, timeout=self.timeout_s)
 
     async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
-        return [tuple(row) for row in await self.conn.fetch(numbered(sql), *args)]
+        rows = await self.conn.fetch(numbered(sql), *args, timeout=self.timeout_s)
+        return [tuple(row) for row in rows]
 
     async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        await self.conn.executemany(numbered(sql), rows)
+        await self.conn.executemany(numbered(sql), rows, timeout=self.timeout_s)
 
 
 class PostgresDatabase(Database):
     """An asyncpg pool. Query parameters of the URL that libpq does not know become server
-    settings (`?search_path=tenant` picks the schema)."""
+    settings (`?search_path=tenant` picks the schema). A connection whose statement timed out
+    or broke is closed, not given back: the pool opens a fresh one when the server is back."""
 
     dialect = "postgresql"
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
-        self._pool = pool
-
-    @classmethod
-    async def connect(cls, url: str) -> PostgresDatabase:
+    def __init__(self, pool: asyncpg.Pool, where: str, timeout_s: float = TIMEOUT_S) -> None:
         import asyncpg
 
-        return cls(await asyncpg.create_pool(url, min_size=1, max_size=10))
+        self._pool = pool
+        self.where = where  # host:port/database, for messages; never the password
+        self.timeout_s = timeout_s
+        self._breaker = _Breaker(f"PostgreSQL at {where}")
+        self._down = (
+            OSError,
+            TimeoutError,
+            asyncpg.PostgresConnectionError,
+            asyncpg.InterfaceError,
+            asyncpg.exceptions.OperatorInterventionError,  # shutting down, starting up
+            asyncpg.exceptions.InsufficientResourcesError,  # too many connections
+        )
+
+    @classmethod
+    async def connect(cls, url: str, timeout_s: float = TIMEOUT_S) -> PostgresDatabase:
+        import asyncpg
+
+        where = _where(url)
+        try:
+            # no floor of idle connections: keeping one up would retry, noisily, in an outage
+            pool = await asyncpg.create_pool(
+                url, min_size=0, max_size=MAX_CONNECTIONS, timeout=timeout_s
+            )
+        except (OSError, TimeoutError, asyncpg.PostgresConnectionError) as exc:
+            raise _unavailable(f"PostgreSQL at {where}", _reason(exc)) from None
+        try:
+            async with asyncio.timeout(timeout_s):
+                await pool.fetchval("SELECT 1", timeout=timeout_s)  # it opens nothing until asked
+        except (OSError, TimeoutError, asyncpg.PostgresConnectionError) as exc:
+            pool.terminate()
+            raise _unavailable(f"PostgreSQL at {where}", _reason(exc)) from None
+        return cls(pool, where, timeout_s)
 
     async def execute(self, sql: str, args: Sequence[Any] = ()) -> None:
-        await self._pool.execute(numbered(sql), *args)
+        async with self._connection() as conn:
+            await conn.execute(sql, args)
 
     async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         if not rows:
             return
-        async with self._pool.acquire() as conn, conn.transaction():
-            await conn.executemany(numbered(sql), rows)
+        async with self.transaction() as tx:
+            await tx.executemany(sql, rows)
 
     async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
-        return [tuple(row) for row in await self._pool.fetch(numbered(sql), *args)]
+        async with self._connection() as conn:
+            return await conn.fetch(sql, args)
 
     async def close(self) -> None:
-        await self._pool.close()
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                await self._pool.close()
+        except TimeoutError:
+            self._pool.terminate()
 
     def refuses(self, exc: BaseException) -> bool:
         # DataError: a value out of range, text with NUL or surrogates (asyncpg raises it for
@@ -385,31 +455,123 @@ class PostgresDatabase(Database):
         return isinstance(exc, asyncpg.DataError | asyncpg.IntegrityConstraintViolationError)
 
     @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[_PostgresConnection]:
+        """A pooled connection, acquired within `timeout_s`; whatever says the server is away
+        becomes `StoreUnavailable`."""
+        self._breaker.check()
+        try:
+            conn = await self._pool.acquire(timeout=self.timeout_s)
+        except self._down as exc:
+            raise self._breaker.failed(_reason(exc)) from None
+        try:
+            yield _PostgresConnection(conn, self.timeout_s)
+        except self._down as exc:
+            conn.terminate()  # it may be mid-statement on a server that does not answer
+            raise self._breaker.failed(_reason(exc)) from None
+        finally:
+            try:
+                await self._pool.release(conn, timeout=self.timeout_s)
+            except self._down:
+                conn.terminate()
+        self._breaker.passed()
+
+    @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_PostgresConnection]:
         """Statements on one pooled connection that commit together, or not at all."""
-        async with self._pool.acquire() as conn, conn.transaction():
-            yield _PostgresConnection(conn)
+        async with self._connection() as conn:
+            tx = conn.conn.transaction()
+            await _within(tx.start(), self.timeout_s)
+            try:
+                yield conn
+            except BaseException:
+                if not conn.conn.is_closed():
+                    await _within(tx.rollback(), self.timeout_s)
+                raise
+            await _within(tx.commit(), self.timeout_s)
 
     @asynccontextmanager
     async def _migration_transaction(self) -> AsyncIterator[_PostgresConnection]:
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with self.transaction() as tx:
             # held to the end of the transaction; CREATE … IF NOT EXISTS alone races
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
-            yield _PostgresConnection(conn)
+            await tx.execute("SELECT pg_advisory_xact_lock(?)", (_MIGRATION_LOCK,))
+            yield tx
 
 
-async def open_database(url: str | None, directory: Path) -> Database:
+async def _within(step: Awaitable[T], timeout_s: float) -> T:
+    async with asyncio.timeout(timeout_s):
+        return await step
+
+
+def _where(url: str) -> str:
+    """host:port/database of a PostgreSQL URL, without user or password."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    host = parts.hostname or "localhost"
+    return f"{host}:{parts.port or 5432}{parts.path or '/'}"
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "no answer in time"
+    return str(exc) or type(exc).__name__
+
+
+def _unavailable(what: str, reason: str) -> StoreUnavailable:
+    return StoreUnavailable(f"{what}: {reason}", retry_after=RETRY_AFTER_S)
+
+
+class _Breaker:
+    """Once the database has failed, calls fail at once for `retry_s` instead of each waiting
+    out its timeout; then one call at a time tries it again."""
+
+    def __init__(self, what: str, retry_s: float = RETRY_AFTER_S) -> None:
+        self.what = what
+        self.retry_s = retry_s
+        self._retry_at = 0.0
+        self._reason = ""
+
+    def check(self) -> None:
+        if not self._retry_at:
+            return
+        now = time.monotonic()
+        if now < self._retry_at:
+            raise _unavailable(self.what, self._reason)
+        self._retry_at = now + self.retry_s  # this call probes; the others still fail fast
+
+    def failed(self, reason: str) -> StoreUnavailable:
+        if not self._retry_at:
+            log.warning("%s is unavailable (%s); failing fast, trying again every %g s",
+                        self.what, reason, self.retry_s)  # fmt: skip
+        self._retry_at = time.monotonic() + self.retry_s
+        self._reason = reason
+        return _unavailable(self.what, reason)
+
+    def passed(self) -> None:
+        if self._retry_at:
+            log.info("%s is reachable again", self.what)
+            self._retry_at = 0.0
+
+
+async def open_database(
+    url: str | None,
+    directory: Path,
+    timeout_s: float = TIMEOUT_S,
+    connect_timeout_s: float = TIMEOUT_S,
+) -> Database:
     """The database that `storage.url` names, migrated: empty for SQLite in `directory`,
-    `sqlite:///absolute/path`, or `postgresql://…` (`postgres://` too)."""
+    `sqlite:///absolute/path`, or `postgresql://…` (`postgres://` too). A database that cannot
+    be reached is tried again, logged, for `connect_timeout_s`; then `StartupError`."""
     db: Database
     scheme, _, rest = (url or "").partition(":")
     scheme = scheme.lower()
     if not url:
-        db = await SQLiteDatabase.connect(directory / DATABASE_FILE)
+        db = await SQLiteDatabase.connect(directory / DATABASE_FILE, timeout_s)
     elif scheme == "sqlite" and rest.startswith("///") and len(rest) > 3:
-        db = await SQLiteDatabase.connect(Path(rest[2:]))
+        db = await SQLiteDatabase.connect(Path(rest[2:]), timeout_s)
     elif scheme in ("postgresql", "postgres"):
-        db = await PostgresDatabase.connect(url)
+        db = await _reach(lambda: PostgresDatabase.connect(url, timeout_s), connect_timeout_s,
+                          f"PostgreSQL at {_where(url)}")  # fmt: skip
     else:
         # not the URL itself: it may hold a password
         raise ValueError(
@@ -418,10 +580,32 @@ async def open_database(url: str | None, directory: Path) -> Database:
         )
     try:
         await _until_unlocked(db.migrate)
+    except StoreUnavailable as exc:
+        await db.close()
+        raise StartupError(f"storage.url: {exc.reason}") from None
     except BaseException:
         await db.close()
         raise
     return db
+
+
+async def _reach(connect: Callable[[], Awaitable[T]], within_s: float, what: str) -> T:
+    """`connect()`, tried again once a second while the database is unavailable."""
+    deadline = time.monotonic() + within_s
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            async with asyncio.timeout(max(0.1, deadline - time.monotonic())):
+                return await connect()
+        except (StoreUnavailable, TimeoutError) as exc:
+            reason = exc.reason if isinstance(exc, StoreUnavailable) else f"{what}: no answer"
+            if time.monotonic() + 1.0 >= deadline:
+                raise StartupError(
+                    f"storage.url: {reason} (tried {attempt} times in {within_s:g} s)"
+                ) from None
+            log.warning("storage.url: the database is not reachable yet (%s); retrying", reason)
+            await asyncio.sleep(1.0)
 
 
 async def _until_unlocked(action: Callable[[], Awaitable[T]]) -> T:

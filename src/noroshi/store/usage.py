@@ -19,6 +19,7 @@ import logging
 import time
 from typing import Any
 
+from noroshi.errors import StoreUnavailable
 from noroshi.store.database import Database
 from noroshi.wire.admin import UsageRecord, UsageTotals
 
@@ -163,6 +164,10 @@ class UsageLog:
             try:
                 await self.flush()
                 delay = 0.0
+            except StoreUnavailable as exc:
+                log.warning("could not write %d usage records (%s); keeping them",
+                            self.pending, exc.reason)  # fmt: skip
+                delay = min(max(delay * 2, self.flush_interval_s), MAX_RETRY_DELAY_S)
             except Exception:
                 log.warning("could not write %d usage records; keeping them", self.pending,
                             exc_info=True)  # fmt: skip
