@@ -78,7 +78,7 @@ class Fleet:
 @contextlib.asynccontextmanager
 async def start_fleet(
     tmp_path: Path, upstream: FakeOpenAI, storage_url: str, redis_url: str, prefix: str,
-    redis: str = "", storage: str = "", count: int = 3,
+    redis: str = "", storage: str = "", extra: str = "", count: int = 3,
 ) -> AsyncIterator[Fleet]:  # fmt: skip
     """`count` replicas on one database and one Redis (none when `redis_url` is empty),
     behind a fake OpenAI."""
@@ -86,7 +86,8 @@ async def start_fleet(
         state = shared_state(storage_url, redis_url, prefix, redis, storage)
     else:
         state = f'[storage]\nurl = "{storage_url}"\n{storage}'
-    config = openai_config(upstream.base_url, extra=f'[auth]\nmaster_key = "{MASTER}"\n{state}')
+    auth = f'[auth]\nmaster_key = "{MASTER}"\n'
+    config = openai_config(upstream.base_url, extra=auth + state + extra)
     async with serve_replicas(tmp_path, config, count) as bases:
         yield Fleet(bases, redis_url, prefix)
 

@@ -2,7 +2,8 @@
 
 A run outlives the request that started it only when it was started in the background; a
 streaming run whose client leaves is cancelled, which stops its model call and tools. One run
-at a time per session.
+at a time per session, across replicas: a run claims its session in the database, and this
+process renews the claims of its runs until they end.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import msgspec
@@ -22,15 +23,16 @@ from noroshi.config import AgentConfig
 from noroshi.errors import Conflict, NoroshiError
 from noroshi.providers.base import Routed
 from noroshi.providers.router import ProviderRouter
-from noroshi.store.sessions import Run, Session, SessionStore
+from noroshi.store.sessions import Run, Session, SessionStore, new_run_id
 
 __all__ = ["ActiveRun", "Agent", "Event", "OnEnd", "RunLog", "Runner"]
 
 log = logging.getLogger("noroshi.agent")
 
-OnEnd = Callable[[str], Awaitable[None]]  # called with the outcome: "ok", "error" or "cut"
+OnEnd = Callable[[str], None]  # called with the outcome: "ok", "error" or "cut"
 MAX_EVENTS = 50_000  # a run that emits more is cut with an error
 KEEP_FINISHED = 1_000  # finished runs kept in memory for late joins
+SESSION_HOLD_S = 10.0  # a run's claim on its session, renewed every third of it
 
 
 class Event(msgspec.Struct, array_like=True):
@@ -49,10 +51,11 @@ class RunLog:
         self.keep = keep
         self._changed = asyncio.Event()
 
-    def emit(self, type: str, data: dict[str, Any]) -> None:
+    def emit(self, type: str, data: dict[str, Any], last: bool = False) -> None:
+        """Add an event; `last`, the terminator, is never refused."""
         if self.done:
             return
-        if len(self.events) >= MAX_EVENTS:
+        if len(self.events) >= MAX_EVENTS and not last:
             raise NoroshiError("The run produced too many events.", code="run_too_large")
         event = Event(len(self.events) + 1, type, data)
         self.events.append(event)
@@ -109,6 +112,7 @@ class Runner:
         self.events = events
         self.by_session: dict[str, ActiveRun] = {}
         self.by_id: dict[str, ActiveRun] = {}
+        self._holder: asyncio.Task[None] | None = None
 
     async def start(
         self,
@@ -122,23 +126,28 @@ class Runner:
     ) -> ActiveRun:
         busy = self.by_session.get(session.id)
         if busy is not None:
-            raise Conflict(
-                f"Session {session.id} is busy with run {busy.run.id}; wait for it to finish "
-                "or cancel it.",
-                param="session_id",
-                code="session_busy",
-            )
+            raise _busy(session.id, busy.run.id)
         placeholder = ActiveRun(
             Run(id="", session_id=session.id, agent=agent.name, status="running",
                 background=background, created_at=0.0),
             session, agent, routed, None,
         )  # fmt: skip
         self.by_session[session.id] = placeholder  # held while the run row is written
+        run_id = new_run_id()
         try:
-            run = await self.sessions.start_run(key_id, session, background)
+            holder = await self.sessions.claim(session.id, run_id, SESSION_HOLD_S)
+            if holder is not None:  # a run on another replica
+                raise _busy(session.id, holder)
+            try:
+                run = await self.sessions.start_run(key_id, session, background, run_id)
+            except BaseException:
+                await self.sessions.unclaim(session.id, run_id)
+                raise
         except BaseException:
             del self.by_session[session.id]
             raise
+        if self._holder is None or self._holder.done():
+            self._holder = asyncio.get_running_loop().create_task(self._hold())
         active = ActiveRun(run, session, agent, routed, self.events.writer(run.id))
         active.on_end = on_end
         self.by_session[session.id] = active
@@ -161,7 +170,19 @@ class Runner:
         if active is not None:
             self.cancel(active)
 
+    async def _hold(self) -> None:
+        """Renew the session claims of the runs here, while there are any."""
+        while self.by_session:
+            await asyncio.sleep(SESSION_HOLD_S / 3)
+            runs = [a.run.id for a in self.by_session.values() if a.run.id]
+            try:
+                await self.sessions.hold(runs, SESSION_HOLD_S)
+            except NoroshiError as exc:  # the database is away: claims run out on their own
+                log.warning("could not renew the sessions of %d runs: %s", len(runs), exc)
+
     async def close(self) -> None:
+        if self._holder is not None:
+            self._holder.cancel()
         tasks = [a.task for a in self.by_session.values() if a.task is not None]
         for task in tasks:
             task.cancel()
@@ -204,25 +225,47 @@ class Runner:
             emit("usage", {"prompt_tokens": run.prompt_tokens,
                            "completion_tokens": run.completion_tokens,
                            "total_tokens": run.prompt_tokens + run.completion_tokens})  # fmt: skip
-            emit("run.finished", {"run_id": run.id, "status": run.status,
-                                  "finish_reason": turn.finish, "steps": turn.steps})  # fmt: skip
+            end = ("run.finished", {"run_id": run.id, "status": run.status,
+                                    "finish_reason": turn.finish, "steps": turn.steps})  # fmt: skip
         except asyncio.CancelledError:
             run.status = "cancelled"
-            emit("error", {"message": "The run was cancelled.", "code": "cancelled"})
+            end = ("error", {"message": "The run was cancelled.", "code": "cancelled"})
         except NoroshiError as exc:
             run.status, run.error = "failed", exc.message
-            emit("error", {"message": exc.message, "code": exc.code})
+            end = ("error", {"message": exc.message, "code": exc.code})
         except Exception:
             log.exception("run %s failed", run.id)
             run.status, run.error = "failed", "The agent failed."
-            emit("error", {"message": run.error, "code": "internal_error"})
+            end = ("error", {"message": run.error, "code": "internal_error"})
         finally:
-            active.log.close()
+            await self._end(active, *end)
+
+    async def _end(self, active: ActiveRun, event: str, data: dict[str, Any]) -> None:
+        """Bill the run, free its session, then tell its followers: whoever reads the last
+        event may start the next turn at once. Its events are kept before its status says it
+        ended, for followers on other replicas."""
+        run = active.run
+        if self.by_session.get(run.session_id) is active:
+            del self.by_session[run.session_id]
+        if active.on_end is not None:  # billed first: nothing below can stop it
+            active.on_end({"completed": "ok", "cancelled": "cut"}.get(run.status, "error"))
+        try:
+            await self.sessions.unclaim(run.session_id, run.id)  # its turn is kept already
+        except NoroshiError as exc:  # the database is away: the claim runs out by itself
+            log.warning("run %s: could not free session %s: %s", run.id, run.session_id, exc)
+        active.log.emit(event, data, last=True)
+        active.log.close()
+        try:
             if active.log.keep is not None:
-                await active.log.keep.close()  # kept before the status says the run ended
-            if self.by_session.get(run.session_id) is active:
-                del self.by_session[run.session_id]
+                await active.log.keep.close()
             await self.sessions.finish_run(run)
-            if active.on_end is not None:
-                outcome = {"completed": "ok", "cancelled": "cut"}.get(run.status, "error")
-                await active.on_end(outcome)
+        except NoroshiError as exc:
+            log.warning("run %s ended, but could not be recorded: %s", run.id, exc)
+
+
+def _busy(session_id: str, run_id: str) -> Conflict:
+    return Conflict(
+        f"Session {session_id} is busy with run {run_id}; wait for it to finish or cancel it.",
+        param="session_id",
+        code="session_busy",
+    )

@@ -98,7 +98,7 @@ def install(router: Router, app: App) -> None:
         meter = request.meter
         if (body.background or bill_at_end) and meter is not None:
 
-            async def on_end(outcome: str) -> None:
+            def on_end(outcome: str) -> None:
                 app.accountant.finish(meter, 200, outcome)
 
         active = await app.runner.start(

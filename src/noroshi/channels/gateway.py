@@ -262,7 +262,7 @@ class ChannelGateway:
         routed = meter.routed = Routed(agent.model, meter.request_id)
         routed.attempts = 1
 
-        async def bill(outcome: str) -> None:
+        def bill(outcome: str) -> None:
             self.accountant.finish(meter, 200, outcome)
 
         while True:

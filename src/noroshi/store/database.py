@@ -155,6 +155,9 @@ MIGRATIONS: list[str] = [
         session_id TEXT NOT NULL,
         PRIMARY KEY (channel, conversation)
     )""",
+    # one run at a time per session, on whichever replica: the run holding it, until when
+    "ALTER TABLE sessions ADD COLUMN run_id TEXT",
+    "ALTER TABLE sessions ADD COLUMN run_until DOUBLE PRECISION",
 ]
 
 _MIGRATIONS_TABLE = """CREATE TABLE IF NOT EXISTS noroshi_migrations (

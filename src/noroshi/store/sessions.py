@@ -2,6 +2,10 @@
 
 A session belongs to the key that made it: every read takes the caller's key id, and a
 session of another key is as absent as one that never existed.
+
+A session runs one turn at a time, on whichever replica: a run claims its session in the
+database (the run's id and a time until which the claim holds, renewed while the run goes on),
+so a replica that dies frees its sessions within the claim's life.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from noroshi.store.database import Database
 from noroshi.wire.agent import Run, Session
 from noroshi.wire.openai import Message
 
-__all__ = ["Run", "Session", "SessionStore"]
+__all__ = ["Run", "Session", "SessionStore", "new_run_id"]
 
 _encode = msgspec.json.encode
 _decode_message: msgspec.json.Decoder[Message] = msgspec.json.Decoder(Message)
@@ -38,6 +42,10 @@ def _run(row: tuple[Any, ...]) -> Run:
     return Run(id=row[0], session_id=row[1], agent=row[2], status=row[3],
                background=bool(row[4]), prompt_tokens=row[5], completion_tokens=row[6],
                steps=row[7], error=row[8], created_at=row[9], finished_at=row[10])  # fmt: skip
+
+
+def new_run_id() -> str:
+    return f"run_{secrets.token_hex(8)}"
 
 
 def _key_is(key_id: str | None) -> tuple[str, list[Any]]:
@@ -121,8 +129,46 @@ class SessionStore:
         )  # fmt: skip
         await self.db.execute("UPDATE sessions SET updated_at = ? WHERE id = ?", (now, session_id))
 
-    async def start_run(self, key_id: str | None, session: Session, background: bool) -> Run:
-        run = Run(id=f"run_{secrets.token_hex(8)}", session_id=session.id, agent=session.agent,
+    async def claim(self, session_id: str, run_id: str, hold_s: float) -> str | None:
+        """Take the session for `run_id` for `hold_s`; None when taken, else the run that
+        holds it."""
+        now = time.time()
+        taken = await self.db.fetchone(
+            "UPDATE sessions SET run_id = ?, run_until = ? "
+            "WHERE id = ? AND (run_id IS NULL OR run_until < ?) RETURNING id",
+            (run_id, now + hold_s, session_id, now),
+        )
+        if taken is not None:
+            return None
+        row = await self.db.fetchone("SELECT run_id FROM sessions WHERE id = ?", (session_id,))
+        return str(row[0]) if row is not None and row[0] is not None else ""
+
+    async def hold(self, run_ids: builtins.list[str], hold_s: float) -> None:
+        """Renew the claims of these runs."""
+        if run_ids:
+            marks = ", ".join("?" * len(run_ids))
+            await self.db.execute(
+                f"UPDATE sessions SET run_until = ? WHERE run_id IN ({marks})",
+                (time.time() + hold_s, *run_ids),
+            )
+
+    async def unclaim(self, session_id: str, run_id: str) -> None:
+        await self.db.execute(
+            "UPDATE sessions SET run_id = NULL, run_until = NULL WHERE id = ? AND run_id = ?",
+            (session_id, run_id),
+        )
+
+    async def busy(self, session_id: str) -> str | None:
+        """The run that holds the session now, if any."""
+        row = await self.db.fetchone(
+            "SELECT run_id FROM sessions WHERE id = ? AND run_until >= ?", (session_id, time.time())
+        )
+        return str(row[0]) if row is not None and row[0] is not None else None
+
+    async def start_run(
+        self, key_id: str | None, session: Session, background: bool, run_id: str = ""
+    ) -> Run:
+        run = Run(id=run_id or new_run_id(), session_id=session.id, agent=session.agent,
                   status="running", background=background, created_at=time.time())  # fmt: skip
         await self.db.execute(
             f"INSERT INTO runs (key_id, {_RUN}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
