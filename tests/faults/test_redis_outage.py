@@ -13,7 +13,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.fakes.upstream import FakeOpenAI
+from tests.fakes.upstream import FakeOpenAI, Reply
 from tests.faults.conftest import HI, Fleet, figure, start_fleet
 from tests.services import RedisServer
 
@@ -81,3 +81,45 @@ async def test_an_outage_lets_through_at_most_each_replicas_share_more(
     assert 0 < during <= REPLICAS * math.ceil(LIMIT * SHARE)
     assert total <= BOUND
     assert set(statuses) <= {200, 429}  # refused with a reason, never failed
+
+
+@pytest.mark.parametrize("how", ["killed, back empty", "paused, back with its data"])
+async def test_streams_through_a_redis_outage_are_billed_and_leave_no_lease(
+    how: str, tmp_path: Path, upstream: FakeOpenAI, postgres_url: str, redis_server: RedisServer
+) -> None:
+    upstream.default = Reply(chunks=5, token_delay=0.02)
+    async with start_fleet(
+        tmp_path, upstream, postgres_url, redis_server.url, "restart:", redis=REDIS
+    ) as fleet:
+        key_id, secret = await fleet.create_key(max_concurrency=4, rpm=100_000)
+        headers = {"authorization": f"Bearer {secret}"}
+        statuses: Counter[int] = Counter()
+
+        async def streams(s: aiohttp.ClientSession, worker: int, count: int) -> None:
+            for i in range(count):
+                payload = {"model": "fast", "messages": HI, "stream": True}
+                async with s.post(fleet.url(worker + i), json=payload, headers=headers) as r:
+                    await r.read()
+                    statuses[r.status] += 1
+
+        async with aiohttp.ClientSession() as s:
+            load = asyncio.gather(*(streams(s, w, 40) for w in range(4)))
+            await asyncio.sleep(0.5)
+            if how.startswith("killed"):
+                await redis_server.stop()
+                await asyncio.sleep(1.0)
+                await redis_server.start()
+            else:
+                redis_server.pause()
+                await asyncio.sleep(1.0)
+                redis_server.resume()
+            await load
+            await asyncio.sleep(0.5)
+            await streams(s, 0, 3)  # every replica finds Redis again, and sends what it kept
+        rows = await fleet.usage(key_id, 163, wait_s=20)
+        leases = await fleet.leases(key_id)
+    figure(f"streams, Redis {how}", tried=163, served=statuses[200],
+           refused=statuses[429], billed=len(rows), leases_left=leases)  # fmt: skip
+    assert set(statuses) <= {200, 429} and statuses[200] >= 100
+    assert len(rows) == 163
+    assert leases == 0
