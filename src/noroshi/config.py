@@ -169,6 +169,15 @@ class CorsConfig(_Section):
     allow_credentials: bool = False
     max_age_s: Annotated[int, msgspec.Meta(ge=0)] = 600
 
+    def __post_init__(self) -> None:
+        # Browsers refuse "*" with credentials, so it could only mean reflecting every origin:
+        # any site could then call the gateway with the visitor's cookies.
+        if self.allow_credentials and "*" in self.allow_origins:
+            raise ValueError(
+                'allow_origins = ["*"] with allow_credentials = true would let any site make '
+                "credentialed requests; list the allowed origins instead"
+            )
+
 
 class Price(_Section):
     input: Annotated[float, msgspec.Meta(ge=0)] = 0.0  # per million prompt tokens
