@@ -17,6 +17,8 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 
+from noroshi.files import private_dir
+
 __all__ = [
     "AgentConfig",
     "AuthConfig",
@@ -356,14 +358,13 @@ def _use_embedded_defaults(config: Config) -> None:
 
 
 def data_dir(config: Config) -> Path:
-    """Where the embedded database and other state live; made on first use."""
+    """Where the embedded database and other state live; made on first use, 0700."""
     if config.server.data_dir:
         path = Path(config.server.data_dir).expanduser()
     else:
         base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
         path = Path(base) / "noroshi"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return private_dir(path)
 
 
 def _apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
