@@ -235,11 +235,15 @@ def install(router: Router, app: App) -> None:
 
     async def delete_session(request: Request) -> Response:
         session_id = request.params["id"]
+        key_id = _key_id(request)
+        # whose it is first: another key learns nothing, not even that it is running
+        if await app.sessions.get(key_id, session_id) is None:
+            raise NotFound(f"No session '{session_id}'.", param="id")
         busy = app.runner.by_session.get(session_id)
         if busy is not None:
             raise Conflict(f"Session {session_id} is running {busy.run.id}; cancel it first.",
                            param="id", code="session_busy")  # fmt: skip
-        if not await app.sessions.delete(_key_id(request), session_id):
+        if not await app.sessions.delete(key_id, session_id):
             raise NotFound(f"No session '{session_id}'.", param="id")
         return JSONResponse(Deleted(id=session_id))
 
