@@ -101,9 +101,17 @@ class Authenticator:
         if access == "public":
             return None
         if self.verifier is not None:
-            return await self._vouched(request)
-        if not self.enabled:
-            return MASTER
+            principal = await self._vouched(request)
+        elif not self.enabled:
+            principal = MASTER
+        else:
+            principal = await self._presented(request)
+        if access == "admin" and not principal.admin:
+            raise Forbidden("This route needs the master key.")
+        return principal
+
+    async def _presented(self, request: Request) -> Principal:
+        """The caller whose key the request presents."""
         address = request.address
         until = self._locked.get(address)
         if until is not None:
@@ -127,8 +135,6 @@ class Authenticator:
         if key is None or not key.usable(datetime.now(UTC)):
             await self._failed(address)
             raise Unauthorized(_why_refused(key))
-        if access == "admin":
-            raise Forbidden("This route needs the master key.")
         return Principal(key, admin=False)
 
     async def _vouched(self, request: Request) -> Principal:
