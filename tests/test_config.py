@@ -110,6 +110,10 @@ def test_interpolation_default(tmp_path: Path) -> None:
         ),
         ("[server\n", "is not valid TOML"),
         (
+            '[auth]\ntrusted_proxies = ["10.0.0.0/8", "lb.internal"]',
+            "auth.trusted_proxies.1: 'lb.internal' is not an IP address",
+        ),
+        (
             '[cors]\nallow_origins = ["*"]\nallow_credentials = true',
             'cors: allow_origins = ["*"] with allow_credentials = true',
         ),

@@ -40,6 +40,7 @@ __all__ = [
     "StorageConfig",
     "data_dir",
     "find_config_file",
+    "ip_networks",
     "is_loopback",
     "load_config",
     "tool_ref",
@@ -145,6 +146,9 @@ class AuthConfig(_Section):
     lockout_failures: Annotated[int, msgspec.Meta(ge=1)] = 10
     lockout_window_s: Positive = 60.0
     lockout_s: Positive = 300.0
+    # load balancers and proxies (IPs or CIDR networks) whose X-Forwarded-For names the client;
+    # without them the lockout would count everyone behind one proxy as one address
+    trusted_proxies: list[str] = []
 
 
 class StorageConfig(_Section):
@@ -330,6 +334,7 @@ def load_config(
     if not config.auth.master_key:
         config.auth.master_key = environ.get("NOROSHI_MASTER_KEY", "")
     _check_references(config)
+    ip_networks(config.auth.trusted_proxies, "auth.trusted_proxies")
     _check_agents(config)
     _check_channels(config)
     _check_roles(config)
@@ -444,6 +449,23 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def ip_networks(entries: list[str], where: str) -> list[IPNetwork]:
+    """Addresses and CIDR networks (`10.0.0.0/8`, `::1`) as networks; a bad one is a
+    `ConfigError` naming its key."""
+    networks: list[IPNetwork] = []
+    for i, entry in enumerate(entries):
+        try:
+            networks.append(ipaddress.ip_network(entry.strip(), strict=False))
+        except ValueError:
+            raise ConfigError(
+                f"{where}.{i}: '{entry}' is not an IP address or a CIDR network"
+            ) from None
+    return networks
 
 
 MIN_SECRET = 16
