@@ -109,6 +109,14 @@ def test_interpolation_default(tmp_path: Path) -> None:
             "models.0.deployments.0.weight",
         ),
         ("[server\n", "is not valid TOML"),
+        (
+            '[auth]\ntrusted_proxies = ["10.0.0.0/8", "lb.internal"]',
+            "auth.trusted_proxies.1: 'lb.internal' is not an IP address",
+        ),
+        (
+            '[cors]\nallow_origins = ["*"]\nallow_credentials = true',
+            'cors: allow_origins = ["*"] with allow_credentials = true',
+        ),
     ],
 )
 def test_errors_name_the_key(tmp_path: Path, text: str, message: str) -> None:
@@ -122,8 +130,15 @@ def test_missing_file(tmp_path: Path) -> None:
         load_config(tmp_path / "absent.toml", {})
 
 
-def test_cli_bad_config_exits_2_without_traceback(tmp_path: Path) -> None:
-    path = write(tmp_path, '[server]\nport = "x"')
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ('[server]\nport = "x"', "server.port"),
+        ('[cors]\nallow_origins = ["*"]\nallow_credentials = true', "cors: allow_origins"),
+    ],
+)
+def test_cli_bad_config_exits_2_without_traceback(tmp_path: Path, text: str, key: str) -> None:
+    path = write(tmp_path, text)
     env = {k: v for k, v in os.environ.items() if not k.startswith("NOROSHI_")}
     result = subprocess.run(
         [sys.executable, "-m", "noroshi", "serve", "--config", str(path)],
@@ -133,7 +148,8 @@ def test_cli_bad_config_exits_2_without_traceback(tmp_path: Path) -> None:
         timeout=60,
     )
     assert result.returncode == 2
-    assert "server.port" in result.stderr
+    assert key in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
     assert "Traceback" not in result.stderr + result.stdout
 
 

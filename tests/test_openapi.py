@@ -76,6 +76,18 @@ async def test_docs_page_loads_nothing_from_elsewhere(base: str) -> None:
     assert "@import" not in text and "url(" not in text
 
 
+@pytest.mark.parametrize("path", ["/", "/docs", "/openapi.json"])
+async def test_what_a_browser_renders_carries_the_security_headers(base: str, path: str) -> None:
+    async with aiohttp.ClientSession() as http, http.get(f"{base}{path}") as r:
+        assert r.status == 200
+        assert r.headers["x-content-type-options"] == "nosniff"
+        assert r.headers["x-frame-options"] == "DENY"
+        assert r.headers["referrer-policy"] == "no-referrer"
+        policy = [d.strip() for d in r.headers["content-security-policy"].split(";")]
+    assert {"default-src 'none'", "frame-ancestors 'none'", "base-uri 'none'"} <= set(policy)
+    assert not [d for d in policy if "unsafe" in d or "*" in d]
+
+
 def test_each_endpoint_is_described_by_its_own_types() -> None:
     """Body, answer and query schemas are msgspec's schemas of the table's types."""
     spec = openapi(ENDPOINTS, "test")

@@ -6,7 +6,10 @@ replica's cache within a second: through Redis pub/sub when Redis is configured 
 then keeps keys for `auth.key_cache_s`), otherwise by keeping them for one second only.
 While the database is away, a key looked up in the last `auth.stale_key_s` is served from the
 cache; an unknown one is refused with 503. Repeated failures from one address lock it out for
-a while.
+a while: further unknown or missing keys from it get 429, while a valid key is still accepted,
+so a stranger cannot lock out the users who share an address (a NAT, a proxy) with them.
+Behind proxies listed in `auth.trusted_proxies`, the address is the one their
+`X-Forwarded-For` names.
 """
 
 from __future__ import annotations
@@ -19,9 +22,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from noroshi.broadcast import Channel
-from noroshi.config import AuthConfig
+from noroshi.config import AuthConfig, ip_networks
 from noroshi.edge.signing import Verifier
 from noroshi.errors import Forbidden, RateLimited, StoreUnavailable, Unauthorized
+from noroshi.http.forwarded import ClientAddress
 from noroshi.http.request import Request
 from noroshi.limits import Limiter
 from noroshi.store.keys import ApiKey, KeyStore, hash_key
@@ -95,6 +99,7 @@ class Authenticator:
         self._master = config.master_key.encode()
         self._cache: dict[str, tuple[ApiKey, float]] = {}  # hash -> (key, fetched at)
         self._locked: dict[str, float] = {}  # address -> locked until (monotonic)
+        self._address = ClientAddress(ip_networks(config.trusted_proxies, "auth.trusted_proxies"))
         self.verifier: Verifier | None = None  # on a core: only signed requests from an edge
 
     async def check(self, request: Request, access: Access) -> Principal | None:
@@ -103,35 +108,47 @@ class Authenticator:
         if access == "public":
             return None
         if self.verifier is not None:
-            return await self._vouched(request)
-        if not self.enabled:
-            return MASTER
-        address = request.address
-        until = self._locked.get(address)
-        if until is not None:
-            left = until - time.monotonic()
-            if left > 0:
-                raise RateLimited(
-                    "Too many failed authentications from this address; try again later.",
-                    retry_after=left,
-                    code="auth_locked_out",
-                )
-            del self._locked[address]
+            principal = await self._vouched(request)
+        elif not self.enabled:
+            principal = MASTER
+        else:
+            principal = await self._presented(request)
+        if access == "admin" and not principal.admin:
+            raise Forbidden("This route needs the master key.")
+        return principal
+
+    async def _presented(self, request: Request) -> Principal:
+        """The caller whose key the request presents. A locked-out address is refused only
+        once its key proved unknown, so a valid key from it still passes."""
         secret = _presented_key(request)
+        if secret and hmac.compare_digest(secret.encode(), self._master):
+            return MASTER
+        key = await self._lookup(secret) if secret else None
+        if key is not None and key.usable(datetime.now(UTC)):
+            return Principal(key, admin=False)
+        address = self._address(request.address, request.headers)
+        self._refuse_if_locked(address)
         if not secret:
             raise Unauthorized(
                 "No API key provided: send it as 'Authorization: Bearer …' or 'x-api-key'.",
                 code="missing_api_key",
             )
-        if hmac.compare_digest(secret.encode(), self._master):
-            return MASTER
-        key = await self._lookup(secret)
-        if key is None or not key.usable(datetime.now(UTC)):
-            await self._failed(address)
-            raise Unauthorized(_why_refused(key))
-        if access == "admin":
-            raise Forbidden("This route needs the master key.")
-        return Principal(key, admin=False)
+        await self._failed(address)
+        raise Unauthorized(_why_refused(key))
+
+    def _refuse_if_locked(self, address: str) -> None:
+        until = self._locked.get(address)
+        if until is None:
+            return
+        left = until - time.monotonic()
+        if left <= 0:
+            del self._locked[address]
+            return
+        raise RateLimited(
+            "Too many failed authentications from this address; try again later.",
+            retry_after=left,
+            code="auth_locked_out",
+        )
 
     async def _vouched(self, request: Request) -> Principal:
         """A core trusts the edge's signature, and the caller it names, and nothing else."""

@@ -17,6 +17,8 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 
+from noroshi.files import private_dir
+
 __all__ = [
     "AgentConfig",
     "AuthConfig",
@@ -39,6 +41,7 @@ __all__ = [
     "StorageConfig",
     "data_dir",
     "find_config_file",
+    "ip_networks",
     "is_loopback",
     "load_config",
     "tool_ref",
@@ -151,6 +154,9 @@ class AuthConfig(_Section):
     lockout_failures: Annotated[int, msgspec.Meta(ge=1)] = 10
     lockout_window_s: Positive = 60.0
     lockout_s: Positive = 300.0
+    # load balancers and proxies (IPs or CIDR networks) whose X-Forwarded-For names the client;
+    # without them the lockout would count everyone behind one proxy as one address
+    trusted_proxies: list[str] = []
 
 
 class StorageConfig(_Section):
@@ -180,6 +186,15 @@ class CorsConfig(_Section):
     )
     allow_credentials: bool = False
     max_age_s: Annotated[int, msgspec.Meta(ge=0)] = 600
+
+    def __post_init__(self) -> None:
+        # Browsers refuse "*" with credentials, so it could only mean reflecting every origin:
+        # any site could then call the gateway with the visitor's cookies.
+        if self.allow_credentials and "*" in self.allow_origins:
+            raise ValueError(
+                'allow_origins = ["*"] with allow_credentials = true would let any site make '
+                "credentialed requests; list the allowed origins instead"
+            )
 
 
 class Price(_Section):
@@ -331,6 +346,7 @@ def load_config(
     if not config.auth.master_key:
         config.auth.master_key = environ.get("NOROSHI_MASTER_KEY", "")
     _check_references(config)
+    ip_networks(config.auth.trusted_proxies, "auth.trusted_proxies")
     _check_agents(config)
     _check_channels(config)
     _check_roles(config)
@@ -359,14 +375,13 @@ def _use_embedded_defaults(config: Config) -> None:
 
 
 def data_dir(config: Config) -> Path:
-    """Where the embedded database and other state live; made on first use."""
+    """Where the embedded database and other state live; made on first use, 0700."""
     if config.server.data_dir:
         path = Path(config.server.data_dir).expanduser()
     else:
         base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
         path = Path(base) / "noroshi"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return private_dir(path)
 
 
 def _apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
@@ -446,6 +461,23 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def ip_networks(entries: list[str], where: str) -> list[IPNetwork]:
+    """Addresses and CIDR networks (`10.0.0.0/8`, `::1`) as networks; a bad one is a
+    `ConfigError` naming its key."""
+    networks: list[IPNetwork] = []
+    for i, entry in enumerate(entries):
+        try:
+            networks.append(ipaddress.ip_network(entry.strip(), strict=False))
+        except ValueError:
+            raise ConfigError(
+                f"{where}.{i}: '{entry}' is not an IP address or a CIDR network"
+            ) from None
+    return networks
 
 
 MIN_SECRET = 16

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -436,6 +436,48 @@ async def test_sessions_belong_to_the_key_that_made_them(
                headers={"authorization": f"Bearer {keys[1]}"}) as r,
     ):  # fmt: skip
         assert r.status == 404
+
+
+async def test_another_keys_running_session_is_not_found(
+    serve: Serve, tmp_path: Path, upstream: FakeOpenAI
+) -> None:
+    """While a run goes on, another key gets 404 from every session and run route, as for a
+    session that does not exist: no 409 naming the run, and nothing of it is touched."""
+    text = openai_config(upstream.base_url, extra=AGENTS)
+    base = await serve(write_config(tmp_path, text, {"NOROSHI_MASTER_KEY": "sk-m"}))
+    async with AsyncClient(base, api_key="sk-m", max_retries=0) as admin:
+        keys = [(await admin.admin.keys.create(name=name)).key for name in ("alice", "bob")]
+    upstream.script(Reply(tool_calls=[{"name": "slow_tool", "arguments": {"seconds": 30}}]))
+    async with (
+        AsyncClient(base, api_key=keys[0], max_retries=0) as alice,
+        AsyncClient(base, api_key=keys[1], max_retries=0) as bob,
+    ):
+        accepted = await alice.runs.start(prompt="Wait", agent="helper", background=True)
+        session_id, run_id = accepted.session_id, accepted.run_id
+        assert (await alice.runs.get(run_id)).status == "running"
+        attempts: dict[str, Callable[[str, str], Awaitable[object]]] = {
+            "delete session": lambda sid, rid: bob.sessions.delete(sid),
+            "get session": lambda sid, rid: bob.sessions.get(sid),
+            "get run": lambda sid, rid: bob.runs.get(rid),
+            "cancel run": lambda sid, rid: bob.runs.cancel(rid),
+            "join run": lambda sid, rid: anext(bob.runs.join(rid)),
+            "continue session": lambda sid, rid: turn(bob, prompt="Hi", session_id=sid),
+        }
+        unknown = ("ses_0000000000000000", "run_0000000000000000")
+        for what, attempt in attempts.items():
+            answers = []
+            for sid, rid in ((session_id, run_id), unknown):
+                with pytest.raises(NotFoundError) as err:
+                    await attempt(sid, rid)
+                e = err.value
+                message = e.message.replace(sid, "<session>").replace(rid, "<run>")
+                answers.append((e.status, e.code, e.param, message))
+            assert answers[0] == answers[1], what
+        assert (await alice.runs.get(run_id)).status == "running"
+        assert (await alice.sessions.get(session_id)).id == session_id
+        with pytest.raises(ConflictError):  # the owner is told why
+            await alice.sessions.delete(session_id)
+        assert (await alice.runs.cancel(run_id)).cancelled
 
 
 async def test_agents_are_listed_with_their_tools(base: str) -> None:

@@ -81,3 +81,15 @@ async def test_websocket_needs_a_key(base: str) -> None:
         with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
             await s.ws_connect(url)
         assert refused.value.status == 401
+
+
+async def test_a_message_nested_too_deeply_is_refused_on_the_socket(base: str) -> None:
+    url = f"{base.replace('http', 'ws')}/api/v1/agent/ws?api_key={MASTER}"
+    deep = "[" * 5000 + "]" * 5000
+    async with aiohttp.ClientSession() as s, s.ws_connect(url) as ws:
+        await ws.send_str(f'{{"type": "run", "prompt": "Hi", "metadata": {deep}}}')
+        error = await asyncio.wait_for(ws.receive_json(), 10)
+        assert error["type"] == "error" and error["code"] == "json_too_deep"
+        assert error["status"] == 400 and error["param"] == "metadata"
+        await ws.send_json({"type": "run", "prompt": ""})  # the socket is still open
+        assert (await asyncio.wait_for(ws.receive_json(), 10))["param"] == "prompt"

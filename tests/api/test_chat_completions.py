@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import openai
@@ -175,6 +177,61 @@ async def test_validation_error(client: openai.AsyncOpenAI) -> None:
     assert info.value.status_code == 400
     assert info.value.param == "messages.0.role"
     assert info.value.response.headers["x-request-id"]
+
+
+def nested(depth: int) -> str:
+    """JSON arrays `depth` deep: text, since Python's json cannot write much past 990."""
+    return "[" * depth + "]" * depth
+
+
+def chat_body(field: str, value: str) -> bytes:
+    """A chat request with `value` (JSON text) in one untyped field."""
+    inner = {
+        "tools": '[{"type": "function", "function": {"name": "f", "parameters": {"x": @}}}]',
+        "response_format": '{"type": "json_schema", "json_schema": {"name": "s", "schema": @}}',
+        "top_k_hints": "@",  # a field the gateway does not know, passed to the upstream
+    }[field].replace("@", value)
+    return f'{{"model": "fast", "messages": {json.dumps(HI)}, "{field}": {inner}}}'.encode()
+
+
+@pytest.mark.parametrize("field", ["tools", "response_format", "top_k_hints"])
+@pytest.mark.parametrize("depth", [200, 1000, 50_000])
+async def test_json_nested_too_deeply_is_400_naming_the_field(
+    base: str, field: str, depth: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(f"{base}/v1/chat/completions", data=chat_body(field, nested(depth)),
+               headers={"content-type": "application/json"}) as r,
+    ):  # fmt: skip
+        assert r.status == 400
+        error = (await r.json())["error"]
+    assert error["type"] == "invalid_request_error" and error["code"] == "json_too_deep"
+    assert error["param"] == field
+    assert "nested too deeply" in error["message"]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_json_nested_within_the_limit_is_served(
+    client: openai.AsyncOpenAI, upstream: FakeOpenAI
+) -> None:
+    deep: Any = {}
+    for _ in range(61):  # with the body, the tool and `function` around it: 127 levels
+        deep = {"type": "object", "properties": {"x": deep}}
+    tool = {"type": "function", "function": {"name": "f", "parameters": deep}}
+    answer = await client.chat.completions.create(model="fast", messages=HI, tools=[tool])
+    assert answer.choices[0].message.content == upstream.default.text
+    assert upstream.requests[-1].body["tools"][0]["function"]["parameters"] == deep
+
+
+async def test_json_nested_too_deeply_through_the_sdk(client: openai.AsyncOpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        await client.chat.completions.create(
+            model="fast",
+            messages=HI,
+            response_format={"type": "json_object", "x": json.loads(nested(300))},  # type: ignore[typeddict-unknown-key]
+        )
+    assert info.value.status_code == 400 and info.value.param == "response_format"
 
 
 async def test_unknown_model(client: openai.AsyncOpenAI) -> None:

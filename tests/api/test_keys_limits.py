@@ -329,13 +329,66 @@ async def test_usage_records_every_request(base: str, upstream: FakeOpenAI) -> N
 
 
 async def test_failed_logins_lock_the_address_out(base: str) -> None:
+    """The lockout refuses further guesses early, and never a valid key: a stranger sharing
+    the address (a NAT, a proxy) cannot lock its users out."""
+    virtual = await new_key(base)
     for _ in range(10):
         with pytest.raises(AuthenticationError):
             await chat(base, "nrs-guess")
-    with pytest.raises(RateLimitError) as err:
-        await chat(base, MASTER)
-    assert err.value.status == 429 and err.value.code == "auth_locked_out"
-    assert 200 <= int(err.value.headers["retry-after"]) <= 300
+    for guess in ("nrs-guess", "nrs-another-guess", None):
+        with pytest.raises(RateLimitError) as err:
+            await chat(base, guess)
+        assert err.value.status == 429 and err.value.code == "auth_locked_out"
+        assert 200 <= int(err.value.headers["retry-after"]) <= 300
+    assert (await chat(base, MASTER)).choices
+    assert (await chat(base, virtual)).choices
+    with pytest.raises(RateLimitError):  # a success unlocks nothing
+        await chat(base, "nrs-guess")
+
+
+PROXIED = '[auth]\nlockout_failures = 3\ntrusted_proxies = ["10.9.0.0/16", "127.0.0.1"]\n'
+
+
+async def guess(base: str, *forwarded_for: str) -> int:
+    """The status of a chat with a wrong key, through proxies that wrote these
+    `X-Forwarded-For` lines."""
+    headers = [("x-forwarded-for", line) for line in forwarded_for]
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(f"{base}/v1/chat/completions", json={"model": "fast", "messages": HI},
+               headers=[("authorization", "Bearer nrs-guess"), *headers]) as r,
+    ):  # fmt: skip
+        return r.status
+
+
+# Granian only: uvicorn, under the ASGI adapter, rewrites the client from X-Forwarded-For
+# itself when the peer is 127.0.0.1 (its --proxy-headers), before noroshi sees the request
+@pytest.mark.parametrize("serve", ["rsgi"], indirect=True)
+async def test_behind_trusted_proxies_the_forwarded_client_is_locked_out(
+    serve: Serve, tmp_path: Path, upstream: FakeOpenAI
+) -> None:
+    text = openai_config(upstream.base_url, extra=PROXIED)
+    base = await serve(write_config(tmp_path, text, {"NOROSHI_MASTER_KEY": MASTER}))
+    for _ in range(3):  # 203.0.113.5 through a proxy on 10.9.1.1, then the one on loopback
+        assert await guess(base, "203.0.113.5, 10.9.1.1") == 401
+    assert await guess(base, "203.0.113.5") == 429
+    # what the client writes itself is left of its own hop, and changes nothing
+    assert await guess(base, "198.51.100.7, 203.0.113.5") == 429
+    assert await guess(base, "198.51.100.7", "203.0.113.5:51234") == 429  # a line per proxy
+    # its neighbours behind the same proxies are not locked out, nor the proxy itself
+    assert await guess(base, "203.0.113.6, 10.9.1.1") == 401
+    assert await guess(base) == 401
+
+
+@pytest.mark.parametrize("serve", ["rsgi"], indirect=True)
+async def test_forwarded_for_is_ignored_from_an_untrusted_peer(
+    serve: Serve, tmp_path: Path, upstream: FakeOpenAI
+) -> None:
+    text = openai_config(upstream.base_url, extra="[auth]\nlockout_failures = 3\n")
+    base = await serve(write_config(tmp_path, text, {"NOROSHI_MASTER_KEY": MASTER}))
+    for i in range(3):
+        assert await guess(base, f"203.0.113.{i}") == 401
+    assert await guess(base, "203.0.113.99") == 429  # all of them were 127.0.0.1
 
 
 async def test_cors_preflight_and_exposed_headers(

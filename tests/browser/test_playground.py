@@ -67,6 +67,16 @@ async def sign_in(page: Page, gateway: Gateway) -> None:
     await expect(key).to_have_attribute("type", "password")
     await key.fill(gateway.master_key)
     await key.blur()  # whether the page saves on `input` or on `change`
+    local, _ = await storage(page)
+    assert gateway.master_key not in local, "the key went to localStorage unasked"
+
+
+async def storage(page: Page) -> tuple[str, str]:
+    """What the page keeps in localStorage and in sessionStorage, as JSON text."""
+    local, session = await page.evaluate(
+        "() => [JSON.stringify({...localStorage}), JSON.stringify({...sessionStorage})]"
+    )
+    return str(local), str(session)
 
 
 async def send(page: Page, target: str, prompt: str) -> None:
@@ -331,6 +341,26 @@ async def test_api_key_is_remembered(gateway: Gateway, page: Page) -> None:
     await sign_in(page, gateway)
     await page.reload()
     await expect(page.get_by_test_id("api-key")).to_have_value(gateway.master_key)
+
+
+async def test_the_key_stays_with_the_tab_unless_remembered(gateway: Gateway, page: Page) -> None:
+    await sign_in(page, gateway)
+    assert gateway.master_key in (await storage(page))[1]
+    remember = page.get_by_test_id("key-remember")
+    await expect(remember).not_to_be_checked()
+    other = await page.context.new_page()  # another tab of the same browser
+    await other.goto(f"{gateway.url}/")
+    await expect(other.get_by_test_id("api-key")).to_have_value("")
+
+    await remember.check()
+    assert gateway.master_key in (await storage(page))[0]
+    await other.reload()
+    await expect(other.get_by_test_id("api-key")).to_have_value(gateway.master_key)
+    await expect(other.get_by_test_id("key-remember")).to_be_checked()
+
+    await other.get_by_test_id("key-remember").uncheck()  # forgotten by the browser at once
+    assert gateway.master_key not in (await storage(other))[0]
+    await other.close()
 
 
 async def shown_secret(page: Page) -> str:

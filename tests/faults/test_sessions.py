@@ -43,6 +43,8 @@ async def test_a_second_turn_on_another_replica_waits_its_turn(
             session = first["session_id"]
             tries = [await post(s, fleet.url(i, "/api/v1/runs"), prompt="Two", agent="helper",
                                 session_id=session, background=True) for i in (1, 2)]  # fmt: skip
+            async with s.delete(fleet.url(2, f"/api/v1/sessions/{session}"), headers=AUTH) as r:
+                deleted = r.status  # not while it runs, wherever it runs
             while True:  # the first run ends
                 async with s.get(fleet.url(1, f"/api/v1/runs/{first['run_id']}"),
                                  headers=AUTH) as r:  # fmt: skip
@@ -65,6 +67,7 @@ async def test_a_second_turn_on_another_replica_waits_its_turn(
         "second turns on other replicas", tried=2, refused=len(refused), ran_both=2 - len(refused)
     )
     assert refused == ["session_busy", "session_busy"]
+    assert deleted == 409
     # the second run saw the first one's answer: its request held the whole history
     last_request = upstream.chats()[-1]
     assert any(m.get("content") == "The first answer." for m in last_request)

@@ -237,11 +237,16 @@ def install(router: Router, app: App) -> None:
 
     async def delete_session(request: Request) -> Response:
         session_id = request.params["id"]
-        busy = app.runner.by_session.get(session_id)
-        if busy is not None:
-            raise Conflict(f"Session {session_id} is running {busy.run.id}; cancel it first.",
+        key_id = _key_id(request)
+        # whose it is first: another key learns nothing, not even that it is running
+        if await app.sessions.get(key_id, session_id) is None:
+            raise NotFound(f"No session '{session_id}'.", param="id")
+        active = app.runner.by_session.get(session_id)
+        busy = active.run.id if active is not None else await app.sessions.busy(session_id)
+        if busy:  # here, or on another replica
+            raise Conflict(f"Session {session_id} is running {busy}; cancel it first.",
                            param="id", code="session_busy")  # fmt: skip
-        if not await app.sessions.delete(_key_id(request), session_id):
+        if not await app.sessions.delete(key_id, session_id):
             raise NotFound(f"No session '{session_id}'.", param="id")
         return JSONResponse(Deleted(id=session_id))
 

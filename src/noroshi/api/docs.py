@@ -1,5 +1,6 @@
 """`GET /openapi.json`, generated once from the routes this process serves, and `GET /docs`,
-a page that renders it with no script or font from anywhere else."""
+a page that renders it with no script or font from anywhere else: its policy allows its own
+inline script and style, by hash."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import msgspec
 
 from noroshi import __version__
 from noroshi.http import Request, Response, Router
+from noroshi.http.security import inline_sources, security_headers
 from noroshi.openapi import openapi
 from noroshi.wire import endpoints as api
 
@@ -23,15 +25,25 @@ def install(router: Router, app: App) -> None:
     """Install last: the description covers every route installed before it."""
     spec: bytes | None = None
     page = _PAGE.read_bytes()
+    page_headers = [
+        ("content-type", "text/html; charset=utf-8"),
+        # the page's own inline script and style, by hash; its fetch of the description
+        *security_headers(
+            f"script-src {inline_sources(page, 'script')}",
+            f"style-src {inline_sources(page, 'style')}",
+            "connect-src 'self'",
+        ),
+    ]
+    json_headers = [("content-type", "application/json"), *security_headers()]
 
     async def openapi_json(request: Request) -> Response:
         nonlocal spec
         if spec is None:
             spec = msgspec.json.encode(openapi(router.endpoints, __version__))
-        return Response(spec, headers=[("content-type", "application/json")])
+        return Response(spec, headers=list(json_headers))
 
     async def docs(request: Request) -> Response:
-        return Response(page, headers=[("content-type", "text/html; charset=utf-8")])
+        return Response(page, headers=list(page_headers))
 
     router.serve(api.OPENAPI, openapi_json)
     router.serve(api.DOCS, docs)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from noroshi.errors import NotFound
 from noroshi.http import Request, Response, Router
+from noroshi.http.security import security_headers
 
 if TYPE_CHECKING:
     from noroshi.app import App
@@ -34,9 +35,8 @@ ASSETS: dict[str, str] = {
     "icon.svg": "image/svg+xml",
 }
 
-CSP = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+SECURITY = security_headers(
+    "script-src 'self'", "style-src 'self'", "img-src 'self' data:", "connect-src 'self'"
 )
 
 
@@ -50,11 +50,8 @@ class _Asset:
             ("content-type", media),
             ("cache-control", "no-cache"),
             ("etag", self.etag),
-            ("x-content-type-options", "nosniff"),
-            ("referrer-policy", "no-referrer"),
+            *SECURITY,
         ]
-        if media.startswith("text/html"):
-            self.headers.append(("content-security-policy", CSP))
 
     def answer(self, request: Request) -> Response:
         if _matches(request.headers.get("if-none-match"), self.etag):

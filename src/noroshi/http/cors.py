@@ -37,9 +37,7 @@ def cors(config: CorsConfig) -> Middleware:
     def allow_origin(origin: str) -> str | None:
         if origin in origins:
             return origin
-        if any_origin:
-            return origin if credentials else "*"  # "*" is not allowed with credentials
-        return None
+        return "*" if any_origin else None  # never with credentials: CorsConfig refuses that
 
     def common(allowed: str) -> list[tuple[str, str]]:
         out = [("access-control-allow-origin", allowed)]

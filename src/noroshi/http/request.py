@@ -13,6 +13,7 @@ from urllib.parse import parse_qs
 import msgspec
 
 from noroshi.errors import BadRequest, UnsupportedMediaType, where
+from noroshi.http.nesting import MAX_DEPTH, deepest_field, too_deep
 
 if TYPE_CHECKING:
     from noroshi.accounting import Meter
@@ -127,8 +128,10 @@ def decode_query(kind: type[T], query: str) -> T:
 
 
 def decode_json(decoder: msgspec.json.Decoder[T], body: bytes) -> T:
+    """Every JSON a client sends is decoded here (bodies, WebSocket messages, webhooks), so
+    every refusal is a 400 naming the field."""
     try:
-        return decoder.decode(body)
+        value = decoder.decode(body)
     except msgspec.ValidationError as exc:
         message, param = where(exc)
         raise BadRequest(message, param=param, code="invalid_value") from None
@@ -137,3 +140,16 @@ def decode_json(decoder: msgspec.json.Decoder[T], body: bytes) -> T:
         raise BadRequest(
             f"We could not parse the JSON body of your request: {detail}", code="invalid_json"
         ) from None
+    except RecursionError:
+        raise _too_deep(body) from None
+    if too_deep(body):
+        raise _too_deep(body)
+    return value
+
+
+def _too_deep(body: bytes) -> BadRequest:
+    field = deepest_field(body)
+    message = f"The JSON body is nested too deeply: more than {MAX_DEPTH} levels"
+    return BadRequest(
+        f"{message} in '{field}'." if field else f"{message}.", param=field, code="json_too_deep"
+    )

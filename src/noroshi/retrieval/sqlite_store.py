@@ -23,6 +23,7 @@ import aiosqlite
 import msgspec
 import sqlean  # type: ignore[import-untyped]
 
+from noroshi.files import private_file
 from noroshi.retrieval.base import (
     Chunk,
     Filter,
@@ -189,7 +190,7 @@ class SQLiteKnowledge(KnowledgeStore):
     async def open(self) -> None:
         if self._writer is not None:  # open already: its connections stay the only ones
             return
-        await asyncio.to_thread(self.path.parent.mkdir, parents=True, exist_ok=True)
+        await asyncio.to_thread(private_file, self.path)
         self._writer = await _open(self.path)
         try:
             async with self._transaction() as tx:

@@ -29,6 +29,7 @@ import aiosqlite
 
 from noroshi.config import StartupError
 from noroshi.errors import StoreUnavailable
+from noroshi.files import private_file
 
 if TYPE_CHECKING:
     import asyncpg  # loaded by `PostgresDatabase.connect` only: SQLite needs none of it
@@ -274,7 +275,7 @@ class SQLiteDatabase(Database):
 
     @classmethod
     async def _connect(cls, path: Path) -> SQLiteDatabase:
-        await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
+        await asyncio.to_thread(private_file, path)
         conn = await aiosqlite.connect(path, isolation_level=None)  # we BEGIN and COMMIT
         try:
             # the busy timeout first: switching to WAL waits for other openers

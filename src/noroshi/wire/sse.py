@@ -2,6 +2,8 @@
 
 The decoder is on the hot path of every relayed stream, so the common case (one
 `data: {...}` line per event, `\\n\\n` between events) takes a fast path with no line loop.
+A `\\r` that ends one read may be the first half of a `\\r\\n`: a flag remembers it, and a `\\n`
+that opens the next read is then dropped, so no read is scanned twice.
 It tests for bytes with `find`, not `in`: CPython's `in` on bytes first tries the operand as an
 integer and formats a TypeError it then discards, which costs twice what `find` does.
 """
@@ -16,13 +18,19 @@ SSEEvent = tuple[str, bytes]  # (event name, data); the name is "message" when n
 class SSEDecoder:
     """`feed(bytes) -> events` and `flush()`, whatever way the bytes were split."""
 
-    __slots__ = ("_buf",)
+    __slots__ = ("_buf", "_cr")
 
     def __init__(self) -> None:
         self._buf = b""
+        self._cr = False  # the last read ended in `\r`, already counted as a line end
 
     def feed(self, data: bytes) -> list[SSEEvent]:
+        if self._cr and data:
+            self._cr = False
+            if data[0] == 10:  # b"\n": the rest of a `\r\n` split across reads
+                data = data[1:]
         if data.find(b"\r") >= 0:
+            self._cr = data[-1] == 13  # b"\r"
             data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         buf = self._buf + data if self._buf else data
         if buf.find(b"\n\n") < 0:
@@ -41,7 +49,7 @@ class SSEDecoder:
 
     def flush(self) -> list[SSEEvent]:
         """What is left when the stream ends: an event missing its blank line, if any."""
-        block, self._buf = self._buf.strip(b"\n"), b""
+        block, self._buf, self._cr = self._buf.strip(b"\n"), b"", False
         event = _parse_block(block) if block else None
         return [event] if event is not None else []
 

@@ -3,30 +3,50 @@
 // body (EventSource cannot send a key or a Last-Event-ID of our choosing).
 
 const KEY_STORE = "noroshi.apiKey";
+const REMEMBER_STORE = "noroshi.rememberKey"; // "1": the user asked to keep the key
 const MAX_EVENT_CHARS = 16 * 1024 * 1024; // a line longer than this is not an event we want
 
-/** localStorage that never throws (private windows, storage off, quota). */
-export const store = {
-  get(name) {
-    try { return localStorage.getItem(name); } catch { return null; }
-  },
-  set(name, value) {
-    try { localStorage.setItem(name, value); return true; } catch { return false; }
-  },
-  remove(name) {
-    try { localStorage.removeItem(name); } catch { /* nothing to do */ }
-  },
-  getJSON(name) {
-    const raw = this.get(name);
-    if (!raw) return null;
-    try { return JSON.parse(raw); } catch { return null; }
-  },
-  setJSON(name, value) {
-    return this.set(name, JSON.stringify(value));
-  },
-};
+/** Web storage that never throws (private windows, storage off, quota). */
+function storage(area) {
+  return {
+    get(name) {
+      try { return area().getItem(name); } catch { return null; }
+    },
+    set(name, value) {
+      try { area().setItem(name, value); return true; } catch { return false; }
+    },
+    remove(name) {
+      try { area().removeItem(name); } catch { /* nothing to do */ }
+    },
+    getJSON(name) {
+      const raw = this.get(name);
+      if (!raw) return null;
+      try { return JSON.parse(raw); } catch { return null; }
+    },
+    setJSON(name, value) {
+      return this.set(name, JSON.stringify(value));
+    },
+  };
+}
 
-let apiKey = store.get(KEY_STORE) || "";
+/** What outlives the tab: the page's choices, never a key the user did not ask to keep. */
+export const store = storage(() => localStorage);
+/** What lasts as long as the tab: the key, unless it is remembered. */
+const tabStore = storage(() => sessionStorage);
+
+let remembered = store.get(REMEMBER_STORE) === "1";
+let apiKey = (remembered && store.get(KEY_STORE)) || tabStore.get(KEY_STORE)
+  || store.get(KEY_STORE) || ""; // an older page kept every key: this tab keeps it, not the disk
+saveKey();
+
+/** The key in this tab's storage, and in localStorage only while the user wants it kept. */
+function saveKey() {
+  for (const place of remembered ? [tabStore, store] : [tabStore]) {
+    if (apiKey) place.set(KEY_STORE, apiKey);
+    else place.remove(KEY_STORE);
+  }
+  if (!remembered) store.remove(KEY_STORE);
+}
 
 export function getKey() {
   return apiKey;
@@ -34,8 +54,19 @@ export function getKey() {
 
 export function setKey(value) {
   apiKey = value.trim();
-  if (apiKey) store.set(KEY_STORE, apiKey);
-  else store.remove(KEY_STORE);
+  saveKey();
+}
+
+export function isKeyRemembered() {
+  return remembered;
+}
+
+/** Keep the key across tabs and restarts (localStorage), or only in this tab. */
+export function rememberKey(on) {
+  remembered = on;
+  if (on) store.set(REMEMBER_STORE, "1");
+  else store.remove(REMEMBER_STORE);
+  saveKey();
 }
 
 export class ApiError extends Error {

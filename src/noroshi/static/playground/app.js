@@ -1,13 +1,14 @@
 // noroshi's playground and console: the page at `/`. Plain ES modules, no build step, nothing
 // loaded from anywhere but this server.
 
-import { getJSON, getKey, setKey } from "./api.js";
+import { getJSON, getKey, isKeyRemembered, rememberKey, setKey } from "./api.js";
 import { Chat } from "./chat.js";
 import { Console } from "./console.js";
 import { $, debounce } from "./dom.js";
 
 const keyInput = $("#api-key");
 const keyShow = $("#key-show");
+const keyRemember = $("#key-remember");
 const authState = $("#auth-state");
 const tabs = [$("#tab-chat"), $("#tab-console")];
 
@@ -60,6 +61,8 @@ $("#key-box").addEventListener("submit", (e) => {
   setKey(keyInput.value);
   refresh();
 });
+keyRemember.checked = isKeyRemembered();
+keyRemember.addEventListener("change", () => rememberKey(keyRemember.checked));
 keyShow.addEventListener("click", () => {
   const show = keyInput.type === "password";
   keyInput.type = show ? "text" : "password";
