@@ -9,8 +9,10 @@
      ├── MethodNotAllowed         405
      ├── Conflict                 409  a session that is busy with another run
      ├── PayloadTooLarge          413
+     ├── URITooLong               414  a request target past the server's limit
      ├── UnsupportedMediaType     415
      ├── RateLimited              429  carries Retry-After
+     ├── HeaderFieldsTooLarge     431  too many request headers, or too many bytes of them
      ├── UpstreamError            502  the upstream failed; `upstream_status` keeps what it said
      │    ├── UpstreamConnectError     could not reach it, or it reset the connection
      │    └── UpstreamProtocolError    it answered something that is not its wire format
@@ -35,6 +37,7 @@ __all__ = [
     "ErrorBody",
     "ErrorDetail",
     "Forbidden",
+    "HeaderFieldsTooLarge",
     "MethodNotAllowed",
     "ModelNotFound",
     "NoDeployment",
@@ -42,6 +45,7 @@ __all__ = [
     "NotFound",
     "PayloadTooLarge",
     "RateLimited",
+    "URITooLong",
     "Unauthorized",
     "Unavailable",
     "UnsupportedMediaType",
@@ -153,6 +157,12 @@ class PayloadTooLarge(NoroshiError):
     code = "payload_too_large"
 
 
+class URITooLong(NoroshiError):
+    status = 414
+    type = "invalid_request_error"
+    code = "uri_too_long"
+
+
 class UnsupportedMediaType(NoroshiError):
     status = 415
     type = "invalid_request_error"
@@ -169,6 +179,12 @@ class RateLimited(NoroshiError):
         self.retry_after = retry_after
         if retry_after is not None:
             self.headers.setdefault("retry-after", str(max(1, round(retry_after))))
+
+
+class HeaderFieldsTooLarge(NoroshiError):
+    status = 431
+    type = "invalid_request_error"
+    code = "headers_too_large"
 
 
 class UpstreamError(NoroshiError):
