@@ -1,7 +1,7 @@
 """ASGI transport adapter, so the same app runs under uvicorn and other ASGI servers.
 
-It mirrors the RSGI adapter: the body is read within the limit, and an `http.disconnect`
-cancels the request task so the upstream call stops.
+It behaves as noroshi's own server does: the body is read within the limit, and an
+`http.disconnect` cancels the request task so the upstream call stops.
 
 WebSockets go to `serve_websocket` through `_WebSocketBackend`. A refused handshake gets its
 real status and JSON body where the server offers the `websocket.http.response` extension

@@ -1,7 +1,7 @@
 """Responses: a status, headers and either bytes or a stream, sent through a `Sink`.
 
-A `Sink` is what a transport adapter (RSGI or ASGI) gives a response to write into; it is
-the only place that knows which server is underneath.
+A `Sink` is what a server (noroshi's own, or the ASGI adapter) gives a response to write into;
+it is the only place that knows which server is underneath.
 """
 
 from __future__ import annotations
