@@ -32,6 +32,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 
+try:
+    import uvloop
+except ImportError:  # not on Windows
+    uvloop = None  # type: ignore[assignment]
+
 from noroshi.app import App
 from noroshi.config import Config, ServerConfig
 from noroshi.http.server import Limits, Server
@@ -149,9 +154,7 @@ def _serve_here(
 ) -> int:
     tune_collector()
     main = _serve(config, sockets, report, parent)
-    try:
-        import uvloop
-    except ImportError:  # not on Windows
+    if uvloop is None:
         return asyncio.run(main)
     code: int = uvloop.run(main)
     return code
