@@ -16,12 +16,13 @@ import pytest
 from noroshi.app import App
 from noroshi.errors import NoroshiError
 from noroshi.http.request import Request
-from noroshi.http.response import Response, Sink
+from noroshi.http.response import Response, Sink, StreamResponse
 from noroshi.http.server import (
     BODY_HOLD,
     MAX_HEAD_BYTES,
     MAX_HEADERS,
     MAX_URL_BYTES,
+    HttpConnection,
     Limits,
     Server,
 )
@@ -410,6 +411,56 @@ async def test_a_body_nobody_reads_stops_the_reading(start: Start, dispatch: Dis
     assert conn.active is not None and conn.active.size <= BODY_HOLD + 256 * 1024
     sending.cancel()
     raw.close()
+
+
+class RecordingTransport(asyncio.Transport):
+    """What a connection writes, each call kept apart."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.writes.append(bytes(data))
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 5555) if name == "peername" else default
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+async def test_a_stream_head_and_end_ride_with_its_bytes() -> None:
+    """The head leaves with the first bytes, the end with the last: each write to a socket is a
+    system call, and on loopback a whole delivery."""
+
+    done = False
+
+    async def answer(request: Request, sink: Sink) -> None:
+        async def rest() -> AsyncIterator[bytes]:
+            nonlocal done
+            done = True  # the upstream's end arrived with this last piece
+            yield b"b"
+
+        await StreamResponse(rest(), head=b"a", tail=b"[DONE]", ended=lambda: done).send(sink)
+
+    server = Server(answer)
+    server.loop = asyncio.get_running_loop()
+    conn = HttpConnection(server)
+    transport = RecordingTransport()
+    conn.connection_made(transport)
+    conn.data_received(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+    assert conn.task is not None
+    await conn.task
+    first, last = transport.writes
+    assert first.startswith(b"HTTP/1.1 200 OK\r\n") and first.endswith(b"\r\n\r\n1\r\na\r\n")
+    assert last == b"7\r\nb[DONE]\r\n0\r\n\r\n"
 
 
 async def test_stop_drains_then_cuts(start: Start, dispatch: Dispatch) -> None:

@@ -181,6 +181,9 @@ class _DiscardWriter:
     async def send_bytes(self, data: bytes) -> None:
         pass
 
+    async def end(self, data: bytes) -> None:
+        pass
+
 
 _DISCARD = _Discard()
 _HEAD_WRITER = _DiscardWriter()
@@ -207,6 +210,7 @@ class HttpConnection(asyncio.Protocol):
         "lost",
         "parser",
         "parsing",
+        "pending",
         "queue",
         "reading",
         "reading_head",
@@ -247,6 +251,7 @@ class HttpConnection(asyncio.Protocol):
         self.queue: deque[_Exchange | NoroshiError] = deque()
         # the answer: 0 nothing sent, 1 streaming, 2 sent
         self.state = 0
+        self.pending = b""  # a stream's head, held to leave with its first bytes
         self.chunked = False
         self.keep = True
         # flow and time
@@ -476,8 +481,9 @@ class HttpConnection(asyncio.Protocol):
         if self.state == 0 and not (ex.upgrade and self.upgraded is not None):
             # the dispatcher always answers; if it could not, say so rather than hang
             self._write_plain(Response.error(NoroshiError("The gateway failed to answer.")), ex)
-        elif self.state == 1 and self.chunked:
-            self.transport.write(LAST_CHUNK)
+        elif self.state == 1:  # a stream that did not end itself: cut by an error, or HEAD
+            self.state = 2
+            self._flush(LAST_CHUNK if self.chunked else b"")
         self.active = None
         if self.keep and self.queue:
             following = self.queue.popleft()
@@ -557,17 +563,41 @@ class HttpConnection(asyncio.Protocol):
         self.keep = ex.keep_alive and ex.complete and not self.draining and not ex.http10
         self.chunked = not ex.http10 and not ex.head_only
         framing = b"" if ex.http10 else b"transfer-encoding: chunked\r\n"
-        self.transport.write(self._head(status, headers, framing, ex.http10))
+        # held for the first bytes of the body, which mostly follow at once: one write for both;
+        # if they do not, it leaves on the loop's next turn
+        self.pending = self._head(status, headers, framing, ex.http10)
         self.state = 1
+        self.loop.call_soon(self._flush, b"")
         return _HEAD_WRITER if ex.head_only else self
 
     async def send_bytes(self, data: bytes) -> None:
-        if self.lost:
-            raise ClientGone
+        if self.state != 1 or self.lost:
+            raise ClientGone  # gone, or the answer has ended: nothing more may be written
         if data:
-            self.transport.write(b"%x\r\n%s\r\n" % (len(data), data) if self.chunked else data)
+            if self.chunked:
+                data = b"%x\r\n%s\r\n" % (len(data), data)
+            if self.pending:
+                data, self.pending = self.pending + data, b""
+            self.transport.write(data)
         if not self.writable:
             await self.drain()
+
+    async def end(self, data: bytes) -> None:
+        if self.state != 1 or self.lost:
+            raise ClientGone
+        self.state = 2
+        if self.chunked:
+            data = b"%x\r\n%s\r\n0\r\n\r\n" % (len(data), data) if data else LAST_CHUNK
+        self._flush(data)
+        if not self.writable:
+            await self.drain()
+
+    def _flush(self, data: bytes) -> None:
+        """Write `data` after a head still held, if any."""
+        if self.pending:
+            data, self.pending = self.pending + data, b""
+        if data and not self.lost:
+            self.transport.write(data)
 
     def _head(self, status: int, headers: Headers, framing: bytes, http10: bool) -> bytes:
         line = _STATUS.get(status) or _status_line(status)
