@@ -1,10 +1,11 @@
 """noroshi's own HTTP/1.1 server: one asyncio protocol per connection, requests parsed by llhttp
 (httptools), each handed to a dispatch callable with its connection as the `Sink`.
 
-It is the measured hot path. A request costs one parse, one `Request`, one task (whose
-cancellation is how a client that leaves stops the upstream call) and one write for its head;
-a streamed chunk costs one write, framed with HTTP/1.1 chunked encoding. Timeouts are deadlines
-read by one sweep a tick, not timers armed per request.
+It is the measured hot path. A request costs one parse, one `Request` and one task (whose
+cancellation is how a client that leaves stops the upstream call); an answer's head is encoded
+once and leaves with its first bytes, a stream's end with its last, each streamed piece in one
+write framed with HTTP/1.1 chunked encoding. Timeouts are deadlines read by one sweep a tick,
+not timers armed per request.
 
 What it owes its clients, and how:
 
