@@ -16,7 +16,8 @@ __all__ = ["Profile", "Sampler", "import_times"]
 
 _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::\d+)?\)$")
 _SITE = ("site-packages/", "dist-packages/")
-_OUTER = {"noroshi.__main__", "noroshi.cli"}  # the frames that start the server hold everything
+# the frames that start the server hold everything
+_OUTER = {"noroshi.__main__", "noroshi.cli", "noroshi.serve"}
 
 
 def _where(file: str) -> str:

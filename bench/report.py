@@ -163,8 +163,8 @@ def _why(contenders: dict[str, dict[str, Any]], floor: dict[str, Any],
         lines += [
             f"py-spy sampled each server's event-loop thread for {plan['profile_s']:g} s under "
             f"the streaming load ({plan['connections']} connections). µs per request on that "
-            "thread, by package (Granian's Rust threads and the loop's own C code are counted "
-            "at the frame that runs the loop, under granian):",
+            "thread, by package (the loop's own C code, uvloop's for noroshi and Granian's "
+            "Rust threads for the bare relay, is counted at the frame that runs the loop):",
             "",
             "| package | noroshi | bare relay |",
             "|---|---|---|",

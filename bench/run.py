@@ -105,8 +105,8 @@ deployments = [{{ provider = "up", model = "m" }}]
     )  # fmt: skip
     key = created.stdout.strip().splitlines()[-1]
     headers = {"authorization": f"Bearer {key}"}
-    # `serve` loads the CLI and Granian, whose worker is forked and imports the app
-    imports = "import noroshi.cli, granian, noroshi.rsgi"
+    # `serve` loads the CLI, then its server and the app, and serves in the same process
+    imports = "import noroshi.cli, noroshi.serve"
     return Spec("noroshi", argv, {}, port, headers=headers, version=__version__, imports=imports)
 
 

@@ -1,4 +1,5 @@
-"""Shared fixtures: the gateway served for real on loopback, under RSGI and under ASGI."""
+"""Shared fixtures: the gateway served for real on loopback, by noroshi's own HTTP/1.1 server
+and by uvicorn through the ASGI adapter."""
 
 from __future__ import annotations
 
@@ -10,11 +11,10 @@ from typing import Any
 
 import pytest
 import uvicorn
-from granian.constants import Interfaces
-from granian.server.embed import Server as GranianServer
 
 from noroshi.app import App
 from noroshi.config import Config, load_config
+from noroshi.serve import listen, make_server
 from tests.fakes.upstream import FakeOpenAI
 from tests.services import postgres_proxy, postgres_url, redis_prefix, redis_server, redis_url
 
@@ -69,22 +69,15 @@ deployments = [{{ provider = "up", model = "m1" }}]
 """
 
 
-async def _serve_rsgi(app: App) -> tuple[str, Callable[[], Awaitable[None]]]:
-    port = free_port()
-    server = GranianServer(
-        app,
-        address="127.0.0.1",
-        port=port,
-        interface=Interfaces.RSGI,
-        websockets=True,
-        log_enabled=False,
-    )
-    task = asyncio.create_task(server.serve())
-    await _wait_listening(port)
+async def _serve_noroshi(app: App) -> tuple[str, Callable[[], Awaitable[None]]]:
+    """noroshi's own server, in this process on the test's loop."""
+    sockets = listen("127.0.0.1", 0)
+    port = sockets[0].getsockname()[1]
+    server = make_server(app)
+    await server.start(sockets)
 
     async def stop() -> None:
-        server.stop()
-        await asyncio.wait_for(task, 10)
+        await server.stop(5.0)
 
     return f"http://127.0.0.1:{port}", stop
 
@@ -128,10 +121,10 @@ async def upstream() -> AsyncIterator[FakeOpenAI]:
         yield fake
 
 
-@pytest.fixture(params=["rsgi", "asgi"])
+@pytest.fixture(params=["noroshi", "asgi"])
 async def serve(request: pytest.FixtureRequest) -> AsyncIterator[Serve]:
     """`await serve(config)` runs a gateway on loopback and gives its base URL."""
-    adapter = _serve_rsgi if request.param == "rsgi" else _serve_asgi
+    adapter = _serve_noroshi if request.param == "noroshi" else _serve_asgi
     running: list[tuple[App, Callable[[], Awaitable[None]]]] = []
 
     async def start(config: Config, **kw: Any) -> str:

@@ -104,8 +104,6 @@ async def test_entry_points_serve_the_config(
     tmp_path: Path, upstream: FakeOpenAI, command: list[str]
 ) -> None:
     path = tmp_path / "noroshi.toml"
-    # Granian can miss a SIGTERM that lands while a worker is still starting; it then kills
-    # the worker after drain_timeout_s + 5 s, so keep that short here
     path.write_text("[server]\ndrain_timeout_s = 0\n" + openai_config(upstream.base_url))
     port = free_port()
     proc = await asyncio.create_subprocess_exec(
@@ -179,14 +177,11 @@ async def test_keys_create_list_revoke(tmp_path: Path, upstream: FakeOpenAI) -> 
     assert code == 2 and "--budget" in out
 
 
-@pytest.mark.parametrize("module", ["noroshi.rsgi", "noroshi.asgi"])
-async def test_loading_the_served_app_raises_the_young_collection_threshold(
-    tmp_path: Path, module: str
-) -> None:
-    """The server's worker process, not the importer of `noroshi.app`, gets the tuning."""
+async def test_loading_the_asgi_app_raises_the_young_collection_threshold(tmp_path: Path) -> None:
+    """The server's process, not the importer of `noroshi.app`, gets the tuning."""
     code = (
         "import gc, json; seen = [gc.get_threshold()]; import noroshi.app; "
-        f"seen.append(gc.get_threshold()); import {module}; seen.append(gc.get_threshold()); "
+        "seen.append(gc.get_threshold()); import noroshi.asgi; seen.append(gc.get_threshold()); "
         "print(json.dumps(seen))"
     )
     before, after_app, after_module = json.loads(await _python(code, tmp_path))
@@ -195,12 +190,31 @@ async def test_loading_the_served_app_raises_the_young_collection_threshold(
     assert after_module == [YOUNG_GENERATION, *before[1:]]
 
 
-@pytest.mark.parametrize("module", ["noroshi.rsgi", "noroshi.asgi"])
+async def test_serving_raises_the_young_collection_threshold(tmp_path: Path) -> None:
+    """`noroshi serve`'s process tunes its collector once it serves, not when it is imported."""
+    code = (
+        "import gc, json, os, signal; from noroshi.config import load_config; "
+        "from noroshi.serve import listen, run; seen = [gc.get_threshold()]; "
+        "ready = lambda: (seen.append(gc.get_threshold()), os.kill(os.getpid(), signal.SIGTERM)); "
+        "code = run(load_config(None), listen('127.0.0.1', 0), ready); "
+        "print(json.dumps([code, *seen]))"
+    )
+    code, before, serving = json.loads(await _python(code, tmp_path))
+    assert code == 0
+    assert before[0] == 700
+    assert serving == [YOUNG_GENERATION, *before[1:]]
+
+
+@pytest.mark.parametrize("module", ["noroshi.serve", "noroshi.asgi"])
 async def test_the_served_app_starts_without_aiohttp(tmp_path: Path, module: str) -> None:
     """aiohttp was a fifth of the start: only HTTP tools and the edge's WebSocket bridge need
-    it, and they import it when first made."""
-    code = f"import sys, {module}; from noroshi.agent import Tool; print('aiohttp' in sys.modules)"
-    assert (await _python(code, tmp_path)).strip() == b"False"
+    it, and they import it when first made. The WebSocket protocol, too, waits for its first
+    upgrade."""
+    code = (
+        f"import sys, {module}; from noroshi.agent import Tool; "
+        "print('aiohttp' in sys.modules, 'websockets' in sys.modules)"
+    )
+    assert (await _python(code, tmp_path)).strip() == b"False False"
 
 
 async def _python(code: str, data_dir: Path) -> bytes:

@@ -127,7 +127,7 @@ def test_a_changed_request_type_shows_in_spec_and_client() -> None:
 
 
 @pytest.mark.timeout(400)
-@pytest.mark.parametrize("serve", ["rsgi"], indirect=True)
+@pytest.mark.parametrize("serve", ["noroshi"], indirect=True)
 async def test_schemathesis_finds_no_server_error_and_no_answer_outside_the_spec(
     base: str, tmp_path: Path
 ) -> None:

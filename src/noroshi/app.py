@@ -1,7 +1,7 @@
 """The application: builds providers, routes and middleware once, then serves requests.
 
-The same object is an RSGI app (Granian's fast path) and an ASGI app (uvicorn and others);
-both adapters end in `dispatch`, so behaviour is identical.
+noroshi's own HTTP/1.1 server (`noroshi.serve`) calls `dispatch`; the same object is an ASGI
+app (uvicorn and others) whose adapter ends in `dispatch` too, so behaviour is identical.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ from noroshi.http.cors import cors
 from noroshi.http.middleware import compose
 from noroshi.http.request import request_id
 from noroshi.http.response import Sink
-from noroshi.http.rsgi import serve_rsgi
 from noroshi.limits import Limiter, LocalLimiter, SharedLimiter
 from noroshi.metrics import Metrics
 from noroshi.providers.anthropic import AnthropicProvider
@@ -296,19 +295,6 @@ class App:
                 stream.cut(reason, task)
 
     # --- transports ------------------------------------------------------------------------
-
-    async def __rsgi__(self, scope: Any, protocol: Any) -> None:
-        await serve_rsgi(self, scope, protocol)
-
-    def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        if loop.is_running():  # an embedding server: the first request finishes the startup
-            self.warm()
-        else:
-            loop.run_until_complete(self.startup())
-
-    def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
-        if not loop.is_running():  # an embedding server owns a running loop and shuts us down
-            loop.run_until_complete(self.shutdown())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await serve_asgi(self, scope, receive, send)

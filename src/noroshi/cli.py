@@ -55,11 +55,11 @@ def serve(
     role: str | None,
     cores: str | None,
 ) -> None:
-    """Run the gateway on Granian (RSGI)."""
+    """Run the gateway on noroshi's own HTTP/1.1 server."""
     file = find_config_file(config_path)
     if file is not None:
         os.environ["NOROSHI_CONFIG"] = str(file.resolve())
-    # the workers load the config themselves: overrides travel as environment variables
+    # overrides travel as environment variables, the way the config reads them
     if cores is not None:
         cores = json.dumps([c.strip() for c in cores.split(",") if c.strip()])  # a TOML array
     for key, value in (("HOST", host), ("PORT", port), ("WORKERS", workers), ("ROLE", role),
@@ -67,13 +67,28 @@ def serve(
         if value is not None:
             os.environ[f"NOROSHI_SERVER__{key}"] = str(value)
     config = _load(None)
-    server = config.server
-    from granian import Granian
-    from granian.constants import Interfaces, Loops
+    from noroshi.serve import ListenError, failure, listen, run, say
 
-    url = f"http://{server.host}:{server.port}"
-    directory = data_dir(config)
-    database = open_database_file(directory) if not config.storage.url else None
+    try:
+        sockets = listen(config.server.host, config.server.port)
+    except ListenError as exc:
+        say(str(exc))
+        sys.exit(EXIT_CONFIG)
+    try:
+        directory = data_dir(config)
+        # migrated once here, before any worker opens it
+        database = open_database_file(directory) if not config.storage.url else None
+    except Exception as exc:
+        say(failure(exc))
+        sys.exit(EXIT_CONFIG)
+    port = sockets[0].getsockname()[1]  # the one the system chose, for --port 0
+    sys.exit(run(config, sockets, lambda: _banner(config, port, directory, database)))
+
+
+def _banner(config: Config, port: int, directory: Path, database: Path | None) -> None:
+    """What `serve` prints once it accepts connections."""
+    server = config.server
+    url = f"http://{server.host}:{port}"
     role_note = "" if server.role == "all" else f" as {server.role}"
     click.echo(f"noroshi {__version__} on {url}{role_note}")
     click.echo(f"  open:   {url}/ (playground and console), {url}/docs (API reference)")
@@ -93,17 +108,6 @@ def serve(
     else:
         click.echo("  models: none; install the local model with pip install 'noroshi[local]',"
                    " or add [[models]] to the config (see noroshi.example.toml)")  # fmt: skip
-    Granian(
-        "noroshi.rsgi:app",
-        address=server.host,
-        port=server.port,
-        interface=Interfaces.RSGI,
-        workers=server.workers,
-        loop=Loops.auto,
-        websockets=True,
-        workers_kill_timeout=int(server.drain_timeout_s) + 5,
-        log_access=False,
-    ).serve()
 
 
 @main.command()

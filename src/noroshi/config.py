@@ -75,6 +75,10 @@ class ServerConfig(_Section):
     max_stream_bytes: Annotated[int, msgspec.Meta(ge=1)] = 64 * 1024 * 1024
     data_dir: str = ""  # default: $XDG_DATA_HOME/noroshi, else ~/.local/share/noroshi
     drain_timeout_s: Annotated[float, msgspec.Meta(ge=0)] = 30.0
+    max_connections: Annotated[int, msgspec.Meta(ge=1)] = 10_000  # per worker; past it, 503
+    keepalive_timeout_s: Positive = 75.0  # an idle client connection is closed after this
+    header_timeout_s: Positive = 10.0  # a request head (or a pause in a body) may take this
+    send_timeout_s: Positive = 60.0  # a client that reads nothing for this long is dropped
     # "all": one process does everything; "edge": auth, limits, usage and relay in front of
     # `cores`; "core": model calls for an edge, which must sign every request
     role: Literal["all", "edge", "core"] = "all"

@@ -9,8 +9,10 @@
      ├── MethodNotAllowed         405
      ├── Conflict                 409  a session that is busy with another run
      ├── PayloadTooLarge          413
+     ├── URITooLong               414  a request target past the server's limit
      ├── UnsupportedMediaType     415
      ├── RateLimited              429  carries Retry-After
+     ├── HeaderFieldsTooLarge     431  too many request headers, or too many bytes of them
      ├── UpstreamError            502  the upstream failed; `upstream_status` keeps what it said
      │    ├── UpstreamConnectError     could not reach it, or it reset the connection
      │    └── UpstreamProtocolError    it answered something that is not its wire format
@@ -36,6 +38,7 @@ __all__ = [
     "ErrorBody",
     "ErrorDetail",
     "Forbidden",
+    "HeaderFieldsTooLarge",
     "MethodNotAllowed",
     "ModelNotFound",
     "NoDeployment",
@@ -44,6 +47,7 @@ __all__ = [
     "PayloadTooLarge",
     "RateLimited",
     "StoreUnavailable",
+    "URITooLong",
     "Unauthorized",
     "Unavailable",
     "UnsupportedMediaType",
@@ -155,6 +159,12 @@ class PayloadTooLarge(NoroshiError):
     code = "payload_too_large"
 
 
+class URITooLong(NoroshiError):
+    status = 414
+    type = "invalid_request_error"
+    code = "uri_too_long"
+
+
 class UnsupportedMediaType(NoroshiError):
     status = 415
     type = "invalid_request_error"
@@ -171,6 +181,12 @@ class RateLimited(NoroshiError):
         self.retry_after = retry_after
         if retry_after is not None:
             self.headers.setdefault("retry-after", str(max(1, round(retry_after))))
+
+
+class HeaderFieldsTooLarge(NoroshiError):
+    status = 431
+    type = "invalid_request_error"
+    code = "headers_too_large"
 
 
 class UpstreamError(NoroshiError):

@@ -15,7 +15,7 @@ import pytest
 from tests.conftest import Serve, openai_config, write_config
 from tests.fakes.upstream import FakeOpenAI
 
-pytestmark = pytest.mark.parametrize("serve", ["rsgi"], indirect=True)
+pytestmark = pytest.mark.parametrize("serve", ["noroshi"], indirect=True)
 
 
 async def test_page_and_assets(serve: Serve, tmp_path: Path, upstream: FakeOpenAI) -> None:

@@ -125,7 +125,7 @@ def origin(url: str) -> str:
 
 
 def artifact_name(nodeid_name: str) -> str:
-    """`test_chat[rsgi]` -> `test_chat-rsgi`: a file name with no brackets."""
+    """`test_chat[noroshi]` -> `test_chat-noroshi`: a file name with no brackets."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", nodeid_name).strip("-")
 
 
@@ -137,7 +137,7 @@ def all_requests() -> list[Seen]:
 
 @pytest.fixture
 async def gateway(serve: Serve, tmp_path: Path, upstream: FakeOpenAI) -> Gateway:
-    """The gateway under RSGI, with model `fast`, agent `helper` (tool `lookup_city`) and a
+    """The gateway on noroshi's own server, with model `fast`, agent `helper` (tool `lookup_city`) and a
     master key."""
     config = openai_config(
         upstream.base_url, extra=f'{AGENTS}\n[auth]\nmaster_key = "{MASTER_KEY}"\n'

@@ -30,7 +30,7 @@ elif os.environ.get("CI") != "true":
     pytest.skip(NO_PLAYWRIGHT, allow_module_level=True)
 # else (CI=true): each test fails in the `browser` fixture, and the rest of the suite runs
 
-pytestmark = pytest.mark.parametrize("serve", ["rsgi"], indirect=True)
+pytestmark = pytest.mark.parametrize("serve", ["noroshi"], indirect=True)
 
 # a stream slow enough to stop: 60 words, 0.1 s apart (the fake's idle timeout is 0.5 s)
 LONG = " ".join(f"word{i}" for i in range(60))

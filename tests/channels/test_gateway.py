@@ -5,6 +5,7 @@ channel, since the gateway does it all and a plugin only speaks its platform."""
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import time
 from collections.abc import AsyncIterator
@@ -23,7 +24,9 @@ from tests.conftest import Serve, openai_config, write_config
 from tests.fakes.upstream import FakeOpenAI, Reply
 from tests.processes import kill_tree, start_server, stop
 
-rsgi = pytest.mark.parametrize("serve", ["rsgi"], indirect=True)  # the gateway is not the adapter
+own_server = pytest.mark.parametrize(
+    "serve", ["noroshi"], indirect=True
+)  # the gateway is not the adapter
 
 CHANNEL = """
 [[agents]]
@@ -66,7 +69,7 @@ def said(messages: list[dict[str, Any]]) -> list[tuple[str, str]]:
     return [(m["role"], m["content"]) for m in messages]
 
 
-@rsgi
+@own_server
 async def test_an_answer_streams_into_the_chat_by_edits(
     serve: Serve, tmp_path: Path, upstream: FakeOpenAI, memo: MemoServer
 ) -> None:
@@ -85,7 +88,7 @@ async def test_an_answer_streams_into_the_chat_by_edits(
                                         ("user", "How is the weather?")]  # fmt: skip
 
 
-@rsgi
+@own_server
 async def test_a_wrong_secret_is_refused_and_nothing_is_answered(
     serve: Serve, tmp_path: Path, upstream: FakeOpenAI, memo: MemoServer
 ) -> None:
@@ -101,7 +104,7 @@ async def test_a_wrong_secret_is_refused_and_nothing_is_answered(
     assert len(upstream.chats()) == 1
 
 
-@rsgi
+@own_server
 async def test_the_webhook_needs_no_api_key_when_keys_are_on(
     serve: Serve, tmp_path: Path, upstream: FakeOpenAI, memo: MemoServer
 ) -> None:
@@ -114,7 +117,7 @@ async def test_the_webhook_needs_no_api_key_when_keys_are_on(
     assert (await memo.deliver(hook, memo.message("echo: forged"), secret="x"))[0] == 401
 
 
-@rsgi
+@own_server
 async def test_a_redelivered_message_is_answered_once(
     serve: Serve, tmp_path: Path, upstream: FakeOpenAI, memo: MemoServer
 ) -> None:
@@ -131,7 +134,7 @@ async def test_a_redelivered_message_is_answered_once(
     assert len(upstream.chats()) == 2
 
 
-@rsgi
+@own_server
 async def test_only_allowed_people_and_chats_are_answered(
     serve: Serve, tmp_path: Path, upstream: FakeOpenAI, memo: MemoServer
 ) -> None:
@@ -148,7 +151,7 @@ async def test_only_allowed_people_and_chats_are_answered(
     assert len(upstream.chats()) == 2
 
 
-@rsgi
+@own_server
 async def test_a_conversation_keeps_its_session_and_queues_its_messages(
     serve: Serve, tmp_path: Path, upstream: FakeOpenAI, memo: MemoServer
 ) -> None:
@@ -176,7 +179,7 @@ async def test_a_conversation_keeps_its_session_and_queues_its_messages(
     assert memo.answers(in_thread["id"])[0].thread == "t1"
 
 
-@rsgi
+@own_server
 async def test_new_starts_a_fresh_session(
     serve: Serve, tmp_path: Path, upstream: FakeOpenAI, memo: MemoServer
 ) -> None:
@@ -192,7 +195,7 @@ async def test_new_starts_a_fresh_session(
     assert said(last) == [("system", "You help on chat."), ("user", "echo: who am I")]
 
 
-@rsgi
+@own_server
 async def test_a_long_answer_continues_in_new_messages(
     serve: Serve, tmp_path: Path, upstream: FakeOpenAI, memo: MemoServer
 ) -> None:
@@ -207,7 +210,7 @@ async def test_a_long_answer_continues_in_new_messages(
     assert all(len(p.text) <= 50 for p in pages)
 
 
-@rsgi
+@own_server
 async def test_a_busy_platform_is_tried_again(
     serve: Serve, tmp_path: Path, upstream: FakeOpenAI, memo: MemoServer
 ) -> None:
@@ -221,7 +224,7 @@ async def test_a_busy_platform_is_tried_again(
     assert len(memo.answers(message["id"])) == 1
 
 
-@rsgi
+@own_server
 async def test_a_channel_run_is_billed_to_the_channel(
     serve: Serve, tmp_path: Path, upstream: FakeOpenAI, memo: MemoServer
 ) -> None:
@@ -318,7 +321,8 @@ async def test_killed_mid_answer_the_answer_is_finished_in_place(
     message already sent, and what arrived meanwhile is answered too."""
     upstream.script(Reply(text=" ".join(["slowly"] * 40), chunks=40, token_delay=0.1))
     text = config_text(upstream, memo, more='mode = "polling"\nlease_s = 1')
-    env = {"PYTHONPATH": str(USER_PLUGINS)}
+    path = [str(USER_PLUGINS), *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = {"PYTHONPATH": os.pathsep.join(path)}  # the plugin, and the tree under test
     proc, _ = await start_server(tmp_path, text, env)
     cut = memo.say("tell me a long story")
     # an edit: the answer has begun, and its message's id is stored (killed between the send
@@ -364,7 +368,7 @@ async def test_a_channel_lost_to_another_replica_stops_answering_here(
 # --- replicas sharing PostgreSQL --------------------------------------------------------------
 
 
-@rsgi
+@own_server
 async def test_replicas_share_the_inbox_and_one_answers(
     serve: Serve, tmp_path: Path, upstream: FakeOpenAI, memo: MemoServer, postgres_url: str
 ) -> None:

@@ -17,7 +17,7 @@ from tests.channels.helpers import FAST_CHANNEL_KEYS
 from tests.conftest import Serve, openai_config, write_config
 from tests.fakes.upstream import FakeOpenAI, Reply
 
-pytestmark = pytest.mark.parametrize("serve", ["rsgi"], indirect=True)
+pytestmark = pytest.mark.parametrize("serve", ["noroshi"], indirect=True)
 
 CHANNEL = """
 [[channels]]

@@ -54,7 +54,7 @@ async def answered(telegram: FakeTelegram, update: dict[str, Any], text: str) ->
     return answers(telegram, update)[0]
 
 
-@pytest.mark.parametrize("serve", ["rsgi"], indirect=True)
+@pytest.mark.parametrize("serve", ["noroshi"], indirect=True)
 async def test_the_webhook_checks_its_secret_and_streams_the_answer(
     serve: Serve, tmp_path: Path, upstream: FakeOpenAI, telegram: FakeTelegram
 ) -> None:
@@ -77,7 +77,7 @@ async def test_the_webhook_checks_its_secret_and_streams_the_answer(
     assert len(upstream.chats()) == 1  # the forged update reached no model
 
 
-@pytest.mark.parametrize("serve", ["rsgi"], indirect=True)
+@pytest.mark.parametrize("serve", ["noroshi"], indirect=True)
 async def test_new_forgets_the_conversation_and_a_busy_api_is_waited_for(
     serve: Serve, tmp_path: Path, upstream: FakeOpenAI, telegram: FakeTelegram
 ) -> None:

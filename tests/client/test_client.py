@@ -1,5 +1,5 @@
 """Every surface through `noroshi.client`, sync and async, against the real server on loopback
-(RSGI and ASGI) with a fake OpenAI upstream behind it."""
+(noroshi's own server and ASGI) with a fake OpenAI upstream behind it."""
 
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ def test_a_forked_worker_makes_ids_of_its_own() -> None:
     parent = [request_id(None) for _ in range(3)]
     read, write = os.pipe()
     pid = os.fork()
-    if pid == 0:  # the child: what a Granian worker forked from the server process would make
+    if pid == 0:  # the child: what a worker forked from the server process would make
         try:
             os.write(write, " ".join(request_id(None) for _ in range(3)).encode())
         finally:

@@ -25,6 +25,7 @@ class RecordingSink:
 
     def __init__(self) -> None:
         self.writes: list[bytes] = []
+        self.ended = False
 
     async def send(self, status: int, headers: Headers, body: bytes) -> None:
         raise AssertionError("a stream is not sent whole")
@@ -33,7 +34,14 @@ class RecordingSink:
         return self
 
     async def send_bytes(self, data: bytes) -> None:
+        assert not self.ended
         self.writes.append(data)
+
+    async def end(self, data: bytes) -> None:
+        assert not self.ended
+        self.ended = True
+        if data:
+            self.writes.append(data)
 
 
 class Source:
@@ -57,6 +65,7 @@ async def send(source: Source, ended: bool, head: bytes = b"h") -> tuple[list[by
         source.run(), head=head, tail=TAIL, ended=(lambda: source.done) if ended else None
     )
     await response.send(sink)
+    assert sink.ended == (response.outcome == "ok")  # only a complete stream is ended by it
     return sink.writes, response.outcome
 
 

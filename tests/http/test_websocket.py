@@ -1,8 +1,5 @@
-"""WebSockets under both adapters: echo, JSON, disconnects, the size limit, auth, errors.
-
-Granian's RSGI transport closes without a code after the handshake, so the close codes
-(1009, 1011, 1003) are checked under ASGI and only the close itself under RSGI.
-"""
+"""WebSockets under both servers (noroshi's own and uvicorn): echo, JSON, disconnects, the size
+limit, auth, errors, close codes and refusals with their JSON body."""
 
 from __future__ import annotations
 
@@ -27,7 +24,7 @@ from noroshi.http.websocket import (
     close_reason,
     no_body,
 )
-from tests.conftest import _serve_asgi, _serve_rsgi, openai_config, write_config
+from tests.conftest import _serve_asgi, _serve_noroshi, openai_config, write_config
 
 MASTER = "sk-master-ws"
 
@@ -49,7 +46,7 @@ class Gateway:
         config = write_config(self.tmp_path, openai_config("http://127.0.0.1:9"), environ)
         app = App(config)
         install(app.router, self.disconnects)
-        url, stop = await (_serve_rsgi if self.kind == "rsgi" else _serve_asgi)(app)
+        url, stop = await (_serve_noroshi if self.kind == "noroshi" else _serve_asgi)(app)
         self.running.append((app, stop))
         return url.replace("http://", "ws://")
 
@@ -108,7 +105,7 @@ def install(router: Router, disconnects: asyncio.Queue[int]) -> None:
     router.add_websocket("/ws/boom", boom)
 
 
-@pytest.fixture(params=["rsgi", "asgi"])
+@pytest.fixture(params=["noroshi", "asgi"])
 async def gateway(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Gateway]:
     gw = Gateway(request.param, tmp_path)
     yield gw
@@ -158,9 +155,7 @@ async def test_client_close_reaches_the_handler(gateway: Gateway) -> None:
         await ws.send_str("hi")
         assert await ws.receive_str() == "hi"
         await ws.close(code=4001)
-    code = await asyncio.wait_for(gateway.disconnects.get(), 5)
-    # Granian reports a close frame without its code
-    assert code == (1005 if gateway.kind == "rsgi" else 4001)
+    assert await asyncio.wait_for(gateway.disconnects.get(), 5) == 4001
 
 
 async def test_message_over_the_limit_closes_with_1009(gateway: Gateway) -> None:
@@ -170,8 +165,7 @@ async def test_message_over_the_limit_closes_with_1009(gateway: Gateway) -> None
         assert len(await asyncio.wait_for(ws.receive_str(), 5)) == MAX_MESSAGE_BYTES
         await ws.send_str("é" * (MAX_MESSAGE_BYTES // 2 + 1))  # over it, counted in bytes
         await closed(ws)
-        if gateway.kind == "asgi":
-            assert ws.close_code == 1009
+        assert ws.close_code == 1009
     assert await asyncio.wait_for(gateway.disconnects.get(), 5) == 1009
 
 
@@ -180,8 +174,7 @@ async def test_binary_to_a_text_endpoint_closes_with_1003(gateway: Gateway) -> N
     async with aiohttp.ClientSession() as s, s.ws_connect(f"{url}/ws/echo") as ws:
         await ws.send_bytes(b"\x00")
         await closed(ws)
-        if gateway.kind == "asgi":
-            assert ws.close_code == 1003
+        assert ws.close_code == 1003
 
 
 async def test_unknown_path_is_refused_with_404(gateway: Gateway) -> None:
@@ -199,9 +192,7 @@ async def test_path_params_and_refusal_from_the_handler(gateway: Gateway) -> Non
     assert await handshake_status(f"{url}/ws/items/missing") == 404
 
 
-async def test_refusal_carries_the_error_envelope_under_asgi(tmp_path: Path) -> None:
-    # only under ASGI: Granian refuses a handshake with a status alone, without a body
-    gateway = Gateway("asgi", tmp_path)
+async def test_refusal_carries_the_error_envelope(gateway: Gateway) -> None:
     url = await gateway.start({"NOROSHI_MASTER_KEY": MASTER})
     # a plain GET with the upgrade headers shows the refusal's body
     headers = {
@@ -210,15 +201,12 @@ async def test_refusal_carries_the_error_envelope_under_asgi(tmp_path: Path) -> 
         "sec-websocket-version": "13",
         "sec-websocket-key": "dGhlIHNhbXBsZSBub25jZQ==",
     }
-    try:
-        async with (
-            aiohttp.ClientSession() as s,
-            s.get(f"{url.replace('ws://', 'http://')}/ws/echo", headers=headers) as r,
-        ):
-            assert r.status == 401
-            body = await r.json()
-    finally:
-        await gateway.stop()
+    async with (
+        aiohttp.ClientSession() as s,
+        s.get(f"{url.replace('ws://', 'http://')}/ws/echo", headers=headers) as r,
+    ):
+        assert r.status == 401
+        body = await r.json()
     assert body["error"]["code"] == "missing_api_key"
 
 
@@ -252,9 +240,8 @@ async def test_handler_exception_closes_with_1011(
         async with aiohttp.ClientSession() as s, s.ws_connect(f"{url}/ws/boom") as ws:
             await ws.send_str("go")
             msg = await closed(ws)
-            if gateway.kind == "asgi":
-                assert ws.close_code == 1011
-                assert msg.extra == "The gateway failed to handle the WebSocket."
+            assert ws.close_code == 1011
+            assert msg.extra == "The gateway failed to handle the WebSocket."
     assert any("unhandled error in WebSocket /ws/boom" in r.getMessage() for r in caplog.records)
 
 
@@ -262,8 +249,7 @@ async def test_client_error_after_accept_closes_with_1008(gateway: Gateway) -> N
     url = await gateway.start()
     async with aiohttp.ClientSession() as s, s.ws_connect(f"{url}/ws/bad") as ws:
         msg = await closed(ws)
-        if gateway.kind == "asgi":
-            assert (ws.close_code, msg.extra) == (1008, "nope")
+        assert (ws.close_code, msg.extra) == (1008, "nope")
 
 
 async def test_handler_that_never_accepts_is_refused(gateway: Gateway) -> None:

@@ -15,7 +15,7 @@ import pytest_asyncio
 
 from noroshi.app import App
 from noroshi.providers.local import LocalProvider, default_model_path, format_prompt
-from tests.conftest import _serve_rsgi, write_config
+from tests.conftest import _serve_noroshi, write_config
 
 on_module_loop = pytest.mark.asyncio(loop_scope="module")
 
@@ -36,7 +36,7 @@ HI = [{"role": "user", "content": "Say hello."}]
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def served(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[tuple[App, str]]:
     app = App(write_config(tmp_path_factory.mktemp("local"), CONFIG))
-    base, stop = await _serve_rsgi(app)
+    base, stop = await _serve_noroshi(app)
     yield app, base
     await stop()
     await app.shutdown()
@@ -136,7 +136,7 @@ async def test_health_names_the_loaded_model(base: str) -> None:
     assert health["models"]["chat"] == "local"
     assert health["providers"]["local"]["loaded"] is True
     assert health["providers"]["local"]["model_path"].endswith(".gguf")
-    assert health["runtime"]["server"] == "granian (rsgi)"
+    assert health["runtime"]["server"].startswith("noroshi http/1.1")
 
 
 def test_gemma_turn_format() -> None:

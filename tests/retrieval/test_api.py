@@ -76,7 +76,7 @@ async def admin(base: str) -> AsyncIterator[AsyncClient]:
         yield client
 
 
-@pytest.mark.parametrize("serve", ["rsgi"], indirect=True)
+@pytest.mark.parametrize("serve", ["noroshi"], indirect=True)
 async def test_knowledge_base_lifecycle(admin: AsyncClient) -> None:
     kb = await admin.kb.create(name="handbook", description="The staff handbook")
     assert (kb.name, kb.embedding_model, kb.chunk_tokens) == ("handbook", "embed", 256)
@@ -129,7 +129,7 @@ async def test_knowledge_base_lifecycle(admin: AsyncClient) -> None:
     assert missing.value.param == "name"
 
 
-@pytest.mark.parametrize("serve", ["rsgi"], indirect=True)
+@pytest.mark.parametrize("serve", ["noroshi"], indirect=True)
 async def test_bad_documents_and_keys(admin: AsyncClient, base: str) -> None:
     await admin.kb.create(name="handbook")
     with pytest.raises(BadRequestError) as both:
@@ -156,7 +156,7 @@ async def test_bad_documents_and_keys(admin: AsyncClient, base: str) -> None:
             assert r.status == 200 and (await r.json())["document"]["format"] == "text"
 
 
-@pytest.mark.parametrize("serve", ["rsgi"], indirect=True)
+@pytest.mark.parametrize("serve", ["noroshi"], indirect=True)
 async def test_agent_searches_and_cites_sources(
     admin: AsyncClient, base: str, upstream: FakeOpenAI
 ) -> None:

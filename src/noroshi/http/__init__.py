@@ -1,4 +1,5 @@
-"""The thin HTTP core: request and response types, router, middleware, SSE, adapters."""
+"""The thin HTTP core: request and response types, router, middleware, the HTTP/1.1 server and
+the ASGI adapter."""
 
 from noroshi.http.request import Request
 from noroshi.http.response import JSONResponse, Response, StreamResponse

@@ -1,7 +1,7 @@
 """ASGI transport adapter, so the same app runs under uvicorn and other ASGI servers.
 
-It mirrors the RSGI adapter: the body is read within the limit, and an `http.disconnect`
-cancels the request task so the upstream call stops.
+It behaves as noroshi's own server does: the body is read within the limit, and an
+`http.disconnect` cancels the request task so the upstream call stops.
 
 WebSockets go to `serve_websocket` through `_WebSocketBackend`. A refused handshake gets its
 real status and JSON body where the server offers the `websocket.http.response` extension
@@ -39,14 +39,22 @@ Send = Callable[[Message], Awaitable[None]]
 
 
 class _Writer:
-    __slots__ = ("_send",)
+    __slots__ = ("_send", "_sink")
 
-    def __init__(self, send: Send) -> None:
+    def __init__(self, send: Send, sink: _Sink) -> None:
         self._send = send
+        self._sink = sink
 
     async def send_bytes(self, data: bytes) -> None:
+        await self._body(data, True)
+
+    async def end(self, data: bytes) -> None:
+        self._sink.streaming = False  # ended here: nothing for `finish` to send
+        await self._body(data, False)
+
+    async def _body(self, data: bytes, more: bool) -> None:
         try:
-            await self._send({"type": "http.response.body", "body": data, "more_body": True})
+            await self._send({"type": "http.response.body", "body": data, "more_body": more})
         except OSError as exc:
             raise ClientGone from exc
 
@@ -70,7 +78,7 @@ class _Sink:
         await self._send(
             {"type": "http.response.start", "status": status, "headers": _encode_headers(headers)}
         )
-        return _Writer(self._send)
+        return _Writer(self._send, self)
 
     async def finish(self) -> None:
         if self.streaming:

@@ -1,7 +1,7 @@
 """Responses: a status, headers and either bytes or a stream, sent through a `Sink`.
 
-A `Sink` is what a transport adapter (RSGI or ASGI) gives a response to write into; it is
-the only place that knows which server is underneath.
+A `Sink` is what a server (noroshi's own, or the ASGI adapter) gives a response to write into;
+it is the only place that knows which server is underneath.
 """
 
 from __future__ import annotations
@@ -42,6 +42,11 @@ class ClientGone(Exception):
 
 class StreamWriter(Protocol):
     async def send_bytes(self, data: bytes) -> None: ...
+
+    async def end(self, data: bytes) -> None:
+        """The last bytes of the answer, which ends with them: the server can send both in
+        one write, and the client sees the end before the gateway's own bookkeeping."""
+        ...
 
 
 class Sink(Protocol):
@@ -88,7 +93,7 @@ class StreamResponse(Response):
 
     The source iterator is always closed, which is what cancels the upstream call. `ended`, when
     given, says after an item whether it was the source's last, one that nothing can fail after:
-    the tail then leaves in the same write.
+    the tail then leaves in the same write, which ends the answer.
     """
 
     __slots__ = ("_cut", "ended", "head", "max_bytes", "on_error", "outcome", "stream", "tail")
@@ -124,11 +129,14 @@ class StreamResponse(Response):
         send, gone, ended = writer.send_bytes, sink.gone, self.ended
         stream, head, tail = self.stream, self.head, self.tail
         sent = len(head)
+        last = False  # the end is sent: the source has nothing more to give
         try:
             if head:
                 if ended is not None and ended():
-                    head, tail = head + tail, b""
-                await send(head)
+                    last = True
+                    await writer.end(head + tail)
+                else:
+                    await send(head)
             async for chunk in stream:
                 sent += len(chunk)
                 if sent > self.max_bytes:
@@ -136,10 +144,12 @@ class StreamResponse(Response):
                         "The stream exceeded the gateway's size limit.", code="stream_too_large"
                     )
                 if ended is not None and ended():
-                    chunk, tail = chunk + tail, b""
-                await send(chunk)
-            if tail:
-                await send(tail)
+                    last = True
+                    await writer.end(chunk + tail)
+                else:
+                    await send(chunk)
+            if not last:
+                await writer.end(tail)
             self.outcome = "ok"
         except gone:
             pass

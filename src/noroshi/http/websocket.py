@@ -1,14 +1,12 @@
-"""WebSockets over either server: one `WebSocket` for handlers, a small backend per adapter.
+"""WebSockets over either server: one `WebSocket` for handlers, a small backend per server.
 
-The adapters (RSGI, ASGI) each supply a `Backend` of five methods; everything that must
-behave the same on both, the size limit, the close codes, the auth guard and the refusal of a
-handshake, lives here. An error before `accept()` refuses the handshake with the error's HTTP
-status, as a plain request would get; after it the socket closes with 1008 for the client's
-fault and 1011 for ours, since a status can no longer be sent.
-
-Granian's RSGI transport can neither send a close code nor a refusal body: there the client
-sees the HTTP status of a refusal without the JSON envelope, and every close after `accept()`
-arrives without a code.
+noroshi's own server (`http/upgrade.py`) and the ASGI adapter each supply a `Backend` of five
+methods; everything that must behave the same on both, the size limit, the close codes, the
+auth guard and the refusal of a handshake, lives here. An error before `accept()` refuses the
+handshake with the error's HTTP status and JSON body, as a plain request would get; after it
+the socket closes with 1008 for the client's fault and 1011 for ours, since a status can no
+longer be sent. (Under an ASGI server without the `websocket.http.response` extension, a
+refusal becomes a close with 1008 and the message as its reason.)
 """
 
 from __future__ import annotations

@@ -318,7 +318,8 @@ class Exchange:
         self._watchdog = None
         if self._done or self._error is not None:
             return
-        if self.received != self._seen:
+        if self.received != self._seen or self._paused:
+            # a socket we stopped reading (its reader is behind: a slow client) is not a stall
             self._seen, self._quiet = self.received, 0
         else:
             self._quiet += 1

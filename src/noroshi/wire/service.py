@@ -11,7 +11,7 @@ __all__ = ["DefaultModels", "Health", "Runtime"]
 
 class Runtime(Struct, kw_only=True):
     python: str
-    server: str  # "granian", "uvicorn"…
+    server: str  # "noroshi http/1.1 (uvloop)", "uvicorn (asgi)"…
     role: Literal["all", "edge", "core"]
 
 
