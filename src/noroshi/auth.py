@@ -14,6 +14,7 @@ Behind proxies listed in `auth.trusted_proxies`, the address is the one their
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import time
@@ -98,6 +99,7 @@ class Authenticator:
         self.changes: KeyChanges | None = None
         self._master = config.master_key.encode()
         self._cache: dict[str, tuple[ApiKey, float]] = {}  # hash -> (key, fetched at)
+        self._fetching: dict[str, asyncio.Future[ApiKey | None]] = {}  # hash -> its lookup
         self._locked: dict[str, float] = {}  # address -> locked until (monotonic)
         self._address = ClientAddress(ip_networks(config.trusted_proxies, "auth.trusted_proxies"))
         self.verifier: Verifier | None = None  # on a core: only signed requests from an edge
@@ -170,18 +172,33 @@ class Authenticator:
         ttl = self.config.key_cache_s if self.changes and self.changes.live else UNSHARED_CACHE_S
         if hit is not None and now - hit[1] < ttl:
             return hit[0]
+        # one lookup per key at a time: when an entry expires under load, the requests that
+        # find it so wait for one query instead of each queueing its own
+        fetch = self._fetching.get(digest)
+        if fetch is None:
+            fetch = asyncio.ensure_future(self._fetch(secret, digest))
+            self._fetching[digest] = fetch
+            fetch.add_done_callback(lambda done: self._fetched(digest, done))
         try:
-            key = await self.keys.find(secret)
+            return await asyncio.shield(fetch)
         except StoreUnavailable:
             if hit is not None and now - hit[1] < self.config.stale_key_s:
                 return hit[0]
             raise
+
+    def _fetched(self, digest: str, done: asyncio.Future[ApiKey | None]) -> None:
+        del self._fetching[digest]
+        if not done.cancelled():
+            done.exception()  # seen here, should every request that waited have gone
+
+    async def _fetch(self, secret: str, digest: str) -> ApiKey | None:
+        key = await self.keys.find(secret)
         if key is None:
             self._cache.pop(digest, None)
             return None
         if len(self._cache) >= MAX_CACHED_KEYS:
             del self._cache[next(iter(self._cache))]
-        self._cache[digest] = (key, now)
+        self._cache[digest] = (key, time.monotonic())
         return key
 
     def forget(self, key_id: str | None) -> None:
