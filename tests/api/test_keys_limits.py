@@ -361,9 +361,9 @@ async def guess(base: str, *forwarded_for: str) -> int:
         return r.status
 
 
-# Granian only: uvicorn, under the ASGI adapter, rewrites the client from X-Forwarded-For
+# noroshi's own server only: uvicorn, under the ASGI adapter, rewrites the client from X-Forwarded-For
 # itself when the peer is 127.0.0.1 (its --proxy-headers), before noroshi sees the request
-@pytest.mark.parametrize("serve", ["rsgi"], indirect=True)
+@pytest.mark.parametrize("serve", ["noroshi"], indirect=True)
 async def test_behind_trusted_proxies_the_forwarded_client_is_locked_out(
     serve: Serve, tmp_path: Path, upstream: FakeOpenAI
 ) -> None:
@@ -380,7 +380,7 @@ async def test_behind_trusted_proxies_the_forwarded_client_is_locked_out(
     assert await guess(base) == 401
 
 
-@pytest.mark.parametrize("serve", ["rsgi"], indirect=True)
+@pytest.mark.parametrize("serve", ["noroshi"], indirect=True)
 async def test_forwarded_for_is_ignored_from_an_untrusted_peer(
     serve: Serve, tmp_path: Path, upstream: FakeOpenAI
 ) -> None:

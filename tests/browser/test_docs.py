@@ -14,7 +14,7 @@ if NO_PLAYWRIGHT is None:
 elif os.environ.get("CI") != "true":
     pytest.skip(NO_PLAYWRIGHT, allow_module_level=True)
 
-pytestmark = pytest.mark.parametrize("serve", ["rsgi"], indirect=True)
+pytestmark = pytest.mark.parametrize("serve", ["noroshi"], indirect=True)
 
 
 async def test_docs_render_under_their_policy(gateway: Gateway, page: Page) -> None:

@@ -30,7 +30,7 @@ BODIES: dict[str, dict[str, Any]] = {
 }
 ADMIN_KB = [e for e in ENDPOINTS if e.tag == "knowledge" and e.access == "admin"]
 
-pytestmark = pytest.mark.parametrize("serve", ["rsgi"], indirect=True)
+pytestmark = pytest.mark.parametrize("serve", ["noroshi"], indirect=True)
 
 
 @pytest.fixture

@@ -325,7 +325,7 @@ async def test_a_reader_that_falls_behind_pauses_the_socket() -> None:
         answer_ = await c.send("GET", up.url, {}, None)
         await asyncio.sleep(0.3)  # reading nothing meanwhile
         assert not sent.is_set()  # the upstream is held back by TCP
-        assert answer_._buffered() <= 2 * HIGH_WATER
+        assert answer_._buffered <= 2 * HIGH_WATER
         assert len(await answer_.read(size)) == size
         answer_.release()
 

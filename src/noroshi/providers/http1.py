@@ -47,6 +47,7 @@ class Exchange:
 
     __slots__ = (
         "_body",
+        "_buffered",
         "_decoder",
         "_done",
         "_error",
@@ -83,6 +84,7 @@ class Exchange:
         self._headers: dict[str, str] | None = None
         self._head: asyncio.Future[None] | None = None
         self._body: list[bytes] = []
+        self._buffered = 0  # bytes in `_body`
         self._decoder: Any = None
         self._waiter: asyncio.Future[None] | None = None
         self._done = False
@@ -120,17 +122,24 @@ class Exchange:
         _wake(self._head)
 
     def on_body(self, body: bytes) -> None:
-        self.received += len(body)
+        """A part of the body. Upstreams send a stream as one HTTP chunk per event, so this
+        runs for every token of every stream: the common case is a few operations."""
+        size = len(body)
+        self.received += size
         if self._decoder is not None:
             body = self._decoder.decompress(body)
-            if not body:
+            size = len(body)
+            if not size:
                 return
         if self._lingering:  # more than the caller wanted: the connection's state is unknown
             self._give_up()
             return
         self._body.append(body)
-        _wake(self._waiter)
-        if self.received > HIGH_WATER and not self._paused and self._buffered() > HIGH_WATER:
+        self._buffered += size
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        if self._buffered > HIGH_WATER and not self._paused:
             self._paused = True
             self.conn.transport.pause_reading()
 
@@ -174,9 +183,6 @@ class Exchange:
         elif self.conn.exchange is self:
             self.conn.abort()
 
-    def _buffered(self) -> int:
-        return sum(map(len, self._body))
-
     # --- the caller's side ---
 
     async def head(self) -> None:
@@ -218,6 +224,7 @@ class Exchange:
         body = self._body
         data = body[0] if len(body) == 1 else b"".join(body)
         body.clear()
+        self._buffered = 0
         if self._paused:
             self._paused = False
             if not self.conn.lost:
@@ -385,7 +392,7 @@ class Connection(asyncio.Protocol):
         self.reader.on_headers_complete(parser.get_status_code(), parser.should_keep_alive())
 
     def on_body(self, body: bytes) -> None:
-        self.reader.on_body(body)
+        self.reader.on_body(body)  # the parser holds this method, not the exchange's
 
     def on_message_complete(self) -> None:
         self.reader.on_message_complete()

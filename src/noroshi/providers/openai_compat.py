@@ -1,8 +1,10 @@
 """Any OpenAI-compatible server: OpenAI, vLLM, Ollama, llama.cpp server, Groq and the like.
 
-Chunks are relayed as the upstream encoded them: each is decoded only far enough to find
-usage and errors, and the events of one upstream read leave in one write, which keeps the
-hot path close to a byte relay.
+Chunks are relayed as the upstream encoded them, each read's complete events in one write.
+When the read is made of plain `data: {...}` events, which is what OpenAI-compatible servers
+send, its events are checked in one decode of the read turned into a JSON array (malformed
+JSON, an error, the usage) and the bytes go on untouched; anything else (comments, other
+fields, CR line ends) is decoded event by event.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ from noroshi.wire.sse import SSEDecoder
 __all__ = ["OpenAIProvider"]
 
 _DONE = b"[DONE]"
+_DONE_EVENT = b"data: [DONE]\n\n"
+_NEXT = b"\n\ndata: "
+MAX_EVENT_BYTES = 4 * 1024 * 1024  # an upstream event never grows past this unended
 
 
 class _Peek(msgspec.Struct):
@@ -46,6 +51,7 @@ class _Embeddings(msgspec.Struct):
 
 
 _peek = msgspec.json.Decoder(_Peek)
+_peek_all = msgspec.json.Decoder(list[_Peek])
 _decode_embeddings = msgspec.json.Decoder(_Embeddings)
 _encode = msgspec.json.encode
 
@@ -91,7 +97,7 @@ class OpenAIProvider(HTTPProvider):
 
     async def stream(self, call: Call, model: str) -> AsyncGenerator[bytes, None]:
         resp = await self.request("POST", "/chat/completions", self._body(call, model, True))
-        finished = False
+        relay = _Relay(call)
         try:
             ctype = resp.header("content-type") or ""
             if not ctype.startswith("text/event-stream"):
@@ -99,43 +105,21 @@ class OpenAIProvider(HTTPProvider):
                     f"The upstream answered '{ctype}', not an event stream."
                 )
             loop = asyncio.get_running_loop()
-            decoder = SSEDecoder()
-            want_usage = call.include_usage
             first = True
             async for raw in resp.chunks():
-                kept: list[bytes] = []
-                for _, data in decoder.feed(raw):
-                    if data == _DONE:
-                        finished = call.finished = True
-                        break
-                    try:
-                        peek = _peek.decode(data)
-                    except msgspec.DecodeError:
-                        raise UpstreamProtocolError(
-                            "The upstream sent a malformed chunk."
-                        ) from None
-                    if peek.error is not None:
-                        message = _error_message({"error": peek.error})
-                        raise UpstreamError(f"Upstream error: {message}")
-                    if peek.usage is not None:
-                        call.usage = peek.usage
-                        if not peek.choices and not want_usage:
-                            continue
-                    kept.append(data)
-                if kept:
+                events = relay.feed(raw)
+                if events:
                     if first:
                         first = False
                         resp.set_idle_timeout(self.config.idle_timeout_s)
-                    call.chunks += len(kept)
-                    # one write per upstream read, however many events it carried
-                    yield b"data: " + b"\n\ndata: ".join(kept) + b"\n\n"
-                if finished:
+                    yield events  # one write per upstream read, however many events it carried
+                if relay.finished:
                     return
                 if loop.time() > call.deadline:
                     raise UpstreamTimeout("The upstream answer took longer than the total timeout.")
             raise UpstreamProtocolError("The upstream ended the stream without its terminator.")
         finally:
-            resp.finish(finished)
+            resp.finish(relay.finished)
 
     async def embed(self, texts: list[str], model: str, dimensions: int | None) -> Embedded:
         body: dict[str, Any] = {"model": model, "input": texts, "encoding_format": "float"}
@@ -155,3 +139,101 @@ class OpenAIProvider(HTTPProvider):
         body = msgspec.json.decode(await self.fetch("GET", "/models", None))
         models = [m.get("id") for m in body.get("data", []) if isinstance(m, dict)]
         return f"reachable, {len(models)} models listed"
+
+
+class _Relay:
+    """What of each upstream read goes on to the client: its complete events, checked, as the
+    upstream framed them; the terminator ends the stream (the client's own is added later)."""
+
+    __slots__ = ("call", "decoder", "finished", "rest", "want_usage")
+
+    def __init__(self, call: Call) -> None:
+        self.call = call
+        self.want_usage = call.include_usage
+        self.finished = False
+        self.rest = b""  # an event the read cut in two
+        self.decoder: SSEDecoder | None = None  # once the stream is not plain data events
+
+    def feed(self, raw: bytes) -> bytes:
+        if self.decoder is not None:
+            return self._one_by_one(self.decoder.feed(raw))
+        data = self.rest + raw if self.rest else raw
+        if data.find(b"\r") >= 0:  # CR line ends: event by event from here on
+            self.decoder, self.rest = SSEDecoder(), b""
+            return self._one_by_one(self.decoder.feed(data))
+        end = data.rfind(b"\n\n")
+        if end < 0:
+            if len(data) > MAX_EVENT_BYTES:
+                raise UpstreamProtocolError("The upstream sent an event past the size limit.")
+            self.rest = data
+            return b""
+        block, self.rest = data[: end + 2], data[end + 2 :]
+        if block.endswith(_DONE_EVENT):
+            block = block[: -len(_DONE_EVENT)]
+            self.finished = self.call.finished = True
+        if not block:
+            return b""
+        # plain events only: every line break is one of the events' blank lines
+        if (
+            block.startswith(b"data: ")
+            and block.find(_DONE) < 0
+            and block.count(b"\n") == 2 * block.count(_NEXT) + 2
+        ):
+            return self._plain(block)
+        self.decoder = SSEDecoder()
+        events = self.decoder.feed(block + self.rest)
+        self.rest = b""
+        return self._one_by_one(events)
+
+    def _plain(self, block: bytes) -> bytes:
+        try:
+            peeks = _peek_all.decode(b"[" + block[6:-2].replace(_NEXT, b",") + b"]")
+        except msgspec.DecodeError:
+            raise UpstreamProtocolError("The upstream sent a malformed chunk.") from None
+        call = self.call
+        call.chunks += len(peeks)
+        if block.find(b'"error"') >= 0 or _has_usage(block):
+            dropped = False
+            for peek in peeks:
+                _check(peek)
+                if peek.usage is not None:
+                    call.usage = peek.usage
+                    dropped |= not peek.choices and not self.want_usage
+            if dropped:  # the usage noroshi asked for and the client did not: not sent on
+                events = block[6:-2].split(_NEXT)
+                kept = [
+                    e for e, p in zip(events, peeks, strict=True) if p.choices or p.usage is None
+                ]
+                call.chunks -= len(events) - len(kept)
+                return b"data: " + _NEXT.join(kept) + b"\n\n" if kept else b""
+        return block
+
+    def _one_by_one(self, events: list[tuple[str, bytes]]) -> bytes:
+        kept: list[bytes] = []
+        for _, data in events:
+            if data == _DONE:
+                self.finished = self.call.finished = True
+                break
+            try:
+                peek = _peek.decode(data)
+            except msgspec.DecodeError:
+                raise UpstreamProtocolError("The upstream sent a malformed chunk.") from None
+            _check(peek)
+            if peek.usage is not None:
+                self.call.usage = peek.usage
+                if not peek.choices and not self.want_usage:
+                    continue
+            kept.append(data)
+        self.call.chunks += len(kept)
+        return b"data: " + b"\n\ndata: ".join(kept) + b"\n\n" if kept else b""
+
+
+def _has_usage(block: bytes) -> bool:
+    """Whether an event of the block carries usage (OpenAI's other chunks say `"usage":null`)."""
+    named = block.count(b'"usage"')
+    return named > 0 and named != block.count(b'"usage":null') + block.count(b'"usage": null')
+
+
+def _check(peek: _Peek) -> None:
+    if peek.error is not None:
+        raise UpstreamError(f"Upstream error: {_error_message({'error': peek.error})}")
