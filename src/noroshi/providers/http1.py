@@ -66,6 +66,7 @@ class Exchange:
         "_watchdog",
         "conn",
         "keep_alive",
+        "parser",
         "read_timeout",
         "received",
         "started",
@@ -74,6 +75,9 @@ class Exchange:
 
     def __init__(self, conn: Connection, read_timeout: float | None) -> None:
         self.conn = conn
+        # a parser of its own, whose callbacks are this exchange's methods: no hop through
+        # the connection for each part of the body
+        self.parser = httptools.HttpResponseParser(self)
         self.read_timeout = read_timeout  # bounds each wait for data, when set
         self.status = 0
         self.keep_alive = False  # the upstream allows another request on the connection
@@ -98,7 +102,7 @@ class Exchange:
         self._quiet = 0
         self._watchdog: asyncio.TimerHandle | None = None
 
-    # --- the answer's parts, from the connection's parser ---
+    # --- the answer's parts, from its parser ---
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._head_size += len(name) + len(value)
@@ -106,7 +110,9 @@ class Exchange:
             raise UpstreamProtocolError("The upstream answer's headers are too large.")
         self._raw_headers.append((name, value))
 
-    def on_headers_complete(self, status: int, keep_alive: bool) -> None:
+    def on_headers_complete(self) -> None:
+        parser = self.parser  # keep-alive is known only until the answer's end resets it
+        status, keep_alive = parser.get_status_code(), parser.should_keep_alive()
         if status < 200:  # 103 Early Hints and the like: not the answer yet
             self._interim = True
             self._raw_headers.clear()
@@ -347,17 +353,14 @@ def _wake(future: asyncio.Future[None] | None) -> None:
 
 
 class Connection(asyncio.Protocol):
-    """A socket to one origin and its parser, which reads one answer after another; each
-    exchange on it takes the parts of its answer in turn."""
+    """A socket to one origin, which carries one exchange after another; what it reads goes
+    to the parser of the exchange it carries."""
 
-    __slots__ = ("exchange", "idle_since", "loop", "lost", "parser", "pool", "reader", "transport")
-
-    reader: Exchange  # the exchange being fed, set before each feed of the parser
+    __slots__ = ("exchange", "idle_since", "loop", "lost", "pool", "transport")
 
     def __init__(self, pool: Pool, loop: asyncio.AbstractEventLoop) -> None:
         self.pool = pool
         self.loop = loop
-        self.parser = httptools.HttpResponseParser(self)
         self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set on connect
         self.exchange: Exchange | None = None
         self.lost = False
@@ -372,30 +375,14 @@ class Connection(asyncio.Protocol):
             self.abort()  # bytes nobody asked for: the connection can no longer be trusted
             return
         exchange.started = True
-        self.reader = exchange
         try:
-            self.parser.feed_data(data)
+            exchange.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             exchange._fail(UpstreamProtocolError("The upstream switched protocols unasked."))
         except httptools.HttpParserError as exc:
             cause = exc.__context__ if isinstance(exc.__context__, UpstreamError) else None
             message = f"The upstream sent malformed HTTP: {exc}."
             exchange._fail(cause or UpstreamProtocolError(message))
-
-    # the parser's callbacks, passed on to the exchange reading the answer
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.reader.on_header(name, value)
-
-    def on_headers_complete(self) -> None:
-        parser = self.parser  # keep-alive is known only until the answer's end resets it
-        self.reader.on_headers_complete(parser.get_status_code(), parser.should_keep_alive())
-
-    def on_body(self, body: bytes) -> None:
-        self.reader.on_body(body)  # the parser holds this method, not the exchange's
-
-    def on_message_complete(self) -> None:
-        self.reader.on_message_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True

@@ -51,7 +51,7 @@ class _Embeddings(msgspec.Struct):
 
 
 _peek = msgspec.json.Decoder(_Peek)
-_peek_all = msgspec.json.Decoder(list[_Peek])
+_events = msgspec.json.Decoder(list[msgspec.Raw])  # checked as JSON, not decoded
 _decode_embeddings = msgspec.json.Decoder(_Embeddings)
 _encode = msgspec.json.encode
 
@@ -143,7 +143,12 @@ class OpenAIProvider(HTTPProvider):
 
 class _Relay:
     """What of each upstream read goes on to the client: its complete events, checked, as the
-    upstream framed them; the terminator ends the stream (the client's own is added later)."""
+    upstream framed them; the terminator ends the stream (the client's own is added later).
+
+    A read of plain `data:` events becomes a JSON array with one replace and is checked by one
+    decode; the framing is checked by the same decode, since anything else (comments, other
+    fields, CR line ends, a data line split in two) does not make valid JSON. The usage and an
+    error come in a stream's last event, so only the read's last event is looked at."""
 
     __slots__ = ("call", "decoder", "finished", "rest", "want_usage")
 
@@ -173,39 +178,29 @@ class _Relay:
             self.finished = self.call.finished = True
         if not block:
             return b""
-        # plain events only: every line break is one of the events' blank lines
-        if (
-            block.startswith(b"data: ")
-            and block.find(_DONE) < 0
-            and block.count(b"\n") == 2 * block.count(_NEXT) + 2
-        ):
-            return self._plain(block)
+        if block.startswith(b"data: "):
+            try:
+                datas = _events.decode(b"[" + block[6:-2].replace(_NEXT, b",") + b"]")
+                last = _peek.decode(datas[-1])
+            except msgspec.DecodeError:
+                pass  # not plain: read it event by event, which tells a malformed one
+            else:
+                return self._plain(block, len(datas), last)
         self.decoder = SSEDecoder()
         events = self.decoder.feed(block + self.rest)
         self.rest = b""
         return self._one_by_one(events)
 
-    def _plain(self, block: bytes) -> bytes:
-        try:
-            peeks = _peek_all.decode(b"[" + block[6:-2].replace(_NEXT, b",") + b"]")
-        except msgspec.DecodeError:
-            raise UpstreamProtocolError("The upstream sent a malformed chunk.") from None
+    def _plain(self, block: bytes, count: int, last: _Peek) -> bytes:
         call = self.call
-        call.chunks += len(peeks)
-        if block.find(b'"error"') >= 0 or _has_usage(block):
-            dropped = False
-            for peek in peeks:
-                _check(peek)
-                if peek.usage is not None:
-                    call.usage = peek.usage
-                    dropped |= not peek.choices and not self.want_usage
-            if dropped:  # the usage noroshi asked for and the client did not: not sent on
-                events = block[6:-2].split(_NEXT)
-                kept = [
-                    e for e, p in zip(events, peeks, strict=True) if p.choices or p.usage is None
-                ]
-                call.chunks -= len(events) - len(kept)
-                return b"data: " + _NEXT.join(kept) + b"\n\n" if kept else b""
+        call.chunks += count
+        _check(last)
+        if last.usage is not None:
+            call.usage = last.usage
+            if not last.choices and not self.want_usage:
+                # the usage noroshi asked for and the client did not: not sent on
+                call.chunks -= 1
+                return block[: block.rfind(b"data: ", 0, len(block) - 2)]
         return block
 
     def _one_by_one(self, events: list[tuple[str, bytes]]) -> bytes:
@@ -225,13 +220,7 @@ class _Relay:
                     continue
             kept.append(data)
         self.call.chunks += len(kept)
-        return b"data: " + b"\n\ndata: ".join(kept) + b"\n\n" if kept else b""
-
-
-def _has_usage(block: bytes) -> bool:
-    """Whether an event of the block carries usage (OpenAI's other chunks say `"usage":null`)."""
-    named = block.count(b'"usage"')
-    return named > 0 and named != block.count(b'"usage":null') + block.count(b'"usage": null')
+        return b"data: " + _NEXT.join(kept) + b"\n\n" if kept else b""
 
 
 def _check(peek: _Peek) -> None:
