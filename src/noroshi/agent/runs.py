@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -245,6 +246,7 @@ class Runner:
         event may start the next turn at once. Its events are kept before its status says it
         ended, for followers on other replicas."""
         run = active.run
+        run.finished_at = time.time()  # what a reader of the run sees once the end is told
         if self.by_session.get(run.session_id) is active:
             del self.by_session[run.session_id]
         if active.on_end is not None:  # billed first: nothing below can stop it

@@ -178,7 +178,7 @@ class SessionStore:
         return run
 
     async def finish_run(self, run: Run) -> None:
-        run.finished_at = time.time()
+        run.finished_at = run.finished_at or time.time()
         await self.db.execute(
             "UPDATE runs SET status = ?, prompt_tokens = ?, completion_tokens = ?, steps = ?, "
             "error = ?, finished_at = ? WHERE id = ?",
