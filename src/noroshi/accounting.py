@@ -51,6 +51,7 @@ class Meter:
         "lease",
         "model",
         "periods",
+        "released",
         "request_id",
         "route",
         "routed",
@@ -71,6 +72,7 @@ class Meter:
         self.periods: list[str] = []
         self.routed: Routed | None = None
         self.admitted = False  # passed admission: whatever happens next is billed
+        self.released = False  # gave back its reservation before its answer was sent
         self.finished = False
 
 
@@ -174,32 +176,32 @@ class Accountant:
     def headers(self, meter: Meter) -> Headers:
         return rate_headers(meter.decision) if meter.decision is not None else []
 
+    async def release(self, meter: Meter) -> None:
+        """The answer is complete and not yet sent: give back what it reserved now, and return
+        once every replica sees it, so that a client that starts its next request as soon as
+        it reads the end is never refused for the slot it held. `finish` then only bills."""
+        settlement = self._settlement(meter)
+        meter.released = True
+        if settlement is not None:
+            await self.limiter.released(settlement)
+
     def finish(self, meter: Meter, status: int, outcome: str) -> None:
         """Bill what was used, however the request ended; exactly once per meter."""
         if meter.finished:
             return
         meter.finished = True
         routed = meter.routed
-        prompt = completion = 0
+        prompt, completion = _tokens(meter)
         ttft_s = None
         deployment = ""
         if routed is not None:
             deployment = routed.deployment
-            usage = routed.usage
-            if usage is not None:
-                prompt, completion = usage.prompt_tokens, usage.completion_tokens
-            elif routed.attempts:  # reached an upstream, which never said: count what was sent
-                prompt = meter.estimate
-                completion = routed.chunks if isinstance(routed, Call) else 0
             if isinstance(routed, Call) and routed.first_byte_at is not None:
                 ttft_s = routed.first_byte_at - meter.started
         cost = self._cost(meter.model, deployment, prompt, completion)
         key = meter.key
-        if meter.rules or (key is not None and meter.periods):
-            self.limiter.release(Settlement(
-                meter.rules, meter.lease, prompt + completion,
-                key.id if key is not None else "", meter.periods if key is not None else (), cost,
-            ))  # fmt: skip
+        if not meter.released and (settlement := self._settlement(meter)) is not None:
+            self.limiter.release(settlement)
         now = time.monotonic()
         duration = now - meter.started
         if meter.admitted or not self.usage.full:  # else refused, nothing billed: not kept
@@ -222,11 +224,35 @@ class Accountant:
             meter.route, meter.model, status, duration, ttft_s, prompt, completion
         )
 
+    def _settlement(self, meter: Meter) -> Settlement | None:
+        """What the request gives back: its lease at the tokens used, and its spend."""
+        key = meter.key
+        if not meter.rules and (key is None or not meter.periods):
+            return None
+        prompt, completion = _tokens(meter)
+        deployment = meter.routed.deployment if meter.routed is not None else ""
+        cost = self._cost(meter.model, deployment, prompt, completion)
+        subject, periods = (key.id, meter.periods) if key is not None else ("", ())
+        return Settlement(meter.rules, meter.lease, prompt + completion, subject, periods, cost)
+
     def _cost(self, model: str, deployment: str, prompt: int, completion: int) -> float:
         price = self.prices.get(model) or self.prices.get(deployment)
         if price is None:
             return 0.0
         return (prompt * price.input + completion * price.output) / 1_000_000
+
+
+def _tokens(meter: Meter) -> tuple[int, int]:
+    """Prompt and completion tokens used: as the upstream said, else counted from what was
+    sent when an upstream was reached."""
+    routed = meter.routed
+    if routed is None:
+        return 0, 0
+    if routed.usage is not None:
+        return routed.usage.prompt_tokens, routed.usage.completion_tokens
+    if routed.attempts:
+        return meter.estimate, routed.chunks if isinstance(routed, Call) else 0
+    return 0, 0
 
 
 def _rules(key: ApiKey, model: str) -> list[Rule]:

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from noroshi.accounting import Accountant, Meter
@@ -158,13 +159,18 @@ class App:
                               request.method, request.path, request.id)  # fmt: skip
                 response = Response.error(NoroshiError("The gateway failed to handle the request."))
             status = response.status
-            if request.meter is not None:
-                response.headers.extend(self.accountant.headers(request.meter))
+            meter = request.meter
+            if meter is not None:
+                response.headers.extend(self.accountant.headers(meter))
             response.headers.append(("x-request-id", request.id))
             if not isinstance(response, StreamResponse):
+                if meter is not None:  # complete: what it held is free before it is sent
+                    await self.accountant.release(meter)
                 await response.send(sink)
                 outcome = "ok" if status < 400 else "error"
                 return
+            if meter is not None:
+                response.before_end = partial(self.accountant.release, meter)
             self.streams[response] = request.task
             try:
                 await response.send(sink)

@@ -4,6 +4,7 @@ which leaves with the source's last item when the source says which that is."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import msgspec
 
@@ -95,3 +96,33 @@ async def test_a_source_that_fails_never_sends_the_tail() -> None:
     assert msgspec.json.decode(writes[3].removeprefix(b"data: "))["error"]["message"]
     assert all(TAIL not in w for w in writes)
     assert outcome == "error"
+
+
+async def test_before_end_runs_once_the_source_is_done_and_before_the_end_is_written() -> None:
+    for knows_its_last in (True, False):
+        source = Source([b"a", b"b"])
+        sink = RecordingSink()
+        seen: list[tuple[list[bytes], bool]] = []
+
+        async def before_end(sink: RecordingSink = sink, seen: list[Any] = seen) -> None:
+            seen.append((list(sink.writes), sink.ended))
+
+        ended = (lambda s=source: s.done) if knows_its_last else None
+        response = StreamResponse(source.run(), tail=TAIL, ended=ended)
+        response.before_end = before_end
+        await response.send(sink)
+        # the last item leaves with the tail: nothing of it was written when the hook ran
+        assert seen == [([b"a"], False)] if knows_its_last else [([b"a", b"b"], False)]
+        assert sink.ended and response.outcome == "ok"
+
+
+async def test_before_end_is_not_run_for_a_stream_that_fails() -> None:
+    calls: list[str] = []
+
+    async def before_end() -> None:
+        calls.append("ran")
+
+    response = StreamResponse(Source([b"a"], fail_after=True).run(), tail=TAIL)
+    response.before_end = before_end
+    await response.send(RecordingSink())
+    assert calls == [] and response.outcome == "error"

@@ -9,6 +9,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from noroshi.limits import RedisLimiter, Rule
+from noroshi.limits.base import Settlement
 from tests.limits.conftest import add_spend, settle
 
 
@@ -110,6 +111,24 @@ async def test_a_running_request_keeps_its_lease_past_its_time_to_live(
             assert (await b.admit(rules, "other", 0)).reason == "concurrency"
         await settle(a, rules, "long", 0)
         assert (await b.admit(rules, "other", 0)).allowed
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_a_release_waited_for_is_in_redis_when_it_returns(
+    redis_url: str, redis_prefix: str
+) -> None:
+    a = RedisLimiter(redis_url, redis_prefix, timeout_s=5.0)
+    b = RedisLimiter(redis_url, redis_prefix, timeout_s=5.0)
+    rules = [Rule("key:k1", concurrency=1)]
+    try:
+        for n in range(20):  # each replica, in turn, sees the other's slot free at once
+            first, second = (a, b) if n % 2 else (b, a)
+            assert (await first.admit(rules, f"l{n}", 0)).allowed
+            await first.released(Settlement(rules, f"l{n}", 0))
+            assert (await second.admit(rules, f"m{n}", 0)).allowed
+            await second.released(Settlement(rules, f"m{n}", 0))
     finally:
         await a.close()
         await b.close()

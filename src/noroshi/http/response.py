@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
 import msgspec
@@ -96,7 +96,17 @@ class StreamResponse(Response):
     the tail then leaves in the same write, which ends the answer.
     """
 
-    __slots__ = ("_cut", "ended", "head", "max_bytes", "on_error", "outcome", "stream", "tail")
+    __slots__ = (
+        "_cut",
+        "before_end",
+        "ended",
+        "head",
+        "max_bytes",
+        "on_error",
+        "outcome",
+        "stream",
+        "tail",
+    )
 
     def __init__(
         self,
@@ -116,6 +126,8 @@ class StreamResponse(Response):
         self.head = head
         self.tail = tail
         self.ended = ended
+        # run once the source is done and nothing can fail, before the end is written
+        self.before_end: Callable[[], Awaitable[None]] | None = None
         self._cut: NoroshiError | None = None
         self.outcome = "cut"  # "ok" once the tail is sent, "error" after an error event
 
@@ -130,10 +142,13 @@ class StreamResponse(Response):
         stream, head, tail = self.stream, self.head, self.tail
         sent = len(head)
         last = False  # the end is sent: the source has nothing more to give
+        before_end = self.before_end
         try:
             if head:
                 if ended is not None and ended():
                     last = True
+                    if before_end is not None:
+                        await before_end()
                     await writer.end(head + tail)
                 else:
                     await send(head)
@@ -145,10 +160,14 @@ class StreamResponse(Response):
                     )
                 if ended is not None and ended():
                     last = True
+                    if before_end is not None:
+                        await before_end()
                     await writer.end(chunk + tail)
                 else:
                     await send(chunk)
             if not last:
+                if before_end is not None:
+                    await before_end()
                 await writer.end(tail)
             self.outcome = "ok"
         except gone:

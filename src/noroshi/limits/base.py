@@ -95,6 +95,12 @@ class Limiter(abc.ABC):
         Applied at once in memory; a shared store gets it in the background, kept and sent
         again while the store is away."""
 
+    async def released(self, settlement: Settlement) -> None:
+        """`release`, returning once every replica would see it (for a shared store, once it
+        has it, or after its timeout): for an answer complete but not yet sent, so that a
+        client that starts its next request on reading the end finds its slot free."""
+        self.release(settlement)
+
     @abc.abstractmethod
     async def flush(self) -> None:
         """Until every release so far has been applied, or given up on."""

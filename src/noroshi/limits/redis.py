@@ -356,6 +356,14 @@ class RedisLimiter(Limiter):
         self._live.pop(settlement.lease, None)
         self.outbox.put(settlement)
 
+    async def released(self, settlement: Settlement) -> None:
+        self._live.pop(settlement.lease, None)
+        sent = self.outbox.put(settlement, wait=True)
+        assert sent is not None
+        with contextlib.suppress(TimeoutError):  # slow: it gets there, the answer goes on
+            async with asyncio.timeout(self.timeout_s):
+                await sent
+
     async def _settled(self) -> None:
         """Releases made here before this admission reach Redis before it does: a client that
         ends one request and starts the next is never refused for the slot it just gave back."""
@@ -463,6 +471,7 @@ class _Outbox:
         self.on_unreachable = on_unreachable
         self.writes: deque[_Write] = deque()
         self.scopes: Counter[str] = Counter()  # of the releases not yet sent
+        self._waiters: dict[int, asyncio.Future[None]] = {}  # id of a write -> its sender
         self.failing = False
         self.dropped = 0
         self._wake = asyncio.Event()
@@ -473,7 +482,9 @@ class _Outbox:
     def __len__(self) -> int:
         return len(self.writes)
 
-    def put(self, write: _Write) -> None:
+    def put(self, write: _Write, wait: bool = False) -> asyncio.Future[None] | None:
+        """Queue `write`; with `wait`, a future that is done once Redis has it (or it is
+        dropped)."""
         if len(self.writes) >= MAX_OUTBOX:
             self._done([self.writes.popleft()])
             self.dropped += 1
@@ -485,17 +496,24 @@ class _Outbox:
             self.scopes.update(rule.scope for rule in write.rules)
         self._idle.clear()
         self._wake.set()
+        loop = asyncio.get_running_loop()
         if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._run())
+            self._task = loop.create_task(self._run())
+        if not wait:
+            return None
+        sent = self._waiters[id(write)] = loop.create_future()
+        return sent
 
     async def flush(self) -> None:
         await self._idle.wait()
 
     def _done(self, writes: Sequence[_Write]) -> None:
-        scopes = self.scopes
+        scopes, waiters = self.scopes, self._waiters
         for write in writes:
             if isinstance(write, Settlement):
                 scopes.subtract(rule.scope for rule in write.rules)
+            if waiters and (sent := waiters.pop(id(write), None)) is not None and not sent.done():
+                sent.set_result(None)
         for scope in [scope for scope, n in scopes.items() if n <= 0]:
             del scopes[scope]
 

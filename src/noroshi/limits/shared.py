@@ -85,11 +85,21 @@ class SharedLimiter(Limiter):
             return local
 
     def release(self, settlement: Settlement) -> None:
-        # in memory for budgets (and the lease, if admitted here); in Redis too, even for a
-        # lease admitted here, since an admission that timed out may have reached it
+        self._release_here(settlement)
+        self.redis.release(settlement)
+
+    async def released(self, settlement: Settlement) -> None:
+        self._release_here(settlement)
+        if self.shared:
+            await self.redis.released(settlement)
+        else:  # away: no use waiting on it
+            self.redis.release(settlement)
+
+    def _release_here(self, settlement: Settlement) -> None:
+        """In memory for budgets (and the lease, if admitted here); Redis gets it too, even
+        for a lease admitted here, since an admission that timed out may have reached it."""
         self.local.release(settlement)
         self._running.pop(settlement.lease, None)
-        self.redis.release(settlement)
 
     async def flush(self) -> None:
         await self.redis.flush()
