@@ -86,11 +86,11 @@ def install(router: Router, app: App) -> None:
         session = await app.sessions.get(key_id, session_id) if session_id else None
         if session is not None:
             agent = agent_named(agent_name or session.agent)
-        elif session_id is not None and (body.id is None or await app.sessions.exists(session_id)):
-            raise NotFound(f"No session '{session_id}'.", param="session_id")
-        else:  # new, or a useChat chat seen for the first time
+        else:  # new, or a session id the client chose, seen for the first time
             agent = agent_named(agent_name)
             session = await app.sessions.create(key_id, agent.name, prompt[:80], session_id)
+            if session is None:  # another key's: as absent for this one as if it never was
+                raise NotFound(f"No session '{session_id}'.", param="session_id")
         routed = Routed(agent.model, request.id)
         await admit(app, request, routed, None)
         routed.attempts = 1

@@ -59,15 +59,19 @@ class SessionStore:
 
     async def create(
         self, key_id: str | None, agent: str, title: str, session_id: str | None = None
-    ) -> Session:
-        """A new session; `session_id` when the client names its chats itself (useChat)."""
+    ) -> Session | None:
+        """A new session, named `session_id` when the client names its chats itself; None
+        when another key has a session by that id (a race for one id makes one session)."""
         now = time.time()
         session = Session(id=session_id or f"ses_{secrets.token_hex(8)}", agent=agent,
                           title=title[:200], created_at=now, updated_at=now)  # fmt: skip
-        await self.db.execute(
-            f"INSERT INTO sessions (key_id, {_SESSION}) VALUES (?, ?, ?, ?, ?, ?)",
+        made = await self.db.fetchone(
+            f"INSERT INTO sessions (key_id, {_SESSION}) VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (id) DO NOTHING RETURNING id",
             (key_id, session.id, agent, session.title, now, now),
         )
+        if made is None:  # taken: this key's own (made by a request at the same moment), or not
+            return await self.get(key_id, session.id)
         return session
 
     async def get(self, key_id: str | None, session_id: str) -> Session | None:
@@ -76,11 +80,6 @@ class SessionStore:
             f"SELECT {_SESSION} FROM sessions WHERE id = ? AND {where}", (session_id, *args)
         )
         return _session(row) if row is not None else None
-
-    async def exists(self, session_id: str) -> bool:
-        """Whether any key has a session by this id (a client-chosen id may be taken)."""
-        row = await self.db.fetchone("SELECT 1 FROM sessions WHERE id = ?", (session_id,))
-        return row is not None
 
     async def list(self, key_id: str | None, limit: int = 100) -> builtins.list[Session]:
         where, args = _key_is(key_id)
