@@ -34,6 +34,7 @@ __all__ = [
     "ProviderConfig",
     "RedisConfig",
     "RoutingConfig",
+    "RunsConfig",
     "ServerConfig",
     "StartupError",
     "StorageConfig",
@@ -238,6 +239,18 @@ class AgentConfig(_Section):
     knowledge: list[str] = []  # knowledge bases its `search_knowledge` tool searches
 
 
+class RunsConfig(_Section):
+    """Durable agent runs (docs/streaming.md): what happens to a run whose process stopped,
+    and how long a tool call waits for a person's approval."""
+
+    lease_s: Positive = 10.0  # a run's lease, renewed every third of it: a dead process's
+    # runs are taken over within lease_s + recover_every_s
+    resume: bool = True  # go on with a dead process's runs; false: end them `interrupted`
+    max_resumes: Annotated[int, msgspec.Meta(ge=0)] = 3  # then a run is ended `interrupted`
+    recover_every_s: Positive = 2.0  # how often each replica looks for runs to take over
+    approval_timeout_s: Positive = 24 * 3600.0  # unanswered: the call is denied ("expired")
+
+
 class ChannelConfig(_Section):
     """A messaging platform where people talk to an agent. The plugin's own keys (its token,
     its signing secret) sit in the same table and become `settings`."""
@@ -268,6 +281,7 @@ class Config(_Section):
     cors: CorsConfig = msgspec.field(default_factory=CorsConfig)
     prices: dict[str, Price] = {}  # by model name, or by deployment "provider/model"
     agents: list[AgentConfig] = []  # a default agent, "default", exists unless one is named so
+    runs: RunsConfig = msgspec.field(default_factory=RunsConfig)
     channels: list[ChannelConfig] = []
     http_tools: list[HTTPToolConfig] = []
     mcp_servers: list[MCPServerConfig] = []
