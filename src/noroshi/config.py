@@ -201,6 +201,10 @@ class HTTPToolConfig(_Section):
     timeout_s: Positive = 30.0
     allow_hosts: list[str] = []  # private, loopback or link-local hosts this tool may reach
     max_response_bytes: Annotated[int, msgspec.Meta(ge=1)] = 64 * 1024
+    # safe to send twice: a run resumed after a crash may repeat a call that was cut off; each
+    # call then carries an `Idempotency-Key` (the same on a repeat)
+    idempotent: bool = False
+    approval: str = "never"  # "always", or "module:function" (a predicate over the arguments)
 
 
 class MCPServerConfig(_Section):
@@ -213,6 +217,7 @@ class MCPServerConfig(_Section):
     url: str = ""
     headers: dict[str, str] = {}
     timeout_s: Positive = 30.0
+    approval: str = "never"  # for all of its tools: "always", or "module:function"
 
 
 class RetrievalConfig(_Section):
@@ -237,6 +242,8 @@ class AgentConfig(_Section):
     temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] | None = None
     tool_timeout_s: Positive = 30.0
     knowledge: list[str] = []  # knowledge bases its `search_knowledge` tool searches
+    # per tool name, over the tool's own rule: "always", "never" or "module:function"
+    approval: dict[str, str] = {}
 
 
 class RunsConfig(_Section):

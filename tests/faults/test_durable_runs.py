@@ -200,6 +200,35 @@ async def test_a_run_that_cannot_go_on_ends_interrupted(
     assert after[-1][1] == "run.finished"
 
 
+async def test_a_run_waiting_for_approval_survives_a_restart(
+    tmp_path: Path, upstream: FakeOpenAI, counted: Path
+) -> None:
+    config = openai_config(upstream.base_url, extra=AGENTS)
+    proc, base = await start_server(tmp_path, config)
+    upstream.script(
+        Reply(tool_calls=[{"id": "t", "name": "transfer", "arguments": {"amount": 5}}]),
+        Reply(text="Sent."),
+    )
+    async with aiohttp.ClientSession() as s:
+        run_id, _ = await start_run(s, base)
+        waited = await join(s, base, run_id)  # ends where the run waits
+        kill_tree(proc.pid)
+        await proc.wait()
+        proc, base = await start_server(tmp_path, config, name="restarted")
+        try:
+            run = await run_state(s, base, run_id)
+            body = {"tool_call_id": "t", "approved": True}
+            async with s.post(f"{base}/api/v1/runs/{run_id}/approvals", json=body) as r:
+                assert r.status == 200, await r.text()
+            events = await join(s, base, run_id)
+        finally:
+            proc.terminate()
+            await stop(proc)
+    assert waited[-1][1] == "run.waiting" and run["status"] == "waiting"
+    check_sequence(events)
+    assert events[-1][1] == "run.finished" and calls(counted) == ["transfer"]
+
+
 async def sigterm_during(proc: asyncio.subprocess.Process, base: str, s: aiohttp.ClientSession,
                          run_id: str) -> None:  # fmt: skip
     """SIGTERM once the run's tools are running; the process exits by itself."""

@@ -8,26 +8,22 @@ endpoints turn those events into native SSE, the AI SDK stream or WebSocket fram
 from __future__ import annotations
 
 import asyncio
-import contextvars
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import msgspec
 
-from noroshi.agent.tools import Toolbox, ToolResult
+from noroshi.agent.tools import CALL_KEY, Toolbox, ToolResult
 from noroshi.errors import UpstreamProtocolError
 from noroshi.providers.base import Call, Usage
 from noroshi.providers.router import ProviderRouter
 from noroshi.wire import openai as oa
 from noroshi.wire.sse import SSEDecoder
 
-__all__ = ["CALL_KEY", "Emit", "Step", "Turn", "Waiting", "denied", "run_turn"]
+__all__ = ["Emit", "Step", "Turn", "Waiting", "denied", "run_turn"]
 
 Emit = Callable[[str, dict[str, Any]], None]
 MAX_TOOL_CALLS_PER_STEP = 32
-# the run and tool call a tool runs for: the key an HTTP tool safe to repeat sends, so the
-# service it calls can tell a repeat after a restart from a new request
-CALL_KEY: contextvars.ContextVar[str] = contextvars.ContextVar("noroshi_tool_call", default="")
 INTERRUPTED = (
     "error: the tool {name} was running when the server stopped; it is not run again "
     "because it is not declared safe to repeat, and whether it finished is unknown"

@@ -239,7 +239,10 @@ class Runner:
                 after = event.seq
                 yield event
             final = active.log.events[-1].type if active.log.events else ""
-            if final in TERMINAL or (final == "run.waiting" and self.by_id.get(run_id) is active):
+            if final in TERMINAL:
+                return
+            # put away here: the log is closed once its status says it waits
+            if final == "run.waiting" and await self._status(run_id) == "waiting":
                 return
 
         async def running() -> bool:

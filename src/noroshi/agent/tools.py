@@ -25,6 +25,7 @@ from typing import Any, Literal, TypeVar, overload
 import msgspec
 
 __all__ = [
+    "CALL_KEY",
     "Approval",
     "FunctionTool",
     "Tool",
@@ -32,6 +33,7 @@ __all__ = [
     "ToolError",
     "ToolResult",
     "Toolbox",
+    "load_approval",
     "load_tool",
     "run_tool",
     "tool",
@@ -41,6 +43,9 @@ log = logging.getLogger("noroshi.agent")
 
 F = TypeVar("F", bound=Callable[..., Any])
 Approval = Literal["always", "never"] | Callable[[dict[str, Any]], bool] | None
+# the run and tool call a tool runs for: the key an HTTP tool safe to repeat sends, so the
+# service it calls can tell a repeat after a restart from a new request
+CALL_KEY: contextvars.ContextVar[str] = contextvars.ContextVar("noroshi_tool_call", default="")
 
 NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")  # OpenAI's rule for function names
 MAX_ERROR_CHARS = 2000  # an error message is for the model to read, not a traceback dump
@@ -186,6 +191,21 @@ def tool(
         return f
 
     return mark if fn is None else mark(fn)
+
+
+def load_approval(spec: str) -> Approval:
+    """An approval rule as the config writes it: "always", "never", or "module:function", a
+    predicate over the call's arguments."""
+    if spec in ("always", "never"):
+        return spec  # type: ignore[return-value]
+    module_name, sep, attr = spec.partition(":")
+    try:
+        found = getattr(importlib.import_module(module_name), attr) if sep else None
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"cannot load {spec!r}: {exc}") from None
+    if not callable(found):
+        raise ValueError(f"expected 'always', 'never' or 'module:function', got {spec!r}")
+    return found  # type: ignore[no-any-return]
 
 
 def load_tool(spec: str) -> Tool:
