@@ -46,6 +46,7 @@ from noroshi.store.usage import UsageLog
 from noroshi.types import Middleware
 
 if TYPE_CHECKING:
+    from noroshi.agent.triggers import Triggers
     from noroshi.channels.gateway import ChannelGateway
 
 __all__ = ["App", "build_provider"]
@@ -115,6 +116,7 @@ class App:
         self.sessions: SessionStore
         self.runner: Runner
         self.agents: dict[str, Agent] = {}
+        self.triggers: Triggers | None = None
         self._closers: list[Callable[[], Awaitable[None]]] = []
         self._health_task: asyncio.Task[None] | None = None
 
@@ -237,6 +239,12 @@ class App:
             self.runner.agents = self.agents
             if not self.draining:
                 self.runner.open()
+            if config.schedules or config.hooks:  # cron parsing only when it is used
+                from noroshi.agent.triggers import Triggers
+
+                self.triggers = Triggers(config.schedules, config.hooks, self.db, self.sessions,
+                                         self.runner, self.agents)  # fmt: skip
+                self.triggers.start()
         if self.channels is not None:
             from noroshi.channels.store import ChannelStore
 
@@ -274,6 +282,8 @@ class App:
             self._health_task.cancel()
         if self.channels is not None:  # first: what it was answering is finished on restart
             await self.channels.close()
+        if self.triggers is not None:
+            self.triggers.close()
         await self.runner.close(self._drain_ends)
         await self.run_events.close()
         for close in self._closers:
@@ -297,6 +307,8 @@ class App:
         runner: Runner | None = getattr(self, "runner", None)  # made at startup
         if runner is not None:
             runner.begin_drain()
+        if self.triggers is not None:
+            self.triggers.close()
 
     def _cut_streams(self) -> None:
         reason = Unavailable(

@@ -12,6 +12,7 @@ import os
 import re
 import tomllib
 from collections.abc import Container, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -27,6 +28,7 @@ __all__ = [
     "DefaultsConfig",
     "DeploymentConfig",
     "HTTPToolConfig",
+    "HookConfig",
     "InternalConfig",
     "MCPServerConfig",
     "ModelConfig",
@@ -35,6 +37,7 @@ __all__ = [
     "RedisConfig",
     "RoutingConfig",
     "RunsConfig",
+    "ScheduleConfig",
     "ServerConfig",
     "StartupError",
     "StorageConfig",
@@ -258,6 +261,30 @@ class RunsConfig(_Section):
     approval_timeout_s: Positive = 24 * 3600.0  # unanswered: the call is denied ("expired")
 
 
+class ScheduleConfig(_Section):
+    """A run started on a cron schedule (UTC), on one replica of a fleet."""
+
+    name: Annotated[str, msgspec.Meta(pattern=r"^[a-zA-Z0-9_-]{1,64}$")]
+    # minute hour day-of-month month day-of-week, or six fields with seconds first
+    cron: str
+    prompt: Annotated[str, msgspec.Meta(min_length=1)]
+    agent: str = "default"
+    session: str = ""  # default: "schedule-<name>", one session it keeps across its runs
+    # after downtime: fire once for the missed occurrences, if the latest is this recent
+    catch_up_s: NonNegative = 3600.0
+
+
+class HookConfig(_Section):
+    """A signed inbound webhook, `POST /api/v1/hooks/<name>`, that starts a background run."""
+
+    name: Annotated[str, msgspec.Meta(pattern=r"^[a-zA-Z0-9_-]{1,64}$")]
+    secret: str  # HMAC-SHA256 key the sender signs with, at least 16 characters
+    prompt: str = "{body}"  # `{body}` becomes the request's body
+    agent: str = "default"
+    session: str = ""  # "": a new session per delivery; else that session
+    tolerance_s: Positive = 300.0  # how old a signed timestamp may be
+
+
 class ChannelConfig(_Section):
     """A messaging platform where people talk to an agent. The plugin's own keys (its token,
     its signing secret) sit in the same table and become `settings`."""
@@ -290,6 +317,8 @@ class Config(_Section):
     agents: list[AgentConfig] = []  # a default agent, "default", exists unless one is named so
     runs: RunsConfig = msgspec.field(default_factory=RunsConfig)
     channels: list[ChannelConfig] = []
+    schedules: list[ScheduleConfig] = []
+    hooks: list[HookConfig] = []
     http_tools: list[HTTPToolConfig] = []
     mcp_servers: list[MCPServerConfig] = []
     retrieval: RetrievalConfig = msgspec.field(default_factory=RetrievalConfig)
@@ -354,6 +383,7 @@ def load_config(
     _check_references(config)
     _check_agents(config)
     _check_channels(config)
+    _check_triggers(config)
     _check_roles(config)
     _check_exposure(config)
     config.source = str(file) if file is not None else None
@@ -596,6 +626,34 @@ def _check_channels(config: Config) -> None:
             raise ConfigError(f"channels.{i}.agent: no agent named '{channel.agent}'")
     if config.channels and config.server.role == "edge":
         raise ConfigError("channels: channels run where agents run; give them to a core")
+
+
+def _check_triggers(config: Config) -> None:
+    """Schedules and hooks have unique names, parse, and name agents that exist."""
+    agents = {a.name for a in config.agents} | {"default"}
+    triggers: list[tuple[str, list[tuple[str, str]]]] = [
+        ("schedules", [(s.name, s.agent) for s in config.schedules]),
+        ("hooks", [(h.name, h.agent) for h in config.hooks]),
+    ]
+    for kind, named in triggers:
+        if len({name for name, _ in named}) != len(named):
+            raise ConfigError(f"{kind}: a name is used twice")
+        for i, (_, agent) in enumerate(named):
+            if agent not in agents:
+                raise ConfigError(f"{kind}.{i}.agent: no agent named '{agent}'")
+    for i, hook in enumerate(config.hooks):
+        if len(hook.secret) < MIN_SECRET:
+            raise ConfigError(f"hooks.{i}.secret: at least {MIN_SECRET} characters")
+    if config.schedules:
+        from cronsim import CronSim, CronSimError  # only when schedules are configured
+
+        for i, schedule in enumerate(config.schedules):
+            try:
+                CronSim(schedule.cron, datetime.now(UTC))
+            except CronSimError as exc:
+                raise ConfigError(f"schedules.{i}.cron: {exc}") from None
+    if (config.schedules or config.hooks) and config.server.role == "edge":
+        raise ConfigError("schedules, hooks: triggers run where agents run; give them to a core")
 
 
 def _check_references(config: Config) -> None:

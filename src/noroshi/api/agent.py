@@ -282,6 +282,19 @@ def install(router: Router, app: App) -> None:
         return JSONResponse(ApprovalAnswer(run_id=stored.id, tool_call_id=body.tool_call_id,
                                            approved=body.approved, status=status))  # fmt: skip
 
+    async def hook(request: Request) -> Response:
+        if app.triggers is None:
+            raise NotFound(f"No hook named '{request.params['name']}'.")
+        active = await app.triggers.deliver(
+            request.params["name"],
+            request.headers.get("x-noroshi-timestamp") or "",
+            request.headers.get("x-noroshi-signature") or "",
+            await request.body(),
+        )
+        return JSONResponse(
+            RunAccepted(run_id=active.run.id, session_id=active.session.id), status=202
+        )
+
     async def list_sessions(request: Request) -> Response:
         sessions = await app.sessions.list(_key_id(request))
         return JSONResponse(SessionList(data=sessions))
@@ -388,6 +401,7 @@ def install(router: Router, app: App) -> None:
         (api.RUN_STREAM, join_run),
         (api.RUN_CANCEL, cancel_run),
         (api.RUN_APPROVE, approve),
+        (api.HOOK, hook),
         (api.SESSIONS, list_sessions),
         (api.SESSION, get_session),
         (api.SESSION_DELETE, delete_session),

@@ -179,6 +179,15 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (run_id, step, tool_call_id)
     )""",
     "CREATE INDEX run_approvals_open ON run_approvals (approved, expires_at)",
+    # triggers: each schedule occurrence and each webhook delivery, taken by one replica once
+    """CREATE TABLE trigger_fires (
+        trigger TEXT NOT NULL,
+        key TEXT NOT NULL,
+        due DOUBLE PRECISION NOT NULL,
+        run_id TEXT,
+        fired_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (trigger, key)
+    )""",
 ]
 
 _MIGRATIONS_TABLE = """CREATE TABLE IF NOT EXISTS noroshi_migrations (
