@@ -14,6 +14,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from noroshi.client import AsyncClient
+from noroshi.wire.agent import RunFinished, RunResumed, RunWaiting, ToolApprovalRequested
 from tests.agent.durable_tools import calls
 from tests.agent.test_agent_api import parse_sse
 from tests.conftest import Serve, openai_config, write_config
@@ -220,3 +222,21 @@ async def test_use_chat_approval_flow_through_the_ai_sdk_client(
     else:
         assert tool["state"] == "output-denied" and calls(counted) == []
     assert texts[-1] == "Done."
+
+
+async def test_the_typed_client_answers_and_follows(
+    serve: Serve, tmp_path: Path, upstream: FakeOpenAI, counted: Path
+) -> None:
+    base = await bank(serve, tmp_path, upstream)
+    upstream.script(Reply(tool_calls=[TRANSFER]), Reply(text="Sent."))
+    async with AsyncClient(base, max_retries=0) as client:
+        events = [e async for e in client.agent.stream(prompt="Send 5", agent="bank")]
+        waiting = events[-1]
+        assert isinstance(waiting, RunWaiting) and waiting.tool_call_ids == ["t1"]
+        asked = [e for e in events if isinstance(e, ToolApprovalRequested)]
+        assert [(e.id, e.name) for e in asked] == [("t1", "transfer")]
+        answer = await client.runs.approve(waiting.run_id, "t1")
+        assert answer.status == "running"
+        rest = [e async for e in client.runs.join(waiting.run_id, after=waiting.seq)]
+    assert isinstance(rest[0], RunResumed) and isinstance(rest[-1], RunFinished)
+    assert calls(counted) == ["transfer"]

@@ -427,6 +427,7 @@ class Runner:
             await self.sessions.unclaim(run.session_id, run.id)  # its turn is kept already
         except NoroshiError as exc:  # the database is away: the claim runs out by itself
             log.warning("run %s: could not free session %s: %s", run.id, run.session_id, exc)
+        run.finished_at = time.time()  # before its followers hear it ended
         active.log.emit(event, data, last=True)
         active.log.close()
         try:

@@ -275,7 +275,7 @@ class SessionStore:
         return Kept(_run(row), row[11], row[12], int(row[13] or 0))
 
     async def finish_run(self, run: Run) -> None:
-        run.finished_at = time.time()
+        run.finished_at = run.finished_at or time.time()
         await self.db.execute(
             "UPDATE runs SET status = ?, prompt_tokens = ?, completion_tokens = ?, steps = ?, "
             "error = ?, finished_at = ? WHERE id = ?",
