@@ -14,7 +14,9 @@ from typing import Any
 import aiohttp
 import pytest
 
+from noroshi.agent.build import build_agents
 from noroshi.client import AsyncClient
+from noroshi.config import ConfigError
 from noroshi.wire.agent import RunFinished, RunResumed, RunWaiting, ToolApprovalRequested
 from tests.agent.durable_tools import calls
 from tests.agent.test_agent_api import parse_sse
@@ -240,3 +242,21 @@ async def test_the_typed_client_answers_and_follows(
         rest = [e async for e in client.runs.join(waiting.run_id, after=waiting.seq)]
     assert isinstance(rest[0], RunResumed) and isinstance(rest[-1], RunFinished)
     assert calls(counted) == ["transfer"]
+
+
+@pytest.mark.parametrize(
+    ("rule", "where"),
+    [('{ nothing = "always" }', "no tool 'nothing'"), ('{ quick = "maybe" }', "approval.quick")],
+)
+async def test_an_agents_approval_rules_are_checked_at_start(
+    tmp_path: Path, rule: str, where: str
+) -> None:
+    extra = f"""
+[[agents]]
+name = "a"
+tools = ["tests.agent.durable_tools:quick"]
+approval = {rule}
+"""
+    config = write_config(tmp_path, openai_config("http://127.0.0.1:1/v1", extra=extra))
+    with pytest.raises(ConfigError, match=where):
+        await build_agents(config, lambda: "fast")

@@ -20,7 +20,7 @@ from tests.conftest import openai_config
 from tests.fakes.upstream import FakeOpenAI, Reply
 from tests.faults.conftest import figure
 from tests.processes import kill_tree, start_server, stop
-from tests.services import shared_state
+from tests.services import TCPProxy, shared_state
 
 LEASE_S, RECOVER_S = 2.0, 0.5
 AGENTS = f"""
@@ -166,12 +166,14 @@ async def test_a_server_killed_mid_model_call_goes_on_after_a_restart(
     assert not any("cut" in str(m.get("content")) for m in messages)
 
 
+@pytest.mark.parametrize(
+    ("rule", "reason"),
+    [("resume = false", "runs.resume is off"), ("max_resumes = 0", "runs.max_resumes")],
+)
 async def test_a_run_that_cannot_go_on_ends_interrupted(
-    tmp_path: Path, upstream: FakeOpenAI, counted: Path
+    tmp_path: Path, upstream: FakeOpenAI, counted: Path, rule: str, reason: str
 ) -> None:
-    config = openai_config(
-        upstream.base_url, extra=AGENTS.replace("[runs]", "[runs]\nresume = false")
-    )
+    config = openai_config(upstream.base_url, extra=AGENTS.replace("[runs]", f"[runs]\n{rule}"))
     proc, base = await start_server(tmp_path, config)
     upstream.script(Reply(tool_calls=[{"id": "s", "name": "slow", "arguments": {"seconds": 30}}]))
     async with aiohttp.ClientSession() as s:
@@ -195,7 +197,7 @@ async def test_a_run_that_cannot_go_on_ends_interrupted(
             await stop(proc)
     check_sequence(events)
     assert events[-1][1] == "error" and events[-1][2]["code"] == "interrupted"
-    assert run["status"] == "interrupted" and "runs.resume is off" in run["error"]
+    assert run["status"] == "interrupted" and reason in run["error"]
     assert calls(counted) == ["slow"]
     assert after[-1][1] == "run.finished"
 
@@ -227,6 +229,48 @@ async def test_a_run_waiting_for_approval_survives_a_restart(
     assert waited[-1][1] == "run.waiting" and run["status"] == "waiting"
     check_sequence(events)
     assert events[-1][1] == "run.finished" and calls(counted) == ["transfer"]
+
+
+async def test_a_process_that_cannot_renew_its_leases_stops_its_runs(
+    tmp_path: Path, upstream: FakeOpenAI, postgres_proxy: tuple[TCPProxy, str], redis_url: str,
+    redis_prefix: str, counted: Path,
+) -> None:  # fmt: skip
+    """Cut off from the database past most of a lease, a replica stops its runs itself, for
+    another (here: itself, once the database is back) may take them over: one run never runs
+    in two places."""
+    proxy, url = postgres_proxy
+    state = shared_state(url, redis_url, redis_prefix, storage="timeout_s = 0.5\n")
+    config = openai_config(upstream.base_url, extra=state + AGENTS)
+    proc, base = await start_server(tmp_path, config)
+    upstream.script(
+        Reply(tool_calls=[{"id": "i", "name": "slow_safe", "arguments": {"seconds": 4}}]),
+        Reply(text="Back."),
+    )
+    try:
+        async with aiohttp.ClientSession() as s:
+            run_id, _ = await start_run(s, base)
+            async with s.get(f"{base}/api/v1/runs/{run_id}/stream") as r:
+                await asyncio.wait_for(r.content.readuntil(b"event: tool.call"), 10)
+            await proxy.cut()
+            await asyncio.sleep(3.5)  # the lease is out; the tool would end at 4 s
+            await proxy.heal()
+            for _ in range(200):
+                try:
+                    run = await run_state(s, base, run_id)
+                except AssertionError:  # 503 while the database comes back
+                    run = {"status": "running"}
+                if run["status"] != "running":
+                    break
+                await asyncio.sleep(0.1)
+            events = await join(s, base, run_id)
+    finally:
+        proc.terminate()
+        await stop(proc)
+    check_sequence(events)
+    assert run["status"] == "completed" and events[-1][1] == "run.finished"
+    assert [t for _, t, _ in events].count("run.resumed") == 1
+    # stopped mid-tool and run again once, by the one process holding the lease
+    assert calls(counted) == ["slow_safe", "slow_safe"] and len(upstream.chats()) == 2
 
 
 async def sigterm_during(proc: asyncio.subprocess.Process, base: str, s: aiohttp.ClientSession,
