@@ -46,6 +46,7 @@ from noroshi.store.usage import UsageLog
 from noroshi.types import Middleware
 
 if TYPE_CHECKING:
+    from noroshi.agent.triggers import Triggers
     from noroshi.channels.gateway import ChannelGateway
 
 __all__ = ["App", "build_provider"]
@@ -102,6 +103,7 @@ class App:
             middleware = [cors(self.config.cors), *middleware]
         self._handle = compose(middleware, self._route)
         self.draining = False
+        self._drain_ends: float | None = None  # the loop's time; None: not draining
         self.server = ""  # which server runs us, set by the transport adapter
         self._started: asyncio.Task[None] | None = None
         # made by `startup`, which opens the database
@@ -114,6 +116,7 @@ class App:
         self.sessions: SessionStore
         self.runner: Runner
         self.agents: dict[str, Agent] = {}
+        self.triggers: Triggers | None = None
         self._closers: list[Callable[[], Awaitable[None]]] = []
         self._health_task: asyncio.Task[None] | None = None
 
@@ -229,13 +232,24 @@ class App:
                                    self.default_embedding_model)  # fmt: skip
         await self.knowledge.open()
         self._closers.append(self.knowledge.store.close)
-        self.runner = Runner(self.models, self.sessions, self.run_events)
+        self.runner = Runner(self.models, self.sessions, self.run_events, config=config.runs)
+        self.runner.hand_over = self.db.dialect == "postgresql"  # another replica goes on
+        self.runner.billing = agent.resumed_billing(self)
         self.run_events.listen_cancels(self.runner.cancel_id)
         if self.role != "edge":  # an edge relays agent requests; its cores run the agents
             self.agents, closers = await build_agents(
                 config, self.default_chat_model, self.knowledge
             )
             self._closers.extend(closers)
+            self.runner.agents = self.agents
+            if not self.draining:
+                self.runner.open()
+            if config.schedules or config.hooks:  # cron parsing only when it is used
+                from noroshi.agent.triggers import Triggers
+
+                self.triggers = Triggers(config.schedules, config.hooks, self.db, self.sessions,
+                                         self.runner, self.agents)  # fmt: skip
+                self.triggers.start()
         if self.channels is not None:
             from noroshi.channels.store import ChannelStore
 
@@ -273,7 +287,9 @@ class App:
             self._health_task.cancel()
         if self.channels is not None:  # first: what it was answering is finished on restart
             await self.channels.close()
-        await self.runner.close()
+        if self.triggers is not None:
+            self.triggers.close()
+        await self.runner.close(self._drain_ends)
         await self.run_events.close()
         for close in self._closers:
             await close()
@@ -290,7 +306,14 @@ class App:
         self.draining = True
         timeout = self.config.server.drain_timeout_s
         log.info("draining %d open streams for up to %.0f s", len(self.streams), timeout)
-        asyncio.get_running_loop().call_later(timeout, self._cut_streams)
+        loop = asyncio.get_running_loop()
+        loop.call_later(timeout, self._cut_streams)
+        self._drain_ends = loop.time() + timeout  # background runs go on until then too
+        runner: Runner | None = getattr(self, "runner", None)  # made at startup
+        if runner is not None:
+            runner.begin_drain()
+        if self.triggers is not None:
+            self.triggers.close()
 
     def _cut_streams(self) -> None:
         reason = Unavailable(

@@ -12,6 +12,7 @@ import os
 import re
 import tomllib
 from collections.abc import Container, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -29,6 +30,7 @@ __all__ = [
     "DefaultsConfig",
     "DeploymentConfig",
     "HTTPToolConfig",
+    "HookConfig",
     "InternalConfig",
     "MCPServerConfig",
     "ModelConfig",
@@ -36,6 +38,8 @@ __all__ = [
     "ProviderConfig",
     "RedisConfig",
     "RoutingConfig",
+    "RunsConfig",
+    "ScheduleConfig",
     "ServerConfig",
     "StartupError",
     "StorageConfig",
@@ -219,6 +223,10 @@ class HTTPToolConfig(_Section):
     timeout_s: Positive = 30.0
     allow_hosts: list[str] = []  # private, loopback or link-local hosts this tool may reach
     max_response_bytes: Annotated[int, msgspec.Meta(ge=1)] = 64 * 1024
+    # safe to send twice: a run resumed after a crash may repeat a call that was cut off; each
+    # call then carries an `Idempotency-Key` (the same on a repeat)
+    idempotent: bool = False
+    approval: str = "never"  # "always", or "module:function" (a predicate over the arguments)
 
 
 class MCPServerConfig(_Section):
@@ -231,6 +239,7 @@ class MCPServerConfig(_Section):
     url: str = ""
     headers: dict[str, str] = {}
     timeout_s: Positive = 30.0
+    approval: str = "never"  # for all of its tools: "always", or "module:function"
 
 
 class RetrievalConfig(_Section):
@@ -255,6 +264,44 @@ class AgentConfig(_Section):
     temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] | None = None
     tool_timeout_s: Positive = 30.0
     knowledge: list[str] = []  # knowledge bases its `search_knowledge` tool searches
+    # per tool name, over the tool's own rule: "always", "never" or "module:function"
+    approval: dict[str, str] = {}
+
+
+class RunsConfig(_Section):
+    """Durable agent runs (docs/streaming.md): what happens to a run whose process stopped,
+    and how long a tool call waits for a person's approval."""
+
+    lease_s: Positive = 10.0  # a run's lease, renewed every third of it: a dead process's
+    # runs are taken over within lease_s + recover_every_s
+    resume: bool = True  # go on with a dead process's runs; false: end them `interrupted`
+    max_resumes: Annotated[int, msgspec.Meta(ge=0)] = 3  # then a run is ended `interrupted`
+    recover_every_s: Positive = 2.0  # how often each replica looks for runs to take over
+    approval_timeout_s: Positive = 24 * 3600.0  # unanswered: the call is denied ("expired")
+
+
+class ScheduleConfig(_Section):
+    """A run started on a cron schedule (UTC), on one replica of a fleet."""
+
+    name: Annotated[str, msgspec.Meta(pattern=r"^[a-zA-Z0-9_-]{1,64}$")]
+    # minute hour day-of-month month day-of-week, or six fields with seconds first
+    cron: str
+    prompt: Annotated[str, msgspec.Meta(min_length=1)]
+    agent: str = "default"
+    session: str = ""  # default: "schedule-<name>", one session it keeps across its runs
+    # after downtime: fire once for the missed occurrences, if the latest is this recent
+    catch_up_s: NonNegative = 3600.0
+
+
+class HookConfig(_Section):
+    """A signed inbound webhook, `POST /api/v1/hooks/<name>`, that starts a background run."""
+
+    name: Annotated[str, msgspec.Meta(pattern=r"^[a-zA-Z0-9_-]{1,64}$")]
+    secret: str  # HMAC-SHA256 key the sender signs with, at least 16 characters
+    prompt: str = "{body}"  # `{body}` becomes the request's body
+    agent: str = "default"
+    session: str = ""  # "": a new session per delivery; else that session
+    tolerance_s: Positive = 300.0  # how old a signed timestamp may be
 
 
 class ChannelConfig(_Section):
@@ -287,7 +334,10 @@ class Config(_Section):
     cors: CorsConfig = msgspec.field(default_factory=CorsConfig)
     prices: dict[str, Price] = {}  # by model name, or by deployment "provider/model"
     agents: list[AgentConfig] = []  # a default agent, "default", exists unless one is named so
+    runs: RunsConfig = msgspec.field(default_factory=RunsConfig)
     channels: list[ChannelConfig] = []
+    schedules: list[ScheduleConfig] = []
+    hooks: list[HookConfig] = []
     http_tools: list[HTTPToolConfig] = []
     mcp_servers: list[MCPServerConfig] = []
     retrieval: RetrievalConfig = msgspec.field(default_factory=RetrievalConfig)
@@ -353,6 +403,7 @@ def load_config(
     ip_networks(config.auth.trusted_proxies, "auth.trusted_proxies")
     _check_agents(config)
     _check_channels(config)
+    _check_triggers(config)
     _check_roles(config)
     _check_exposure(config)
     config.source = str(file) if file is not None else None
@@ -611,6 +662,34 @@ def _check_channels(config: Config) -> None:
             raise ConfigError(f"channels.{i}.agent: no agent named '{channel.agent}'")
     if config.channels and config.server.role == "edge":
         raise ConfigError("channels: channels run where agents run; give them to a core")
+
+
+def _check_triggers(config: Config) -> None:
+    """Schedules and hooks have unique names, parse, and name agents that exist."""
+    agents = {a.name for a in config.agents} | {"default"}
+    triggers: list[tuple[str, list[tuple[str, str]]]] = [
+        ("schedules", [(s.name, s.agent) for s in config.schedules]),
+        ("hooks", [(h.name, h.agent) for h in config.hooks]),
+    ]
+    for kind, named in triggers:
+        if len({name for name, _ in named}) != len(named):
+            raise ConfigError(f"{kind}: a name is used twice")
+        for i, (_, agent) in enumerate(named):
+            if agent not in agents:
+                raise ConfigError(f"{kind}.{i}.agent: no agent named '{agent}'")
+    for i, hook in enumerate(config.hooks):
+        if len(hook.secret) < MIN_SECRET:
+            raise ConfigError(f"hooks.{i}.secret: at least {MIN_SECRET} characters")
+    if config.schedules:
+        from cronsim import CronSim, CronSimError  # only when schedules are configured
+
+        for i, schedule in enumerate(config.schedules):
+            try:
+                CronSim(schedule.cron, datetime.now(UTC))
+            except CronSimError as exc:
+                raise ConfigError(f"schedules.{i}.cron: {exc}") from None
+    if (config.schedules or config.hooks) and config.server.role == "edge":
+        raise ConfigError("schedules, hooks: triggers run where agents run; give them to a core")
 
 
 def _check_references(config: Config) -> None:

@@ -10,6 +10,7 @@ import time
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
+from mcp.types import ToolAnnotations
 
 server: MCPServer = MCPServer("noroshi-test", log_level="WARNING")
 
@@ -20,7 +21,7 @@ def add(a: int, b: int) -> int:
     return a + b
 
 
-@server.tool()
+@server.tool(annotations=ToolAnnotations(idempotent_hint=True))
 def echo(text: str) -> str:
     """Return the text unchanged."""
     return text

@@ -248,7 +248,8 @@ async def test_bad_input(base: str, client: AsyncClient) -> None:
     for body, status, param in [
         ({"prompt": ""}, 400, "prompt"),
         ({"prompt": "Hi", "agent": "nobody"}, 404, "agent"),
-        ({"prompt": "Hi", "session_id": "ses_missing"}, 404, "session_id"),
+        ({"prompt": "Hi", "session_id": "no spaces"}, 400, "session_id"),
+        ({"prompt": "Hi", "session_id": "x" * 129}, 400, "session_id"),
     ]:
         # the server's own answer, raw: the client refuses an empty prompt before sending
         got, _, error = await agent_chat(base, **body)
@@ -438,6 +439,39 @@ async def test_sessions_belong_to_the_key_that_made_them(
         assert r.status == 404
 
 
+async def test_a_session_id_the_client_chose(
+    serve: Serve, tmp_path: Path, upstream: FakeOpenAI
+) -> None:
+    text = openai_config(upstream.base_url, extra=AGENTS)
+    base = await serve(write_config(tmp_path, text, {"NOROSHI_MASTER_KEY": "sk-m"}))
+    async with AsyncClient(base, api_key="sk-m", max_retries=0) as admin:
+        keys = [(await admin.admin.keys.create(name=name)).key for name in ("alice", "bob")]
+    upstream.script(Reply(text="First."), Reply(text="Second."))
+    async with (
+        AsyncClient(base, api_key=keys[0], max_retries=0) as alice,
+        AsyncClient(base, api_key=keys[1], max_retries=0) as bob,
+    ):
+        first = (await turn(alice, prompt="One", session_id="chat-7.a:b"))[0]
+        assert isinstance(first, RunStarted) and first.session_id == "chat-7.a:b"
+        await turn(alice, prompt="Two", session_id="chat-7.a:b")
+        detail = await alice.sessions.get("chat-7.a:b")
+        assert [m.content for m in detail.messages] == ["One", "First.", "Two", "Second."]
+        with pytest.raises(NotFoundError) as err:  # taken by alice: bob cannot have it
+            await turn(bob, prompt="Hi", session_id="chat-7.a:b")
+        assert err.value.param == "session_id"
+    assert len(upstream.chats()) == 2  # bob's turn never reached the model
+
+
+async def test_agents_are_listed_with_their_tools(base: str) -> None:
+    async with AsyncClient(base) as client:
+        agents = {a.name: a for a in (await client.agents.list()).data}
+    assert set(agents) >= {"default"}
+    assert agents["default"].model == "fast" and agents["default"].tools == []
+    helper = agents["helper"]
+    assert (helper.model, helper.knowledge) == ("fast", [])
+    assert helper.tools == ["lookup_city", "slow_tool", "broken_tool"]
+
+
 async def test_another_keys_running_session_is_not_found(
     serve: Serve, tmp_path: Path, upstream: FakeOpenAI
 ) -> None:
@@ -478,13 +512,3 @@ async def test_another_keys_running_session_is_not_found(
         with pytest.raises(ConflictError):  # the owner is told why
             await alice.sessions.delete(session_id)
         assert (await alice.runs.cancel(run_id)).cancelled
-
-
-async def test_agents_are_listed_with_their_tools(base: str) -> None:
-    async with AsyncClient(base) as client:
-        agents = {a.name: a for a in (await client.agents.list()).data}
-    assert set(agents) >= {"default"}
-    assert agents["default"].model == "fast" and agents["default"].tools == []
-    helper = agents["helper"]
-    assert (helper.model, helper.knowledge) == ("fast", [])
-    assert helper.tools == ["lookup_city", "slow_tool", "broken_tool"]

@@ -17,6 +17,7 @@ from aiohttp.abc import ResolveResult
 
 from noroshi.agent import HTTPTool, ToolResult, run_tool
 from noroshi.agent.http_tools import PinnedResolver, forbidden_reason
+from noroshi.agent.tools import CALL_KEY
 from noroshi.config import HTTPToolConfig
 
 MakeTool = Callable[..., HTTPTool]
@@ -448,3 +449,24 @@ async def test_close_and_reopen(upstream: Upstream, make_tool: MakeTool) -> None
     await tool.close()
     assert not (await run_tool(tool, {})).is_error
     assert repr(tool) == f"HTTPTool('t', GET {upstream.base}/echo/x)"
+
+
+async def test_a_tool_safe_to_repeat_sends_the_calls_idempotency_key(
+    upstream: Upstream, make_tool: MakeTool
+) -> None:
+    safe = make_tool(f"{upstream.base}/echo/pay", method="POST", allow_hosts=LOCAL,
+                     idempotent=True)  # fmt: skip
+    plain = make_tool(f"{upstream.base}/echo/pay", method="POST", allow_hosts=LOCAL)
+    CALL_KEY.set("run_1:call_9")  # what the loop sets for each call it runs
+    sent = [echoed(await run_tool(t, {"amount": 5}))["headers"] for t in (safe, plain)]
+    assert sent[0]["idempotency-key"] == "run_1:call_9" and safe.idempotent
+    assert "idempotency-key" not in sent[1] and not plain.idempotent
+
+
+def test_approval_rules_from_the_config(make_tool: MakeTool) -> None:
+    assert make_tool("http://x/", approval="always").approval == "always"
+    assert make_tool("http://x/").approval == "never"
+    rule = make_tool("http://x/", approval="tests.agent.durable_tools:large").approval
+    assert callable(rule) and rule({"amount": 500}) and not rule({"amount": 5})
+    with pytest.raises(ValueError, match="approval"):
+        make_tool("http://x/", approval="sometimes")

@@ -23,7 +23,7 @@ from noroshi.agent.mcp import (
     _result_text,
     _tool_name,
 )
-from noroshi.agent.tools import Toolbox, ToolResult
+from noroshi.agent.tools import Toolbox, ToolResult, load_approval
 from noroshi.config import ConfigError, MCPServerConfig
 from tests.conftest import free_port
 
@@ -124,6 +124,22 @@ async def test_stdio_tools_run_in_the_agents_toolbox(connect: Connect) -> None:
     assert failed.is_error
     assert failed.content.startswith("error: ") and "it broke on purpose" in failed.content
     assert "ToolError" not in failed.content
+
+
+async def test_stdio_tools_say_whether_they_are_safe_to_repeat_and_need_approval(
+    connect: Connect,
+) -> None:
+    server = await connect(stdio(approval="always"))
+    tools = by_name(server)
+    # the server's own hint: a resumed run may repeat a cut-off call of it
+    assert tools["calc__echo"].idempotent and not tools["calc__add"].idempotent
+    toolbox = Toolbox(server.tools)
+    assert toolbox.needs_approval("calc__add", '{"a": 1, "b": 2}')  # the server's rule
+    # one tool of the server, by the agent's own rule (`[[agents]] approval`)
+    tools["calc__echo"].approval = load_approval("tests.agent.durable_tools:large")
+    assert not toolbox.needs_approval("calc__echo", '{"amount": 5}')
+    assert toolbox.needs_approval("calc__echo", '{"amount": 500}')
+    assert toolbox.needs_approval("calc__echo", "not json")  # unreadable: ask
 
 
 async def test_stdio_slow_tool_times_out_and_the_connection_stays(connect: Connect) -> None:

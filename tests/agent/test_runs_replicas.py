@@ -75,3 +75,30 @@ async def test_join_resume_and_cancel_from_another_replica(
         async with s.get(f"{b}/api/v1/runs/{run_id}/stream") as r:
             last = parse_sse(await r.read())[-1]
         assert last[1] == "error" and last[2]["code"] == "cancelled"
+
+
+async def test_a_session_id_the_client_chose_across_replicas(
+    replicas: list[str], upstream: FakeOpenAI
+) -> None:
+    upstream.script(Reply(text="Noted: blue."), Reply(text="You said blue."))
+    async with aiohttp.ClientSession() as s:
+        for base, prompt in zip(replicas, ("My colour is blue.", "What is my colour?"),
+                                strict=True):  # fmt: skip
+            body = {"prompt": prompt, "session_id": "team-chat", "agent": "helper"}
+            async with s.post(f"{base}/api/v1/agent/chat", json=body) as r:
+                assert r.status == 200 and r.headers["x-noroshi-session-id"] == "team-chat"
+                assert parse_sse(await r.read())[-1][1] == "run.finished"
+        async with s.get(f"{replicas[1]}/api/v1/sessions/team-chat") as r:
+            detail = await r.json()
+    assert [m["content"] for m in detail["messages"]] == [
+        "My colour is blue.",
+        "Noted: blue.",
+        "What is my colour?",
+        "You said blue.",
+    ]
+    # the second turn, on the other replica, sent the first one's history to the model
+    assert [m["content"] for m in upstream.chats()[1]][-3:] == [
+        "My colour is blue.",
+        "Noted: blue.",
+        "What is my colour?",
+    ]

@@ -57,6 +57,11 @@ tools = ["tests.agent.loop_tools:lookup_city"]
 max_steps = 3
 
 [[agents]]
+name = "teller"
+model = "fast"
+tools = ["tests.agent.durable_tools:transfer"]
+
+[[agents]]
 name = "librarian"
 model = "fast"
 knowledge = ["handbook"]

@@ -12,13 +12,14 @@ import json
 import os
 import re
 import time
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
 
-from tests.agent import loop_tools
+from tests.agent import durable_tools, loop_tools
 from tests.browser.conftest import NO_PLAYWRIGHT, Gateway, Recorder, Seen
 from tests.fakes.upstream import Reply
 
@@ -205,6 +206,32 @@ async def test_agent_run_shows_its_tool_step(
     run_id = (await (await start.response()).json())["run_id"]
     assert recorder.made("GET", f"/api/v1/runs/{run_id}/stream")
     assert sent_key(gateway, await start.all_headers())
+
+
+@pytest.mark.parametrize("button", ["approve", "deny"])
+async def test_a_tool_call_waits_for_approve_or_deny(
+    gateway: Gateway, page: Page, button: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DURABLE_CALLS", str(tmp_path / "calls"))
+    gateway.upstream.script(
+        Reply(tool_calls=[{"id": "t1", "name": "transfer", "arguments": {"amount": 5}}]),
+        Reply(text="All settled."),
+    )
+    await sign_in(page, gateway)
+    await send(page, "agent:teller", "Send 5")
+    step = page.locator("details[data-testid=tool-step]")
+    await expect(step).to_contain_text("waiting for approval")
+    await expect(page.get_by_test_id("message-status")).to_contain_text("Waiting for your approval")
+    assert durable_tools.calls(tmp_path / "calls") == []  # nothing ran before the click
+    await step.get_by_test_id(button).click()
+    await expect(assistant(page)).to_contain_text("All settled.")
+    await expect(step.get_by_test_id("approval")).to_have_count(0)
+    if button == "approve":
+        await expect(step).to_contain_text("sent 5")
+        assert durable_tools.calls(tmp_path / "calls") == ["transfer"]
+    else:
+        await expect(step).to_contain_text("did not approve")
+        assert durable_tools.calls(tmp_path / "calls") == []
 
 
 async def test_sessions_list_new_chat_and_reopen(

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from noroshi.agent.runs import Agent
-from noroshi.agent.tools import Tool, Toolbox, load_tool
+from noroshi.agent.tools import Tool, Toolbox, load_approval, load_tool
 from noroshi.config import AgentConfig, Config, ConfigError, tool_ref
 from noroshi.errors import NoroshiError
 from noroshi.retrieval.tool import KnowledgeTool
@@ -71,6 +71,14 @@ async def build_agents(
         own = [copy.copy(tool) for tool in tools]
         for tool in own:
             tool.timeout_s = min(tool.timeout_s, agent.tool_timeout_s)
+        for name, rule in agent.approval.items():
+            found = [t for t in own if t.name == name]
+            if not found:
+                raise ConfigError(f"agents.{i}.approval: the agent has no tool '{name}'")
+            try:
+                found[0].approval = load_approval(rule)
+            except ValueError as exc:
+                raise ConfigError(f"agents.{i}.approval.{name}: {exc}") from None
         agents[agent.name] = Agent(agent, model, Toolbox(own))
     return agents, closers
 

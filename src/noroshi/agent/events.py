@@ -45,6 +45,8 @@ class EventWriter:
         self.run_id = run_id
         self._queue: list[Row] = []
         self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._busy = False
         self._closed = False
         self._task = asyncio.get_running_loop().create_task(self._run())
 
@@ -53,11 +55,18 @@ class EventWriter:
         self._wake.set()
 
     async def close(self) -> None:
-        """Write what is left; the run is over."""
+        """Write what is left; the run is over (here, at least)."""
         self._closed = True
         self._wake.set()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.shield(self._task)
+
+    async def flush(self) -> None:
+        """Wait until every event written so far is kept (or could not be): a step is
+        resumable from its events once they are."""
+        while (self._queue or self._busy) and not self._task.done():
+            self._idle.clear()
+            await self._idle.wait()
 
     async def _run(self) -> None:
         while True:
@@ -65,10 +74,14 @@ class EventWriter:
             self._wake.clear()
             while self._queue:
                 batch, self._queue = self._queue[:BATCH], self._queue[BATCH:]
+                self._busy = True
                 try:
                     await self.store.append(self.run_id, batch)
                 except Exception as exc:  # a follower elsewhere misses them; the run goes on
                     log.warning("could not keep %d events of %s: %s", len(batch), self.run_id, exc)
+                finally:
+                    self._busy = False
+            self._idle.set()
             if self._closed:
                 return
 
@@ -81,6 +94,10 @@ class EventStore(abc.ABC):
     def follow(self, run_id: str, after: int, running: Running) -> AsyncIterator[Row]:
         """Every kept event after `after`, then new ones, until the run's last (or until the
         run, no longer running, has nothing more)."""
+
+    @abc.abstractmethod
+    async def read(self, run_id: str) -> list[Row]:
+        """Every event kept so far, at once: what a run resumed elsewhere starts from."""
 
     def writer(self, run_id: str) -> EventWriter:
         return EventWriter(self, run_id)
@@ -130,6 +147,12 @@ class RedisEvents(EventStore):
             pipe.expire(key, KEEP_S)
             await pipe.execute()
 
+    async def read(self, run_id: str) -> list[Row]:
+        async with asyncio.timeout(REDIS_TIMEOUT_S):
+            entries: Any = await self.client.xrange(self._key(run_id))
+        return [(int(entry_id.decode().split("-")[0]), fields[b"t"].decode(),
+                 _decode.decode(fields[b"d"])) for entry_id, fields in entries]  # fmt: skip
+
     async def follow(self, run_id: str, after: int, running: Running) -> AsyncIterator[Row]:
         key, last = self._key(run_id), f"{after}-0"
         loop = asyncio.get_running_loop()
@@ -163,6 +186,12 @@ class DatabaseEvents(EventStore):
             "INSERT INTO run_events (run_id, seq, type, data) VALUES (?, ?, ?, ?)",
             [(run_id, seq, type, _encode(data).decode()) for seq, type, data in rows],
         )
+
+    async def read(self, run_id: str) -> list[Row]:
+        rows = await self.db.fetch(
+            "SELECT seq, type, data FROM run_events WHERE run_id = ? ORDER BY seq", (run_id,)
+        )
+        return [(int(seq), type, _decode.decode(data)) for seq, type, data in rows]
 
     async def follow(self, run_id: str, after: int, running: Running) -> AsyncIterator[Row]:
         loop = asyncio.get_running_loop()

@@ -26,7 +26,7 @@ import msgspec
 from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
-from noroshi.agent.tools import Tool, ToolArgumentError, ToolError
+from noroshi.agent.tools import CALL_KEY, Tool, ToolArgumentError, ToolError, load_approval
 from noroshi.config import HTTPToolConfig
 
 __all__ = ["HTTPTool", "PinnedResolver", "forbidden_reason"]
@@ -57,6 +57,11 @@ class HTTPTool(Tool):
         self.name = config.name
         self.description = config.description
         self.timeout_s = config.timeout_s
+        self.idempotent = config.idempotent
+        try:
+            self.approval = load_approval(config.approval)
+        except ValueError as exc:
+            raise ValueError(f"http tool {config.name!r}: approval: {exc}") from None
         self.config = config
         self._template = _PLACEHOLDER.split(config.url)  # text, name, text, name, ..., text
         self._placeholders = tuple(dict.fromkeys(self._template[1::2]))
@@ -119,6 +124,9 @@ class HTTPTool(Tool):
         for _ in range(MAX_REDIRECTS + 1):
             addresses = await self._checked_addresses(url)
             headers = dict(self.config.headers) if url.origin() == origin else {}
+            key = CALL_KEY.get()
+            if self.idempotent and key:  # the same on a repeat after a restart
+                headers["Idempotency-Key"] = key
             if body is not None and not any(k.lower() == "content-type" for k in headers):
                 headers["Content-Type"] = "application/json"
             with self._resolver.pin(url.raw_host or "", addresses):

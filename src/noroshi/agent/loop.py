@@ -8,22 +8,26 @@ endpoints turn those events into native SSE, the AI SDK stream or WebSocket fram
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import msgspec
 
-from noroshi.agent.tools import Toolbox, ToolResult
+from noroshi.agent.tools import CALL_KEY, Toolbox, ToolResult
 from noroshi.errors import UpstreamProtocolError
 from noroshi.providers.base import Call, Usage
 from noroshi.providers.router import ProviderRouter
 from noroshi.wire import openai as oa
 from noroshi.wire.sse import SSEDecoder
 
-__all__ = ["Emit", "Turn", "run_turn"]
+__all__ = ["Emit", "Step", "Turn", "Waiting", "denied", "run_turn"]
 
 Emit = Callable[[str, dict[str, Any]], None]
 MAX_TOOL_CALLS_PER_STEP = 32
+INTERRUPTED = (
+    "error: the tool {name} was running when the server stopped; it is not run again "
+    "because it is not declared safe to repeat, and whether it finished is unknown"
+)
 
 
 class _FunctionDelta(msgspec.Struct):
@@ -55,16 +59,46 @@ class _Chunk(msgspec.Struct):
 _decode_chunk = msgspec.json.Decoder(_Chunk)
 
 
+class Step:
+    """A step whose model call has answered with tool calls, while its tools run: each call's
+    result once it has one, and where a resumed run finds each call that has none."""
+
+    __slots__ = ("asked", "decisions", "finish", "message", "results", "started")
+
+    def __init__(self, message: oa.AssistantMessage, finish: str) -> None:
+        self.message = message
+        self.finish = finish
+        self.results: dict[str, ToolResult] = {}
+        self.asked: set[str] = set()  # waiting for a person's approval
+        self.started: set[str] = set()  # running when the process that ran them stopped
+        self.decisions: dict[str, tuple[bool, str]] = {}  # call id -> (approved, reason)
+
+    @property
+    def calls(self) -> list[oa.ToolCall]:
+        calls = self.message.tool_calls
+        return calls if calls is not None else []
+
+
 class Turn:
-    """What one turn added to the conversation, and what it used."""
+    """What one turn added to the conversation, and what this process used of it (a resumed
+    run starts from the turn its kept events rebuild, and bills only its own calls)."""
 
-    __slots__ = ("finish", "messages", "steps", "usage")
+    __slots__ = ("finish", "messages", "pending", "steps", "usage")
 
-    def __init__(self) -> None:
-        self.messages: list[oa.Message] = []
+    def __init__(self, prompt: str) -> None:
+        self.messages: list[oa.Message] = [oa.UserMessage(content=prompt)]
         self.usage = Usage()
         self.steps = 0
+        self.pending: Step | None = None  # the step whose tools are running
         self.finish = "stop"  # or "max_steps"
+
+
+class Waiting(Exception):
+    """The turn stops until a person approves or denies these calls."""
+
+    def __init__(self, calls: list[oa.ToolCall]) -> None:
+        super().__init__(f"{len(calls)} tool calls wait for approval")
+        self.calls = calls
 
 
 async def run_turn(
@@ -72,45 +106,68 @@ async def run_turn(
     model: str,
     system: str,
     history: list[oa.Message],
-    prompt: str,
+    turn: Turn,
     toolbox: Toolbox,
     emit: Emit,
     *,
     max_steps: int,
     temperature: float | None = None,
     request_id: str = "",
+    checkpoint: Callable[[], Awaitable[None]] | None = None,
 ) -> Turn:
-    turn = Turn()
-    turn.messages.append(oa.UserMessage(content=prompt))
+    """Run the turn from where `turn` is to its answer. Raises `Waiting` when a tool call
+    needs approval; `checkpoint` is awaited after each step, once its events are out."""
     head: list[oa.Message] = [oa.SystemMessage(content=system)] if system else []
     tools = [msgspec.convert(spec, oa.Tool) for spec in toolbox.specs()] or None
-    for step in range(1, max_steps + 1):
-        turn.steps = step
-        emit("step.started", {"step": step})
-        chat = oa.ChatRequest(
-            model=model,
-            messages=[*head, *history, *turn.messages],
-            stream=True,
-            tools=tools,
-            temperature=temperature,
-        )
-        call = Call(chat, msgspec.to_builtins(chat), request_id)
-        text, calls, finish = await _model_step(models, call, emit)
-        if call.usage is not None:
-            turn.usage.prompt_tokens += call.usage.prompt_tokens
-            turn.usage.completion_tokens += call.usage.completion_tokens
-        turn.messages.append(oa.AssistantMessage(content=text or None, tool_calls=calls or None))
-        if calls:  # a step is a model call and the tools it asked for
-            results = await _run_tools(toolbox, calls, emit)
-            turn.messages.extend(
-                oa.ToolMessage(content=r.content, tool_call_id=c.id)
-                for c, r in zip(calls, results, strict=True)
+    while True:
+        step = turn.pending
+        if step is None:
+            if turn.steps >= max_steps:
+                turn.finish = "max_steps"
+                return turn
+            turn.steps += 1
+            emit("step.started", {"step": turn.steps})
+            chat = oa.ChatRequest(
+                model=model,
+                messages=[*head, *history, *turn.messages],
+                stream=True,
+                tools=tools,
+                temperature=temperature,
             )
-        emit("step.finished", {"step": step, "finish_reason": finish})
-        if not calls:
-            return turn
-    turn.finish = "max_steps"
-    return turn
+            call = Call(chat, msgspec.to_builtins(chat), request_id)
+            try:
+                text, calls, finish = await _model_step(models, call, emit)
+            finally:  # a cut call is billed for what it streamed, as the gateway bills one
+                used = call.usage or _used(call)
+                turn.usage.prompt_tokens += used.prompt_tokens
+                turn.usage.completion_tokens += used.completion_tokens
+            message = oa.AssistantMessage(content=text or None, tool_calls=calls or None)
+            if not calls:
+                turn.messages.append(message)
+                emit("step.finished", {"step": turn.steps, "finish_reason": finish})
+                return turn
+            turn.pending = step = Step(message, finish)
+            for c in calls:
+                emit("tool.call", {"id": c.id, "name": c.function.name,
+                                   "arguments": c.function.arguments})  # fmt: skip
+        await _run_tools(toolbox, step, emit, request_id)
+        turn.messages.append(step.message)
+        turn.messages.extend(
+            oa.ToolMessage(content=step.results[c.id].content, tool_call_id=c.id)
+            for c in step.calls
+        )
+        turn.pending = None
+        emit("step.finished", {"step": turn.steps, "finish_reason": step.finish})
+        if checkpoint is not None:
+            await checkpoint()
+
+
+def _used(call: Call) -> Usage:
+    """What a call that never reported its usage is taken to have used."""
+    if not call.attempts:
+        return Usage()
+    prompt = sum(len(str(m.content or "")) for m in call.request.messages) // 4 + 1
+    return Usage(prompt_tokens=prompt, completion_tokens=call.chunks)
 
 
 async def _model_step(
@@ -163,21 +220,63 @@ def _collect(pending: dict[int, tuple[str, str, list[str]]], tc: _ToolCallDelta)
     pending[tc.index] = (cid or tc.id or "", name, parts)
 
 
-async def _run_tools(toolbox: Toolbox, calls: list[oa.ToolCall], emit: Emit) -> list[ToolResult]:
-    """Every call at once; each result is reported as soon as it is ready."""
+async def _run_tools(toolbox: Toolbox, step: Step, emit: Emit, run_id: str) -> None:
+    """Settle every call of the step without a result: at once, each reported as soon as it is
+    ready. A denied call answers the model with the denial; one that was running when its
+    process stopped runs again only when its tool is safe to repeat; one that needs approval
+    stops the turn once the others are done."""
 
-    async def one(call: oa.ToolCall) -> ToolResult:
+    async def run(call: oa.ToolCall) -> None:
+        CALL_KEY.set(f"{run_id}:{call.id}")  # this task's own context: gather copies it
         result = await toolbox.run(call.function.name, call.function.arguments)
+        settle(call, result)
+
+    def settle(call: oa.ToolCall, result: ToolResult) -> None:
+        step.results[call.id] = result
         emit("tool.result", {"id": call.id, "name": call.function.name,
                              "content": result.content, "is_error": result.is_error})  # fmt: skip
         for source in result.sources:
             emit("source", {"tool_call_id": call.id, **source})
-        return result
 
-    for call in calls:
-        emit("tool.call", {"id": call.id, "name": call.function.name,
-                           "arguments": call.function.arguments})  # fmt: skip
-    return list(await asyncio.gather(*(one(c) for c in calls)))
+    running: list[oa.ToolCall] = []
+    asked: list[oa.ToolCall] = []
+    for call in step.calls:
+        name = call.function.name
+        if call.id in step.results:
+            continue
+        decision = step.decisions.get(call.id)
+        if decision is not None and call.id not in step.started:
+            approved, reason = decision
+            emit("tool.approval", {"id": call.id, "approved": approved, "reason": reason})
+            step.started.add(call.id)  # from here on, it may have run
+            if not approved:
+                settle(call, ToolResult(denied(reason), is_error=True))
+                continue
+            running.append(call)
+        elif call.id in step.started:
+            tool = toolbox.get(name)
+            if tool is not None and not tool.idempotent:
+                settle(call, ToolResult(INTERRUPTED.format(name=name), is_error=True))
+            else:
+                running.append(call)
+        elif call.id in step.asked or toolbox.needs_approval(name, call.function.arguments):
+            asked.append(call)
+        else:
+            step.started.add(call.id)
+            running.append(call)
+    await asyncio.gather(*(run(c) for c in running))
+    if asked:
+        for call in asked:
+            if call.id not in step.asked:
+                step.asked.add(call.id)
+                emit("tool.approval_requested", {"id": call.id, "name": call.function.name,
+                                                 "arguments": call.function.arguments})  # fmt: skip
+        raise Waiting(asked)
+
+
+def denied(reason: str) -> str:
+    """The result the model reads for a call a person refused."""
+    return "error: the user did not approve this tool call" + (f": {reason}" if reason else "")
 
 
 async def _chain(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

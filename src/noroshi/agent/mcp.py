@@ -31,7 +31,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.message import SessionMessage
 
 from noroshi import __version__
-from noroshi.agent.tools import Tool, ToolError
+from noroshi.agent.tools import Tool, ToolError, load_approval
 from noroshi.config import ConfigError, MCPServerConfig
 
 __all__ = ["MCPConnectError", "MCPServer", "MCPTool", "ToolError"]
@@ -84,6 +84,10 @@ class MCPServer:
             raise ConfigError(f"mcp_servers '{config.name}': set one of `command` or `url`")
         self.config = config
         self.name = config.name
+        try:
+            self.approval = load_approval(config.approval)
+        except ValueError as exc:
+            raise ConfigError(f"mcp_servers '{config.name}'.approval: {exc}") from None
         self._tools: dict[str, MCPTool] = {}
         self._conn: _Connection | None = None
         self._lock = asyncio.Lock()  # one connect at a time
@@ -171,6 +175,13 @@ class MCPServer:
                 tool = MCPTool(
                     self, spec.name, name, description, parameters, self.config.timeout_s
                 )
+            # a server that says a tool is idempotent (or only reads) lets a resumed run
+            # repeat a call of it that was cut off
+            hints = spec.annotations
+            tool.idempotent = hints is not None and bool(
+                hints.idempotent_hint or hints.read_only_hint
+            )
+            tool.approval = self.approval
             tools[name] = tool
         self._tools = tools
 

@@ -20,17 +20,20 @@ import re
 import typing
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar, overload
+from typing import Any, Literal, TypeVar, overload
 
 import msgspec
 
 __all__ = [
+    "CALL_KEY",
+    "Approval",
     "FunctionTool",
     "Tool",
     "ToolArgumentError",
     "ToolError",
     "ToolResult",
     "Toolbox",
+    "load_approval",
     "load_tool",
     "run_tool",
     "tool",
@@ -39,6 +42,10 @@ __all__ = [
 log = logging.getLogger("noroshi.agent")
 
 F = TypeVar("F", bound=Callable[..., Any])
+Approval = Literal["always", "never"] | Callable[[dict[str, Any]], bool] | None
+# the run and tool call a tool runs for: the key an HTTP tool safe to repeat sends, so the
+# service it calls can tell a repeat after a restart from a new request
+CALL_KEY: contextvars.ContextVar[str] = contextvars.ContextVar("noroshi_tool_call", default="")
 
 NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")  # OpenAI's rule for function names
 MAX_ERROR_CHARS = 2000  # an error message is for the model to read, not a traceback dump
@@ -64,12 +71,19 @@ class ToolResult(msgspec.Struct):
 
 
 class Tool(abc.ABC):
-    """One function the model may call. `parameters` is a JSON schema of type "object"."""
+    """One function the model may call. `parameters` is a JSON schema of type "object".
+
+    `idempotent`: running it twice with the same arguments does no more than once, so a run
+    resumed after its process died may run it again when it was cut off mid-call. `approval`:
+    whether a person must approve a call first, "always" or a predicate over the arguments.
+    """
 
     name: str
     description: str
     parameters: dict[str, Any]
     timeout_s: float = 30.0
+    idempotent: bool = False
+    approval: Approval = None
 
     @abc.abstractmethod
     async def call(self, arguments: dict[str, Any]) -> str | ToolResult:
@@ -106,10 +120,14 @@ class FunctionTool(Tool):
         name: str | None = None,
         description: str | None = None,
         timeout_s: float = 30.0,
+        idempotent: bool = False,
+        approval: Approval = None,
     ) -> None:
         self.fn = fn
         self.name = _checked_name(name or str(getattr(fn, "__name__", "")), fn)
         self.timeout_s = timeout_s
+        self.idempotent = idempotent
+        self.approval = approval
         summary, arg_docs = _parse_docstring(inspect.getdoc(fn))
         self.description = summary if description is None else description
         self._struct, self._positional = _arguments_struct(fn, self.name)
@@ -143,21 +161,51 @@ class FunctionTool(Tool):
 @overload
 def tool(fn: F, /) -> F: ...
 @overload
-def tool(*, name: str | None = None, timeout_s: float = 30.0) -> Callable[[F], F]: ...
 def tool(
-    fn: F | None = None, /, *, name: str | None = None, timeout_s: float = 30.0
+    *,
+    name: str | None = None,
+    timeout_s: float = 30.0,
+    idempotent: bool = False,
+    approval: Approval = None,
+) -> Callable[[F], F]: ...
+def tool(
+    fn: F | None = None,
+    /,
+    *,
+    name: str | None = None,
+    timeout_s: float = 30.0,
+    idempotent: bool = False,
+    approval: Approval = None,
 ) -> F | Callable[[F], F]:
-    """Mark a function as a tool: `@tool` or `@tool(name=..., timeout_s=...)`.
+    """Mark a function as a tool: `@tool`, or `@tool(name=..., timeout_s=..., idempotent=True,
+    approval="always")` (`approval` may also be a predicate over the call's arguments).
 
     The function is returned unchanged, still callable as before; its `FunctionTool` is made
     now (so a bad signature fails at import) and attached as `fn.__noroshi_tool__`.
     """
 
     def mark(f: F) -> F:
-        f.__noroshi_tool__ = FunctionTool(f, name=name, timeout_s=timeout_s)  # type: ignore[attr-defined]
+        f.__noroshi_tool__ = FunctionTool(  # type: ignore[attr-defined]
+            f, name=name, timeout_s=timeout_s, idempotent=idempotent, approval=approval
+        )
         return f
 
     return mark if fn is None else mark(fn)
+
+
+def load_approval(spec: str) -> Approval:
+    """An approval rule as the config writes it: "always", "never", or "module:function", a
+    predicate over the call's arguments."""
+    if spec in ("always", "never"):
+        return spec  # type: ignore[return-value]
+    module_name, sep, attr = spec.partition(":")
+    try:
+        found = getattr(importlib.import_module(module_name), attr) if sep else None
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"cannot load {spec!r}: {exc}") from None
+    if not callable(found):
+        raise ValueError(f"expected 'always', 'never' or 'module:function', got {spec!r}")
+    return found  # type: ignore[no-any-return]
 
 
 def load_tool(spec: str) -> Tool:
@@ -243,6 +291,21 @@ class Toolbox:
 
     def __contains__(self, name: object) -> bool:
         return name in self._tools
+
+    def needs_approval(self, name: str, arguments: str) -> bool:
+        """Whether a person must approve this call first. A predicate that fails, or
+        arguments it cannot read, ask for approval: a check that breaks must not let a call
+        through."""
+        found = self._tools.get(name)
+        if found is None or found.approval in (None, "never"):
+            return False
+        if found.approval == "always" or not callable(found.approval):
+            return True
+        try:
+            return bool(found.approval(_parse_arguments(arguments)))
+        except Exception:
+            log.warning("tool %s: the approval check failed; asking", name, exc_info=True)
+            return True
 
     async def run(self, name: str, arguments: str | dict[str, Any]) -> ToolResult:
         """Run the named tool; an unknown name is an error result naming the known tools."""

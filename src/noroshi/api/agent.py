@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from noroshi.accounting import Meter
-from noroshi.agent.runs import ActiveRun, Agent, Event
+from noroshi.agent.runs import ActiveRun, Agent, Billing, Event, OnEnd
 from noroshi.api.openai import admit
 from noroshi.errors import Conflict, NoroshiError, NotFound
 from noroshi.http import JSONResponse, Request, Response, Router, StreamResponse
@@ -29,6 +29,8 @@ from noroshi.wire.agent import (
     AgentChatBody,
     AgentInfo,
     AgentList,
+    ApprovalAnswer,
+    ApprovalBody,
     Deleted,
     Format,
     JoinQuery,
@@ -44,13 +46,35 @@ from noroshi.wire.ai_sdk import UIMessageStream
 if TYPE_CHECKING:
     from noroshi.app import App
 
-__all__ = ["encode_native", "install"]
+__all__ = ["encode_native", "install", "resumed_billing"]
 
 _encode = msgspec.json.encode
 
 
 _decode_chat: msgspec.json.Decoder[AgentChatBody] = api.AGENT_CHAT.decoder
+_decode_approval: msgspec.json.Decoder[ApprovalBody] = api.RUN_APPROVE.decoder
 _decode_ws = msgspec.json.Decoder(WSMessage)
+RESUMED_ROUTE = "/api/v1/runs"  # where the part of a run taken up again is billed
+
+
+def resumed_billing(app: App) -> Billing:
+    """The meter a run taken up again (answered, or taken over from a process that died)
+    bills its own part on: its key's, already admitted, so it is never refused half-way."""
+
+    async def billing(key_id: str | None, agent: Agent, request_id: str) -> tuple[Routed, OnEnd]:
+        meter = Meter(None, RESUMED_ROUTE, request_id)
+        if key_id is not None:
+            meter.key = await app.keys.get(key_id)
+        meter.model, meter.admitted = agent.model, True
+        routed = meter.routed = Routed(agent.model, request_id)
+        routed.attempts = 1
+
+        def on_end(outcome: str) -> None:
+            app.accountant.finish(meter, 200, outcome)
+
+        return routed, on_end
+
+    return billing
 
 
 def event_json(event: Event) -> bytes:
@@ -86,11 +110,11 @@ def install(router: Router, app: App) -> None:
         session = await app.sessions.get(key_id, session_id) if session_id else None
         if session is not None:
             agent = agent_named(agent_name or session.agent)
-        elif session_id is not None and (body.id is None or await app.sessions.exists(session_id)):
-            raise NotFound(f"No session '{session_id}'.", param="session_id")
-        else:  # new, or a useChat chat seen for the first time
+        else:  # new, or a session id the client chose, seen for the first time
             agent = agent_named(agent_name)
             session = await app.sessions.create(key_id, agent.name, prompt[:80], session_id)
+            if session is None:  # another key's: as absent for this one as if it never was
+                raise NotFound(f"No session '{session_id}'.", param="session_id")
         routed = Routed(agent.model, request.id)
         await admit(app, request, routed, None)
         routed.attempts = 1
@@ -109,27 +133,33 @@ def install(router: Router, app: App) -> None:
         return active
 
     def stream(
-        source: Callable[[int], AsyncIterator[Event]],
+        run_id: str,
         ids: Headers,
         after: int,
         format: Format,
         on_leave: Callable[[], object] | None = None,
     ) -> Response:
-        """The run's events from `source`, after `after`, in the asked format; `on_leave` runs
-        when the stream ends however it ends (the client left: cancel a run that is not in the
-        background)."""
+        """The run's events after `after`, in the asked format, until its terminator (or,
+        while it waits, `run.waiting`); `on_leave` runs when the stream ends however it ends
+        (the client left: cancel a run that is not in the background)."""
 
         async def events() -> AsyncIterator[bytes]:
             try:
                 if format == "native":
-                    async for event in source(after):
+                    async for event in app.runner.follow(run_id, after):
                         yield encode_native(event)
                     return
                 ui = UIMessageStream()
-                async for event in source(0):  # earlier events only rebuild the encoder's state
+                last: Event | None = None
+                async for event in app.runner.follow(run_id, 0):  # earlier ones: state only
                     encoded = ui.encode(event.seq, event.type, event.data)
                     if event.seq > after:
+                        if last is None and after:  # taking up a message part-way
+                            yield ui.start(event.seq, run_id)
+                        last = event
                         yield encoded
+                if last is not None and last.type == "run.waiting":
+                    yield ui.pause(last.seq)
             finally:
                 if on_leave is not None:
                     on_leave()
@@ -140,13 +170,44 @@ def install(router: Router, app: App) -> None:
         return StreamResponse(events(), headers=headers, max_bytes=limit)
 
     def live(active: ActiveRun, format: Format) -> Response:
-        """A run started by this request: the client leaving cancels it."""
+        """A run started by this request: the client leaving cancels it (unless it waits
+        for approval by then: a waiting run is in no process, and no connection holds it)."""
         ids = [("x-noroshi-run-id", active.run.id), ("x-noroshi-session-id", active.session.id)]
-        return stream(active.log.follow, ids, 0, format, lambda: app.runner.cancel(active))
+
+        def leave() -> None:
+            if active.run.status == "running":
+                app.runner.cancel(active)
+
+        return stream(active.run.id, ids, 0, format, leave)
+
+    async def answer(request: Request, session_id: str | None,
+                     answers: list[tuple[str, bool, str]], format: Format) -> Response:  # fmt: skip
+        """useChat's answers to the calls its chat's run waits on: record them, then stream
+        the rest of the run, from where it paused."""
+        key_id = _key_id(request)
+        session = await app.sessions.get(key_id, session_id) if session_id else None
+        if session is None:
+            raise NotFound(f"No session '{session_id}'.", param="id")
+        waiting = [r for r in await app.sessions.runs(session.id) if r.status == "waiting"]
+        if not waiting:
+            raise Conflict(f"Session {session.id} has no run waiting for approval.",
+                           param="messages", code="not_waiting")  # fmt: skip
+        run = waiting[-1]
+        after = len(await app.run_events.read(run.id))
+        for tool_call_id, approved, reason in answers:
+            with contextlib.suppress(Conflict):  # answered already (a retried request)
+                await app.runner.decide(run.id, tool_call_id, approved, reason)
+        request.meter = None  # the run bills the part it goes on with itself
+        ids = [("x-noroshi-run-id", run.id), ("x-noroshi-session-id", session.id)]
+        return stream(run.id, ids, after, format)
 
     async def agent_chat(request: Request) -> Response:
         body = await request.json(_decode_chat)
         body.background = False
+        answers = body.answers()
+        if answers:
+            return await answer(request, body.session_id or body.id, answers,
+                                body.format or "ai-sdk")  # fmt: skip
         prompt, session_id, format = body.turn()
         active = await begin(request, body, prompt, session_id)
         return live(active, format)
@@ -184,7 +245,12 @@ def install(router: Router, app: App) -> None:
     async def get_run(request: Request) -> Response:
         stored = await owned_run(request)
         active = app.runner.get(stored.id)
-        return JSONResponse(active.run if active is not None else stored)
+        run = stored  # unless it runs here, or ended here: what this process knows is newer
+        if active is not None and (not active.log.done or active.run.status != "running"):
+            run = active.run
+        if run.status == "waiting":
+            run.approvals = await app.runner.approvals.pending(run.id)
+        return JSONResponse(run)
 
     async def join_run(request: Request) -> Response:
         """Replay and follow a run, from this replica's memory when it runs here, else from
@@ -197,29 +263,37 @@ def install(router: Router, app: App) -> None:
                 after = max(0, int(last))
         format = request.query_as(JoinQuery).format
         ids = [("x-noroshi-run-id", stored.id), ("x-noroshi-session-id", stored.session_id)]
-        active = app.runner.get(stored.id)
-        if active is not None:
-            return stream(active.log.follow, ids, after, format)
-        key_id = _key_id(request)
-
-        async def running() -> bool:
-            run = await app.sessions.get_run(key_id, stored.id)
-            return run is not None and run.status == "running"
-
-        async def kept(after: int) -> AsyncIterator[Event]:
-            async for seq, type, data in app.run_events.follow(stored.id, after, running):
-                yield Event(seq, type, data)
-
-        return stream(kept, ids, after, format)
+        return stream(stored.id, ids, after, format)
 
     async def cancel_run(request: Request) -> Response:
         stored = await owned_run(request)
         active = app.runner.get(stored.id)
-        if active is not None:
+        if active is not None and not active.log.done:
             cancelled = app.runner.cancel(active)
-        else:  # running on another replica, perhaps
-            cancelled = stored.status == "running" and await app.run_events.ask_cancel(stored.id)
+        else:  # waiting, running on another replica, or left by a process that died
+            cancelled = await app.runner.cancel_stored(stored)
         return JSONResponse(RunCancelled(run_id=stored.id, cancelled=cancelled))
+
+    async def approve(request: Request) -> Response:
+        stored = await owned_run(request)
+        body = await request.json(_decode_approval)
+        status = await app.runner.decide(stored.id, body.tool_call_id, body.approved,
+                                         body.reason)  # fmt: skip
+        return JSONResponse(ApprovalAnswer(run_id=stored.id, tool_call_id=body.tool_call_id,
+                                           approved=body.approved, status=status))  # fmt: skip
+
+    async def hook(request: Request) -> Response:
+        if app.triggers is None:
+            raise NotFound(f"No hook named '{request.params['name']}'.")
+        active = await app.triggers.deliver(
+            request.params["name"],
+            request.headers.get("x-noroshi-timestamp") or "",
+            request.headers.get("x-noroshi-signature") or "",
+            await request.body(),
+        )
+        return JSONResponse(
+            RunAccepted(run_id=active.run.id, session_id=active.session.id), status=202
+        )
 
     async def list_sessions(request: Request) -> Response:
         sessions = await app.sessions.list(_key_id(request))
@@ -252,14 +326,23 @@ def install(router: Router, app: App) -> None:
 
     async def agent_ws(request: Request, ws: WebSocket) -> None:
         """`{"type": "run", "prompt", "session_id"?, "agent"?}` starts a run whose events come
-        back as JSON frames; `{"type": "cancel"}` stops it. Leaving cancels the run."""
+        back as JSON frames; `{"type": "cancel"}` stops it; `{"type": "approve",
+        "tool_call_id", "approved", "reason"?}` answers a call it waits on, and its events go
+        on. Leaving cancels the run, unless it waits."""
         await ws.accept()
         active: ActiveRun | None = None
         pump: asyncio.Task[None] | None = None
 
-        async def forward(run: ActiveRun) -> None:
-            async for event in run.log.follow(0):
+        async def forward(run_id: str, after: int) -> None:
+            async for event in app.runner.follow(run_id, after):
                 await ws.send_text(event_json(event).decode())
+
+        def stop(run_id: str) -> None:
+            """Cancel the socket's run where it runs here (taken up again, it is another
+            task); a waiting one is in no process, and stays."""
+            current = app.runner.get(run_id)
+            if current is not None and current.run.status == "running":
+                app.runner.cancel(current)
 
         async def refuse(exc: NoroshiError) -> None:
             frame = {"type": "error", "message": exc.message, "code": exc.code,
@@ -272,7 +355,21 @@ def install(router: Router, app: App) -> None:
                     message = await ws.receive_json(_decode_ws)
                     if message.type == "cancel":
                         if active is not None:
-                            app.runner.cancel(active)
+                            stop(active.run.id)
+                        continue
+                    if message.type == "approve":  # a call the socket's run waits on
+                        if active is None or message.tool_call_id is None:
+                            raise Conflict("No run on this socket waits for approval.",
+                                           code="not_waiting")  # fmt: skip
+                        run_id = active.run.id
+                        after = len(await app.run_events.read(run_id))
+                        status = await app.runner.decide(
+                            run_id, message.tool_call_id, message.approved, message.reason
+                        )
+                        if status == "running":
+                            if pump is not None:
+                                await pump
+                            pump = asyncio.get_running_loop().create_task(forward(run_id, after))
                         continue
                     if active is not None and pump is not None and not pump.done():
                         raise Conflict(
@@ -283,7 +380,7 @@ def install(router: Router, app: App) -> None:
                     prompt, session_id, _ = message.turn()
                     request.meter = Meter(request.principal, request.route, request.id)
                     active = await begin(request, message, prompt, session_id, bill_at_end=True)
-                    pump = asyncio.get_running_loop().create_task(forward(active))
+                    pump = asyncio.get_running_loop().create_task(forward(active.run.id, 0))
                 except NoroshiError as exc:
                     if request.meter is not None:  # refused before its run could bill it
                         app.accountant.finish(request.meter, exc.status, "error")
@@ -295,7 +392,7 @@ def install(router: Router, app: App) -> None:
             if request.meter is not None:  # cut off while a run was being admitted
                 app.accountant.finish(request.meter, 499, "cut")
             if active is not None:
-                app.runner.cancel(active)
+                stop(active.run.id)
             if pump is not None:
                 pump.cancel()
                 with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect):
@@ -308,6 +405,8 @@ def install(router: Router, app: App) -> None:
         (api.RUN, get_run),
         (api.RUN_STREAM, join_run),
         (api.RUN_CANCEL, cancel_run),
+        (api.RUN_APPROVE, approve),
+        (api.HOOK, hook),
         (api.SESSIONS, list_sessions),
         (api.SESSION, get_session),
         (api.SESSION_DELETE, delete_session),

@@ -327,5 +327,6 @@ class ChannelGateway:
 
     async def _new_session(self, line: ChannelLine, conversation: str, agent: Agent) -> Session:
         session = await self.sessions.create(None, agent.name, f"{line.name} {conversation}")
+        assert session is not None  # a fresh id is nobody's
         await self.store.bind(line.name, conversation, session.id)
         return session

@@ -15,7 +15,7 @@ import httpx
 import msgspec
 
 from noroshi.errors import ErrorBody, where
-from noroshi.wire.agent import ErrorEvent, RunFinished
+from noroshi.wire.agent import ErrorEvent, RunFinished, RunWaiting
 from noroshi.wire.endpoints import Endpoint
 from noroshi.wire.sse import SSEDecoder
 
@@ -281,8 +281,9 @@ class ResumePolicy:
 
 
 class EventReader(Generic[T]):
-    """Bytes of an SSE stream in, typed events out. `[DONE]` ends OpenAI streams; an `error`
-    event that is not one of the stream's own types is raised as the error it carries."""
+    """Bytes of an SSE stream in, typed events out. `[DONE]` ends OpenAI streams, and
+    `run.finished`, `error` or `run.waiting` agent streams; an `error` event that is not one of
+    the stream's own types is raised as the error it carries."""
 
     __slots__ = ("_decoder", "_kind", "done", "last_id")
 
@@ -317,7 +318,8 @@ class EventReader(Generic[T]):
             seq = getattr(event, "seq", None)
             if isinstance(seq, int) and seq:
                 self.last_id = seq
-            if isinstance(event, RunFinished | ErrorEvent):
+            # a run that waits for approval ends its stream too: it goes on once answered
+            if isinstance(event, RunFinished | ErrorEvent | RunWaiting):
                 self.done = True
             out.append(event)
         return out

@@ -276,6 +276,15 @@ class Runs(_Part):
     def cancel(self, run_id: str) -> ag.RunCancelled:
         return self._c._json(ag.RunCancelled, make_call(api.RUN_CANCEL, {"id": run_id}))
 
+    def approve(
+        self, run_id: str, tool_call_id: str, approved: bool = True, reason: str = ""
+    ) -> ag.ApprovalAnswer:
+        """Answer a tool call the run waits on (deny with `approved=False`); join the run
+        again to follow the rest."""
+        body = {"tool_call_id": tool_call_id, "approved": approved, "reason": reason}
+        call = make_call(api.RUN_APPROVE, {"id": run_id}, body=body)
+        return self._c._json(ag.ApprovalAnswer, call)
+
 
 class Sessions(_Part):
     def list(self) -> ag.SessionList:

@@ -159,6 +159,36 @@ MIGRATIONS: list[str] = [
     # one run at a time per session, on whichever replica: the run holding it, until when
     "ALTER TABLE sessions ADD COLUMN run_id TEXT",
     "ALTER TABLE sessions ADD COLUMN run_until DOUBLE PRECISION",
+    # durable runs: what was asked (to resume from), the lease of the process running it, and
+    # how often another process took it over after its own died
+    "ALTER TABLE runs ADD COLUMN prompt TEXT",
+    "ALTER TABLE runs ADD COLUMN lease_until DOUBLE PRECISION",
+    "ALTER TABLE runs ADD COLUMN resumes INTEGER NOT NULL DEFAULT 0",
+    "CREATE INDEX runs_status_lease ON runs (status, lease_until)",
+    # tool calls that wait for a person's approval, and the answers
+    """CREATE TABLE run_approvals (
+        run_id TEXT NOT NULL,
+        step INTEGER NOT NULL,
+        tool_call_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        arguments TEXT NOT NULL,
+        requested_at DOUBLE PRECISION NOT NULL,
+        expires_at DOUBLE PRECISION NOT NULL,
+        approved INTEGER,
+        reason TEXT,
+        decided_at DOUBLE PRECISION,
+        PRIMARY KEY (run_id, step, tool_call_id)
+    )""",
+    "CREATE INDEX run_approvals_open ON run_approvals (approved, expires_at)",
+    # triggers: each schedule occurrence and each webhook delivery, taken by one replica once
+    """CREATE TABLE trigger_fires (
+        trigger TEXT NOT NULL,
+        key TEXT NOT NULL,
+        due DOUBLE PRECISION NOT NULL,
+        run_id TEXT,
+        fired_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (trigger, key)
+    )""",
 ]
 
 _MIGRATIONS_TABLE = """CREATE TABLE IF NOT EXISTS noroshi_migrations (

@@ -13,7 +13,7 @@ from __future__ import annotations
 import builtins
 import secrets
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -21,7 +21,7 @@ from noroshi.store.database import Database
 from noroshi.wire.agent import Run, Session
 from noroshi.wire.openai import Message
 
-__all__ = ["Run", "Session", "SessionStore", "new_run_id"]
+__all__ = ["Kept", "Run", "Session", "SessionStore", "new_run_id"]
 
 _encode = msgspec.json.encode
 _decode_message: msgspec.json.Decoder[Message] = msgspec.json.Decoder(Message)
@@ -44,6 +44,15 @@ def _run(row: tuple[Any, ...]) -> Run:
                steps=row[7], error=row[8], created_at=row[9], finished_at=row[10])  # fmt: skip
 
 
+class Kept(NamedTuple):
+    """A run as stored, with what resuming it takes: whose it is and what was asked."""
+
+    run: Run
+    key_id: str | None
+    prompt: str | None
+    resumes: int
+
+
 def new_run_id() -> str:
     return f"run_{secrets.token_hex(8)}"
 
@@ -59,15 +68,19 @@ class SessionStore:
 
     async def create(
         self, key_id: str | None, agent: str, title: str, session_id: str | None = None
-    ) -> Session:
-        """A new session; `session_id` when the client names its chats itself (useChat)."""
+    ) -> Session | None:
+        """A new session, named `session_id` when the client names its chats itself; None
+        when another key has a session by that id (a race for one id makes one session)."""
         now = time.time()
         session = Session(id=session_id or f"ses_{secrets.token_hex(8)}", agent=agent,
                           title=title[:200], created_at=now, updated_at=now)  # fmt: skip
-        await self.db.execute(
-            f"INSERT INTO sessions (key_id, {_SESSION}) VALUES (?, ?, ?, ?, ?, ?)",
+        made = await self.db.fetchone(
+            f"INSERT INTO sessions (key_id, {_SESSION}) VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (id) DO NOTHING RETURNING id",
             (key_id, session.id, agent, session.title, now, now),
         )
+        if made is None:  # taken: this key's own (made by a request at the same moment), or not
+            return await self.get(key_id, session.id)
         return session
 
     async def get(self, key_id: str | None, session_id: str) -> Session | None:
@@ -76,11 +89,6 @@ class SessionStore:
             f"SELECT {_SESSION} FROM sessions WHERE id = ? AND {where}", (session_id, *args)
         )
         return _session(row) if row is not None else None
-
-    async def exists(self, session_id: str) -> bool:
-        """Whether any key has a session by this id (a client-chosen id may be taken)."""
-        row = await self.db.fetchone("SELECT 1 FROM sessions WHERE id = ?", (session_id,))
-        return row is not None
 
     async def list(self, key_id: str | None, limit: int = 100) -> builtins.list[Session]:
         where, args = _key_is(key_id)
@@ -144,13 +152,86 @@ class SessionStore:
         return str(row[0]) if row is not None and row[0] is not None else ""
 
     async def hold(self, run_ids: builtins.list[str], hold_s: float) -> None:
-        """Renew the claims of these runs."""
+        """Renew the claims of these runs on their sessions, and their leases."""
         if run_ids:
             marks = ", ".join("?" * len(run_ids))
+            until = time.time() + hold_s
             await self.db.execute(
-                f"UPDATE sessions SET run_until = ? WHERE run_id IN ({marks})",
-                (time.time() + hold_s, *run_ids),
+                f"UPDATE sessions SET run_until = ? WHERE run_id IN ({marks})", (until, *run_ids)
             )
+            await self.db.execute(
+                f"UPDATE runs SET lease_until = ? WHERE id IN ({marks}) AND status = 'running'",
+                (until, *run_ids),
+            )
+
+    async def orphans(self, limit: int = 20) -> builtins.list[str]:
+        """Runs said to be running whose process stopped renewing their lease."""
+        rows = await self.db.fetch(
+            "SELECT id FROM runs WHERE status = 'running' "
+            "AND (lease_until IS NULL OR lease_until < ?) ORDER BY created_at LIMIT ?",
+            (time.time(), limit),
+        )
+        return [str(r[0]) for r in rows]
+
+    async def take(self, run_id: str, hold_s: float) -> bool:
+        """Take over the lease of a run whose process stopped renewing it; only one taker
+        wins."""
+        now = time.time()
+        taken = await self.db.fetchone(
+            "UPDATE runs SET lease_until = ?, resumes = resumes + 1 WHERE id = ? "
+            "AND status = 'running' AND (lease_until IS NULL OR lease_until < ?) RETURNING id",
+            (now + hold_s, run_id, now),
+        )
+        return taken is not None
+
+    async def wake(self, run_id: str, hold_s: float) -> bool:
+        """Take a waiting run to run it on; only one taker wins."""
+        taken = await self.db.fetchone(
+            "UPDATE runs SET status = 'running', lease_until = ? WHERE id = ? "
+            "AND status = 'waiting' RETURNING id",
+            (time.time() + hold_s, run_id),
+        )
+        return taken is not None
+
+    async def release(self, run: Run) -> None:
+        """Give up a run's lease for another process to take it over at once, with what it
+        used so far. Its session stays claimed for it until the claim runs out, so no other
+        turn slips in meanwhile."""
+        await self.db.execute(
+            "UPDATE runs SET lease_until = 0, prompt_tokens = ?, completion_tokens = ?, "
+            "steps = ? WHERE id = ?",
+            (run.prompt_tokens, run.completion_tokens, run.steps, run.id),
+        )
+
+    async def reclaim(self, session_id: str, run_id: str, hold_s: float) -> bool:
+        """Claim the session again for a run taken over: it still holds it, or nobody does."""
+        now = time.time()
+        taken = await self.db.fetchone(
+            "UPDATE sessions SET run_id = ?, run_until = ? WHERE id = ? "
+            "AND (run_id = ? OR run_id IS NULL OR run_until < ?) RETURNING id",
+            (run_id, now + hold_s, session_id, run_id, now),
+        )
+        return taken is not None
+
+    async def park(self, run: Run, until: float) -> None:
+        """A run waits, in no process: its session stays claimed until `until`."""
+        await self.db.execute(
+            "UPDATE runs SET status = 'waiting', lease_until = NULL, prompt_tokens = ?, "
+            "completion_tokens = ?, steps = ? WHERE id = ?",
+            (run.prompt_tokens, run.completion_tokens, run.steps, run.id),
+        )
+        await self.db.execute(
+            "UPDATE sessions SET run_until = ? WHERE id = ? AND run_id = ?",
+            (until, run.session_id, run.id),
+        )
+
+    async def cancel_waiting(self, run_id: str) -> bool:
+        """Take a waiting run to end it; only one taker wins."""
+        taken = await self.db.fetchone(
+            "UPDATE runs SET status = 'cancelled' WHERE id = ? AND status = 'waiting' RETURNING id",
+            (run_id,),
+        )
+        return taken is not None
 
     async def unclaim(self, session_id: str, run_id: str) -> None:
         await self.db.execute(
@@ -166,16 +247,32 @@ class SessionStore:
         return str(row[0]) if row is not None and row[0] is not None else None
 
     async def start_run(
-        self, key_id: str | None, session: Session, background: bool, run_id: str = ""
+        self,
+        key_id: str | None,
+        session: Session,
+        background: bool,
+        run_id: str = "",
+        prompt: str = "",
+        hold_s: float = 0.0,
     ) -> Run:
         run = Run(id=run_id or new_run_id(), session_id=session.id, agent=session.agent,
                   status="running", background=background, created_at=time.time())  # fmt: skip
         await self.db.execute(
-            f"INSERT INTO runs (key_id, {_RUN}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (key_id, run.id, run.session_id, run.agent, run.status, int(background),
-             0, 0, 0, None, run.created_at, None),
+            f"INSERT INTO runs (key_id, prompt, lease_until, {_RUN}) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (key_id, prompt, run.created_at + hold_s, run.id, run.session_id, run.agent,
+             run.status, int(background), 0, 0, 0, None, run.created_at, None),
         )  # fmt: skip
         return run
+
+    async def kept(self, run_id: str) -> Kept | None:
+        """A run with whose it is and what it was asked, for any key: the runner's own view."""
+        row = await self.db.fetchone(
+            f"SELECT {_RUN}, key_id, prompt, resumes FROM runs WHERE id = ?", (run_id,)
+        )
+        if row is None:
+            return None
+        return Kept(_run(row), row[11], row[12], int(row[13] or 0))
 
     async def finish_run(self, run: Run) -> None:
         run.finished_at = run.finished_at or time.time()

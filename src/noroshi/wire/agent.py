@@ -16,15 +16,20 @@ __all__ = [
     "AgentEvent",
     "AgentInfo",
     "AgentList",
+    "ApprovalAnswer",
+    "ApprovalBody",
     "Deleted",
     "ErrorEvent",
     "Format",
     "JoinQuery",
+    "PendingApproval",
     "Run",
     "RunAccepted",
     "RunCancelled",
     "RunFinished",
+    "RunResumed",
     "RunStarted",
+    "RunWaiting",
     "Session",
     "SessionDetail",
     "SessionList",
@@ -32,6 +37,8 @@ __all__ = [
     "StepFinished",
     "StepStarted",
     "TextDelta",
+    "ToolApprovalRequested",
+    "ToolApproved",
     "ToolCalled",
     "ToolResult",
     "UIMessage",
@@ -44,9 +51,20 @@ Format = Literal["native", "ai-sdk"]
 ChatId = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")]
 
 
-class UIPart(Struct):
+class UIApproval(Struct):
+    """A tool part's approval as `useChat` keeps it: asked (`id`), then answered."""
+
+    id: str
+    approved: bool | None = None
+    reason: str | None = None
+
+
+class UIPart(Struct, rename="camel"):
     type: str
     text: str | None = None
+    tool_call_id: str | None = None
+    state: str | None = None
+    approval: UIApproval | None = None
 
 
 class UIMessage(Struct):
@@ -69,6 +87,17 @@ class AgentChatBody(Struct, kw_only=True):
     id: ChatId | None = None  # useChat's chat id, used as the session id
     messages: list[UIMessage] | None = None
 
+    def answers(self) -> list[tuple[str, bool, str]]:
+        """The approvals `useChat` sends back: (tool call id, approved, reason) of each tool
+        part of its last message, when that is the assistant's and a person answered."""
+        last = self.messages[-1] if self.messages else None
+        if last is None or last.role != "assistant":
+            return []
+        return [(p.tool_call_id, bool(p.approval.approved), p.approval.reason or "")
+                for p in last.parts
+                if p.state == "approval-responded" and p.tool_call_id and p.approval
+                and p.approval.approved is not None]  # fmt: skip
+
     def turn(self) -> tuple[str, str | None, Format]:
         """The prompt, the session and the stream format this body asks for."""
         if self.messages is not None:
@@ -85,7 +114,36 @@ class AgentChatBody(Struct, kw_only=True):
 
 
 class WSMessage(AgentChatBody, kw_only=True):
-    type: Literal["run", "cancel"] = "run"
+    """`run` starts a run, `cancel` stops it, `approve` answers a tool call it waits on."""
+
+    type: Literal["run", "cancel", "approve"] = "run"
+    tool_call_id: str | None = None
+    approved: bool = False
+    reason: str = ""
+
+
+class ApprovalBody(Struct, forbid_unknown_fields=True, kw_only=True):
+    """A person's answer to a tool call that waits for approval."""
+
+    tool_call_id: Annotated[str, Meta(min_length=1, max_length=256)]
+    approved: bool
+    reason: Annotated[str, Meta(max_length=2000)] = ""
+
+
+class ApprovalAnswer(Struct, kw_only=True):
+    run_id: str
+    tool_call_id: str
+    approved: bool
+    status: str  # the run's: "running" once every call it waited on is answered, else "waiting"
+
+
+class PendingApproval(Struct, kw_only=True):
+    """A tool call a run waits on."""
+
+    tool_call_id: str
+    name: str
+    arguments: str
+    expires_at: float  # epoch seconds: unanswered then, it is denied with reason "expired"
 
 
 class JoinQuery(Struct, forbid_unknown_fields=True, kw_only=True):
@@ -149,6 +207,37 @@ class SourceCited(_Event, tag="source"):
     score: float
 
 
+class ToolApprovalRequested(_Event, tag="tool.approval_requested"):
+    """The call waits for a person: `POST /api/v1/runs/{run_id}/approvals`."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+class ToolApproved(_Event, tag="tool.approval"):
+    """A person's answer, as the run takes it up (a denial is the call's result)."""
+
+    id: str
+    approved: bool
+    reason: str
+
+
+class RunWaiting(_Event, tag="run.waiting"):
+    """The run pauses, in no process, until its calls are answered: the stream ends here."""
+
+    run_id: str
+    tool_call_ids: list[str]
+    expires_at: float
+
+
+class RunResumed(_Event, tag="run.resumed"):
+    """The run goes on: approved, or taken over after the process running it stopped."""
+
+    run_id: str
+    step: int
+
+
 class StepFinished(_Event, tag="step.finished"):
     step: int
     finish_reason: str
@@ -179,11 +268,15 @@ AgentEvent = (
     | StepStarted
     | TextDelta
     | ToolCalled
+    | ToolApprovalRequested
+    | ToolApproved
     | ToolResult
     | SourceCited
     | StepFinished
     | UsageReport
     | RunFinished
+    | RunWaiting
+    | RunResumed
     | ErrorEvent
 )
 
@@ -203,7 +296,8 @@ class Run(Struct, kw_only=True):
     id: str
     session_id: str
     agent: str
-    status: str  # "running" | "completed" | "failed" | "cancelled"
+    # "running" | "waiting" | "completed" | "failed" | "cancelled" | "interrupted"
+    status: str
     background: bool
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -211,6 +305,7 @@ class Run(Struct, kw_only=True):
     error: str | None = None
     created_at: float
     finished_at: float | None = None
+    approvals: list[PendingApproval] = []  # what a waiting run waits on
 
 
 class SessionDetail(Session, kw_only=True):

@@ -167,6 +167,17 @@ RUN_CANCEL = _e(
     "POST", "/api/v1/runs/{id}/cancel", "cancelRun", "Cancel a run, on whichever replica.",
     tag="agents", access="key", answer=agent.RunCancelled,
 )  # fmt: skip
+RUN_APPROVE = _e(
+    "POST", "/api/v1/runs/{id}/approvals", "approveToolCall",
+    "Approve or deny a tool call the run waits on; once all are answered, the run goes on.",
+    tag="agents", access="key", body=agent.ApprovalBody, answer=agent.ApprovalAnswer,
+)  # fmt: skip
+HOOK = _e(
+    "POST", "/api/v1/hooks/{name}", "deliverHook",
+    "A signed webhook (`X-Noroshi-Timestamp`, `X-Noroshi-Signature`) starts a background run.",
+    tag="agents", access="public", answer=agent.RunAccepted, status=202,
+    headers=("x-noroshi-timestamp", "x-noroshi-signature"),
+)  # fmt: skip
 SESSIONS = _e(
     "GET", "/api/v1/sessions", "listSessions", "This key's sessions, newest first.",
     tag="agents", access="key", answer=agent.SessionList,
@@ -270,7 +281,8 @@ DOCS = _e(
 ENDPOINTS: tuple[Endpoint, ...] = (
     CHAT_COMPLETIONS, EMBEDDINGS, MODELS, MODEL,
     API_CHAT, API_GENERATE, API_EMBED, CHAT, CHAT_STREAM,
-    AGENT_CHAT, AGENTS, RUN_START, RUN, RUN_STREAM, RUN_CANCEL, SESSIONS, SESSION, SESSION_DELETE,
+    AGENT_CHAT, AGENTS, RUN_START, RUN, RUN_STREAM, RUN_CANCEL, RUN_APPROVE, HOOK, SESSIONS,
+    SESSION, SESSION_DELETE,
     KB_CREATE, KBS, KB, KB_DELETE, KB_ADD, KB_DOCUMENTS, KB_DOCUMENT, KB_DOCUMENT_DELETE,
     KB_SEARCH,
     KEY_CREATE, KEYS, KEY, KEY_UPDATE, KEY_REVOKE, USAGE,

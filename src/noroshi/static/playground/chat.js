@@ -111,6 +111,33 @@ class Turn {
     if (isError) step.result.setAttribute("aria-label", "Error result");
   }
 
+  /** A call that waits for a person: Approve / Deny in its step; `answer(id, approved)`. */
+  askApproval({ id, name }, answer) {
+    const step = this.step(id, name);
+    if (step.approval) return;
+    step.state.textContent = "waiting for approval";
+    step.node.open = true;
+    const decide = (approved) => {
+      for (const b of step.approval.querySelectorAll("button")) b.disabled = true;
+      answer(id, approved);
+    };
+    step.approval = el("div", { class: "approval", "data-testid": "approval" },
+      el("button", { type: "button", text: "Approve", "data-testid": "approve",
+        onclick: () => decide(true) }),
+      el("button", { type: "button", class: "danger", text: "Deny", "data-testid": "deny",
+        onclick: () => decide(false) }));
+    step.node.append(step.approval);
+  }
+
+  /** The answer, as the run took it up (here or anywhere else). */
+  approved({ id, approved, reason }) {
+    const step = this.steps.get(id);
+    if (!step) return;
+    step.approval?.remove();
+    step.approval = null;
+    step.state.textContent = approved ? "approved" : `denied${reason ? ` (${reason})` : ""}`;
+  }
+
   source(src) {
     if (this.seenSources.has(src.id)) return;
     this.seenSources.add(src.id);
@@ -519,6 +546,7 @@ export class Chat {
     const { signal } = active.controller;
     let last = after;
     let tries = 0;
+    let waited = false;
     for (;;) {
       try {
         const headers = last > 0 ? { "last-event-id": String(last) } : undefined;
@@ -546,12 +574,21 @@ export class Chat {
             this.refreshSessions();
             return;
           }
+          if (type === "run.waiting") { // the stream ends here: join again once answered
+            await this.answered(active);
+            waited = true;
+          }
         }
       } catch (err) {
         if (isAbort(err)) throw err;
         if (err instanceof ApiError && err.status >= 400 && err.status < 500 && err.status !== 429) {
           throw err;
         }
+      }
+      if (waited) {
+        waited = false;
+        tries = 0;
+        continue;
       }
       // the stream ended without its terminator: the connection dropped; join again
       tries += 1;
@@ -561,6 +598,27 @@ export class Chat {
         return;
       }
       await sleep(Math.min(400 * 2 ** tries, 8000), signal);
+    }
+  }
+
+  /** Until every call the run waits on is answered from this page (or the page stops). */
+  answered(active) {
+    active.turn.note("Waiting for your approval.");
+    return new Promise((resolve) => {
+      active.resume = resolve;
+      active.controller.signal.addEventListener("abort", resolve, { once: true });
+    });
+  }
+
+  /** Send a person's answer to a call the run waits on. */
+  async answer(active, id, approved) {
+    try {
+      const answer = await getJSON(`api/v1/runs/${encodeURIComponent(active.runId)}/approvals`,
+        { method: "POST", body: { tool_call_id: id, approved } });
+      if (answer.status === "running") active.resume?.();
+    } catch (err) {
+      active.turn.note(`Could not answer: ${err.message}`, "error");
+      active.resume?.();
     }
   }
 
@@ -577,6 +635,13 @@ export class Chat {
       case "tool.call":
         turn.toolCall(data);
         this.scrollDown();
+        return false;
+      case "tool.approval_requested":
+        turn.askApproval(data, (id, approved) => this.answer(this.active, id, approved));
+        this.scrollDown();
+        return false;
+      case "tool.approval":
+        turn.approved(data);
         return false;
       case "tool.result":
         turn.toolResult(data);
