@@ -495,7 +495,6 @@ async def test_another_keys_running_session_is_not_found(
             "get run": lambda sid, rid: bob.runs.get(rid),
             "cancel run": lambda sid, rid: bob.runs.cancel(rid),
             "join run": lambda sid, rid: anext(bob.runs.join(rid)),
-            "continue session": lambda sid, rid: turn(bob, prompt="Hi", session_id=sid),
         }
         unknown = ("ses_0000000000000000", "run_0000000000000000")
         for what, attempt in attempts.items():
@@ -507,6 +506,10 @@ async def test_another_keys_running_session_is_not_found(
                 message = e.message.replace(sid, "<session>").replace(rid, "<run>")
                 answers.append((e.status, e.code, e.param, message))
             assert answers[0] == answers[1], what
+        # an unknown id would make a session of bob's own; alice's is just not there for him
+        with pytest.raises(NotFoundError) as err:
+            await turn(bob, prompt="Hi", session_id=session_id)
+        assert err.value.status == 404 and run_id not in err.value.message
         assert (await alice.runs.get(run_id)).status == "running"
         assert (await alice.sessions.get(session_id)).id == session_id
         with pytest.raises(ConflictError):  # the owner is told why
