@@ -176,12 +176,16 @@ def _tool_choice(choice: Any, parallel: bool | None) -> dict[str, Any] | None:
 
 
 def _usage(data: dict[str, Any]) -> Usage:
-    prompt = (
-        int(data.get("input_tokens") or 0)
-        + int(data.get("cache_creation_input_tokens") or 0)
-        + int(data.get("cache_read_input_tokens") or 0)
+    """Anthropic counts cache reads and writes apart from `input_tokens`: all are input, each
+    kind kept, so each is billed at its own price."""
+    read = int(data.get("cache_read_input_tokens") or 0)
+    written = int(data.get("cache_creation_input_tokens") or 0)
+    return Usage(
+        prompt_tokens=int(data.get("input_tokens") or 0) + read + written,
+        completion_tokens=int(data.get("output_tokens") or 0),
+        cache_read_tokens=read,
+        cache_write_tokens=written,
     )
-    return Usage(prompt_tokens=prompt, completion_tokens=int(data.get("output_tokens") or 0))
 
 
 def from_anthropic(body: dict[str, Any]) -> tuple[oa.ChatCompletion, Usage]:
@@ -213,11 +217,7 @@ def from_anthropic(body: dict[str, Any]) -> tuple[oa.ChatCompletion, Usage]:
                 finish_reason=STOP_REASONS.get(body.get("stop_reason") or "", "stop"),
             )
         ],
-        usage=oa.Usage(
-            usage.prompt_tokens,
-            usage.completion_tokens,
-            usage.prompt_tokens + usage.completion_tokens,
-        ),
+        usage=oa.Usage.of(usage),
     )
     return completion, usage
 
@@ -301,8 +301,10 @@ class _StreamState:
         if kind == "message_delta":
             out = _usage(data.get("usage") or {})
             self.usage.completion_tokens = out.completion_tokens or self.usage.completion_tokens
-            if out.prompt_tokens:
+            if out.prompt_tokens:  # newer answers repeat the input counts at the end
                 self.usage.prompt_tokens = out.prompt_tokens
+                self.usage.cache_read_tokens = out.cache_read_tokens
+                self.usage.cache_write_tokens = out.cache_write_tokens
             stop = (data.get("delta") or {}).get("stop_reason")
             self.finish = STOP_REASONS.get(stop or "", "stop")
             return self.chunk(oa.Delta(), self.finish)
@@ -322,9 +324,7 @@ class _StreamState:
                 created=self.created,
                 model=self.model,
                 choices=[],
-                usage=oa.Usage(
-                    u.prompt_tokens, u.completion_tokens, u.prompt_tokens + u.completion_tokens
-                ),
+                usage=oa.Usage.of(u),
             )
         )
 

@@ -16,6 +16,7 @@ import msgspec
 from noroshi.config import ProviderConfig
 from noroshi.errors import BadRequest, UpstreamError
 from noroshi.providers.transport import MAX_ERROR_BODY, HTTPTransport, UpstreamResponse
+from noroshi.wire.conversation import Usage
 from noroshi.wire.openai import ChatRequest
 
 __all__ = [
@@ -29,11 +30,6 @@ __all__ = [
 ]
 
 MAX_ANSWER_BYTES = 32 * 1024 * 1024
-
-
-class Usage(msgspec.Struct):
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
 
 
 class Routed:

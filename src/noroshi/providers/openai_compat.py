@@ -14,12 +14,8 @@ from typing import Any
 import msgspec
 
 from noroshi.errors import UpstreamError, UpstreamProtocolError, UpstreamTimeout
-from noroshi.providers.base import (
-    Call,
-    Embedded,
-    HTTPProvider,
-    Usage,
-)
+from noroshi.providers.base import Call, Embedded, HTTPProvider
+from noroshi.wire.openai import Usage
 from noroshi.wire.sse import SSEDecoder
 
 __all__ = ["OpenAIProvider"]
@@ -86,7 +82,7 @@ class OpenAIProvider(HTTPProvider):
             raise UpstreamError(f"Upstream error: {_error_message(msgspec.json.decode(body))}")
         if not peek.choices:
             raise UpstreamProtocolError("The upstream answer has no choices.")
-        call.usage = peek.usage
+        call.usage = peek.usage.tokens() if peek.usage is not None else None
         return body
 
     async def stream(self, call: Call, model: str) -> AsyncGenerator[bytes, None]:
@@ -118,7 +114,7 @@ class OpenAIProvider(HTTPProvider):
                         message = _error_message({"error": peek.error})
                         raise UpstreamError(f"Upstream error: {message}")
                     if peek.usage is not None:
-                        call.usage = peek.usage
+                        call.usage = peek.usage.tokens()
                         if not peek.choices and not want_usage:
                             continue
                     kept.append(data)

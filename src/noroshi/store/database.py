@@ -158,6 +158,10 @@ MIGRATIONS: list[str] = [
     # one run at a time per session, on whichever replica: the run holding it, until when
     "ALTER TABLE sessions ADD COLUMN run_id TEXT",
     "ALTER TABLE sessions ADD COLUMN run_until DOUBLE PRECISION",
+    # usage by token kind, each priced apart: cache reads and writes, reasoning
+    "ALTER TABLE usage ADD COLUMN cache_read_tokens BIGINT NOT NULL DEFAULT 0",
+    "ALTER TABLE usage ADD COLUMN cache_write_tokens BIGINT NOT NULL DEFAULT 0",
+    "ALTER TABLE usage ADD COLUMN reasoning_tokens BIGINT NOT NULL DEFAULT 0",
 ]
 
 _MIGRATIONS_TABLE = """CREATE TABLE IF NOT EXISTS noroshi_migrations (
