@@ -1,8 +1,9 @@
 """Any OpenAI-compatible server: OpenAI, vLLM, Ollama, llama.cpp server, Groq and the like.
 
-Chunks are relayed as the upstream encoded them: each is decoded only far enough to find
-usage and errors, and the events of one upstream read leave in one write, which keeps the
-hot path close to a byte relay.
+For a chat completions client, chunks are relayed as the upstream encoded them: each is
+decoded only far enough to find usage and errors, and the events of one upstream read leave
+in one write, which keeps the hot path close to a byte relay. Any other client's request is
+translated by `noroshi.wire.chat`, which also reads the chunks back into events.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import msgspec
 
 from noroshi.errors import UpstreamError, UpstreamProtocolError, UpstreamTimeout
 from noroshi.providers.base import Call, Embedded, HTTPProvider
+from noroshi.wire import chat
+from noroshi.wire.conversation import Answer, Event
 from noroshi.wire.openai import Usage
 from noroshi.wire.sse import SSEDecoder
 
@@ -54,6 +57,8 @@ def _error_message(body: Any) -> str | None:
 
 
 class OpenAIProvider(HTTPProvider):
+    native = "chat"
+    keeps_thinking = False  # whether the upstream takes thinking back (another noroshi does)
     error_message = staticmethod(_error_message)
 
     def headers(self) -> dict[str, str]:
@@ -72,7 +77,7 @@ class OpenAIProvider(HTTPProvider):
             body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         return _encode(body)
 
-    async def complete(self, call: Call, model: str) -> bytes:
+    async def relay_complete(self, call: Call, model: str) -> bytes:
         body = await self.fetch("POST", "/chat/completions", self._body(call, model, False))
         try:
             peek = _peek.decode(body)
@@ -85,7 +90,7 @@ class OpenAIProvider(HTTPProvider):
         call.usage = peek.usage.tokens() if peek.usage is not None else None
         return body
 
-    async def stream(self, call: Call, model: str) -> AsyncGenerator[bytes, None]:
+    async def relay(self, call: Call, model: str) -> AsyncGenerator[bytes, None]:
         resp = await self.request("POST", "/chat/completions", self._body(call, model, True))
         finished = False
         try:
@@ -132,6 +137,43 @@ class OpenAIProvider(HTTPProvider):
             raise UpstreamProtocolError("The upstream ended the stream without its terminator.")
         finally:
             resp.finish(finished)
+
+    def _translated(self, call: Call, model: str, stream: bool) -> bytes:
+        body = chat.encode_request(call.conversation, model, stream,
+                                   keep_thinking=self.keeps_thinking)  # fmt: skip
+        return _encode(call.translated(body, self.name))
+
+    async def answer(self, call: Call, model: str) -> Answer:
+        raw = await self.fetch("POST", "/chat/completions", self._translated(call, model, False))
+        try:
+            body = msgspec.json.decode(raw)
+        except msgspec.DecodeError:
+            raise UpstreamProtocolError("The upstream answer is not valid JSON.") from None
+        if not isinstance(body, dict):
+            raise UpstreamProtocolError("The upstream answer is not a chat completion.")
+        if body.get("error") is not None:
+            raise UpstreamError(f"Upstream error: {_error_message(body)}")
+        return chat.decode_answer(body)
+
+    async def events(self, call: Call, model: str) -> AsyncGenerator[list[Event], None]:
+        body = self._translated(call, model, True)
+        resp = await self.request("POST", "/chat/completions", body)
+        decoder = chat.StreamDecoder()
+        try:
+            async for events in self.sse(resp, call):
+                batch: list[Event] = []
+                for _, data in events:
+                    if data == _DONE:
+                        call.finished = True
+                        break
+                    batch += decoder.feed(data)
+                if batch or call.finished:
+                    yield batch
+                if call.finished:
+                    return
+            raise UpstreamProtocolError("The upstream ended the stream without its terminator.")
+        finally:
+            resp.finish(call.finished)
 
     async def embed(self, texts: list[str], model: str, dimensions: int | None) -> Embedded:
         body: dict[str, Any] = {"model": model, "input": texts, "encoding_format": "float"}

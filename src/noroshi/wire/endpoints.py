@@ -12,6 +12,7 @@ from typing import Any, Literal
 import msgspec
 
 from noroshi.wire import admin, agent, simple
+from noroshi.wire import anthropic as am
 from noroshi.wire import knowledge as kb
 from noroshi.wire import openai as oa
 from noroshi.wire.ai_sdk import UIChunk
@@ -111,6 +112,20 @@ MODELS = _e(
 MODEL = _e(
     "GET", "/v1/models/{model}", "getModel", "One model.",
     tag="openai", access="key", answer=oa.Model,
+)  # fmt: skip
+
+# Anthropic Messages
+MESSAGES = _e(
+    "POST", "/v1/messages", "createMessage",
+    "Anthropic's Messages API, in front of every provider; with `stream: true`, its events "
+    "ending with `message_stop`. Errors in Anthropic's envelope; the key as `x-api-key`.",
+    tag="anthropic", access="model", body=am.MessagesRequest, answer=dict[str, Any],
+    events=dict[str, Any],
+)  # fmt: skip
+MESSAGES_COUNT_TOKENS = _e(
+    "POST", "/v1/messages/count_tokens", "countMessageTokens",
+    "The input tokens a Messages request would use (the upstream's count, or an estimate).",
+    tag="anthropic", access="key", body=am.CountTokensRequest, answer=am.CountTokensAnswer,
 )  # fmt: skip
 
 # simple
@@ -268,7 +283,7 @@ DOCS = _e(
 )  # fmt: skip
 
 ENDPOINTS: tuple[Endpoint, ...] = (
-    CHAT_COMPLETIONS, EMBEDDINGS, MODELS, MODEL,
+    CHAT_COMPLETIONS, EMBEDDINGS, MODELS, MODEL, MESSAGES, MESSAGES_COUNT_TOKENS,
     API_CHAT, API_GENERATE, API_EMBED, CHAT, CHAT_STREAM,
     AGENT_CHAT, AGENTS, RUN_START, RUN, RUN_STREAM, RUN_CANCEL, SESSIONS, SESSION, SESSION_DELETE,
     KB_CREATE, KBS, KB, KB_DELETE, KB_ADD, KB_DOCUMENTS, KB_DOCUMENT, KB_DOCUMENT_DELETE,

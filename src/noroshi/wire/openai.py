@@ -99,6 +99,9 @@ class AssistantMessage(Struct, tag_field="role", tag="assistant", omit_defaults=
     tool_calls: list[ToolCall] | None = None
     name: str | None = None
     refusal: str | None = None
+    # thinking, as LiteLLM carries it: the text, and the blocks with their signatures
+    reasoning_content: str | None = None
+    thinking_blocks: list[dict[str, Any]] | None = None
 
 
 class ToolMessage(Struct, tag_field="role", tag="tool", omit_defaults=True):
@@ -147,6 +150,8 @@ class ChatRequest(Struct, omit_defaults=True):
     top_logprobs: int | None = None
     logit_bias: dict[str, float] | None = None
     metadata: dict[str, str] | None = None
+    reasoning_effort: Literal["minimal", "low", "medium", "high"] | None = None
+    thinking: dict[str, Any] | None = None  # Anthropic's, as LiteLLM takes it
 
     @property
     def include_usage(self) -> bool:
@@ -247,6 +252,8 @@ class Delta(Struct, omit_defaults=True):
     role: str | None = None
     content: str | None = None
     tool_calls: list[DeltaToolCall] | None = None
+    reasoning_content: str | None = None
+    thinking_blocks: list[dict[str, Any]] | None = None
 
 
 class ChunkChoice(Struct):
