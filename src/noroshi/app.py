@@ -26,6 +26,7 @@ from noroshi.api import (
     messages,
     openai,
     playground,
+    responses,
     simple,
 )
 from noroshi.auth import Authenticator, KeyChanges
@@ -101,9 +102,11 @@ class App:
         self.router = Router()
         # path prefix -> how its errors are written, for APIs with an envelope of their own
         self.error_formats: dict[str, Callable[[NoroshiError], Response]] = {}
+        self._closers: list[Callable[[], Awaitable[None]]] = []  # run at shutdown, in order
         health.install(self.router, self)
         openai.install(self.router, self)
         messages.install(self.router, self)
+        responses.install(self.router, self)
         simple.install(self.router, self)
         if self.role != "core":  # a core answers its edge only: no admin surface
             admin.install(self.router, self)
@@ -128,7 +131,6 @@ class App:
         self.sessions: SessionStore
         self.runner: Runner
         self.agents: dict[str, Agent] = {}
-        self._closers: list[Callable[[], Awaitable[None]]] = []
         self._health_task: asyncio.Task[None] | None = None
 
     def default_chat_model(self) -> str:

@@ -15,6 +15,7 @@ from noroshi.wire import admin, agent, simple
 from noroshi.wire import anthropic as am
 from noroshi.wire import knowledge as kb
 from noroshi.wire import openai as oa
+from noroshi.wire import responses as rs
 from noroshi.wire.ai_sdk import UIChunk
 from noroshi.wire.service import Health
 
@@ -126,6 +127,33 @@ MESSAGES_COUNT_TOKENS = _e(
     "POST", "/v1/messages/count_tokens", "countMessageTokens",
     "The input tokens a Messages request would use (the upstream's count, or an estimate).",
     tag="anthropic", access="key", body=am.CountTokensRequest, answer=am.CountTokensAnswer,
+)  # fmt: skip
+
+# OpenAI Responses / Open Responses
+RESPONSES = _e(
+    "POST", "/v1/responses", "createResponse",
+    "A response (OpenAI's Responses API, Open Responses), in front of every provider; with "
+    "`stream: true`, its events, each with a `sequence_number`.",
+    tag="responses", access="model", body=rs.ResponsesRequest, answer=dict[str, Any],
+    events=dict[str, Any],
+)  # fmt: skip
+RESPONSE = _e(
+    "GET", "/v1/responses/{id}", "getResponse", "A stored response of this key.",
+    tag="responses", access="key", answer=dict[str, Any],
+)  # fmt: skip
+RESPONSE_INPUT_ITEMS = _e(
+    "GET", "/v1/responses/{id}/input_items", "listResponseInputItems",
+    "The input items of a stored response.",
+    tag="responses", access="key", query=rs.InputItemsQuery, answer=dict[str, Any],
+)  # fmt: skip
+RESPONSE_DELETE = _e(
+    "DELETE", "/v1/responses/{id}", "deleteResponse", "Delete a stored response.",
+    tag="responses", access="key", answer=dict[str, Any],
+)  # fmt: skip
+RESPONSE_CANCEL = _e(
+    "POST", "/v1/responses/{id}/cancel", "cancelResponse",
+    "Cancel a background response, on whichever replica runs it.",
+    tag="responses", access="key", answer=dict[str, Any],
 )  # fmt: skip
 
 # simple
@@ -284,6 +312,7 @@ DOCS = _e(
 
 ENDPOINTS: tuple[Endpoint, ...] = (
     CHAT_COMPLETIONS, EMBEDDINGS, MODELS, MODEL, MESSAGES, MESSAGES_COUNT_TOKENS,
+    RESPONSES, RESPONSE, RESPONSE_INPUT_ITEMS, RESPONSE_DELETE, RESPONSE_CANCEL,
     API_CHAT, API_GENERATE, API_EMBED, CHAT, CHAT_STREAM,
     AGENT_CHAT, AGENTS, RUN_START, RUN, RUN_STREAM, RUN_CANCEL, SESSIONS, SESSION, SESSION_DELETE,
     KB_CREATE, KBS, KB, KB_DELETE, KB_ADD, KB_DOCUMENTS, KB_DOCUMENT, KB_DOCUMENT_DELETE,

@@ -1,0 +1,218 @@
+"""OpenAI's Responses API (Open Responses): `/v1/responses` and its stored responses, in front
+of every provider, with the same keys, limits, budgets, usage and fallbacks as every other
+model route.
+
+Stored responses live in the database, per key, so `previous_response_id`, reads, deletes and
+cancels work on any replica. A background response runs on the replica that took it, billed
+when it ends; a cancel from another replica marks it cancelled in the database, which the
+running replica looks at every second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncGenerator
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from noroshi.accounting import Meter
+from noroshi.api.openai import admit, chunk_stream
+from noroshi.errors import BadRequest, ModelNotFound, NoroshiError, NotFound
+from noroshi.http import JSONResponse, Request, Response, Router
+from noroshi.providers.base import Call
+from noroshi.store.responses import RUNNING, ResponseStore
+from noroshi.wire import endpoints as api
+from noroshi.wire import responses as wire
+
+if TYPE_CHECKING:
+    from noroshi.app import App
+
+__all__ = ["install"]
+
+log = logging.getLogger("noroshi.responses")
+_decode_any = msgspec.json.Decoder()
+_decode: msgspec.json.Decoder[wire.ResponsesRequest] = api.RESPONSES.decoder
+CANCEL_POLL_S = 1.0  # how often a background response looks for a cancel made elsewhere
+
+
+def _owner(request: Request) -> str:
+    """Whose responses these are: the key's id; "" for the master key (or auth off)."""
+    principal = request.principal
+    return (principal.key_id or "") if principal is not None else ""
+
+
+def install(router: Router, app: App) -> None:
+    limit = app.config.server.max_stream_bytes
+    running: dict[str, asyncio.Task[None]] = {}  # background responses of this replica
+
+    def store() -> ResponseStore:
+        return ResponseStore(app.db)
+
+    async def create(request: Request) -> Response:
+        req = await request.json(_decode)
+        if req.background and not req.store:
+            raise BadRequest("A background response must be stored: `store` cannot be false.",
+                             param="background", code="invalid_value")  # fmt: skip
+        if req.background and req.stream:
+            raise BadRequest("Streaming a background response is not supported; poll "
+                             "GET /v1/responses/{id} instead.", param="stream",
+                             code="unsupported_value")  # fmt: skip
+        if req.model not in app.models:
+            raise ModelNotFound(req.model)
+        owner = _owner(request)
+        history: list[dict[str, Any]] = []
+        if req.previous_response_id is not None:
+            found = await store().history(req.previous_response_id, owner)
+            if found is None:
+                raise NotFound(f"No response with id '{req.previous_response_id}'.",
+                               param="previous_response_id")  # fmt: skip
+            history = found
+        items = wire.input_items(req)
+        conv = wire.decode_request(req, history, items)
+        if not conv.turns:
+            raise BadRequest("The input has no message to answer.", param="input",
+                             code="invalid_value")  # fmt: skip
+        responses = wire.ResponsesWire(req)
+        call = Call(conv, _decode_any.decode(await request.body()), request.id, wire=responses)
+        await admit(app, request, call, req.max_output_tokens)
+        if req.background:
+            return await start_background(request, call, responses, owner, items)
+        if req.stream:
+            first, rest = await app.models.open_stream(call)
+            if req.store:
+                if call.finished:  # the whole answer came at once
+                    await store().create(owner, answer_of(responses), items)
+                else:
+                    rest = stored(call, rest, responses, owner, items)
+            return chunk_stream(call, first, rest, limit)
+        body = await app.models.complete(call)
+        if req.store:
+            await store().create(owner, answer_of(responses), items)
+        return Response(body)
+
+    def answer_of(responses: wire.ResponsesWire) -> dict[str, Any]:
+        assert responses.response is not None
+        return responses.response
+
+    async def stored(
+        call: Call,
+        rest: AsyncGenerator[bytes, None],
+        responses: wire.ResponsesWire,
+        owner: str,
+        items: list[dict[str, Any]],
+    ) -> AsyncGenerator[bytes, None]:
+        """The stream, with the response stored before its last event (`response.completed`)
+        goes out: a client that continues from it at once finds it."""
+        try:
+            async for chunk in rest:
+                if call.finished:
+                    await store().create(owner, answer_of(responses), items)
+                yield chunk
+        finally:
+            await rest.aclose()
+
+    async def start_background(request: Request, call: Call, responses: wire.ResponsesWire,
+                               owner: str, items: list[dict[str, Any]]) -> Response:  # fmt: skip
+        queued = responses.resource("queued", [])
+        await store().create(owner, queued, items, background=True)
+        meter, request.meter = request.meter, None  # billed when the run ends, not now
+        task = asyncio.create_task(run_background(call, responses, meter))
+        running[responses.id] = task
+        task.add_done_callback(lambda _: running.pop(responses.id, None))
+        return JSONResponse(queued)
+
+    async def run_background(call: Call, responses: wire.ResponsesWire,
+                             meter: Meter | None) -> None:  # fmt: skip
+        status, outcome = 200, "ok"
+        watcher = asyncio.create_task(watch_cancel(responses.id, asyncio.current_task()))
+        try:
+            await store().update(responses.resource("in_progress", []))
+            try:
+                await app.models.complete(call)
+                final = answer_of(responses)
+            except NoroshiError as exc:
+                status, outcome = exc.status, "error"
+                final = responses.resource("failed", [], None, wire.error_of(exc))
+            await store().update(final)
+        except asyncio.CancelledError:
+            status, outcome = 499, "cut"  # cancelled, or the server shutting down
+            with contextlib.suppress(Exception):
+                await store().update(responses.resource("cancelled", []))
+        except Exception:
+            log.exception("background response %s failed", responses.id)
+            status, outcome = 500, "error"
+        finally:
+            watcher.cancel()
+            if meter is not None:
+                app.accountant.finish(meter, status, outcome)
+
+    async def watch_cancel(response_id: str, task: asyncio.Task[Any] | None) -> None:
+        """Cancel the run once the database says it was cancelled (on another replica)."""
+        while task is not None:
+            await asyncio.sleep(CANCEL_POLL_S)
+            with contextlib.suppress(NoroshiError):
+                if await store().status(response_id) == "cancelled":
+                    task.cancel()
+                    return
+
+    async def close() -> None:
+        for task in list(running.values()):
+            task.cancel()
+        await asyncio.gather(*running.values(), return_exceptions=True)
+
+    app._closers.append(close)
+
+    async def found(request: Request) -> Any:
+        stored_response = await store().get(request.params["id"], _owner(request))
+        if stored_response is None:
+            raise NotFound(f"No response with id '{request.params['id']}'.", param="id")
+        return stored_response
+
+    async def get(request: Request) -> Response:
+        return JSONResponse((await found(request)).response)
+
+    async def input_items(request: Request) -> Response:
+        query = request.query_as(wire.InputItemsQuery)
+        items = (await found(request)).input
+        if query.order == "desc":
+            items = items[::-1]
+        if query.after is not None:
+            ids = [item.get("id") for item in items]
+            items = items[ids.index(query.after) + 1 :] if query.after in ids else []
+        page = items[: query.limit]
+        return JSONResponse({
+            "object": "list", "data": page,
+            "first_id": page[0]["id"] if page else None,
+            "last_id": page[-1]["id"] if page else None,
+            "has_more": len(items) > len(page),
+        })  # fmt: skip
+
+    async def delete(request: Request) -> Response:
+        response_id = request.params["id"]
+        if not await store().delete(response_id, _owner(request)):
+            raise NotFound(f"No response with id '{response_id}'.", param="id")
+        if (task := running.get(response_id)) is not None:
+            task.cancel()
+        return JSONResponse({"id": response_id, "object": "response", "deleted": True})
+
+    async def cancel(request: Request) -> Response:
+        stored_response = await found(request)
+        if not stored_response.background:
+            raise BadRequest("Only a background response can be cancelled.", param="id",
+                             code="invalid_value")  # fmt: skip
+        if stored_response.status not in RUNNING:
+            return JSONResponse(stored_response.response)
+        cancelled = {**stored_response.response, "status": "cancelled"}
+        await store().update(cancelled)
+        if (task := running.get(stored_response.id)) is not None:
+            task.cancel()
+        return JSONResponse(cancelled)
+
+    router.serve(api.RESPONSES, create)
+    router.serve(api.RESPONSE, get)
+    router.serve(api.RESPONSE_INPUT_ITEMS, input_items)
+    router.serve(api.RESPONSE_DELETE, delete)
+    router.serve(api.RESPONSE_CANCEL, cancel)

@@ -1,0 +1,288 @@
+"""OpenAI's Responses API end to end: the official `openai` SDK's `responses` against noroshi,
+in front of a fake OpenAI (chat completions upstream) and a fake Anthropic."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import openai
+import pytest
+from pydantic import BaseModel
+
+from tests.conftest import Serve, write_config
+from tests.fakes.upstream import FakeAnthropic, FakeOpenAI, Reply
+from tests.processes import serve_replicas
+
+MASTER = "sk-master-responses"
+WEATHER = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "The weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+}
+
+
+def config_text(claude: FakeAnthropic, gpt: FakeOpenAI, extra: str = "") -> str:
+    return f"""
+[auth]
+master_key = "{MASTER}"
+[providers.claude]
+type = "anthropic"
+base_url = "{claude.origin}"
+first_byte_timeout_s = 1
+idle_timeout_s = 1
+[providers.oai]
+type = "openai"
+base_url = "{gpt.base_url}"
+first_byte_timeout_s = 1
+idle_timeout_s = 1
+[routing]
+retries = 0
+[[models]]
+name = "claude"
+deployments = [{{ provider = "claude", model = "claude-sonnet-4-5" }}]
+[[models]]
+name = "gpt"
+deployments = [{{ provider = "oai", model = "gpt-4o" }}]
+{extra}
+"""
+
+
+@pytest.fixture
+async def claude() -> AsyncIterator[FakeAnthropic]:
+    async with FakeAnthropic() as fake:
+        yield fake
+
+
+@pytest.fixture
+async def gpt() -> AsyncIterator[FakeOpenAI]:
+    async with FakeOpenAI() as fake:
+        yield fake
+
+
+@pytest.fixture
+async def base(serve: Serve, tmp_path: Path, claude: FakeAnthropic, gpt: FakeOpenAI) -> str:
+    return await serve(write_config(tmp_path, config_text(claude, gpt)))
+
+
+@pytest.fixture
+async def client(base: str) -> AsyncIterator[openai.AsyncOpenAI]:
+    async with openai.AsyncOpenAI(base_url=f"{base}/v1", api_key=MASTER, max_retries=0) as c:
+        yield c
+
+
+async def test_create_text(client: openai.AsyncOpenAI, gpt: FakeOpenAI) -> None:
+    gpt.script(Reply(text="Hello there.", completion_tokens=3, cache_read_tokens=2))
+    response = await client.responses.create(
+        model="gpt", input="Hi", instructions="Be brief.", max_output_tokens=50
+    )
+    assert response.output_text == "Hello there."
+    assert response.status == "completed" and response.id.startswith("resp_")
+    assert response.usage is not None
+    assert (response.usage.input_tokens, response.usage.output_tokens) == (9, 3)
+    assert response.usage.input_tokens_details.cached_tokens == 2
+    sent = gpt.requests[-1].body
+    assert sent["messages"] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+    ]
+    assert sent["max_tokens"] == 50
+
+
+async def test_stream_events_each_have_a_sequence_number(
+    client: openai.AsyncOpenAI, claude: FakeAnthropic
+) -> None:
+    claude.script(Reply(text="one two three"))
+    async with client.responses.stream(model="claude", input="Count") as stream:
+        events = [event async for event in stream]
+        final = await stream.get_final_response()
+    kinds = [e.type for e in events]
+    assert kinds[:2] == ["response.created", "response.in_progress"]
+    assert kinds[-1] == "response.completed"
+    for kind in ("response.output_item.added", "response.content_part.added",
+                 "response.output_text.delta", "response.output_text.done",
+                 "response.content_part.done", "response.output_item.done"):  # fmt: skip
+        assert kind in kinds
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    assert final.output_text == "one two three"
+    assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == (
+        "one two three"
+    )
+
+
+@pytest.mark.parametrize("model", ["gpt", "claude"])
+async def test_function_tools_round_trip_with_previous_response_id(
+    client: openai.AsyncOpenAI, gpt: FakeOpenAI, claude: FakeAnthropic, model: str
+) -> None:
+    upstream = gpt if model == "gpt" else claude
+    call = {"id": "call_1", "name": "get_weather", "arguments": '{"city": "Oslo"}'}
+    upstream.script(Reply(tool_calls=[call]), Reply(text="Cold."))
+    async with client.responses.stream(
+        model=model,
+        input="Weather in Oslo?",
+        tools=[WEATHER],  # type: ignore[list-item]
+    ) as stream:
+        kinds = [event.type async for event in stream]
+        first = await stream.get_final_response()
+    assert "response.function_call_arguments.delta" in kinds
+    assert "response.function_call_arguments.done" in kinds
+    (fc,) = [item for item in first.output if item.type == "function_call"]
+    assert (fc.call_id, fc.name, json.loads(fc.arguments)) == ("call_1", "get_weather",
+                                                               {"city": "Oslo"})  # fmt: skip
+    second = await client.responses.create(
+        model=model,
+        previous_response_id=first.id,
+        input=[{"type": "function_call_output", "call_id": "call_1", "output": "-3 C"}],
+        tools=[WEATHER],  # type: ignore[list-item]
+    )
+    assert second.output_text == "Cold." and second.previous_response_id == first.id
+    sent = upstream.requests[-1].body["messages"]
+    if model == "gpt":
+        assert sent[0] == {"role": "user", "content": "Weather in Oslo?"}
+        assert sent[1]["tool_calls"][0]["id"] == "call_1"
+        assert sent[2] == {"role": "tool", "tool_call_id": "call_1", "content": "-3 C"}
+    else:
+        assert sent[1]["content"][0]["type"] == "tool_use"
+        assert sent[2]["content"][0] == {"type": "tool_result", "tool_use_id": "call_1",
+                                         "content": "-3 C"}  # fmt: skip
+
+
+class Weather(BaseModel):
+    city: str
+    degrees: int
+
+
+@pytest.mark.parametrize("model", ["gpt", "claude"])
+async def test_structured_output(
+    client: openai.AsyncOpenAI, gpt: FakeOpenAI, claude: FakeAnthropic, model: str
+) -> None:
+    upstream = gpt if model == "gpt" else claude
+    upstream.script(Reply(text='{"city": "Oslo", "degrees": -3}'))
+    parsed = await client.responses.parse(model=model, input="Oslo?", text_format=Weather)
+    assert parsed.output_parsed == Weather(city="Oslo", degrees=-3)
+    sent = upstream.requests[-1]
+    if model == "gpt":
+        fmt = sent.body["response_format"]
+        assert fmt["type"] == "json_schema" and fmt["json_schema"]["name"] == "Weather"
+        assert fmt["json_schema"]["schema"]["properties"]["degrees"] == {
+            "title": "Degrees", "type": "integer",
+        }  # fmt: skip
+    else:
+        assert sent.body["output_format"]["type"] == "json_schema"
+        assert "degrees" in sent.body["output_format"]["schema"]["properties"]
+        assert sent.headers["anthropic-beta"] == "structured-outputs-2025-11-13"
+
+
+async def test_reasoning_keeps_its_signature_across_turns(
+    client: openai.AsyncOpenAI, claude: FakeAnthropic
+) -> None:
+    claude.script(Reply(text="4", reasoning="2+2 is 4", signature="sig-xyz"), Reply(text="8"))
+    first = await client.responses.create(
+        model="claude", input="2+2?", reasoning={"effort": "low"}, max_output_tokens=3000
+    )
+    reasoning = first.output[0]
+    assert reasoning.type == "reasoning"
+    assert reasoning.encrypted_content == "sig-xyz"
+    assert reasoning.content is not None and reasoning.content[0].text == "2+2 is 4"
+    assert claude.requests[-1].body["thinking"] == {"type": "enabled", "budget_tokens": 1024}
+    await client.responses.create(model="claude", input="Double it", previous_response_id=first.id)
+    assistant = claude.requests[-1].body["messages"][1]
+    assert assistant["content"][0] == {"type": "thinking", "thinking": "2+2 is 4",
+                                       "signature": "sig-xyz"}  # fmt: skip
+
+
+async def test_stored_responses_are_the_keys_own(base: str, client: openai.AsyncOpenAI) -> None:
+    response = await client.responses.create(model="gpt", input="Hi")
+    assert (await client.responses.retrieve(response.id)).output_text == response.output_text
+    items = await client.responses.input_items.list(response.id)
+    assert [i.type for i in items.data] == ["message"]
+    async with (
+        aiohttp.ClientSession(headers={"authorization": f"Bearer {MASTER}"}) as s,
+        s.post(f"{base}/admin/keys", json={"name": "other"}) as r,
+    ):
+        other_key = (await r.json())["key"]
+    async with openai.AsyncOpenAI(base_url=f"{base}/v1", api_key=other_key, max_retries=0) as o:
+        with pytest.raises(openai.NotFoundError):
+            await o.responses.retrieve(response.id)
+        with pytest.raises(openai.NotFoundError) as unknown:
+            await o.responses.create(model="gpt", input="Hi", previous_response_id=response.id)
+        assert unknown.value.body["param"] == "previous_response_id"  # type: ignore[index]
+        with pytest.raises(openai.NotFoundError):
+            await o.responses.delete(response.id)
+    await client.responses.delete(response.id)
+    with pytest.raises(openai.NotFoundError):
+        await client.responses.retrieve(response.id)
+
+
+async def test_store_false_keeps_nothing(client: openai.AsyncOpenAI) -> None:
+    response = await client.responses.create(model="gpt", input="Hi", store=False)
+    assert response.store is False
+    with pytest.raises(openai.NotFoundError):
+        await client.responses.retrieve(response.id)
+
+
+async def test_background_runs_and_can_be_cancelled(
+    client: openai.AsyncOpenAI, gpt: FakeOpenAI
+) -> None:
+    gpt.script(Reply(text="done later"), Reply(text="never", delay=5))
+    queued = await client.responses.create(model="gpt", input="Hi", background=True)
+    assert queued.status == "queued" and queued.background is True
+    for _ in range(200):
+        polled = await client.responses.retrieve(queued.id)
+        if polled.status == "completed":
+            break
+        await asyncio.sleep(0.02)
+    assert polled.output_text == "done later"
+    slow = await client.responses.create(model="gpt", input="Hi", background=True)
+    cancelled = await client.responses.cancel(slow.id)
+    assert cancelled.status == "cancelled"
+    await gpt.wait_disconnect()  # the upstream call was cancelled too
+    assert (await client.responses.retrieve(slow.id)).status == "cancelled"
+
+
+async def test_a_fault_mid_stream_fails_the_response_never_completes_it(
+    client: openai.AsyncOpenAI, gpt: FakeOpenAI
+) -> None:
+    gpt.script(Reply(text="a b c d", token_delay=0.02, reset_after=2))
+    async with client.responses.stream(model="gpt", input="Hi") as stream:
+        kinds = [event.type async for event in stream]
+    assert "response.completed" not in kinds
+    assert kinds[-2:] == ["error", "response.failed"]
+
+
+async def test_bad_input_names_the_field(client: openai.AsyncOpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as bad:
+        await client.responses.create(
+            model="gpt",
+            input=[{"type": "function_call_output", "output": "x"}],  # type: ignore[list-item]
+        )
+    assert bad.value.body["param"] == "input.0.call_id"  # type: ignore[index]
+
+
+async def test_previous_response_id_across_two_processes_sharing_postgresql(
+    tmp_path: Path, claude: FakeAnthropic, gpt: FakeOpenAI, postgres_url: str
+) -> None:
+    extra = f'[storage]\nurl = "{postgres_url}"\n'
+    gpt.script(Reply(text="I am one."), Reply(text="I am two."))
+    async with serve_replicas(tmp_path, config_text(claude, gpt, extra), 2) as (one, two):
+        async with openai.AsyncOpenAI(base_url=f"{one}/v1", api_key=MASTER) as a:
+            first = await a.responses.create(model="gpt", input="Who are you?")
+        async with openai.AsyncOpenAI(base_url=f"{two}/v1", api_key=MASTER) as b:
+            second = await b.responses.create(
+                model="gpt", input="And now?", previous_response_id=first.id
+            )
+    assert second.output_text == "I am two."
+    assert gpt.chats()[-1] == [
+        {"role": "user", "content": "Who are you?"},
+        {"role": "assistant", "content": "I am one."},
+        {"role": "user", "content": "And now?"},
+    ]
+
+
+def _json(body: Any) -> Any:
+    return json.loads(body) if isinstance(body, str | bytes) else body
