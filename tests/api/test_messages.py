@@ -3,6 +3,7 @@ of a fake Anthropic (passed through as it is) and a fake OpenAI (translated)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -314,3 +315,32 @@ async def test_a_failed_anthropic_falls_back_to_openai(
     gpt.script(Reply(text="from the fallback"))
     message = await client.messages.create(model="claude-then-gpt", max_tokens=20, messages=HI)  # type: ignore[arg-type]
     assert message.content[0].text == "from the fallback"  # type: ignore[union-attr]
+
+
+async def test_a_keys_limits_hold_and_refusals_are_anthropics(
+    base: str, claude: FakeAnthropic
+) -> None:
+    admin = {"authorization": f"Bearer {MASTER}"}
+    async with (
+        aiohttp.ClientSession(headers=admin) as s,
+        s.post(f"{base}/admin/keys", json={"name": "one", "models": ["claude"], "rpm": 1}) as r,
+    ):
+        key = (await r.json())["key"]
+    async with anthropic.AsyncAnthropic(base_url=base, api_key=key, max_retries=0) as c:
+        with pytest.raises(anthropic.PermissionDeniedError) as denied:
+            await c.messages.create(model="gpt", max_tokens=5, messages=HI)  # type: ignore[arg-type]
+        assert denied.value.body["error"]["type"] == "permission_error"  # type: ignore[index]
+        with pytest.raises(anthropic.PermissionDeniedError):
+            await c.messages.count_tokens(model="gpt", messages=HI)  # type: ignore[arg-type]
+        await c.messages.create(model="claude", max_tokens=5, messages=HI)  # type: ignore[arg-type]
+        with pytest.raises(anthropic.RateLimitError) as limited:
+            await c.messages.create(model="claude", max_tokens=5, messages=HI)  # type: ignore[arg-type]
+        assert int(limited.value.response.headers["retry-after"]) >= 1
+    async with aiohttp.ClientSession(headers=admin) as s:
+        for _ in range(100):
+            async with s.get(f"{base}/admin/usage") as r:
+                rows = [row for row in (await r.json())["data"] if row["route"] == "/v1/messages"]
+            if any(row["status"] == 200 for row in rows):
+                break
+            await asyncio.sleep(0.02)
+    assert {row["status"] for row in rows} >= {200, 403, 429}

@@ -286,3 +286,39 @@ async def test_previous_response_id_across_two_processes_sharing_postgresql(
 
 def _json(body: Any) -> Any:
     return json.loads(body) if isinstance(body, str | bytes) else body
+
+
+async def test_compaction_folds_a_conversation_into_one_item(
+    client: openai.AsyncOpenAI, gpt: FakeOpenAI
+) -> None:
+    gpt.script(Reply(text="Launch on Tuesday; tell support first."), Reply(text="Tuesday."))
+    history = [
+        {"type": "message", "role": "user", "content": "We launch on Tuesday."},
+        {"type": "message", "role": "assistant", "content": "Noted: Tuesday."},
+    ]
+    compacted = await client.responses.compact(model="gpt", input=history)  # type: ignore[arg-type]
+    assert compacted.object == "response.compaction"
+    (item,) = compacted.output
+    assert item.type == "compaction"
+    asked = gpt.chats()[-1]
+    assert asked[:2] == [{"role": "user", "content": "We launch on Tuesday."},
+                         {"role": "assistant", "content": "Noted: Tuesday."}]  # fmt: skip
+    assert "Summarize the conversation" in asked[-1]["content"]
+    answer = await client.responses.create(
+        model="gpt",
+        input=[item.model_dump(), {"role": "user", "content": "When do we launch?"}],  # type: ignore[list-item]
+    )
+    assert answer.output_text == "Tuesday."
+    system = gpt.chats()[-1][0]
+    assert system["role"] == "system"
+    assert "Launch on Tuesday; tell support first." in system["content"]
+
+
+async def test_a_compaction_item_from_elsewhere_is_refused(client: openai.AsyncOpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as bad:
+        await client.responses.create(
+            model="gpt",
+            input=[{"type": "compaction", "encrypted_content": "opaque"},  # type: ignore[list-item]
+                   {"role": "user", "content": "Hi"}],
+        )  # fmt: skip
+    assert bad.value.body["param"] == "input.0.encrypted_content"  # type: ignore[index]

@@ -26,6 +26,8 @@ from noroshi.providers.base import Call
 from noroshi.store.responses import RUNNING, ResponseStore
 from noroshi.wire import endpoints as api
 from noroshi.wire import responses as wire
+from noroshi.wire.conversation import Conversation, Text, Turn
+from noroshi.wire.responses import new_id
 
 if TYPE_CHECKING:
     from noroshi.app import App
@@ -35,6 +37,7 @@ __all__ = ["install"]
 log = logging.getLogger("noroshi.responses")
 _decode_any = msgspec.json.Decoder()
 _decode: msgspec.json.Decoder[wire.ResponsesRequest] = api.RESPONSES.decoder
+_decode_compact: msgspec.json.Decoder[wire.CompactRequest] = api.RESPONSES_COMPACT.decoder
 CANCEL_POLL_S = 1.0  # how often a background response looks for a cancel made elsewhere
 
 
@@ -51,6 +54,40 @@ def install(router: Router, app: App) -> None:
     def store() -> ResponseStore:
         return ResponseStore(app.db)
 
+    async def conversation(request: Request, req: wire.ResponsesRequest,
+                           items: list[dict[str, Any]]) -> Conversation:  # fmt: skip
+        """The request's conversation: its previous responses' items, then its own."""
+        if req.model not in app.models:
+            raise ModelNotFound(req.model)
+        history: list[dict[str, Any]] = []
+        if req.previous_response_id is not None:
+            found = await store().history(req.previous_response_id, _owner(request))
+            if found is None:
+                raise NotFound(f"No response with id '{req.previous_response_id}'.",
+                               param="previous_response_id")  # fmt: skip
+            history = found
+        conv = wire.decode_request(req, history, items)
+        if not conv.turns:
+            raise BadRequest("The input has no message to answer.", param="input",
+                             code="invalid_value")  # fmt: skip
+        return conv
+
+    async def compact(request: Request) -> Response:
+        req = (await request.json(_decode_compact)).as_request()
+        conv = await conversation(request, req, wire.input_items(req))
+        conv.turns.append(Turn("user", [Text(wire.COMPACT_PROMPT)]))
+        responses = wire.ResponsesWire(req)
+        call = Call(conv, {}, request.id, wire=responses)
+        await admit(app, request, call, None)
+        await app.models.complete(call)
+        assert call.answer is not None
+        summary = "".join(p.text for p in call.answer.parts if isinstance(p, Text))
+        return JSONResponse({
+            "id": new_id("resp"), "object": "response.compaction",
+            "created_at": responses.created_at, "output": [wire.compaction_item(summary)],
+            "usage": wire.usage_out(call.answer.usage),
+        })  # fmt: skip
+
     async def create(request: Request) -> Response:
         req = await request.json(_decode)
         if req.background and not req.store:
@@ -60,21 +97,9 @@ def install(router: Router, app: App) -> None:
             raise BadRequest("Streaming a background response is not supported; poll "
                              "GET /v1/responses/{id} instead.", param="stream",
                              code="unsupported_value")  # fmt: skip
-        if req.model not in app.models:
-            raise ModelNotFound(req.model)
         owner = _owner(request)
-        history: list[dict[str, Any]] = []
-        if req.previous_response_id is not None:
-            found = await store().history(req.previous_response_id, owner)
-            if found is None:
-                raise NotFound(f"No response with id '{req.previous_response_id}'.",
-                               param="previous_response_id")  # fmt: skip
-            history = found
         items = wire.input_items(req)
-        conv = wire.decode_request(req, history, items)
-        if not conv.turns:
-            raise BadRequest("The input has no message to answer.", param="input",
-                             code="invalid_value")  # fmt: skip
+        conv = await conversation(request, req, items)
         responses = wire.ResponsesWire(req)
         call = Call(conv, _decode_any.decode(await request.body()), request.id, wire=responses)
         await admit(app, request, call, req.max_output_tokens)
@@ -212,6 +237,7 @@ def install(router: Router, app: App) -> None:
         return JSONResponse(cancelled)
 
     router.serve(api.RESPONSES, create)
+    router.serve(api.RESPONSES_COMPACT, compact)
     router.serve(api.RESPONSE, get)
     router.serve(api.RESPONSE_INPUT_ITEMS, input_items)
     router.serve(api.RESPONSE_DELETE, delete)

@@ -137,6 +137,12 @@ RESPONSES = _e(
     tag="responses", access="model", body=rs.ResponsesRequest, answer=dict[str, Any],
     events=dict[str, Any],
 )  # fmt: skip
+RESPONSES_COMPACT = _e(
+    "POST", "/v1/responses/compact", "compactResponse",
+    "Fold a conversation into one compaction item, a summary the model wrote, to continue "
+    "from with less context.",
+    tag="responses", access="model", body=rs.CompactRequest, answer=dict[str, Any],
+)  # fmt: skip
 RESPONSE = _e(
     "GET", "/v1/responses/{id}", "getResponse", "A stored response of this key.",
     tag="responses", access="key", answer=dict[str, Any],
@@ -312,7 +318,7 @@ DOCS = _e(
 
 ENDPOINTS: tuple[Endpoint, ...] = (
     CHAT_COMPLETIONS, EMBEDDINGS, MODELS, MODEL, MESSAGES, MESSAGES_COUNT_TOKENS,
-    RESPONSES, RESPONSE, RESPONSE_INPUT_ITEMS, RESPONSE_DELETE, RESPONSE_CANCEL,
+    RESPONSES, RESPONSES_COMPACT, RESPONSE, RESPONSE_INPUT_ITEMS, RESPONSE_DELETE, RESPONSE_CANCEL,
     API_CHAT, API_GENERATE, API_EMBED, CHAT, CHAT_STREAM,
     AGENT_CHAT, AGENTS, RUN_START, RUN, RUN_STREAM, RUN_CANCEL, SESSIONS, SESSION, SESSION_DELETE,
     KB_CREATE, KBS, KB, KB_DELETE, KB_ADD, KB_DOCUMENTS, KB_DOCUMENT, KB_DOCUMENT_DELETE,

@@ -10,6 +10,7 @@ item references) are named in `Conversation.dropped`.
 
 from __future__ import annotations
 
+import base64
 import secrets
 import time
 from typing import Annotated, Any, Literal
@@ -42,10 +43,13 @@ from noroshi.wire.conversation import (
 )
 
 __all__ = [
+    "COMPACT_PROMPT",
+    "CompactRequest",
     "InputItemsQuery",
     "ResponsesRequest",
     "ResponsesWire",
     "StreamEncoder",
+    "compaction_item",
     "decode_request",
     "input_items",
     "new_id",
@@ -84,6 +88,47 @@ class ResponsesRequest(Struct, kw_only=True):
     prompt_cache_key: str | None = None
     truncation: Literal["auto", "disabled"] | None = None
     max_tool_calls: Annotated[int, Meta(ge=1)] | None = None
+
+
+class CompactRequest(Struct, kw_only=True):
+    """`POST /v1/responses/compact`: the conversation to fold into one compaction item."""
+
+    model: Annotated[str, Meta(min_length=1)]
+    input: str | list[dict[str, Any]] | None = None
+    previous_response_id: str | None = None
+    instructions: str | None = None
+    prompt_cache_key: str | None = None
+
+    def as_request(self) -> ResponsesRequest:
+        return ResponsesRequest(model=self.model, input=self.input or [], store=False,
+                                instructions=self.instructions,
+                                previous_response_id=self.previous_response_id)  # fmt: skip
+
+
+COMPACT_PROMPT = (
+    "Summarize the conversation so far for your own later use, in place of it: keep every "
+    "fact, decision, name, number and open task. Answer with the summary only."
+)
+_SEAL = "noroshi.compaction.v1:"
+
+
+def compaction_item(summary: str) -> dict[str, Any]:
+    """A compaction item: the summary, sealed so that only noroshi opens it again. It is not
+    secret, only opaque, as the specification asks of its content."""
+    sealed = _SEAL + base64.urlsafe_b64encode(summary.encode()).decode()
+    return {"type": "compaction", "id": new_id("cmp"), "encrypted_content": sealed}
+
+
+def _unseal(content: Any, path: str) -> str:
+    field = f"{path}.encrypted_content"
+    if not isinstance(content, str) or not content.startswith(_SEAL):
+        raise BadRequest(f"Not a compaction item made by this gateway at '{field}'",
+                         param=field, code="invalid_value")  # fmt: skip
+    try:
+        return base64.urlsafe_b64decode(content[len(_SEAL) :]).decode()
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest(f"A damaged compaction item at '{field}'", param=field,
+                         code="invalid_value") from None  # fmt: skip
 
 
 class InputItemsQuery(Struct, forbid_unknown_fields=True, kw_only=True):
@@ -155,7 +200,7 @@ def input_items(req: ResponsesRequest) -> list[dict[str, Any]]:
     for item in items:
         kind = item.get("type", "message")
         prefix = {"message": "msg", "function_call": "fc", "function_call_output": "fco",
-                  "reasoning": "rs"}.get(kind, "item")  # fmt: skip
+                  "reasoning": "rs", "compaction": "cmp"}.get(kind, "item")  # fmt: skip
         out.append({"id": new_id(prefix), **item, "type": kind})
     return out
 
@@ -218,6 +263,9 @@ def decode_request(
             content = _content(out.output, f"{path}.output", dropped)
             result = [p for p in content if isinstance(p, Text | Image)]
             add("user", [ToolResult(out.call_id, result)])
+        elif kind == "compaction":
+            summary = _unseal(item.get("encrypted_content"), path)
+            system.append(f"A summary of the conversation before this point:\n{summary}")
         elif kind == "reasoning":
             r = _check(item, _ReasoningItem, path)
             text = _texts(_content(r.content or r.summary, f"{path}.content", dropped))
