@@ -71,10 +71,26 @@ async def _local(serve: Serve, tmp_path: Path) -> AsyncIterator[Gateway]:
     yield Gateway(await serve(write_config(tmp_path, config)), None, thinking=False, kinds=False)
 
 
-PROVIDERS = {"openai": _openai, "anthropic": _anthropic, "local": _local}
+async def _core(serve: Serve, tmp_path: Path) -> AsyncIterator[Gateway]:
+    """An edge in front of a core in front of OpenAI: what a client sends the edge reaches
+    the core as chat completions, thinking and all."""
+    secret = f'[internal]\nsecret = "{"s" * 32}"\n'
+    async with FakeOpenAI() as fake:
+        core_dir, edge_dir = tmp_path / "core", tmp_path / "edge"
+        core_dir.mkdir()
+        edge_dir.mkdir()
+        text = _config("openai", fake.base_url, tail=secret)
+        core = await serve(write_config(core_dir, text, {"NOROSHI_SERVER__ROLE": "core"}))
+        edge = await serve(write_config(edge_dir, text, {
+            "NOROSHI_SERVER__ROLE": "edge", "NOROSHI_SERVER__CORES": f'["{core}"]',
+        }))  # fmt: skip
+        yield Gateway(edge, fake.script, fake.wait_disconnect)
 
 
-def _config(kind: str, base_url: str, extra: str = "") -> str:
+PROVIDERS = {"openai": _openai, "anthropic": _anthropic, "local": _local, "core": _core}
+
+
+def _config(kind: str, base_url: str, extra: str = "", tail: str = "") -> str:
     url = f'base_url = "{base_url}"\n' if base_url else ""
     return f"""
 [auth]
@@ -89,7 +105,7 @@ retries = 0
 [[models]]
 name = "m"
 deployments = [{{ provider = "up", model = "up-model" }}]
-"""
+{tail}"""
 
 
 @pytest.fixture

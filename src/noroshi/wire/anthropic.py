@@ -625,9 +625,12 @@ _ERROR_TYPES = {
 
 
 def error_status(exc: NoroshiError) -> int:
-    """Anthropic's status for an error: a failed upstream is an API error (500), as Anthropic
-    answers for its own failures; the rest keep theirs, which its SDKs map to their classes."""
-    return 500 if exc.status == 502 else exc.status
+    """Anthropic's status for an error: an overloaded upstream stays overloaded (529), another
+    failed upstream is an API error (500), as Anthropic answers for its own failures; the rest
+    keep theirs, which its SDKs map to their classes."""
+    if exc.status != 502:
+        return exc.status
+    return 529 if isinstance(exc, UpstreamError) and exc.upstream_status == 529 else 500
 
 
 def error_body(exc: NoroshiError) -> dict[str, Any]:
