@@ -322,3 +322,54 @@ async def test_a_compaction_item_from_elsewhere_is_refused(client: openai.AsyncO
                    {"role": "user", "content": "Hi"}],
         )  # fmt: skip
     assert bad.value.body["param"] == "input.0.encrypted_content"  # type: ignore[index]
+
+
+async def turn(ws: aiohttp.ClientWebSocketResponse, **body: Any) -> list[dict[str, Any]]:
+    """One `response.create` and its frames, up to the terminal one."""
+    await ws.send_json({"type": "response.create", "model": "gpt", **body})
+    frames: list[dict[str, Any]] = []
+    while True:
+        frame = json.loads(await ws.receive_str())
+        frames.append(frame)
+        # a refused turn is one `error` envelope (with a status); a failed one ends failed
+        if frame["type"] in ("response.completed", "response.failed") or "status" in frame:
+            return frames
+
+
+async def test_websocket_mode_continues_unstored_responses_on_its_connection(
+    base: str, gpt: FakeOpenAI
+) -> None:
+    gpt.script(Reply(text="OK."), Reply(text="cobalt"))
+    url = f"{base.replace('http', 'ws')}/v1/responses"
+    headers = {"authorization": f"Bearer {MASTER}"}
+    async with aiohttp.ClientSession() as s, s.ws_connect(url, headers=headers) as ws:
+        first = await turn(ws, store=False, input="The code word is cobalt.")
+        assert [f["sequence_number"] for f in first] == list(range(len(first)))
+        assert first[0]["type"] == "response.created" and first[-1]["type"] == "response.completed"
+        response_id = first[-1]["response"]["id"]
+        second = await turn(ws, store=False, previous_response_id=response_id, input="Code?")
+        assert second[-1]["response"]["output"][0]["content"][0]["text"] == "cobalt"
+        assert gpt.chats()[-1][:2] == [
+            {"role": "user", "content": "The code word is cobalt."},
+            {"role": "assistant", "content": "OK."},
+        ]
+        # a continuation that fails forgets the response it continued
+        bad = [{"type": "function_call_output", "call_id": "call_nope", "output": "x"}]
+        failed = await turn(ws, store=False, previous_response_id=response_id, input=bad)
+        assert failed[-1]["status"] == 400 and "call_nope" in failed[-1]["error"]["message"]
+        gone = await turn(ws, store=False, previous_response_id=response_id, input="Again?")
+        assert gone[-1]["error"]["code"] == "previous_response_not_found"
+    async with aiohttp.ClientSession() as s, s.ws_connect(url, headers=headers) as ws:
+        # an unstored response lives on its connection only
+        elsewhere = await turn(ws, store=False, previous_response_id=response_id, input="Hi")
+        assert elsewhere[-1]["error"]["code"] == "previous_response_not_found"
+        bad_message = await turn(ws, stream=True, input="Hi")
+        assert bad_message[-1]["error"]["param"] == "stream"
+    async with aiohttp.ClientSession(headers=headers) as s:  # every answered turn is billed
+        for _ in range(100):
+            async with s.get(f"{base}/admin/usage") as r:
+                rows = [u for u in (await r.json())["data"] if u["route"] == "/v1/responses"]
+            if len(rows) >= 2:
+                break
+            await asyncio.sleep(0.02)
+    assert sorted((u["status"], u["completion_tokens"]) for u in rows)[:2] == [(200, 1), (200, 1)]

@@ -20,8 +20,9 @@ import msgspec
 
 from noroshi.accounting import Meter
 from noroshi.api.openai import admit, chunk_stream
-from noroshi.errors import BadRequest, ModelNotFound, NoroshiError, NotFound
+from noroshi.errors import BadRequest, ModelNotFound, NoroshiError, NotFound, where
 from noroshi.http import JSONResponse, Request, Response, Router
+from noroshi.http.websocket import WebSocket
 from noroshi.providers.base import Call
 from noroshi.store.responses import RUNNING, ResponseStore
 from noroshi.wire import endpoints as api
@@ -36,6 +37,7 @@ __all__ = ["install"]
 
 log = logging.getLogger("noroshi.responses")
 _decode_any = msgspec.json.Decoder()
+_encode = msgspec.json.encode
 _decode: msgspec.json.Decoder[wire.ResponsesRequest] = api.RESPONSES.decoder
 _decode_compact: msgspec.json.Decoder[wire.CompactRequest] = api.RESPONSES_COMPACT.decoder
 CANCEL_POLL_S = 1.0  # how often a background response looks for a cancel made elsewhere
@@ -47,6 +49,41 @@ def _owner(request: Request) -> str:
     return (principal.key_id or "") if principal is not None else ""
 
 
+Cache = dict[str, list[dict[str, Any]]]  # a WebSocket's responses: id -> conversation items
+
+
+class _Reported(Exception):
+    """A turn's failure, already told on the socket as its stream's error events."""
+
+
+def _create_message(raw: str | bytes) -> wire.ResponsesRequest:
+    """A WebSocket `response.create` message as a request; anything else is a 400."""
+    try:
+        data = msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        raise BadRequest("A WebSocket message must be JSON.", code="invalid_json") from None
+    if not isinstance(data, dict) or data.get("type") != "response.create":
+        raise BadRequest("Send `response.create` messages.", param="type", code="invalid_value")
+    for field in ("stream", "stream_options", "background"):
+        if field in data:
+            raise BadRequest(f"`{field}` is not sent in WebSocket mode.", param=field,
+                             code="invalid_value")  # fmt: skip
+    del data["type"]
+    try:
+        return msgspec.convert(data, wire.ResponsesRequest)
+    except msgspec.ValidationError as exc:
+        message, param = where(exc)
+        raise BadRequest(message, param=param, code="invalid_value") from None
+
+
+async def _send_events(ws: WebSocket, chunk: bytes) -> None:
+    """SSE-framed events as one JSON text frame each."""
+    for block in chunk.split(b"\n\n"):
+        at = block.find(b"data: ")
+        if at >= 0:
+            await ws.send_text(block[at + 6 :].decode())
+
+
 def install(router: Router, app: App) -> None:
     limit = app.config.server.max_stream_bytes
     running: dict[str, asyncio.Task[None]] = {}  # background responses of this replica
@@ -54,19 +91,36 @@ def install(router: Router, app: App) -> None:
     def store() -> ResponseStore:
         return ResponseStore(app.db)
 
+    async def history(
+        request: Request, req: wire.ResponsesRequest, cache: Cache | None = None
+    ) -> list[dict[str, Any]]:
+        """The items of the conversation `previous_response_id` ends: from a WebSocket's own
+        `cache` of responses, else from the stored ones."""
+        previous = req.previous_response_id
+        if previous is None:
+            return []
+        found = cache.get(previous) if cache is not None else None
+        if found is None:
+            found = await store().history(previous, _owner(request))
+        if found is None:
+            raise NotFound(f"No response with id '{previous}'.", param="previous_response_id",
+                           code="previous_response_not_found")  # fmt: skip
+        return found
+
     async def conversation(request: Request, req: wire.ResponsesRequest,
-                           items: list[dict[str, Any]]) -> Conversation:  # fmt: skip
-        """The request's conversation: its previous responses' items, then its own."""
+                           items: list[dict[str, Any]], before: list[dict[str, Any]]
+                           ) -> Conversation:  # fmt: skip
+        """The request's conversation: the items `before` it (its previous responses'), then
+        its own; a tool output must answer a call made in them."""
         if req.model not in app.models:
             raise ModelNotFound(req.model)
-        history: list[dict[str, Any]] = []
-        if req.previous_response_id is not None:
-            found = await store().history(req.previous_response_id, _owner(request))
-            if found is None:
-                raise NotFound(f"No response with id '{req.previous_response_id}'.",
-                               param="previous_response_id")  # fmt: skip
-            history = found
-        conv = wire.decode_request(req, history, items)
+        calls, outputs = wire.function_call_ids([*before, *items])
+        for n, call_id in outputs:
+            if call_id not in calls:
+                raise BadRequest(f"No tool call found for the function call output with "
+                                 f"call_id '{call_id}'.", param=f"input.{n - len(before)}.call_id",
+                                 code="invalid_value")  # fmt: skip
+        conv = wire.decode_request(req, before, items)
         if not conv.turns:
             raise BadRequest("The input has no message to answer.", param="input",
                              code="invalid_value")  # fmt: skip
@@ -74,7 +128,7 @@ def install(router: Router, app: App) -> None:
 
     async def compact(request: Request) -> Response:
         req = (await request.json(_decode_compact)).as_request()
-        conv = await conversation(request, req, wire.input_items(req))
+        conv = await conversation(request, req, wire.input_items(req), await history(request, req))
         conv.turns.append(Turn("user", [Text(wire.COMPACT_PROMPT)]))
         responses = wire.ResponsesWire(req)
         call = Call(conv, {}, request.id, wire=responses)
@@ -99,7 +153,7 @@ def install(router: Router, app: App) -> None:
                              code="unsupported_value")  # fmt: skip
         owner = _owner(request)
         items = wire.input_items(req)
-        conv = await conversation(request, req, items)
+        conv = await conversation(request, req, items, await history(request, req))
         responses = wire.ResponsesWire(req)
         call = Call(conv, _decode_any.decode(await request.body()), request.id, wire=responses)
         await admit(app, request, call, req.max_output_tokens)
@@ -236,7 +290,68 @@ def install(router: Router, app: App) -> None:
             task.cancel()
         return JSONResponse(cancelled)
 
+    async def over_websocket(request: Request, ws: WebSocket) -> None:
+        """WebSocket mode: each `response.create` message is a response whose events come back
+        as JSON frames, one turn at a time. A `store: false` response can be continued on the
+        same connection (it is kept there, not in the database); a turn that fails forgets the
+        one it continued."""
+        await ws.accept()
+        cache: Cache = {}
+        while True:
+            raw = await ws.receive()
+            req: wire.ResponsesRequest | None = None
+            try:
+                req = _create_message(raw)
+                await ws_turn(request, ws, req, cache)
+            except NoroshiError as exc:
+                if req is not None and req.previous_response_id is not None:
+                    cache.pop(req.previous_response_id, None)
+                error = wire.error_payload(exc)["error"]
+                frame = {"type": "error", "status": exc.status, "error": error}
+                await ws.send_text(_encode(frame).decode())
+
+    async def ws_turn(
+        request: Request, ws: WebSocket, req: wire.ResponsesRequest, cache: Cache
+    ) -> None:
+        before = await history(request, req, cache)
+        items = wire.input_items(req)
+        conv = await conversation(request, req, items, before)
+        responses = wire.ResponsesWire(req)
+        call = Call(conv, {}, request.id, wire=responses)
+        meter = request.meter = Meter(request.principal, api.RESPONSES.path, request.id)
+        status, outcome = 499, "cut"
+        try:
+            await admit(app, request, call, req.max_output_tokens)
+            first, rest = await app.models.open_stream(call)
+            try:
+                chunk: bytes | None = first
+                while chunk is not None:
+                    if call.finished and req.store:  # before `response.completed` leaves
+                        await store().create(_owner(request), answer_of(responses), items)
+                    await _send_events(ws, chunk)
+                    chunk = None if call.finished else await anext(rest, None)
+                status, outcome = 200, "ok"
+            except NoroshiError as exc:
+                status, outcome = 200, "error"
+                await _send_events(ws, responses.error(exc))
+                raise _Reported from None
+            finally:
+                await rest.aclose()
+        except _Reported:
+            if req.previous_response_id is not None:
+                cache.pop(req.previous_response_id, None)
+            return
+        except NoroshiError as exc:
+            status, outcome = exc.status, "error"
+            raise
+        finally:
+            request.meter = None
+            app.accountant.finish(meter, status, outcome)
+        final = answer_of(responses)
+        cache[responses.id] = [*before, *items, *final["output"]]
+
     router.serve(api.RESPONSES, create)
+    router.add_websocket(api.RESPONSES.path, over_websocket, access="model")
     router.serve(api.RESPONSES_COMPACT, compact)
     router.serve(api.RESPONSE, get)
     router.serve(api.RESPONSE_INPUT_ITEMS, input_items)

@@ -51,6 +51,9 @@ __all__ = [
     "StreamEncoder",
     "compaction_item",
     "decode_request",
+    "error_of",
+    "error_payload",
+    "function_call_ids",
     "input_items",
     "new_id",
     "usage_out",
@@ -304,6 +307,17 @@ def decode_request(
     return conv
 
 
+def function_call_ids(items: list[dict[str, Any]]) -> tuple[set[str], list[tuple[int, str]]]:
+    """The calls made in `items`, and the outputs answering calls: (position, call id)."""
+    calls = {str(i.get("call_id")) for i in items if i.get("type") == "function_call"}
+    outputs = [
+        (n, i["call_id"])
+        for n, i in enumerate(items)
+        if i.get("type") == "function_call_output" and isinstance(i.get("call_id"), str)
+    ]
+    return calls, outputs
+
+
 # --- answers -------------------------------------------------------------------------------
 
 
@@ -424,6 +438,15 @@ def _tool_echo(tool: dict[str, Any]) -> dict[str, Any]:
 
 def error_of(exc: NoroshiError) -> dict[str, Any]:
     return {"code": exc.code or exc.type, "message": exc.message}
+
+
+def error_payload(exc: NoroshiError) -> dict[str, Any]:
+    """An `error` event's fields: OpenAI's (code, message and param at the top) and the Open
+    Responses specification's (the same under `error`), so readers of either find them."""
+    code = exc.code or exc.type
+    return {"code": code, "message": exc.message, "param": exc.param,
+            "error": {"type": exc.type, "code": code, "message": exc.message,
+                      "param": exc.param}}  # fmt: skip
 
 
 # --- streams -------------------------------------------------------------------------------
