@@ -43,6 +43,9 @@ from noroshi.wire.conversation import (
 )
 
 __all__ = [
+    "CountTokensAnswer",
+    "CountTokensRequest",
+    "ErrorEnvelope",
     "MessagesRequest",
     "MessagesWire",
     "StreamDecoder",
@@ -100,6 +103,18 @@ class CountTokensRequest(Struct, kw_only=True):
 
 class CountTokensAnswer(Struct):
     input_tokens: int
+
+
+class ErrorDetail(Struct):
+    type: str
+    message: str
+
+
+class ErrorEnvelope(Struct):
+    """Anthropic's error body, what every error on its routes answers."""
+
+    error: ErrorDetail
+    type: Literal["error"] = "error"
 
 
 # the blocks, each checked on its own so that an error names it
@@ -533,7 +548,7 @@ class StreamDecoder:
         return events
 
 
-def _sse(name: str, data: dict[str, Any]) -> bytes:
+def _sse(name: str, data: dict[str, Any] | ErrorEnvelope) -> bytes:
     return b"event: " + name.encode() + b"\ndata: " + _encode(data) + b"\n\n"
 
 
@@ -633,10 +648,10 @@ def error_status(exc: NoroshiError) -> int:
     return 529 if isinstance(exc, UpstreamError) and exc.upstream_status == 529 else 500
 
 
-def error_body(exc: NoroshiError) -> dict[str, Any]:
+def error_body(exc: NoroshiError) -> ErrorEnvelope:
     status = error_status(exc)
     kind = _ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
-    return {"type": "error", "error": {"type": kind, "message": exc.message}}
+    return ErrorEnvelope(ErrorDetail(kind, exc.message))
 
 
 class MessagesWire:

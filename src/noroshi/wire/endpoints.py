@@ -29,13 +29,15 @@ class Endpoint:
     """One operation. `answer` is the JSON body of a success (status `status`); `events` is the
     type of each SSE event's data when it streams (a tuple: one per format it can send);
     `query` a Struct of query parameters, decoded from their text; `headers` request headers
-    it reads; `media` the answer's content type when it is not JSON."""
+    it reads; `media` the answer's content type when it is not JSON; `error` the type of its
+    error body, when it is not OpenAI's envelope."""
 
     __slots__ = (
         "_decoder",
         "access",
         "answer",
         "body",
+        "error",
         "events",
         "headers",
         "media",
@@ -64,6 +66,7 @@ class Endpoint:
         headers: tuple[str, ...] = (),
         status: int = 200,
         media: str = "application/json",
+        error: Any = None,
     ) -> None:
         self.method = method
         self.path = path
@@ -78,6 +81,7 @@ class Endpoint:
         self.headers = headers
         self.status = status
         self.media = media
+        self.error = error
         self._decoder: msgspec.json.Decoder[Any] | None = None
 
     @property
@@ -121,12 +125,13 @@ MESSAGES = _e(
     "Anthropic's Messages API, in front of every provider; with `stream: true`, its events "
     "ending with `message_stop`. Errors in Anthropic's envelope; the key as `x-api-key`.",
     tag="anthropic", access="model", body=am.MessagesRequest, answer=dict[str, Any],
-    events=dict[str, Any],
+    events=dict[str, Any], error=am.ErrorEnvelope,
 )  # fmt: skip
 MESSAGES_COUNT_TOKENS = _e(
     "POST", "/v1/messages/count_tokens", "countMessageTokens",
     "The input tokens a Messages request would use (the upstream's count, or an estimate).",
     tag="anthropic", access="key", body=am.CountTokensRequest, answer=am.CountTokensAnswer,
+    error=am.ErrorEnvelope,
 )  # fmt: skip
 
 # OpenAI Responses / Open Responses
