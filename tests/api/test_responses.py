@@ -246,13 +246,32 @@ async def test_background_runs_and_can_be_cancelled(
 
 
 async def test_a_fault_mid_stream_fails_the_response_never_completes_it(
-    client: openai.AsyncOpenAI, gpt: FakeOpenAI
+    base: str, client: openai.AsyncOpenAI, gpt: FakeOpenAI
 ) -> None:
     gpt.script(Reply(text="a b c d", token_delay=0.02, reset_after=2))
-    async with client.responses.stream(model="gpt", input="Hi") as stream:
-        kinds = [event.type async for event in stream]
+    payload = {"model": "gpt", "input": "Hi", "stream": True}
+    async with (
+        aiohttp.ClientSession(headers={"authorization": f"Bearer {MASTER}"}) as s,
+        s.post(f"{base}/v1/responses", json=payload) as r,
+    ):
+        raw = (await r.read()).decode()
+    events = [json.loads(b.split("data: ", 1)[1]) for b in raw.strip().split("\n\n")]
+    kinds = [e["type"] for e in events]
     assert "response.completed" not in kinds
     assert kinds[-2:] == ["error", "response.failed"]
+    error = events[-2]
+    # OpenAI's fields, and the Open Responses specification's nested error
+    assert error["code"] == error["error"]["code"] and error["error"]["type"] == "upstream_error"
+    # stored as it failed, with the text answered until then
+    stored = await client.responses.retrieve(events[0]["response"]["id"])
+    assert stored.status == "failed" and stored.error is not None
+    assert stored.output[0].content[0].text == "a b "  # type: ignore[union-attr]
+    # the official SDK raises on the error event, as it does for OpenAI's own
+    gpt.script(Reply(text="a b c d", token_delay=0.02, reset_after=2))
+    with pytest.raises(openai.APIError, match="closed the connection"):
+        async with client.responses.stream(model="gpt", input="Hi") as stream:
+            async for _ in stream:
+                pass
 
 
 async def test_bad_input_names_the_field(client: openai.AsyncOpenAI) -> None:

@@ -184,12 +184,18 @@ def install(router: Router, app: App) -> None:
         items: list[dict[str, Any]],
     ) -> AsyncGenerator[bytes, None]:
         """The stream, with the response stored before its last event (`response.completed`)
-        goes out: a client that continues from it at once finds it."""
+        goes out: a client that continues from it at once finds it. A fault stores it
+        failed, with what was answered until then."""
         try:
             async for chunk in rest:
                 if call.finished:
                     await store().create(owner, answer_of(responses), items)
                 yield chunk
+        except NoroshiError as exc:
+            if responses.current is not None and not call.finished:
+                with contextlib.suppress(NoroshiError):
+                    await store().create(owner, responses.current.failed(exc), items)
+            raise
         finally:
             await rest.aclose()
 

@@ -554,13 +554,16 @@ class StreamEncoder:
         out.append(self._event(kind, response=response))
         return b"".join(out)
 
-    def fail(self, exc: NoroshiError) -> bytes:
-        """An `error` event, then `response.failed` with what was answered until then."""
+    def failed(self, exc: NoroshiError) -> dict[str, Any]:
+        """The response as a fault left it: failed, with what was answered until then."""
         answer = self.collector.answer
         output = [_item(p, self.ids.get(i) or _new_item_id(p), "incomplete")
                   for i, p in enumerate(answer.parts)]  # fmt: skip
-        error = error_of(exc)
-        response = self.wire.resource("failed", output, answer.usage, error)
-        return self._event(
-            "error", code=error["code"], message=exc.message, param=exc.param
-        ) + self._event("response.failed", response=response)
+        return self.wire.resource("failed", output, answer.usage, error_of(exc))
+
+    def fail(self, exc: NoroshiError) -> bytes:
+        """An `error` event, then `response.failed` with what was answered until then."""
+        response = self.failed(exc)
+        return self._event("error", **error_payload(exc)) + self._event(
+            "response.failed", response=response
+        )
