@@ -29,7 +29,6 @@ from noroshi.wire.conversation import (
     Conversation,
     Delta,
     Event,
-    StreamEncoder,
     Usage,
     UsageUpdate,
     Wire,
@@ -71,9 +70,9 @@ class Call(Routed):
     `request` is a chat completion request, or a conversation decoded from another format;
     `body` the client's JSON as decoded, so unknown fields reach an upstream of its format,
     as do `headers` (such as `anthropic-beta`) and `query`. `wire` writes the answer in the
-    client's format; `encoder` is the one writing the current attempt's stream."""
+    client's format."""
 
-    __slots__ = ("_conversation", "answer", "body", "chunks", "deadline", "encoder", "finished",
+    __slots__ = ("_conversation", "answer", "body", "chunks", "deadline", "finished",
                  "first_byte_at", "headers", "query", "request", "wire")  # fmt: skip
 
     def __init__(
@@ -98,7 +97,6 @@ class Call(Routed):
         self.wire: Wire = wire if wire is not None else chat.ChatWire(request.model, include)
         self.headers = headers or {}
         self.query = query
-        self.encoder: StreamEncoder | None = None
         self.answer: Answer | None = None  # the whole answer, when it was translated
         self._conversation: Conversation | None = None
 
@@ -165,7 +163,7 @@ class Provider(abc.ABC):
         return self._framed(call, model)
 
     async def _framed(self, call: Call, model: str) -> AsyncGenerator[bytes, None]:
-        encoder = call.encoder = call.wire.encoder()
+        encoder = call.wire.encoder()  # a fresh one per attempt: nothing of a failed one shows
         events = self.events(call, model)
         try:
             async for batch in events:
