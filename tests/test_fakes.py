@@ -85,6 +85,8 @@ async def test_openai_stream_ends_with_usage_and_done() -> None:
             "prompt_tokens": 7,
             "completion_tokens": 3,
             "total_tokens": 10,
+            "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+            "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0},
         }
 
         # without include_usage: no usage chunk, and the echo: convention sets the text
@@ -366,7 +368,12 @@ async def test_anthropic_non_stream_shape_and_errors() -> None:
         assert answer["type"] == "message" and answer["role"] == "assistant"
         assert answer["content"] == [{"type": "text", "text": "pong"}]
         assert answer["stop_reason"] == "end_turn" and answer["stop_sequence"] is None
-        assert answer["usage"] == {"input_tokens": 7, "output_tokens": 1}
+        assert answer["usage"] == {
+            "input_tokens": 7,
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 0,
+            "output_tokens": 1,
+        }
 
         fake.script(Reply(tool_calls=[CALL]))
         _, _, body = await post(f"{fake.base_url}/messages", payload, headers=ANTHROPIC_HEADERS)

@@ -154,3 +154,15 @@ def _relinked(schema: Any) -> Any:
     """msgspec's default `$defs` references, as components references."""
     text = msgspec.json.encode(schema).decode().replace("#/$defs/", "#/components/schemas/")
     return msgspec.json.decode(text)
+
+
+def test_an_api_with_its_own_error_envelope_documents_it() -> None:
+    spec = openapi(ENDPOINTS, "test")
+    messages = spec["paths"]["/v1/messages"]["post"]["responses"]["default"]
+    assert messages["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/ErrorEnvelope"
+    }
+    chat = spec["paths"]["/v1/chat/completions"]["post"]["responses"]["default"]
+    assert chat["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/ErrorBody"
+    }

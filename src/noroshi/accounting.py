@@ -17,12 +17,15 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
-from noroshi.config import Config, Price
+import msgspec
+
+from noroshi.config import Config
 from noroshi.errors import Forbidden, RateLimited, Unavailable
 from noroshi.limits import Decision, Limiter, Rule
 from noroshi.limits.base import Settlement
 from noroshi.metrics import Metrics
-from noroshi.providers.base import Call, Routed
+from noroshi.pricing import PriceBook
+from noroshi.providers.base import Call, Routed, Usage
 from noroshi.store.keys import ApiKey
 from noroshi.store.usage import UsageLog, UsageRecord
 from noroshi.types import Headers
@@ -83,7 +86,7 @@ def estimate_tokens(text_length: int) -> int:
 
 class Accountant:
     def __init__(self, config: Config, limiter: Limiter, usage: UsageLog, metrics: Metrics):
-        self.prices: dict[str, Price] = config.prices
+        self.prices = PriceBook(config.prices)
         self.limiter = limiter
         self.usage = usage
         self.metrics = metrics
@@ -191,14 +194,15 @@ class Accountant:
             return
         meter.finished = True
         routed = meter.routed
-        prompt, completion = _tokens(meter)
+        usage = _used(meter)
         ttft_s = None
         deployment = ""
         if routed is not None:
             deployment = routed.deployment
             if isinstance(routed, Call) and routed.first_byte_at is not None:
                 ttft_s = routed.first_byte_at - meter.started
-        cost = self._cost(meter.model, deployment, prompt, completion)
+        prompt, completion = usage.prompt_tokens, usage.completion_tokens
+        cost = self.prices.cost(usage, meter.model, deployment)
         key = meter.key
         if not meter.released and (settlement := self._settlement(meter)) is not None:
             self.limiter.release(settlement)
@@ -213,6 +217,9 @@ class Accountant:
                 route=meter.route,
                 prompt_tokens=prompt,
                 completion_tokens=completion,
+                cache_read_tokens=usage.cache_read_tokens,
+                cache_write_tokens=usage.cache_write_tokens,
+                reasoning_tokens=usage.reasoning_tokens,
                 cost=cost,
                 ttft_ms=ttft_s * 1000 if ttft_s is not None else None,
                 duration_ms=duration * 1000,
@@ -229,30 +236,30 @@ class Accountant:
         key = meter.key
         if not meter.rules and (key is None or not meter.periods):
             return None
-        prompt, completion = _tokens(meter)
+        usage = _used(meter)
         deployment = meter.routed.deployment if meter.routed is not None else ""
-        cost = self._cost(meter.model, deployment, prompt, completion)
+        cost = self.prices.cost(usage, meter.model, deployment)
+        tokens = usage.prompt_tokens + usage.completion_tokens
         subject, periods = (key.id, meter.periods) if key is not None else ("", ())
-        return Settlement(meter.rules, meter.lease, prompt + completion, subject, periods, cost)
+        return Settlement(meter.rules, meter.lease, tokens, subject, periods, cost)
 
-    def _cost(self, model: str, deployment: str, prompt: int, completion: int) -> float:
-        price = self.prices.get(model) or self.prices.get(deployment)
-        if price is None:
-            return 0.0
-        return (prompt * price.input + completion * price.output) / 1_000_000
+def _billed(routed: Routed, estimate: int) -> Usage:
+    """What the upstream said it used; for a stream cut before its end, at least one output
+    token per piece of content that was sent (its usage so far may count only the first); for
+    an upstream that never said, the prompt estimate and the pieces sent."""
+    chunks = routed.chunks if isinstance(routed, Call) else 0
+    usage = routed.usage
+    if usage is None:
+        if not routed.attempts:
+            return Usage()
+        return Usage(prompt_tokens=estimate, completion_tokens=chunks)
+    if isinstance(routed, Call) and not routed.finished and chunks > usage.completion_tokens:
+        usage = msgspec.structs.replace(usage, completion_tokens=chunks)
+    return usage
 
 
-def _tokens(meter: Meter) -> tuple[int, int]:
-    """Prompt and completion tokens used: as the upstream said, else counted from what was
-    sent when an upstream was reached."""
-    routed = meter.routed
-    if routed is None:
-        return 0, 0
-    if routed.usage is not None:
-        return routed.usage.prompt_tokens, routed.usage.completion_tokens
-    if routed.attempts:
-        return meter.estimate, routed.chunks if isinstance(routed, Call) else 0
-    return 0, 0
+def _used(meter: Meter) -> Usage:
+    return _billed(meter.routed, meter.estimate) if meter.routed is not None else Usage()
 
 
 def _rules(key: ApiKey, model: str) -> list[Rule]:

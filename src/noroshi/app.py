@@ -17,7 +17,19 @@ from noroshi.accounting import Accountant, Meter
 from noroshi.agent.build import build_agents
 from noroshi.agent.events import DatabaseEvents, EventStore, RedisEvents
 from noroshi.agent.runs import Agent, Runner
-from noroshi.api import admin, agent, channels, docs, health, knowledge, openai, playground, simple
+from noroshi.api import (
+    admin,
+    agent,
+    channels,
+    docs,
+    health,
+    knowledge,
+    messages,
+    openai,
+    playground,
+    responses,
+    simple,
+)
 from noroshi.auth import Authenticator, KeyChanges
 from noroshi.config import Config, ProviderConfig, data_dir, load_config
 from noroshi.edge.relay import Relay
@@ -89,8 +101,13 @@ class App:
 
             self.channels = ChannelGateway(self.config.channels)
         self.router = Router()
+        # path prefix -> how its errors are written, for APIs with an envelope of their own
+        self.error_formats: dict[str, Callable[[NoroshiError], Response]] = {}
+        self._closers: list[Callable[[], Awaitable[None]]] = []  # run at shutdown, in order
         health.install(self.router, self)
         openai.install(self.router, self)
+        messages.install(self.router, self)
+        responses.install(self.router, self)
         simple.install(self.router, self)
         if self.role != "core":  # a core answers its edge only: no admin surface
             admin.install(self.router, self)
@@ -117,7 +134,6 @@ class App:
         self.runner: Runner
         self.agents: dict[str, Agent] = {}
         self.triggers: Triggers | None = None
-        self._closers: list[Callable[[], Awaitable[None]]] = []
         self._health_task: asyncio.Task[None] | None = None
 
     def default_chat_model(self) -> str:
@@ -156,11 +172,12 @@ class App:
             try:
                 response = await self._handle(request)
             except NoroshiError as exc:
-                response = Response.error(exc)
+                response = self.error_response(request, exc)
             except Exception:
                 log.exception("unhandled error in %s %s [%s]",
                               request.method, request.path, request.id)  # fmt: skip
-                response = Response.error(NoroshiError("The gateway failed to handle the request."))
+                failed = NoroshiError("The gateway failed to handle the request.")
+                response = self.error_response(request, failed)
             status = response.status
             meter = request.meter
             if meter is not None:
@@ -185,6 +202,14 @@ class App:
                 self.accountant.finish(request.meter, status, outcome)
             else:
                 self.metrics.answered(request.route, "", status, time.monotonic() - began)
+
+    def error_response(self, request: Request, exc: NoroshiError) -> Response:
+        """The error in the envelope of the API the path belongs to (OpenAI's unless a surface
+        registered its own in `error_formats`)."""
+        for prefix, render in self.error_formats.items():
+            if request.path.startswith(prefix):
+                return render(exc)
+        return Response.error(exc)
 
     # --- lifecycle -------------------------------------------------------------------------
 

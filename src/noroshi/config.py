@@ -205,9 +205,18 @@ class CorsConfig(_Section):
             )
 
 
+PerMillion = Annotated[float, msgspec.Meta(ge=0)]
+
+
 class Price(_Section):
-    input: Annotated[float, msgspec.Meta(ge=0)] = 0.0  # per million prompt tokens
-    output: Annotated[float, msgspec.Meta(ge=0)] = 0.0  # per million completion tokens
+    """Per million tokens of each kind. A kind left out is priced as the kind it is part of:
+    cache reads and writes as input, reasoning as output."""
+
+    input: PerMillion = 0.0
+    output: PerMillion = 0.0
+    cached_input: PerMillion | None = None  # tokens read from the prompt cache
+    cache_write: PerMillion | None = None  # tokens written to the prompt cache
+    reasoning: PerMillion | None = None
 
 
 class HTTPToolConfig(_Section):
@@ -332,7 +341,8 @@ class Config(_Section):
     storage: StorageConfig = msgspec.field(default_factory=StorageConfig)
     redis: RedisConfig = msgspec.field(default_factory=RedisConfig)
     cors: CorsConfig = msgspec.field(default_factory=CorsConfig)
-    prices: dict[str, Price] = {}  # by model name, or by deployment "provider/model"
+    # by model name, or by deployment "provider/model"; over the table noroshi ships
+    prices: dict[str, Price] = {}
     agents: list[AgentConfig] = []  # a default agent, "default", exists unless one is named so
     runs: RunsConfig = msgspec.field(default_factory=RunsConfig)
     channels: list[ChannelConfig] = []

@@ -37,7 +37,7 @@ def openapi(endpoints: Iterable[Endpoint], version: str) -> dict[str, Any]:
     endpoints = list(endpoints)
     kinds: list[Any] = [ErrorBody, StreamError]
     for e in endpoints:
-        kinds += [t for t in (e.body, e.answer, e.query) if t is not None]
+        kinds += [t for t in (e.body, e.answer, e.query, e.error) if t is not None]
         kinds += _formats(e)
     schemas, components = msgspec.json.schema_components(kinds, ref_template=_REF)
     of = dict(zip(map(id, kinds), schemas, strict=True))
@@ -95,12 +95,12 @@ def _responses(e: Endpoint, of: dict[int, dict[str, Any]]) -> dict[str, Any]:
     if e.events is not None:
         ok = responses.setdefault("200", {"description": "Success.", "content": {}})
         ok["description"] += " " + _STREAM_NOTE
-        errors = [of[id(ErrorBody)], of[id(StreamError)]]
+        errors = [of[id(e.error or ErrorBody)], of[id(StreamError)]]
         formats = [of[id(t)] for t in _formats(e)]
         ok["content"]["text/event-stream"] = {"schema": _event(formats, errors)}
     responses["default"] = {
-        "description": "An error, in OpenAI's envelope.",
-        "content": {"application/json": {"schema": of[id(ErrorBody)]}},
+        "description": "An error, in OpenAI's envelope." if e.error is None else "An error.",
+        "content": {"application/json": {"schema": of[id(e.error or ErrorBody)]}},
     }
     return responses
 

@@ -56,6 +56,14 @@ class Reply:
     prompt_tokens: int = 7
     completion_tokens: int | None = None
     mid_stream_error: str | None = None
+    # prompt caching: tokens read from and written to the cache, besides `prompt_tokens`
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    # thinking before the answer: Anthropic's thinking block (with `signature`), or the
+    # `reasoning_content` deltas OpenAI-compatible servers (vLLM, DeepSeek) send
+    reasoning: str | None = None
+    signature: str = "sig-fake-0123456789"
+    reasoning_tokens: int = 0
 
 
 class _Headers(dict[str, str]):
@@ -543,10 +551,16 @@ class FakeOpenAI(_FakeServer):
         completion = reply.completion_tokens
         if completion is None:
             completion = 5 if calls else len(pieces)
+        prompt = reply.prompt_tokens + reply.cache_read_tokens
         usage = {
-            "prompt_tokens": reply.prompt_tokens,
-            "completion_tokens": completion,
-            "total_tokens": reply.prompt_tokens + completion,
+            "prompt_tokens": prompt,
+            "completion_tokens": completion + reply.reasoning_tokens,
+            "total_tokens": prompt + completion + reply.reasoning_tokens,
+            "prompt_tokens_details": {"cached_tokens": reply.cache_read_tokens, "audio_tokens": 0},
+            "completion_tokens_details": {
+                "reasoning_tokens": reply.reasoning_tokens,
+                "audio_tokens": 0,
+            },
         }
         finish = reply.finish_reason or ("tool_calls" if calls else "stop")
         answer_id = f"chatcmpl-fake{uuid.uuid4().hex[:24]}"
@@ -555,6 +569,8 @@ class FakeOpenAI(_FakeServer):
 
         if not body.get("stream"):
             message: JSON = {"role": "assistant", "content": text, "refusal": None}
+            if reply.reasoning is not None:
+                message["reasoning_content"] = reply.reasoning
             if calls:
                 message["content"] = None
                 message["tool_calls"] = [
@@ -606,6 +622,12 @@ class FakeOpenAI(_FakeServer):
         role: JSON = {"role": "assistant", "content": "", "refusal": None}
         head: list[bytes] = []
         frames: list[tuple[bytes, bool]] = []
+        if reply.reasoning is not None:
+            head.append(chunk({**role, "content": None}))
+            role = {}
+            frames.extend(
+                (chunk({"reasoning_content": p}), True) for p in split_text(reply.reasoning)
+            )
         if calls:
             for i, c in enumerate(calls):
                 start = {
@@ -615,7 +637,7 @@ class FakeOpenAI(_FakeServer):
                     "function": {"name": c.name, "arguments": ""},
                 }
                 delta: JSON = {"tool_calls": [start]}
-                if i == 0:
+                if i == 0 and role:
                     head.append(chunk({**role, "content": None, **delta}))
                 else:
                     frames.append((chunk(delta), False))
@@ -623,7 +645,8 @@ class FakeOpenAI(_FakeServer):
                     args = {"index": i, "function": {"arguments": piece}}
                     frames.append((chunk({"tool_calls": [args]}), True))
         else:
-            head.append(chunk(role))
+            if role:
+                head.append(chunk(role))
             frames.extend((chunk({"content": p}), True) for p in pieces)
         tail = [chunk({}, finish)]
         if include_usage:
@@ -698,7 +721,20 @@ class FakeAnthropic(_FakeServer):
         self.require_max_tokens = True
 
     def _routes(self) -> list[web.RouteDef]:
-        return [web.post("/v1/messages", self._tracked(self._messages))]
+        return [
+            web.post("/v1/messages", self._tracked(self._messages)),
+            web.post("/v1/messages/count_tokens", self._tracked(self._count_tokens)),
+        ]
+
+    async def _count_tokens(self, request: web.Request) -> web.StreamResponse:
+        """A deterministic count: one token per four bytes of the system, messages and tools."""
+        _, body = await self._receive(request)
+        if self.api_key is not None and request.headers.get("x-api-key") != self.api_key:
+            return anthropic_error(401, "invalid x-api-key")
+        if body is None or "messages" not in body:
+            return anthropic_error(400, "messages: Field required")
+        counted = _dumps([body.get("system"), body["messages"], body.get("tools")])
+        return web.json_response({"input_tokens": len(counted) // 4 + 1}, dumps=_dumps)
 
     def _denied(self, request: web.Request, body: JSON | None) -> web.Response | None:
         """The header and body checks the real API makes before doing anything."""
@@ -736,8 +772,19 @@ class FakeAnthropic(_FakeServer):
         message_id = f"msg_fake{uuid.uuid4().hex[:24]}"
         headers = {"request-id": f"req_fake{uuid.uuid4().hex[:16]}"}
 
+        usage: JSON = {
+            "input_tokens": reply.prompt_tokens,
+            "cache_creation_input_tokens": reply.cache_write_tokens,
+            "cache_read_input_tokens": reply.cache_read_tokens,
+            "output_tokens": output_tokens,
+        }
+
         if not body.get("stream"):
             content: list[JSON] = []
+            if reply.reasoning is not None:
+                content.append(
+                    {"type": "thinking", "thinking": reply.reasoning, "signature": reply.signature}
+                )
             for c in calls:
                 try:
                     arguments = json.loads(c.arguments)
@@ -754,7 +801,7 @@ class FakeAnthropic(_FakeServer):
                 "content": content,
                 "stop_reason": stop,
                 "stop_sequence": None,
-                "usage": {"input_tokens": reply.prompt_tokens, "output_tokens": output_tokens},
+                "usage": usage,
             }
             return web.json_response(answer, headers=headers, dumps=_dumps)
 
@@ -768,7 +815,7 @@ class FakeAnthropic(_FakeServer):
                 "content": [],
                 "stop_reason": None,
                 "stop_sequence": None,
-                "usage": {"input_tokens": reply.prompt_tokens, "output_tokens": 1},
+                "usage": {**usage, "output_tokens": 1},
             },
         }
         ping = _event("ping", {"type": "ping"})
@@ -787,8 +834,19 @@ class FakeAnthropic(_FakeServer):
         head = [_event("message_start", start)]
         frames: list[tuple[bytes, bool]] = []
         tail: list[bytes] = []
+        first = 0  # the index of the first block after the thinking, if any
+        if reply.reasoning is not None:
+            first = 1
+            head += [block_start(0, {"type": "thinking", "thinking": "", "signature": ""}), ping]
+            frames += [
+                (block_delta(0, {"type": "thinking_delta", "thinking": p}), True)
+                for p in split_text(reply.reasoning)
+            ]
+            frames.append((block_delta(0, {"type": "signature_delta",
+                                           "signature": reply.signature}), False))  # fmt: skip
+            frames.append((block_stop(0), False))
         if calls:
-            for i, c in enumerate(calls):
+            for i, c in enumerate(calls, start=first):
                 block = {"type": "tool_use", "id": c.id, "name": c.name, "input": {}}
                 if i == 0:
                     head += [block_start(i, block), ping]
@@ -799,9 +857,14 @@ class FakeAnthropic(_FakeServer):
                     frames.append((block_delta(i, delta), True))
                 frames.append((block_stop(i), False))
         else:
-            head += [block_start(0, {"type": "text", "text": ""}), ping]
-            frames += [(block_delta(0, {"type": "text_delta", "text": p}), True) for p in pieces]
-            tail.append(block_stop(0))
+            if first:
+                frames.append((block_start(first, {"type": "text", "text": ""}), False))
+            else:
+                head += [block_start(0, {"type": "text", "text": ""}), ping]
+            frames += [
+                (block_delta(first, {"type": "text_delta", "text": p}), True) for p in pieces
+            ]
+            tail.append(block_stop(first))
         message_delta = {
             "type": "message_delta",
             "delta": {"stop_reason": stop, "stop_sequence": None},

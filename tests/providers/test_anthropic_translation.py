@@ -1,15 +1,26 @@
-"""OpenAI requests to Anthropic Messages requests, and Messages answers back."""
+"""OpenAI requests to Anthropic Messages requests, and Messages answers back: through the
+gateway's conversation, one decoder and one encoder per format."""
 
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import msgspec
 
-from noroshi.providers.anthropic import from_anthropic, to_anthropic
-from noroshi.wire.openai import chat_request_decoder
+from noroshi.wire import anthropic, chat
+from noroshi.wire.openai import ChatCompletion, ChatRequest, chat_request_decoder
 
 decode = chat_request_decoder().decode
+
+
+def to_anthropic(req: ChatRequest, model: str, stream: bool) -> dict[str, Any]:
+    return anthropic.encode_request(chat.decode_request(req), model, stream)
+
+
+def from_anthropic(body: dict[str, Any]) -> tuple[ChatCompletion, Any]:
+    answer = anthropic.decode_answer(body)
+    return msgspec.json.decode(chat.encode_answer(answer, "m"), type=ChatCompletion), answer.usage
 
 
 def request(**fields: object) -> bytes:

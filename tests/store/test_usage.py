@@ -105,7 +105,7 @@ async def test_records_round_trip(usage: UsageLog, db: Database) -> None:
     rows = await usage.query()
     assert rows == list(reversed(records))  # newest first
     assert [type(v) for v in msgspec.structs.astuple(rows[1])] == [
-        str, str, str, str, str, int, int, float, float, float, int, str, float,
+        str, str, str, str, str, int, int, int, int, int, float, float, float, int, str, float,
     ]  # fmt: skip
     assert await db.fetch("SELECT day FROM usage") == [("2025-03-01",)] * 2
 
@@ -263,6 +263,9 @@ async def test_query_grouped(usage: UsageLog) -> None:
             "prompt_tokens": prompt,
             "completion_tokens": completion,
             "total_tokens": prompt + completion,
+            "cache_read_tokens": 0,
+            "cache_write_tokens": 0,
+            "reasoning_tokens": 0,
             "cost": pytest.approx(cost),
             "errors": errors,
         }
@@ -308,3 +311,16 @@ async def test_spent(usage: UsageLog) -> None:
     tokens, cost = await usage.spent("key_a", 150.0)
     assert tokens == 11 and cost == pytest.approx(0.2)
     assert await usage.spent("key_a", 250.0) == (0, 0.0)
+
+
+async def test_token_kinds_are_kept_and_summed(usage: UsageLog) -> None:
+    usage.record(rec(1, cache_read_tokens=6, cache_write_tokens=2, reasoning_tokens=3))
+    usage.record(rec(2, cache_read_tokens=1, reasoning_tokens=1))
+    await usage.flush()
+    rows = await usage.query()
+    assert [(r.cache_read_tokens, r.cache_write_tokens, r.reasoning_tokens) for r in rows] == [
+        (1, 0, 1),
+        (6, 2, 3),
+    ]
+    (total,) = await usage.query(group_by="model")
+    assert (total.cache_read_tokens, total.cache_write_tokens, total.reasoning_tokens) == (7, 2, 4)

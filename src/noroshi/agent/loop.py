@@ -166,7 +166,9 @@ def _used(call: Call) -> Usage:
     """What a call that never reported its usage is taken to have used."""
     if not call.attempts:
         return Usage()
-    prompt = sum(len(str(m.content or "")) for m in call.request.messages) // 4 + 1
+    request = call.request  # the loop's calls are chat requests
+    messages = request.messages if isinstance(request, oa.ChatRequest) else []
+    prompt = sum(len(str(m.content or "")) for m in messages) // 4 + 1
     return Usage(prompt_tokens=prompt, completion_tokens=call.chunks)
 
 

@@ -31,18 +31,18 @@ if TYPE_CHECKING:
 _decode_chat: msgspec.json.Decoder[ChatRequest] = api.CHAT_COMPLETIONS.decoder
 _decode_any = msgspec.json.Decoder()
 _decode_embedding: msgspec.json.Decoder[EmbeddingRequest] = api.EMBEDDINGS.decoder
-_DONE = b"data: [DONE]\n\n"
 
 
 def chunk_stream(
     call: Call, first: bytes, rest: AsyncGenerator[bytes, None], max_bytes: int
 ) -> Response:
-    """OpenAI's chunk stream: the provider's events, then `[DONE]`, which only a complete
-    stream earns; it goes in the same write as the last events when the provider says which
-    those are."""
-    return StreamResponse(
-        rest, head=first, tail=_DONE, max_bytes=max_bytes, ended=lambda: call.finished
-    )
+    """The answer's stream in the client's format (`call.wire`): the provider's events, then
+    the format's terminator (`[DONE]`, `message_stop`), which only a complete stream earns; it
+    goes in the same write as the last events when the provider says which those are. An error
+    after the first byte is the format's own error event."""
+    wire = call.wire
+    return StreamResponse(rest, head=first, tail=wire.terminator, on_error=wire.error,
+                          max_bytes=max_bytes, ended=lambda: call.finished)  # fmt: skip
 
 
 async def new_call(

@@ -24,6 +24,7 @@ CALLER: ContextVar[dict[str, Any] | None] = ContextVar("noroshi_caller", default
 
 class CoreProvider(OpenAIProvider):
     signer: Signer | None = None  # set by the app from `internal.secret`
+    keeps_thinking = True  # a core's chat completions carry thinking both ways
 
     def __init__(self, name: str, config: ProviderConfig) -> None:
         super().__init__(name, config)

@@ -13,22 +13,30 @@ import logging
 import os
 import queue
 import threading
-import time
 import uuid
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
-import msgspec
-
 from noroshi.config import ProviderConfig
 from noroshi.errors import BadRequest, NoroshiError, Unavailable
 from noroshi.providers.base import Call, Provider, Usage
-from noroshi.wire import openai as oa
+from noroshi.wire.chat import STOP_REASONS
+from noroshi.wire.conversation import (
+    BlockStart,
+    BlockStop,
+    Conversation,
+    Delta,
+    Event,
+    Finish,
+    Start,
+    Text,
+    ToolResult,
+    UsageUpdate,
+)
 
 __all__ = ["LocalEngine", "LocalProvider", "default_model_path", "format_prompt"]
 
 log = logging.getLogger("noroshi.local")
-_encode = msgspec.json.encode
 Messages = list[dict[str, str]]
 
 
@@ -56,26 +64,18 @@ def default_model_path() -> str:
     return str(target)
 
 
-def _text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(getattr(p, "text", "") for p in content)
-    return "" if content is None else str(content)
-
-
-_ROLES: dict[type, str] = {
-    oa.SystemMessage: "system",
-    oa.DeveloperMessage: "system",
-    oa.UserMessage: "user",
-    oa.AssistantMessage: "assistant",
-    oa.ToolMessage: "user",
-}
-
-
-def to_messages(request: oa.ChatRequest) -> Messages:
-    """Role and plain text of each message; tool calls are out of a small local model's reach."""
-    return [{"role": _ROLES[type(m)], "content": _text(m.content)} for m in request.messages]
+def to_messages(conv: Conversation) -> Messages:
+    """Role and plain text of each turn; tool calls are out of a small local model's reach, so
+    a tool's result is read as text."""
+    messages = [{"role": "system", "content": conv.system}] if conv.system else []
+    for turn in conv.turns:
+        text = "".join(
+            p.text if isinstance(p, Text) else "".join(getattr(c, "text", "") for c in p.content)
+            for p in turn.parts
+            if isinstance(p, Text | ToolResult)
+        )
+        messages.append({"role": turn.role, "content": text})
+    return messages
 
 
 def format_prompt(messages: Messages, family: str) -> tuple[str, list[str]]:
@@ -251,12 +251,12 @@ class LocalProvider(Provider):
         super().__init__(name, config)
         self.engine = LocalEngine(config)
 
-    async def _events(self, call: Call) -> AsyncGenerator[tuple[Any, ...], None]:
+    async def _job(self, call: Call) -> AsyncGenerator[tuple[Any, ...], None]:
         """The job's events as they come: ("text", str) ... then ("done", finish, p, c)."""
         loop = asyncio.get_running_loop()
         # bounded by max_tokens: the worker emits at most one event per token, plus one
         events: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
-        request = call.request
+        conv = call.conversation
 
         def emit(event: tuple[Any, ...]) -> None:
             try:
@@ -264,16 +264,13 @@ class LocalProvider(Provider):
             except RuntimeError:  # the loop is closed: nobody is listening any more
                 job.cancel.set()
 
-        params: dict[str, Any] = {"max_tokens": request.output_limit or self.config.max_tokens}
-        if request.temperature is not None:
-            params["temperature"] = request.temperature
-        if request.top_p is not None:
-            params["top_p"] = request.top_p
-        if request.seed is not None:
-            params["seed"] = request.seed
-        if request.stop is not None:
-            params["stop"] = [request.stop] if isinstance(request.stop, str) else request.stop
-        job = _Job(to_messages(request), params, emit)
+        params: dict[str, Any] = {"max_tokens": conv.max_output_tokens or self.config.max_tokens}
+        for field in ("temperature", "top_p", "seed"):
+            if (value := getattr(conv, field)) is not None:
+                params[field] = value
+        if conv.stop:
+            params["stop"] = conv.stop
+        job = _Job(to_messages(conv), params, emit)
         self.engine.submit(job)
         try:
             while True:
@@ -286,60 +283,22 @@ class LocalProvider(Provider):
         finally:
             job.cancel.set()  # the worker stops before its next token
 
-    def _chunk(self, cid: str, created: int, model: str, delta: oa.Delta,
-               finish: str | None = None) -> bytes:  # fmt: skip
-        return oa.frame_chunk(oa.ChatCompletionChunk(
-            id=cid, created=created, model=model,
-            choices=[oa.ChunkChoice(index=0, delta=delta, finish_reason=finish)],
-        ))  # fmt: skip
-
-    async def stream(self, call: Call, model: str) -> AsyncGenerator[bytes, None]:
-        cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-        events = self._events(call)
+    async def events(self, call: Call, model: str) -> AsyncGenerator[list[Event], None]:
+        job = self._job(call)
+        # nothing before the first token: a full queue is still a 503 until then
+        head: list[Event] = [Start(f"local-{uuid.uuid4().hex}", model), BlockStart(0, Text(""))]
         try:
-            first = True
-            async for event in events:
+            async for event in job:
                 if event[0] == "text":
-                    delta = (
-                        oa.Delta(role="assistant", content=event[1])
-                        if first
-                        else oa.Delta(content=event[1])
-                    )
-                    first = False
-                    call.chunks += 1
-                    yield self._chunk(cid, created, model, delta)
+                    yield [*head, Delta(0, "text", event[1])]
+                    head = []
                     continue
                 _, finish, prompt, completion = event
-                call.usage = Usage(prompt, completion)
-                yield self._chunk(cid, created, model, oa.Delta(role="assistant") if first
-                                  else oa.Delta(), finish)  # fmt: skip
-                if call.include_usage:
-                    yield oa.frame_chunk(oa.ChatCompletionChunk(
-                        id=cid, created=created, model=model, choices=[],
-                        usage=oa.Usage(prompt, completion, prompt + completion),
-                    ))  # fmt: skip
+                call.finished = True
+                yield [*head, BlockStop(0), Finish(STOP_REASONS.get(finish, "end_turn")),
+                       UsageUpdate(Usage(prompt, completion))]  # fmt: skip
         finally:
-            await events.aclose()
-
-    async def complete(self, call: Call, model: str) -> bytes:
-        text: list[str] = []
-        finish, prompt, completion = "stop", 0, 0
-        events = self._events(call)
-        try:
-            async for event in events:
-                if event[0] == "text":
-                    text.append(event[1])
-                else:
-                    _, finish, prompt, completion = event
-        finally:
-            await events.aclose()
-        call.usage = Usage(prompt, completion)
-        return _encode(oa.ChatCompletion(
-            id=f"chatcmpl-{uuid.uuid4().hex}", created=int(time.time()), model=model,
-            choices=[oa.Choice(index=0, message=oa.ChoiceMessage(content="".join(text)),
-                               finish_reason=finish)],
-            usage=oa.Usage(prompt, completion, prompt + completion),
-        ))  # fmt: skip
+            await job.aclose()
 
     def warm(self) -> None:
         self.engine.start()

@@ -1,10 +1,11 @@
 """Any OpenAI-compatible server: OpenAI, vLLM, Ollama, llama.cpp server, Groq and the like.
 
-Chunks are relayed as the upstream encoded them, each read's complete events in one write.
-When the read is made of plain `data: {...}` events, which is what OpenAI-compatible servers
-send, its events are checked in one decode of the read turned into a JSON array (malformed
-JSON, an error, the usage) and the bytes go on untouched; anything else (comments, other
-fields, CR line ends) is decoded event by event.
+For a chat completions client, chunks are relayed as the upstream encoded them, each read's
+complete events in one write. When the read is made of plain `data: {...}` events, which is
+what OpenAI-compatible servers send, it is checked in one decode of the read turned into a
+JSON array (malformed JSON, an error, the usage) and the bytes go on untouched; anything else
+(comments, other fields, CR line ends) is decoded event by event. Any other client's request
+is translated by `noroshi.wire.chat`, which also reads the chunks back into events.
 """
 
 from __future__ import annotations
@@ -16,12 +17,10 @@ from typing import Any
 import msgspec
 
 from noroshi.errors import UpstreamError, UpstreamProtocolError, UpstreamTimeout
-from noroshi.providers.base import (
-    Call,
-    Embedded,
-    HTTPProvider,
-    Usage,
-)
+from noroshi.providers.base import Call, Embedded, HTTPProvider
+from noroshi.wire import chat
+from noroshi.wire.conversation import Answer, Event
+from noroshi.wire.openai import Usage
 from noroshi.wire.sse import SSEDecoder
 
 __all__ = ["OpenAIProvider"]
@@ -64,6 +63,8 @@ def _error_message(body: Any) -> str | None:
 
 
 class OpenAIProvider(HTTPProvider):
+    native = "chat"
+    keeps_thinking = False  # whether the upstream takes thinking back (another noroshi does)
     error_message = staticmethod(_error_message)
 
     def headers(self) -> dict[str, str]:
@@ -82,7 +83,7 @@ class OpenAIProvider(HTTPProvider):
             body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         return _encode(body)
 
-    async def complete(self, call: Call, model: str) -> bytes:
+    async def relay_complete(self, call: Call, model: str) -> bytes:
         body = await self.fetch("POST", "/chat/completions", self._body(call, model, False))
         try:
             peek = _peek.decode(body)
@@ -92,10 +93,10 @@ class OpenAIProvider(HTTPProvider):
             raise UpstreamError(f"Upstream error: {_error_message(msgspec.json.decode(body))}")
         if not peek.choices:
             raise UpstreamProtocolError("The upstream answer has no choices.")
-        call.usage = peek.usage
+        call.usage = peek.usage.tokens() if peek.usage is not None else None
         return body
 
-    async def stream(self, call: Call, model: str) -> AsyncGenerator[bytes, None]:
+    async def relay(self, call: Call, model: str) -> AsyncGenerator[bytes, None]:
         resp = await self.request("POST", "/chat/completions", self._body(call, model, True))
         relay = _Relay(call)
         try:
@@ -120,6 +121,43 @@ class OpenAIProvider(HTTPProvider):
             raise UpstreamProtocolError("The upstream ended the stream without its terminator.")
         finally:
             resp.finish(relay.finished)
+
+    def _translated(self, call: Call, model: str, stream: bool) -> bytes:
+        body = chat.encode_request(call.conversation, model, stream,
+                                   keep_thinking=self.keeps_thinking)  # fmt: skip
+        return _encode(call.translated(body, self.name))
+
+    async def answer(self, call: Call, model: str) -> Answer:
+        raw = await self.fetch("POST", "/chat/completions", self._translated(call, model, False))
+        try:
+            body = msgspec.json.decode(raw)
+        except msgspec.DecodeError:
+            raise UpstreamProtocolError("The upstream answer is not valid JSON.") from None
+        if not isinstance(body, dict):
+            raise UpstreamProtocolError("The upstream answer is not a chat completion.")
+        if body.get("error") is not None:
+            raise UpstreamError(f"Upstream error: {_error_message(body)}")
+        return chat.decode_answer(body)
+
+    async def events(self, call: Call, model: str) -> AsyncGenerator[list[Event], None]:
+        body = self._translated(call, model, True)
+        resp = await self.request("POST", "/chat/completions", body)
+        decoder = chat.StreamDecoder()
+        try:
+            async for events in self.sse(resp, call):
+                batch: list[Event] = []
+                for _, data in events:
+                    if data == _DONE:
+                        call.finished = True
+                        break
+                    batch += decoder.feed(data)
+                if batch or call.finished:
+                    yield batch
+                if call.finished:
+                    return
+            raise UpstreamProtocolError("The upstream ended the stream without its terminator.")
+        finally:
+            resp.finish(call.finished)
 
     async def embed(self, texts: list[str], model: str, dimensions: int | None) -> Embedded:
         body: dict[str, Any] = {"model": model, "input": texts, "encoding_format": "float"}
@@ -196,7 +234,7 @@ class _Relay:
         call.chunks += count
         _check(last)
         if last.usage is not None:
-            call.usage = last.usage
+            call.usage = last.usage.tokens()
             if not last.choices and not self.want_usage:
                 # the usage noroshi asked for and the client did not: not sent on
                 call.chunks -= 1
@@ -215,7 +253,7 @@ class _Relay:
                 raise UpstreamProtocolError("The upstream sent a malformed chunk.") from None
             _check(peek)
             if peek.usage is not None:
-                self.call.usage = peek.usage
+                self.call.usage = peek.usage.tokens()
                 if not peek.choices and not self.want_usage:
                     continue
             kept.append(data)

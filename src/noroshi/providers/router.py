@@ -108,6 +108,11 @@ class ProviderRouter:
         routed.usage = Usage(prompt_tokens=embedded.prompt_tokens)
         return embedded
 
+    async def count_tokens(self, call: Call) -> int:
+        return await self._with_retries(
+            call, lambda dep: _within_total(dep, dep.provider.count_tokens(call, dep.model))
+        )
+
     async def open_stream(self, call: Call) -> Opened:
         """The first chunk and the rest of the stream; everything before it may be retried."""
 

@@ -189,6 +189,22 @@ MIGRATIONS: list[str] = [
         fired_at DOUBLE PRECISION NOT NULL,
         PRIMARY KEY (trigger, key)
     )""",
+    # usage by token kind, each priced apart: cache reads and writes, reasoning
+    "ALTER TABLE usage ADD COLUMN cache_read_tokens BIGINT NOT NULL DEFAULT 0",
+    "ALTER TABLE usage ADD COLUMN cache_write_tokens BIGINT NOT NULL DEFAULT 0",
+    "ALTER TABLE usage ADD COLUMN reasoning_tokens BIGINT NOT NULL DEFAULT 0",
+    # Responses API: each stored response, its own input, and the one it continues
+    """CREATE TABLE responses (
+        id TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        previous_id TEXT,
+        background INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        input TEXT NOT NULL,
+        response TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL
+    )""",
 ]
 
 _MIGRATIONS_TABLE = """CREATE TABLE IF NOT EXISTS noroshi_migrations (

@@ -39,6 +39,8 @@ _INSERT = (
 GROUPS = {"key": "key_id", "model": "model", "day": "day"}
 _TOTALS = (
     "COUNT(*), CAST(SUM(prompt_tokens) AS BIGINT), CAST(SUM(completion_tokens) AS BIGINT), "
+    "CAST(SUM(cache_read_tokens) AS BIGINT), CAST(SUM(cache_write_tokens) AS BIGINT), "
+    "CAST(SUM(reasoning_tokens) AS BIGINT), "
     "SUM(cost), SUM(CASE WHEN outcome = 'error' THEN 1 ELSE 0 END)"
 )
 
@@ -49,7 +51,8 @@ def _row(r: UsageRecord) -> tuple[Any, ...]:
     day = _day(int(r.created_at // 86_400))
     ttft = None if r.ttft_ms is None else float(r.ttft_ms)
     return (r.request_id, r.key_id, r.model, r.deployment, r.route, int(r.prompt_tokens),
-            int(r.completion_tokens), float(r.cost), ttft, float(r.duration_ms), int(r.status),
+            int(r.completion_tokens), int(r.cache_read_tokens), int(r.cache_write_tokens),
+            int(r.reasoning_tokens), float(r.cost), ttft, float(r.duration_ms), int(r.status),
             r.outcome, float(r.created_at), day)  # fmt: skip
 
 
@@ -219,10 +222,13 @@ class UsageLog:
                 prompt_tokens=int(prompt),
                 completion_tokens=int(completion),
                 total_tokens=int(prompt) + int(completion),
+                cache_read_tokens=int(read),
+                cache_write_tokens=int(written),
+                reasoning_tokens=int(reasoning),
                 cost=float(cost),
                 errors=int(errors),
             )
-            for group, requests, prompt, completion, cost, errors in rows
+            for group, requests, prompt, completion, read, written, reasoning, cost, errors in rows
         ]
 
     async def spent(self, key_id: str, since: float) -> tuple[int, float]:

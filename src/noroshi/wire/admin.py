@@ -116,9 +116,12 @@ class UsageRecord(Struct, kw_only=True, tag_field="object", tag="usage.record"):
     model: str
     deployment: str  # "provider/model", "" if no upstream was reached
     route: str  # "/v1/chat/completions"
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost: float = 0.0
+    prompt_tokens: int = 0  # every input token, cache reads and writes included
+    completion_tokens: int = 0  # every output token, reasoning included
+    cache_read_tokens: int = 0  # of prompt_tokens: read from the prompt cache
+    cache_write_tokens: int = 0  # of prompt_tokens: written to the prompt cache
+    reasoning_tokens: int = 0  # of completion_tokens
+    cost: float = 0.0  # each kind at its own price
     ttft_ms: float | None = None
     duration_ms: float = 0.0
     status: int = 200
@@ -136,6 +139,9 @@ class UsageTotals(Struct, kw_only=True, tag_field="object", tag="usage.totals"):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
     cost: float
     errors: int
 

@@ -12,8 +12,10 @@ from typing import Any, Literal
 import msgspec
 
 from noroshi.wire import admin, agent, simple
+from noroshi.wire import anthropic as am
 from noroshi.wire import knowledge as kb
 from noroshi.wire import openai as oa
+from noroshi.wire import responses as rs
 from noroshi.wire.ai_sdk import UIChunk
 from noroshi.wire.service import Health
 
@@ -27,13 +29,15 @@ class Endpoint:
     """One operation. `answer` is the JSON body of a success (status `status`); `events` is the
     type of each SSE event's data when it streams (a tuple: one per format it can send);
     `query` a Struct of query parameters, decoded from their text; `headers` request headers
-    it reads; `media` the answer's content type when it is not JSON."""
+    it reads; `media` the answer's content type when it is not JSON; `error` the type of its
+    error body, when it is not OpenAI's envelope."""
 
     __slots__ = (
         "_decoder",
         "access",
         "answer",
         "body",
+        "error",
         "events",
         "headers",
         "media",
@@ -62,6 +66,7 @@ class Endpoint:
         headers: tuple[str, ...] = (),
         status: int = 200,
         media: str = "application/json",
+        error: Any = None,
     ) -> None:
         self.method = method
         self.path = path
@@ -76,6 +81,7 @@ class Endpoint:
         self.headers = headers
         self.status = status
         self.media = media
+        self.error = error
         self._decoder: msgspec.json.Decoder[Any] | None = None
 
     @property
@@ -111,6 +117,54 @@ MODELS = _e(
 MODEL = _e(
     "GET", "/v1/models/{model}", "getModel", "One model.",
     tag="openai", access="key", answer=oa.Model,
+)  # fmt: skip
+
+# Anthropic Messages
+MESSAGES = _e(
+    "POST", "/v1/messages", "createMessage",
+    "Anthropic's Messages API, in front of every provider; with `stream: true`, its events "
+    "ending with `message_stop`. Errors in Anthropic's envelope; the key as `x-api-key`.",
+    tag="anthropic", access="model", body=am.MessagesRequest, answer=dict[str, Any],
+    events=dict[str, Any], error=am.ErrorEnvelope,
+)  # fmt: skip
+MESSAGES_COUNT_TOKENS = _e(
+    "POST", "/v1/messages/count_tokens", "countMessageTokens",
+    "The input tokens a Messages request would use (the upstream's count, or an estimate).",
+    tag="anthropic", access="key", body=am.CountTokensRequest, answer=am.CountTokensAnswer,
+    error=am.ErrorEnvelope,
+)  # fmt: skip
+
+# OpenAI Responses / Open Responses
+RESPONSES = _e(
+    "POST", "/v1/responses", "createResponse",
+    "A response (OpenAI's Responses API, Open Responses), in front of every provider; with "
+    "`stream: true`, its events, each with a `sequence_number`.",
+    tag="responses", access="model", body=rs.ResponsesRequest, answer=dict[str, Any],
+    events=dict[str, Any],
+)  # fmt: skip
+RESPONSES_COMPACT = _e(
+    "POST", "/v1/responses/compact", "compactResponse",
+    "Fold a conversation into one compaction item, a summary the model wrote, to continue "
+    "from with less context.",
+    tag="responses", access="model", body=rs.CompactRequest, answer=dict[str, Any],
+)  # fmt: skip
+RESPONSE = _e(
+    "GET", "/v1/responses/{id}", "getResponse", "A stored response of this key.",
+    tag="responses", access="key", answer=dict[str, Any],
+)  # fmt: skip
+RESPONSE_INPUT_ITEMS = _e(
+    "GET", "/v1/responses/{id}/input_items", "listResponseInputItems",
+    "The input items of a stored response.",
+    tag="responses", access="key", query=rs.InputItemsQuery, answer=dict[str, Any],
+)  # fmt: skip
+RESPONSE_DELETE = _e(
+    "DELETE", "/v1/responses/{id}", "deleteResponse", "Delete a stored response.",
+    tag="responses", access="key", answer=dict[str, Any],
+)  # fmt: skip
+RESPONSE_CANCEL = _e(
+    "POST", "/v1/responses/{id}/cancel", "cancelResponse",
+    "Cancel a background response, on whichever replica runs it.",
+    tag="responses", access="key", answer=dict[str, Any],
 )  # fmt: skip
 
 # simple
@@ -279,7 +333,8 @@ DOCS = _e(
 )  # fmt: skip
 
 ENDPOINTS: tuple[Endpoint, ...] = (
-    CHAT_COMPLETIONS, EMBEDDINGS, MODELS, MODEL,
+    CHAT_COMPLETIONS, EMBEDDINGS, MODELS, MODEL, MESSAGES, MESSAGES_COUNT_TOKENS,
+    RESPONSES, RESPONSES_COMPACT, RESPONSE, RESPONSE_INPUT_ITEMS, RESPONSE_DELETE, RESPONSE_CANCEL,
     API_CHAT, API_GENERATE, API_EMBED, CHAT, CHAT_STREAM,
     AGENT_CHAT, AGENTS, RUN_START, RUN, RUN_STREAM, RUN_CANCEL, RUN_APPROVE, HOOK, SESSIONS,
     SESSION, SESSION_DELETE,

@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta, Struct
 
+from noroshi.wire.conversation import Usage as Tokens
+
 __all__ = [
     "AssistantMessage",
     "ChatCompletion",
@@ -97,6 +99,9 @@ class AssistantMessage(Struct, tag_field="role", tag="assistant", omit_defaults=
     tool_calls: list[ToolCall] | None = None
     name: str | None = None
     refusal: str | None = None
+    # thinking, as LiteLLM carries it: the text, and the blocks with their signatures
+    reasoning_content: str | None = None
+    thinking_blocks: list[dict[str, Any]] | None = None
 
 
 class ToolMessage(Struct, tag_field="role", tag="tool", omit_defaults=True):
@@ -145,6 +150,8 @@ class ChatRequest(Struct, omit_defaults=True):
     top_logprobs: int | None = None
     logit_bias: dict[str, float] | None = None
     metadata: dict[str, str] | None = None
+    reasoning_effort: Literal["minimal", "low", "medium", "high"] | None = None
+    thinking: dict[str, Any] | None = None  # Anthropic's, as LiteLLM takes it
 
     @property
     def include_usage(self) -> bool:
@@ -162,10 +169,43 @@ def chat_request_decoder() -> msgspec.json.Decoder[ChatRequest]:
 # --- answers -------------------------------------------------------------------------------
 
 
+class PromptTokensDetails(Struct, omit_defaults=True):
+    cached_tokens: int | None = None
+    cache_creation_tokens: int | None = None  # as LiteLLM reports Anthropic's cache writes
+
+
+class CompletionTokensDetails(Struct, omit_defaults=True):
+    reasoning_tokens: int | None = None
+
+
 class Usage(Struct):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
+    prompt_tokens_details: PromptTokensDetails | None = None
+    completion_tokens_details: CompletionTokensDetails | None = None
+
+    @classmethod
+    def of(cls, usage: Tokens) -> Usage:
+        """The gateway's usage in OpenAI's fields; the kinds go in the details."""
+        prompt = completion = None
+        if usage.cache_read_tokens or usage.cache_write_tokens:
+            prompt = PromptTokensDetails(usage.cache_read_tokens, usage.cache_write_tokens or None)
+        if usage.reasoning_tokens:
+            completion = CompletionTokensDetails(usage.reasoning_tokens)
+        return cls(usage.prompt_tokens, usage.completion_tokens, usage.total_tokens,
+                   prompt, completion)  # fmt: skip
+
+    def tokens(self) -> Tokens:
+        """OpenAI's usage as the gateway's, by kind."""
+        p, c = self.prompt_tokens_details, self.completion_tokens_details
+        return Tokens(
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            cache_read_tokens=(p.cached_tokens or 0) if p else 0,
+            cache_write_tokens=(p.cache_creation_tokens or 0) if p else 0,
+            reasoning_tokens=(c.reasoning_tokens or 0) if c else 0,
+        )
 
 
 class ChoiceMessage(Struct):
@@ -212,6 +252,8 @@ class Delta(Struct, omit_defaults=True):
     role: str | None = None
     content: str | None = None
     tool_calls: list[DeltaToolCall] | None = None
+    reasoning_content: str | None = None
+    thinking_blocks: list[dict[str, Any]] | None = None
 
 
 class ChunkChoice(Struct):
