@@ -243,6 +243,7 @@ class Accountant:
         subject, periods = (key.id, meter.periods) if key is not None else ("", ())
         return Settlement(meter.rules, meter.lease, tokens, subject, periods, cost)
 
+
 def _billed(routed: Routed, estimate: int) -> Usage:
     """What the upstream said it used; for a stream cut before its end, at least one output
     token per piece of content that was sent (its usage so far may count only the first); for

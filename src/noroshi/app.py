@@ -1,7 +1,10 @@
-"""The application: builds providers, routes and middleware once, then serves requests.
+"""The application: builds providers and routes once, then serves requests.
 
-noroshi's own HTTP/1.1 server (`noroshi.serve`) calls `dispatch`; the same object is an ASGI
-app (uvicorn and others) whose adapter ends in `dispatch` too, so behaviour is identical.
+A request's way, each arrow a module boundary: transport (`noroshi.http.server`, or the ASGI
+adapter; both call `dispatch`) -> router -> guards (`noroshi.guards`: CORS, access, admission)
+-> handler (`noroshi.api`) -> provider router -> provider (upstream events) -> the client's
+wire format (`noroshi.wire`: framing, terminator) -> finalizer (`Accountant.finish`: usage,
+budgets, metrics). WebSockets take the same way through `websocket`.
 """
 
 from __future__ import annotations
@@ -9,11 +12,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from noroshi.accounting import Accountant, Meter
+from noroshi.accounting import Accountant
 from noroshi.agent.build import build_agents
 from noroshi.agent.events import DatabaseEvents, EventStore, RedisEvents
 from noroshi.agent.runs import Agent, Runner
@@ -35,17 +38,18 @@ from noroshi.config import Config, ProviderConfig, data_dir, load_config
 from noroshi.edge.relay import Relay
 from noroshi.edge.signing import MemoryNonces, RedisNonces, Signer, Verifier
 from noroshi.errors import BadRequest, NoDeployment, NoroshiError, Unavailable
+from noroshi.guards import Guards
 from noroshi.http import Request, Response, Router, StreamResponse
-from noroshi.http.asgi import Receive, Scope, Send, serve_asgi
-from noroshi.http.cors import cors
-from noroshi.http.middleware import compose
+from noroshi.http.asgi import ASGIAdapter, Receive, Scope, Send
+from noroshi.http.cors import Cors
 from noroshi.http.request import request_id
 from noroshi.http.response import Sink
+from noroshi.http.websocket import WebSocket, WebSocketDisconnect, with_query_key
 from noroshi.limits import Limiter, LocalLimiter, SharedLimiter
 from noroshi.metrics import Metrics
 from noroshi.providers.anthropic import AnthropicProvider
 from noroshi.providers.base import Provider
-from noroshi.providers.core import CALLER, CoreProvider
+from noroshi.providers.core import CoreProvider
 from noroshi.providers.local import LocalProvider
 from noroshi.providers.local_embeddings import LocalEmbeddingsProvider
 from noroshi.providers.openai_compat import OpenAIProvider
@@ -55,7 +59,6 @@ from noroshi.store.database import Database, open_database
 from noroshi.store.keys import KeyStore
 from noroshi.store.sessions import SessionStore
 from noroshi.store.usage import UsageLog
-from noroshi.types import Middleware
 
 if TYPE_CHECKING:
     from noroshi.agent.triggers import Triggers
@@ -80,7 +83,7 @@ def build_provider(name: str, config: ProviderConfig) -> Provider:
 
 
 class App:
-    def __init__(self, config: Config | None = None, middleware: Sequence[Middleware] = ()) -> None:
+    def __init__(self, config: Config | None = None) -> None:
         self.config = config if config is not None else load_config()
         self.started = time.monotonic()
         self.streams: dict[StreamResponse, asyncio.Task[Any] | None] = {}
@@ -114,11 +117,10 @@ class App:
         agent.install(self.router, self)
         knowledge.install(self.router, self)
         channels.install(self.router, self)
-        docs.install(self.router, self)
-        playground.install(self.router, self)
-        if self.config.cors.allow_origins:
-            middleware = [cors(self.config.cors), *middleware]
-        self._handle = compose(middleware, self._route)
+        docs.install(self.router)
+        playground.install(self.router)
+        self.cors = Cors(self.config.cors) if self.config.cors.allow_origins else None
+        self._asgi: ASGIAdapter | None = None
         self.draining = False
         self._drain_ends: float | None = None  # the loop's time; None: not draining
         self.server = ""  # which server runs us, set by the transport adapter
@@ -130,11 +132,16 @@ class App:
         self.limiter: Limiter
         self.auth: Authenticator
         self.accountant: Accountant
+        self.guards: Guards
         self.sessions: SessionStore
         self.runner: Runner
         self.agents: dict[str, Agent] = {}
         self.triggers: Triggers | None = None
         self._health_task: asyncio.Task[None] | None = None
+
+    def on_close(self, close: Callable[[], Awaitable[None]]) -> None:
+        """Run `close` at shutdown, after the ones added before it."""
+        self._closers.append(close)
 
     def default_chat_model(self) -> str:
         name = self.config.defaults.chat_model or next(iter(self.models.routes), "")
@@ -149,28 +156,18 @@ class App:
                              "defaults.embedding_model.", param="model")  # fmt: skip
         return name
 
-    async def _route(self, request: Request) -> Response:
-        """Router, then the auth guard, then the handler; model routes get a meter."""
-        route, request.params = self.router.match(request.method, request.path)
-        request.route = route.path
-        principal = request.principal = await self.auth.check(request, route.access)
-        if route.access == "model" and self.role != "core":  # the edge bills, not the core
-            request.meter = Meter(principal, route.path, request.id)
-        if principal is not None and self.role == "edge":
-            CALLER.set(principal.context())
-        return await route.handler(request)
-
     async def dispatch(self, request: Request, sink: Sink) -> None:
-        """The outermost layer: request id, every error rendered in the one envelope, and the
-        bill for every model request however it ended."""
+        """Router, guards, handler; every error rendered in its API's envelope; the answer sent,
+        and the bill for every model request however it ended."""
         if self._started is None or not self._started.done():
             await self.startup()
         request.id = request_id(request.headers.get("x-request-id"))
+        guards = self.guards
         status, outcome = 499, "cut"  # unless the answer is sent, the client left
         began = time.monotonic()
         try:
             try:
-                response = await self._handle(request)
+                response = guards.preflight(request) or await self._handle(request)
             except NoroshiError as exc:
                 response = self.error_response(request, exc)
             except Exception:
@@ -179,10 +176,8 @@ class App:
                 failed = NoroshiError("The gateway failed to handle the request.")
                 response = self.error_response(request, failed)
             status = response.status
+            guards.leave(request, response)
             meter = request.meter
-            if meter is not None:
-                response.headers.extend(self.accountant.headers(meter))
-            response.headers.append(("x-request-id", request.id))
             if not isinstance(response, StreamResponse):
                 if meter is not None:  # complete: what it held is free before it is sent
                     await self.accountant.release(meter)
@@ -202,6 +197,36 @@ class App:
                 self.accountant.finish(request.meter, status, outcome)
             else:
                 self.metrics.answered(request.route, "", status, time.monotonic() - began)
+
+    async def _handle(self, request: Request) -> Response:
+        route, request.params = self.router.match(request.method, request.path)
+        request.route = route.path
+        await self.guards.enter(request, route)
+        return await route.handler(request)
+
+    async def websocket(self, request: Request, ws: WebSocket) -> None:
+        """The WebSocket twin of `dispatch`: router, guards, handler, and every error ending the
+        socket the one way the protocol allows at that point."""
+        request.id = request_id(request.headers.get("x-request-id"))
+        request.headers = with_query_key(request.headers, request.query)
+        try:
+            await self.startup()
+            if self.draining:
+                raise Unavailable("The server is shutting down.", code="shutting_down")
+            route, request.params = self.router.match_websocket(request.path)
+            request.route = route.path
+            request.principal = await self.auth.check(request, route.access)
+            await route.handler(request, ws)
+        except WebSocketDisconnect:
+            return
+        except NoroshiError as exc:
+            await ws.refuse(exc)
+            return
+        except Exception:
+            log.exception("unhandled error in WebSocket %s [%s]", request.path, request.id)
+            await ws.refuse(NoroshiError("The gateway failed to handle the WebSocket."))
+            return
+        await ws.close()  # the handler returned: a no-op if it closed, a refusal if not accepted
 
     def error_response(self, request: Request, exc: NoroshiError) -> Response:
         """The error in the envelope of the API the path belongs to (OpenAI's unless a surface
@@ -248,6 +273,8 @@ class App:
             self.auth.changes = KeyChanges(redis.url, redis.prefix, self.auth.forget)
             self.auth.changes.start()
         self.accountant = Accountant(config, self.limiter, self.usage, self.metrics)
+        self.guards = Guards(self.auth, self.accountant, self.cors,
+                             bills=self.role != "core", vouches=self.role == "edge")  # fmt: skip
         self.sessions = SessionStore(self.db)
         self.run_events: EventStore = (
             RedisEvents(redis.url, redis.prefix) if redis.url else DatabaseEvents(self.db)
@@ -351,4 +378,9 @@ class App:
     # --- transports ------------------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await serve_asgi(self, scope, receive, send)
+        """An ASGI application, for uvicorn and other ASGI servers."""
+        if self._asgi is None:
+            self._asgi = ASGIAdapter(self.dispatch, self.websocket, self.startup, self.shutdown,
+                                     self.config.server.max_body_bytes)  # fmt: skip
+            self.server = self._asgi.name
+        await self._asgi(scope, receive, send)

@@ -30,7 +30,6 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 
 try:
     import uvloop
@@ -40,7 +39,6 @@ except ImportError:  # not on Windows
 from noroshi.app import App
 from noroshi.config import Config, ServerConfig
 from noroshi.http.server import Limits, Server
-from noroshi.http.websocket import serve_websocket
 from noroshi.process import tune_collector
 
 __all__ = ["ListenError", "failure", "listen", "make_server", "run", "say"]
@@ -111,7 +109,7 @@ def make_server(app: App) -> Server:
     """The HTTP server for `app`: its dispatch, its WebSockets, its start-up and drain."""
     server = Server(
         app.dispatch,
-        websocket=partial(serve_websocket, app),
+        websocket=app.websocket,
         limits=limits(app.config.server),
         startup=app.startup,
         drain=app.begin_drain,

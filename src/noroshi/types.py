@@ -12,6 +12,4 @@ if TYPE_CHECKING:
 Headers = list[tuple[str, str]]
 JSON = dict[str, Any]
 Handler = Callable[["Request"], Awaitable["Response"]]
-Next = Callable[[], Awaitable["Response"]]
-Middleware = Callable[["Request", Next], Awaitable["Response"]]
 ByteStream = AsyncIterator[bytes]

@@ -14,7 +14,7 @@ import pytest
 
 from noroshi.app import App
 from noroshi.errors import BadRequest, NoroshiError, NotFound
-from noroshi.http.asgi import Message, serve_asgi
+from noroshi.http.asgi import Message
 from noroshi.http.request import Request
 from noroshi.http.router import Router
 from noroshi.http.websocket import (
@@ -340,7 +340,7 @@ async def test_asgi_refusal_without_the_response_extension(tmp_path: Path) -> No
 
     scope = {"type": "websocket", "path": "/" + "x" * 200, "query_string": b"", "headers": []}
     try:
-        await serve_asgi(app, scope, receive, send)
+        await app(scope, receive, send)
     finally:
         await app.shutdown()
     [message] = sent

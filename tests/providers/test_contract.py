@@ -18,7 +18,7 @@ import pytest
 
 from noroshi.app import App
 from noroshi.config import Config
-from tests.conftest import Serve, _serve_rsgi, write_config
+from tests.conftest import Serve, _serve_noroshi, write_config
 from tests.fakes.upstream import FakeAnthropic, FakeOpenAI, Reply
 
 MASTER = "sk-contract"
@@ -115,7 +115,7 @@ async def serve() -> AsyncIterator[Serve]:
 
     async def start(config: Config) -> str:
         app = App(config)
-        url, stop = await _serve_rsgi(app)
+        url, stop = await _serve_noroshi(app)
         running.append((app, stop))
         return url
 

@@ -4,13 +4,16 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import msgspec
 from msgspec import UNSET, UnsetType
 
+from noroshi.auth import Authenticator
 from noroshi.errors import BadRequest, NotFound
 from noroshi.http import JSONResponse, Request, Response, Router
+from noroshi.store.keys import KeyStore
+from noroshi.store.usage import UsageLog
 from noroshi.wire import endpoints as api
 from noroshi.wire.admin import (
     ApiKey,
@@ -22,9 +25,6 @@ from noroshi.wire.admin import (
     UsageList,
     UsageQuery,
 )
-
-if TYPE_CHECKING:
-    from noroshi.app import App
 
 __all__ = ["install", "parse_time"]
 
@@ -53,7 +53,15 @@ def _given(value: str | UnsetType) -> str | None:
     return None if isinstance(value, UnsetType) else value
 
 
-def install(router: Router, app: App) -> None:
+class Services(Protocol):
+    """What these routes use of the application."""
+
+    auth: Authenticator
+    keys: KeyStore
+    usage: UsageLog
+
+
+def install(router: Router, app: Services) -> None:
     async def create_key(request: Request) -> Response:
         spec = await request.json(_decode_create)
         key, secret = await app.keys.create(spec)

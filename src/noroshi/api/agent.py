@@ -10,19 +10,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import msgspec
 
-from noroshi.accounting import Meter
-from noroshi.agent.runs import ActiveRun, Agent, Billing, Event, OnEnd
-from noroshi.api.openai import admit
+from noroshi.accounting import Accountant, Meter
+from noroshi.agent.events import EventStore
+from noroshi.agent.runs import ActiveRun, Agent, Billing, Event, OnEnd, Runner
+from noroshi.config import Config
+from noroshi.edge.relay import Relay
 from noroshi.errors import Conflict, NoroshiError, NotFound
+from noroshi.guards import Guards
 from noroshi.http import JSONResponse, Request, Response, Router, StreamResponse
 from noroshi.http.response import SSE_HEADERS
 from noroshi.http.websocket import WebSocket, WebSocketDisconnect
 from noroshi.providers.base import Routed
-from noroshi.store.sessions import Run
+from noroshi.store.keys import KeyStore
+from noroshi.store.sessions import Run, SessionStore
 from noroshi.types import Handler, Headers
 from noroshi.wire import endpoints as api
 from noroshi.wire.agent import (
@@ -44,7 +48,7 @@ from noroshi.wire.ai_sdk import HEADER as AI_SDK_HEADER
 from noroshi.wire.ai_sdk import UIMessageStream
 
 if TYPE_CHECKING:
-    from noroshi.app import App
+    from noroshi.agent.triggers import Triggers  # loaded only when triggers are set
 
 __all__ = ["encode_native", "install", "resumed_billing"]
 
@@ -57,7 +61,7 @@ _decode_ws = msgspec.json.Decoder(WSMessage)
 RESUMED_ROUTE = "/api/v1/runs"  # where the part of a run taken up again is billed
 
 
-def resumed_billing(app: App) -> Billing:
+def resumed_billing(app: Services) -> Billing:
     """The meter a run taken up again (answered, or taken over from a process that died)
     bills its own part on: its key's, already admitted, so it is never refused half-way."""
 
@@ -91,7 +95,22 @@ def _key_id(request: Request) -> str | None:
     return principal.key_id if principal is not None else None
 
 
-def install(router: Router, app: App) -> None:
+class Services(Protocol):
+    """What these routes use of the application."""
+
+    accountant: Accountant
+    agents: dict[str, Agent]
+    config: Config
+    guards: Guards
+    keys: KeyStore
+    relay: Relay | None
+    run_events: EventStore
+    runner: Runner
+    sessions: SessionStore
+    triggers: Triggers | None
+
+
+def install(router: Router, app: Services) -> None:
     limit = app.config.server.max_stream_bytes
 
     def agent_named(name: str | None) -> Agent:
@@ -116,7 +135,7 @@ def install(router: Router, app: App) -> None:
             if session is None:  # another key's: as absent for this one as if it never was
                 raise NotFound(f"No session '{session_id}'.", param="session_id")
         routed = Routed(agent.model, request.id)
-        await admit(app, request, routed, None)
+        await app.guards.admit(request, routed, None)
         routed.attempts = 1
         on_end = None
         meter = request.meter

@@ -3,17 +3,23 @@ plugin verifies the platform's signature or secret before anything is read."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from noroshi.http import Request, Response, Router
 
 if TYPE_CHECKING:
-    from noroshi.app import App
+    from noroshi.channels.gateway import ChannelGateway  # loaded only when channels are set
 
 __all__ = ["install"]
 
 
-def install(router: Router, app: App) -> None:
+class Services(Protocol):
+    """What these routes use of the application."""
+
+    channels: ChannelGateway | None
+
+
+def install(router: Router, app: Services) -> None:
     gateway = app.channels
     if gateway is None:
         return

@@ -5,7 +5,6 @@ inline script and style, by hash."""
 from __future__ import annotations
 
 from importlib.resources import files
-from typing import TYPE_CHECKING
 
 import msgspec
 
@@ -15,13 +14,10 @@ from noroshi.http.security import inline_sources, security_headers
 from noroshi.openapi import openapi
 from noroshi.wire import endpoints as api
 
-if TYPE_CHECKING:
-    from noroshi.app import App
-
 _PAGE = files("noroshi") / "static" / "docs.html"
 
 
-def install(router: Router, app: App) -> None:
+def install(router: Router) -> None:
     """Install last: the description covers every route installed before it."""
     spec: bytes | None = None
     page = _PAGE.read_bytes()

@@ -5,19 +5,34 @@ from __future__ import annotations
 
 import platform
 import time
-from typing import TYPE_CHECKING
+from typing import Literal, Protocol
 
 from noroshi import __version__
+from noroshi.auth import Authenticator
+from noroshi.config import Config
 from noroshi.http import JSONResponse, Request, Response, Router
-from noroshi.metrics import CONTENT_TYPE_LATEST
+from noroshi.metrics import CONTENT_TYPE_LATEST, Metrics
+from noroshi.providers.base import Provider
+from noroshi.providers.router import ProviderRouter
 from noroshi.wire import endpoints as api
 from noroshi.wire.service import DefaultModels, Health, Runtime
 
-if TYPE_CHECKING:
-    from noroshi.app import App
+
+class Services(Protocol):
+    """What this route uses of the application."""
+
+    auth: Authenticator
+    config: Config
+    draining: bool
+    metrics: Metrics
+    models: ProviderRouter
+    providers: dict[str, Provider]
+    role: Literal["all", "edge", "core"]
+    server: str
+    started: float
 
 
-def install(router: Router, app: App) -> None:
+def install(router: Router, app: Services) -> None:
     python = platform.python_version()
 
     async def health(request: Request) -> Response:

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import msgspec
 
-from noroshi.api.openai import admit
 from noroshi.errors import NotFound
+from noroshi.guards import Guards
 from noroshi.http import JSONResponse, Request, Response, Router
 from noroshi.providers.base import Routed
+from noroshi.retrieval.service import Knowledge
 from noroshi.wire import endpoints as api
 from noroshi.wire.agent import Deleted
 from noroshi.wire.knowledge import (
@@ -23,10 +24,6 @@ from noroshi.wire.knowledge import (
     SearchBody,
 )
 
-if TYPE_CHECKING:
-    from noroshi.app import App
-    from noroshi.retrieval.service import Knowledge
-
 __all__ = ["install"]
 
 _decode_create: msgspec.json.Decoder[KnowledgeBaseCreate] = api.KB_CREATE.decoder
@@ -34,7 +31,14 @@ _decode_upload: msgspec.json.Decoder[DocumentUpload] = api.KB_ADD.decoder
 _decode_search: msgspec.json.Decoder[SearchBody] = api.KB_SEARCH.decoder
 
 
-def install(router: Router, app: App) -> None:
+class Services(Protocol):
+    """What these routes use of the application."""
+
+    knowledge: Knowledge
+    guards: Guards
+
+
+def install(router: Router, app: Services) -> None:
     def kb() -> Knowledge:  # opened with the database, after the routes are installed
         return app.knowledge
 
@@ -83,7 +87,7 @@ def install(router: Router, app: App) -> None:
         base = await kb().base(request.params["name"])
         routed = Routed(base.embedding_model, request.id)
         if body.mode != "text":  # the query's embedding is billed to the caller's key
-            await admit(app, request, routed, 0)
+            await app.guards.admit(request, routed, 0)
         hits = await kb().search(base, body.query, body.k, body.mode, body.filter, routed)
         return JSONResponse(SearchAnswer(results=hits))
 

@@ -4,19 +4,18 @@ Errors are written in Anthropic's envelope, with its status codes."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Protocol
 
 import msgspec
 
-from noroshi.api.openai import admit, chunk_stream
+from noroshi.api import openai
+from noroshi.api.openai import chunk_stream
 from noroshi.errors import Forbidden, ModelNotFound, NoroshiError
 from noroshi.http import JSONResponse, Request, Response, Router
 from noroshi.providers.base import Call
 from noroshi.wire import anthropic as wire
 from noroshi.wire import endpoints as api
-
-if TYPE_CHECKING:
-    from noroshi.app import App
 
 __all__ = ["error_response", "install"]
 
@@ -32,7 +31,13 @@ def error_response(exc: NoroshiError) -> Response:
     return JSONResponse(wire.error_body(exc), wire.error_status(exc), headers)
 
 
-def install(router: Router, app: App) -> None:
+class Services(openai.Services, Protocol):
+    """What these routes use of the application."""
+
+    error_formats: dict[str, Callable[[NoroshiError], Response]]
+
+
+def install(router: Router, app: Services) -> None:
     app.error_formats["/v1/messages"] = error_response
     limit = app.config.server.max_stream_bytes
 
@@ -48,7 +53,7 @@ def install(router: Router, app: App) -> None:
     async def create(request: Request) -> Response:
         req = await request.json(_decode)
         call = call_of(request, req, await request.body())
-        await admit(app, request, call, req.max_tokens)
+        await app.guards.admit(request, call, req.max_tokens)
         if req.stream:
             first, rest = await app.models.open_stream(call)
             return chunk_stream(call, first, rest, limit)

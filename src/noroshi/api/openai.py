@@ -6,14 +6,16 @@ import base64
 import struct
 import time
 from collections.abc import AsyncGenerator
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import msgspec
 
-from noroshi.accounting import estimate_tokens
+from noroshi.config import Config
 from noroshi.errors import BadRequest, ModelNotFound
+from noroshi.guards import Guards
 from noroshi.http import JSONResponse, Request, Response, Router, StreamResponse
 from noroshi.providers.base import Call, Embedded, Routed
+from noroshi.providers.router import ProviderRouter
 from noroshi.wire import endpoints as api
 from noroshi.wire.openai import (
     ChatRequest,
@@ -25,8 +27,14 @@ from noroshi.wire.openai import (
     ModelList,
 )
 
-if TYPE_CHECKING:
-    from noroshi.app import App
+
+class Services(Protocol):
+    """What these routes use of the application."""
+
+    config: Config
+    models: ProviderRouter
+    guards: Guards
+
 
 _decode_chat: msgspec.json.Decoder[ChatRequest] = api.CHAT_COMPLETIONS.decoder
 _decode_any = msgspec.json.Decoder()
@@ -46,24 +54,15 @@ def chunk_stream(
 
 
 async def new_call(
-    app: App, request: Request, chat: ChatRequest, body: dict[str, Any] | None = None
+    app: Services, request: Request, chat: ChatRequest, body: dict[str, Any] | None = None
 ) -> Call:
     """A routed chat call, admitted; `body` is the client's JSON, rebuilt from `chat` when it
     has none."""
     if chat.model not in app.models:
         raise ModelNotFound(chat.model)
     call = Call(chat, body if body is not None else msgspec.to_builtins(chat), request.id)
-    await admit(app, request, call, chat.output_limit)
+    await app.guards.admit(request, call, chat.output_limit)
     return call
-
-
-async def admit(app: App, request: Request, routed: Routed, output_limit: int | None) -> None:
-    """The key's models, budgets and limits, checked before any upstream is called."""
-    meter = request.meter
-    if meter is not None:
-        estimate = estimate_tokens(len(await request.body()))
-        await app.accountant.admit(meter, routed.model, estimate, output_limit)
-        meter.routed = routed
 
 
 def embeddings_answer(request: EmbeddingRequest, model: str, embedded: Embedded) -> EmbeddingList:
@@ -80,7 +79,7 @@ def embeddings_answer(request: EmbeddingRequest, model: str, embedded: Embedded)
     )
 
 
-def install(router: Router, app: App) -> None:
+def install(router: Router, app: Services) -> None:
     created = int(time.time())
 
     async def chat_completions(request: Request) -> Response:
@@ -116,7 +115,7 @@ def install(router: Router, app: App) -> None:
         if any(not text for text in body.texts):
             raise BadRequest("Input texts must not be empty.", param="input", code="invalid_value")
         routed = Routed(body.model, request.id)
-        await admit(app, request, routed, 0)
+        await app.guards.admit(request, routed, 0)
         embedded = await app.models.embed(routed, body.texts, body.dimensions)
         return JSONResponse(embeddings_answer(body, body.model, embedded))
 

@@ -11,14 +11,10 @@ from __future__ import annotations
 
 import hashlib
 from importlib.resources import files
-from typing import TYPE_CHECKING
 
 from noroshi.errors import NotFound
 from noroshi.http import Request, Response, Router
 from noroshi.http.security import security_headers
-
-if TYPE_CHECKING:
-    from noroshi.app import App
 
 _DIR = files("noroshi") / "static" / "playground"
 
@@ -65,7 +61,7 @@ def _matches(header: str | None, etag: str) -> bool:
     return any(tag.strip().removeprefix("W/") in (etag, "*") for tag in header.split(","))
 
 
-def install(router: Router, app: App) -> None:
+def install(router: Router) -> None:
     index = _Asset((_DIR / PAGE).read_bytes(), "text/html; charset=utf-8")
     assets = {name: _Asset((_DIR / name).read_bytes(), media) for name, media in ASSETS.items()}
 

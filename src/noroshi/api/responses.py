@@ -13,25 +13,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from typing import Any, Protocol
 
 import msgspec
 
-from noroshi.accounting import Meter
-from noroshi.api.openai import admit, chunk_stream
+from noroshi.accounting import Accountant, Meter
+from noroshi.api import openai
+from noroshi.api.openai import chunk_stream
 from noroshi.errors import BadRequest, ModelNotFound, NoroshiError, NotFound, where
 from noroshi.http import JSONResponse, Request, Response, Router
 from noroshi.http.websocket import WebSocket
 from noroshi.providers.base import Call
+from noroshi.store.database import Database
 from noroshi.store.responses import RUNNING, ResponseStore
 from noroshi.wire import endpoints as api
 from noroshi.wire import responses as wire
 from noroshi.wire.conversation import Conversation, Text, Turn
 from noroshi.wire.responses import new_id
-
-if TYPE_CHECKING:
-    from noroshi.app import App
 
 __all__ = ["install"]
 
@@ -84,7 +83,16 @@ async def _send_events(ws: WebSocket, chunk: bytes) -> None:
             await ws.send_text(block[at + 6 :].decode())
 
 
-def install(router: Router, app: App) -> None:
+class Services(openai.Services, Protocol):
+    """What these routes use of the application."""
+
+    accountant: Accountant
+    db: Database
+
+    def on_close(self, close: Callable[[], Awaitable[None]]) -> None: ...
+
+
+def install(router: Router, app: Services) -> None:
     limit = app.config.server.max_stream_bytes
     running: dict[str, asyncio.Task[None]] = {}  # background responses of this replica
 
@@ -132,7 +140,7 @@ def install(router: Router, app: App) -> None:
         conv.turns.append(Turn("user", [Text(wire.COMPACT_PROMPT)]))
         responses = wire.ResponsesWire(req)
         call = Call(conv, {}, request.id, wire=responses)
-        await admit(app, request, call, None)
+        await app.guards.admit(request, call, None)
         await app.models.complete(call)
         assert call.answer is not None
         summary = "".join(p.text for p in call.answer.parts if isinstance(p, Text))
@@ -156,7 +164,7 @@ def install(router: Router, app: App) -> None:
         conv = await conversation(request, req, items, await history(request, req))
         responses = wire.ResponsesWire(req)
         call = Call(conv, _decode_any.decode(await request.body()), request.id, wire=responses)
-        await admit(app, request, call, req.max_output_tokens)
+        await app.guards.admit(request, call, req.max_output_tokens)
         if req.background:
             return await start_background(request, call, responses, owner, items)
         if req.stream:
@@ -248,7 +256,7 @@ def install(router: Router, app: App) -> None:
             task.cancel()
         await asyncio.gather(*running.values(), return_exceptions=True)
 
-    app._closers.append(close)
+    app.on_close(close)
 
     async def found(request: Request) -> Any:
         stored_response = await store().get(request.params["id"], _owner(request))
@@ -327,7 +335,7 @@ def install(router: Router, app: App) -> None:
         meter = request.meter = Meter(request.principal, api.RESPONSES.path, request.id)
         status, outcome = 499, "cut"
         try:
-            await admit(app, request, call, req.max_output_tokens)
+            await app.guards.admit(request, call, req.max_output_tokens)
             first, rest = await app.models.open_stream(call)
             try:
                 chunk: bytes | None = first

@@ -5,12 +5,13 @@ OpenAI surface, and follow its validation and error rules."""
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import msgspec
 from msgspec import Struct
 
-from noroshi.api.openai import admit, chunk_stream, new_call
+from noroshi.api import openai
+from noroshi.api.openai import chunk_stream, new_call
 from noroshi.errors import BadRequest, NoroshiError
 from noroshi.http import JSONResponse, Request, Response, Router, StreamResponse
 from noroshi.providers.base import Routed
@@ -28,9 +29,6 @@ from noroshi.wire.simple import (
     StreamError,
 )
 from noroshi.wire.sse import SSEDecoder, encode_event
-
-if TYPE_CHECKING:
-    from noroshi.app import App
 
 
 class _Delta(Struct):
@@ -102,7 +100,15 @@ def _messages(items: list[SimpleMessage]) -> list[oa.Message]:
     return [kinds[m.role](content=m.content) for m in items]
 
 
-def install(router: Router, app: App) -> None:
+class Services(openai.Services, Protocol):
+    """What these routes use of the application."""
+
+    def default_chat_model(self) -> str: ...
+
+    def default_embedding_model(self) -> str: ...
+
+
+def install(router: Router, app: Services) -> None:
     limit = app.config.server.max_stream_bytes
 
     def chat_request(
@@ -132,7 +138,7 @@ def install(router: Router, app: App) -> None:
         body = await request.json(_embed_body)
         model = body.model or app.default_embedding_model()
         routed = Routed(model, request.id)
-        await admit(app, request, routed, 0)
+        await app.guards.admit(request, routed, 0)
         embedded = await app.models.embed(routed, [body.text], None)
         vector = embedded.vectors[0]
         return JSONResponse(EmbedAnswer(embedding=vector, dimensions=len(vector)))

@@ -1,4 +1,4 @@
-"""The thin HTTP core: request and response types, router, middleware, the HTTP/1.1 server and
+"""The thin HTTP core: request and response types, router, CORS, the HTTP/1.1 server and
 the ASGI adapter."""
 
 from noroshi.http.request import Request

@@ -3,9 +3,10 @@
 It behaves as noroshi's own server does: the body is read within the limit, and an
 `http.disconnect` cancels the request task so the upstream call stops.
 
-WebSockets go to `serve_websocket` through `_WebSocketBackend`. A refused handshake gets its
-real status and JSON body where the server offers the `websocket.http.response` extension
-(uvicorn does), and a close with 1008 and the message as its reason where it does not.
+WebSockets go to the application's WebSocket entry through `_WebSocketBackend`. A refused
+handshake gets its real status and JSON body where the server offers the
+`websocket.http.response` extension (uvicorn does), and a close with 1008 and the message as
+its reason where it does not.
 """
 
 from __future__ import annotations
@@ -13,24 +14,15 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from noroshi.errors import BadRequest, NoroshiError, PayloadTooLarge
 from noroshi.http.request import Request
-from noroshi.http.response import ClientGone, Response
-from noroshi.http.websocket import (
-    WebSocket,
-    WebSocketDisconnect,
-    close_reason,
-    no_body,
-    serve_websocket,
-)
+from noroshi.http.response import ClientGone, Response, Sink
+from noroshi.http.websocket import WebSocket, WebSocketDisconnect, close_reason, no_body
 from noroshi.types import Headers
 
-if TYPE_CHECKING:
-    from noroshi.app import App
-
-__all__ = ["serve_asgi"]
+__all__ = ["ASGIAdapter", "Receive", "Scope", "Send"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -100,74 +92,127 @@ def _decode_headers(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
     return headers
 
 
-async def serve_asgi(app: App, scope: Scope, receive: Receive, send: Send) -> None:
-    kind = scope["type"]
-    if kind == "lifespan":
-        await _lifespan(app, receive, send)
-        return
-    if kind == "websocket":
-        await _serve_websocket(app, scope, receive, send)
-        return
-    if kind != "http":
-        return
-    app.server = "uvicorn (asgi)" if "uvicorn" in sys.modules else "asgi"
-    headers = _decode_headers(scope["headers"])
-    limit = app.config.server.max_body_bytes
-    disconnected = asyncio.Event()
-    task = asyncio.current_task()
-    assert task is not None
-    watchers: list[asyncio.Future[None]] = []
+Dispatch = Callable[[Request, Sink], Awaitable[None]]
+WebSocketEntry = Callable[[Request, WebSocket], Awaitable[None]]
+Hook = Callable[[], Awaitable[None]]
 
-    async def watch() -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
-        disconnected.set()
-        task.cancel()
 
-    async def read() -> bytes:
-        length = headers.get("content-length")
-        if length is not None:
-            try:
-                if int(length) > limit:
+class ASGIAdapter:
+    """An ASGI application over a dispatch callable, as noroshi's own server is: the body is
+    read within `max_body_bytes`, and an `http.disconnect` cancels the request's task so the
+    upstream call stops."""
+
+    def __init__(
+        self,
+        dispatch: Dispatch,
+        websocket: WebSocketEntry,
+        startup: Hook,
+        shutdown: Hook,
+        max_body_bytes: int,
+    ) -> None:
+        self.dispatch = dispatch
+        self.websocket = websocket
+        self.startup = startup
+        self.shutdown = shutdown
+        self.max_body_bytes = max_body_bytes
+        self.name = "uvicorn (asgi)" if "uvicorn" in sys.modules else "asgi"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "websocket":
+            await self._websocket(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = _decode_headers(scope["headers"])
+        limit = self.max_body_bytes
+        disconnected = asyncio.Event()
+        task = asyncio.current_task()
+        assert task is not None
+        watchers: list[asyncio.Future[None]] = []
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            disconnected.set()
+            task.cancel()
+
+        async def read() -> bytes:
+            length = headers.get("content-length")
+            if length is not None:
+                try:
+                    if int(length) > limit:
+                        raise PayloadTooLarge(
+                            f"The request body exceeds the limit of {limit} bytes."
+                        )
+                except ValueError:
+                    raise BadRequest(
+                        "Content-Length is not a number.", param="content-length"
+                    ) from None
+            buf = bytearray()
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    disconnected.set()
+                    raise asyncio.CancelledError
+                buf += message.get("body", b"")
+                if len(buf) > limit:
                     raise PayloadTooLarge(f"The request body exceeds the limit of {limit} bytes.")
-            except ValueError:
-                raise BadRequest(
-                    "Content-Length is not a number.", param="content-length"
-                ) from None
-        buf = bytearray()
+                if not message.get("more_body", False):
+                    # only once the body is consumed does receive() report a disconnect
+                    watchers.append(asyncio.ensure_future(watch()))
+                    return bytes(buf)
+
+        client = scope.get("client")
+        request = Request(
+            scope["method"],
+            scope["path"],
+            scope.get("query_string", b"").decode("latin-1"),
+            headers,
+            read,
+            f"{client[0]}:{client[1]}" if client else "",
+        )
+        request.task = task
+        sink = _Sink(send)
+        try:
+            await self.dispatch(request, sink)
+            await sink.finish()
+        except asyncio.CancelledError:
+            if not disconnected.is_set():
+                raise
+        finally:
+            for watcher in watchers:
+                watcher.cancel()
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (await receive())["type"] != "websocket.connect":
+            return
+        client = scope.get("client")
+        request = Request(
+            "GET",
+            scope["path"],
+            scope.get("query_string", b"").decode("latin-1"),
+            _decode_headers(scope["headers"]),
+            no_body,
+            f"{client[0]}:{client[1]}" if client else "",
+        )
+        request.task = asyncio.current_task()
+        respond = "websocket.http.response" in (scope.get("extensions") or {})
+        await self.websocket(request, WebSocket(_WebSocketBackend(receive, send, respond)))
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
             message = await receive()
-            if message["type"] == "http.disconnect":
-                disconnected.set()
-                raise asyncio.CancelledError
-            buf += message.get("body", b"")
-            if len(buf) > limit:
-                raise PayloadTooLarge(f"The request body exceeds the limit of {limit} bytes.")
-            if not message.get("more_body", False):
-                # only once the body is consumed does receive() report a disconnect
-                watchers.append(asyncio.ensure_future(watch()))
-                return bytes(buf)
-
-    client = scope.get("client")
-    request = Request(
-        scope["method"],
-        scope["path"],
-        scope.get("query_string", b"").decode("latin-1"),
-        headers,
-        read,
-        f"{client[0]}:{client[1]}" if client else "",
-    )
-    request.task = task
-    sink = _Sink(send)
-    try:
-        await app.dispatch(request, sink)
-        await sink.finish()
-    except asyncio.CancelledError:
-        if not disconnected.is_set():
-            raise
-    finally:
-        for watcher in watchers:
-            watcher.cancel()
+            if message["type"] == "lifespan.startup":
+                await self.startup()
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
 
 
 class _WebSocketBackend:
@@ -222,33 +267,3 @@ class _WebSocketBackend:
             await self._send(message)
         except OSError as exc:  # uvicorn's ClientDisconnected is one
             raise WebSocketDisconnect(1006) from exc
-
-
-async def _serve_websocket(app: App, scope: Scope, receive: Receive, send: Send) -> None:
-    if (await receive())["type"] != "websocket.connect":
-        return
-    app.server = "uvicorn (asgi)" if "uvicorn" in sys.modules else "asgi"
-    client = scope.get("client")
-    request = Request(
-        "GET",
-        scope["path"],
-        scope.get("query_string", b"").decode("latin-1"),
-        _decode_headers(scope["headers"]),
-        no_body,
-        f"{client[0]}:{client[1]}" if client else "",
-    )
-    request.task = asyncio.current_task()
-    respond = "websocket.http.response" in (scope.get("extensions") or {})
-    await serve_websocket(app, request, WebSocket(_WebSocketBackend(receive, send, respond)))
-
-
-async def _lifespan(app: App, receive: Receive, send: Send) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await app.startup()
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await app.shutdown()
-            await send({"type": "lifespan.shutdown.complete"})
-            return

@@ -1,28 +1,26 @@
 """WebSockets over either server: one `WebSocket` for handlers, a small backend per server.
 
 noroshi's own server (`http/upgrade.py`) and the ASGI adapter each supply a `Backend` of five
-methods; everything that must behave the same on both, the size limit, the close codes, the
-auth guard and the refusal of a handshake, lives here. An error before `accept()` refuses the
-handshake with the error's HTTP status and JSON body, as a plain request would get; after it
-the socket closes with 1008 for the client's fault and 1011 for ours, since a status can no
-longer be sent. (Under an ASGI server without the `websocket.http.response` extension, a
-refusal becomes a close with 1008 and the message as its reason.)
+methods; everything that must behave the same on both, the size limit, the close codes and
+the refusal of a handshake, lives here (routing and guards are `App.websocket`'s). An error
+before `accept()` refuses the handshake with the error's HTTP status and JSON body, as a plain
+request would get; after it the socket closes with 1008 for the client's fault and 1011 for
+ours, since a status can no longer be sent. (Under an ASGI server without the
+`websocket.http.response` extension, a refusal becomes a close with 1008 and the message as
+its reason.)
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Literal, Protocol, TypeVar
+from typing import Literal, Protocol, TypeVar
 from urllib.parse import parse_qsl
 
 import msgspec
 
-from noroshi.errors import Forbidden, NoroshiError, Unavailable
-from noroshi.http.request import Request, decode_json, request_id
-
-if TYPE_CHECKING:
-    from noroshi.app import App
+from noroshi.errors import Forbidden, NoroshiError
+from noroshi.http.request import Request, decode_json
 
 __all__ = [
     "MAX_MESSAGE_BYTES",
@@ -32,7 +30,7 @@ __all__ = [
     "WebSocketHandler",
     "close_reason",
     "no_body",
-    "serve_websocket",
+    "with_query_key",
 ]
 
 log = logging.getLogger("noroshi.http")
@@ -156,37 +154,12 @@ class WebSocket:
             raise WebSocketDisconnect(NORMAL, "the WebSocket is closed")
 
 
-async def serve_websocket(app: App, request: Request, ws: WebSocket) -> None:
-    """The WebSocket twin of `App.dispatch`: route, auth guard, handler, and every error
-    ending the socket the one way the protocol allows at that point."""
-    request.id = request_id(request.headers.get("x-request-id"))
-    request.headers = _with_query_key(request.headers, request.query)
-    try:
-        await app.startup()
-        if app.draining:
-            raise Unavailable("The server is shutting down.", code="shutting_down")
-        route, request.params = app.router.match_websocket(request.path)
-        request.route = route.path
-        request.principal = await app.auth.check(request, route.access)
-        await route.handler(request, ws)
-    except WebSocketDisconnect:
-        return
-    except NoroshiError as exc:
-        await ws.refuse(exc)
-        return
-    except Exception:
-        log.exception("unhandled error in WebSocket %s [%s]", request.path, request.id)
-        await ws.refuse(NoroshiError("The gateway failed to handle the WebSocket."))
-        return
-    await ws.close()  # the handler returned: a no-op if it closed, a refusal if it never accepted
-
-
 async def no_body() -> bytes:
     """A WebSocket handshake has no body; the adapters give its `Request` this reader."""
     return b""
 
 
-def _with_query_key(headers: Mapping[str, str], query: str) -> Mapping[str, str]:
+def with_query_key(headers: Mapping[str, str], query: str) -> Mapping[str, str]:
     """Browsers cannot set headers on a WebSocket, so here, and only here, `?api_key=`
     stands in for `Authorization`. A key sent in a header wins."""
     if "api_key" not in query or "authorization" in headers or "x-api-key" in headers:
