@@ -41,7 +41,6 @@ __all__ = [
     "RunsConfig",
     "ScheduleConfig",
     "ServerConfig",
-    "StartupError",
     "StorageConfig",
     "data_dir",
     "find_config_file",
@@ -60,11 +59,6 @@ Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 
 class ConfigError(Exception):
     """A configuration problem, already phrased for a person."""
-
-
-class StartupError(ConfigError):
-    """Something the configuration names could not be reached at start; the message names
-    the key, so the server can exit with that one line."""
 
 
 class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

@@ -46,6 +46,7 @@ __all__ = [
     "NotFound",
     "PayloadTooLarge",
     "RateLimited",
+    "StartupError",
     "StoreUnavailable",
     "URITooLong",
     "Unauthorized",
@@ -275,3 +276,8 @@ def where(exc: msgspec.ValidationError) -> tuple[str, str | None]:
     if message.startswith("Object missing required field `"):
         path = f"{path}.{message.split('`')[1]}".lstrip(".")
     return (f"{message} at '{path}'" if path else message), (path or None)
+
+
+class StartupError(Exception):
+    """Not a client's error: something the configuration names could not be reached at start.
+    The message names the key, so the server can exit with that one line."""

@@ -27,8 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import aiosqlite
 
-from noroshi.config import StartupError
-from noroshi.errors import StoreUnavailable
+from noroshi.errors import StartupError, StoreUnavailable
 from noroshi.files import private_file
 
 if TYPE_CHECKING:
