@@ -1,14 +1,19 @@
 """The bench's peers: other ways to relay the same OpenAI-style stream, and how to start each.
 
 Each peer is installed at a pinned version into bench/.peers/ (git-ignored) by
-bench/peers/install.sh; its sources and pins live in bench/peers/:
+bench/peers/install.sh, one install (a "unit") serving one or more contenders; sources and pins
+live in bench/peers/:
 
-    hono      Hono on Node.js (@hono/node-server), relaying with fetch   hono/
-    fastapi   FastAPI on uvicorn, relaying with one httpx.AsyncClient    fastapi_app.py
-    litellm   the LiteLLM proxy, no database, one model "m"              litellm.yaml
-    portkey   Portkey's open-source gateway (@portkey-ai/gateway)        portkey/
+    unit      contender    what                                                 sources
+    bun       hono-bun     Hono on Bun, relaying with fetch                     bun/hono.ts
+              elysia-bun   Elysia on Bun, relaying with fetch                   bun/elysia.ts
+    hono      hono-node    Hono on Node.js (@hono/node-server), with fetch      hono/app.mjs
+    fastapi   fastapi      FastAPI on uvicorn, one httpx.AsyncClient            fastapi_app.py
+    litellm   litellm      the LiteLLM proxy, no database, one model "m"        litellm.yaml
+    portkey   portkey      Portkey's open-source gateway (@portkey-ai/gateway)  portkey/
 
-with the pins in package.json and NAME-requirements.txt.
+with the pins in package.json and NAME-requirements.txt. The `bun` npm package ships Bun's
+binary, so the Bun peers need npm to install and nothing else to run.
 
 Every contender serves one worker process on 127.0.0.1:PORT (portkey binds every interface: it has
 no host option) and relays to UPSTREAM's /v1/chat/completions. Only the standard library is used,
@@ -23,15 +28,17 @@ import os
 import re
 import shutil
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["NAMES", "Contender", "install", "missing", "peers"]
+__all__ = ["CONTENDERS", "NAMES", "Contender", "install", "missing", "peers"]
 
 ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "bench" / "peers"
 PEERS = Path(os.environ.get("BENCH_PEERS_DIR") or ROOT / "bench" / ".peers")
-NAMES = ("hono", "fastapi", "litellm", "portkey")
+NAMES = ("bun", "hono", "fastapi", "litellm", "portkey")  # the install units
+NODE = ("bun", "hono", "portkey")  # the units that npm installs
 # LiteLLM's proxy will not start without a master key; with one and no database, every request
 # is checked against it, as in a real deployment. A fixed key for the bench, on loopback only.
 LITELLM_KEY = "sk-bench-" + hashlib.sha256(b"noroshi bench").hexdigest()[:32]
@@ -40,7 +47,7 @@ INSTALL = f"bash {SRC.relative_to(ROOT) / 'install.sh'}"
 
 @dataclass(frozen=True)
 class Contender:
-    name: str  # "hono", "fastapi", "litellm", "portkey"
+    name: str  # "hono-bun", "elysia-bun", "hono-node", "fastapi", "litellm", "portkey"
     argv: list[str]  # command to start it, ready for subprocess (absolute paths)
     env: dict[str, str]  # extra environment, on top of the caller's
     health_path: str  # GET path answering 200 when ready
@@ -69,13 +76,13 @@ def _pip_pins(name: str) -> dict[str, str]:
 
 
 def _pin_files(name: str) -> list[Path]:
-    if name in ("hono", "portkey"):
+    if name in NODE:
         return [SRC / name / "package.json"]
     return [SRC / f"{name}-requirements.txt"]
 
 
 def _home(name: str) -> Path:
-    return PEERS / "node" / name if name in ("hono", "portkey") else PEERS / f"{name}-venv"
+    return PEERS / "node" / name if name in NODE else PEERS / f"{name}-venv"
 
 
 def _stamp(name: str) -> str:
@@ -85,6 +92,10 @@ def _stamp(name: str) -> str:
 
 def _node() -> str | None:
     return shutil.which("node")
+
+
+def _bun() -> Path:
+    return _home("bun") / "node_modules" / ".bin" / "bun"
 
 
 def _why_not(name: str) -> str | None:
@@ -98,15 +109,18 @@ def _why_not(name: str) -> str | None:
         if home.exists():
             return f"installed copy does not match its pins; run {INSTALL}"
         return f"not installed; run {INSTALL}"
-    if name in ("hono", "portkey"):
-        if _node() is None:
+    if name in NODE:
+        if name == "bun":  # the package ships the runtime; node only installs it
+            if not _bun().is_file():
+                return f"the bun package has no binary; run {INSTALL}"
+        elif _node() is None:
             return "node is not on PATH"
         for pkg, pin in _npm_pins(name).items():
             meta = home / "node_modules" / pkg / "package.json"
             got = json.loads(meta.read_text()).get("version") if meta.is_file() else None
             if got != pin:
                 return f"{pkg} is {got or 'absent'}, pinned {pin}; run {INSTALL}"
-        for src in (SRC / name).glob("*.mjs"):
+        for src in [*(SRC / name).glob("*.mjs"), *(SRC / name).glob("*.ts")]:
             copy = home / src.name
             if not copy.is_file() or copy.read_bytes() != src.read_bytes():
                 return f"{src.name} changed since install; run {INSTALL}"
@@ -116,7 +130,11 @@ def _why_not(name: str) -> str | None:
 
 
 def _version(name: str) -> str:
-    if name == "hono":
+    if name in ("hono-bun", "elysia-bun"):
+        pins = _npm_pins("bun")
+        framework = name.split("-")[0]
+        return f"{framework} {pins[framework]}, bun {pins['bun']}"
+    if name == "hono-node":
         pins = _npm_pins("hono")
         return f"hono {pins['hono']}, @hono/node-server {pins['@hono/node-server']}"
     if name == "portkey":
@@ -132,17 +150,36 @@ def _version(name: str) -> str:
 # --- how to start each ------------------------------------------------------------------------
 
 
-def _hono(port: int, upstream: str) -> Contender:
+def _on_bun(name: str, source: str) -> Callable[[int, str], Contender]:
+    def make(port: int, upstream: str) -> Contender:
+        # production, as deployed: Bun's development mode adds its error pages and checks
+        env = {"UPSTREAM_URL": upstream, "PORT": str(port), "HOST": "127.0.0.1",
+               "NODE_ENV": "production"}  # fmt: skip
+        return Contender(
+            name=name,
+            argv=[str(_bun()), "run", str(_home("bun") / source)],
+            env=env,
+            health_path="/health",
+            chat_path="/v1/chat/completions",
+            model="m",
+            headers={},
+            version=_version(name),
+        )
+
+    return make
+
+
+def _hono_node(port: int, upstream: str) -> Contender:
     node = _node() or "node"
     return Contender(
-        name="hono",
+        name="hono-node",
         argv=[node, str(_home("hono") / "app.mjs")],
         env={"UPSTREAM_URL": upstream, "PORT": str(port), "HOST": "127.0.0.1"},
         health_path="/health",
         chat_path="/v1/chat/completions",
         model="m",
         headers={},
-        version=_version("hono"),
+        version=_version("hono-node"),
     )
 
 
@@ -209,7 +246,15 @@ def _portkey(port: int, upstream: str) -> Contender:
     )
 
 
-_MAKERS = {"hono": _hono, "fastapi": _fastapi, "litellm": _litellm, "portkey": _portkey}
+# contender -> (its install unit, how to start it); in the report's order
+CONTENDERS: dict[str, tuple[str, Callable[[int, str], Contender]]] = {
+    "hono-bun": ("bun", _on_bun("hono-bun", "hono.ts")),
+    "elysia-bun": ("bun", _on_bun("elysia-bun", "elysia.ts")),
+    "hono-node": ("hono", _hono_node),
+    "fastapi": ("fastapi", _fastapi),
+    "litellm": ("litellm", _litellm),
+    "portkey": ("portkey", _portkey),
+}
 
 
 def peers(port: int, upstream: str) -> list[Contender]:
@@ -218,14 +263,14 @@ def peers(port: int, upstream: str) -> list[Contender]:
     UPSTREAM is the fake upstream's root, like "http://127.0.0.1:9100" (no /v1).
     """
     upstream = upstream.rstrip("/")
-    return [_MAKERS[name](port, upstream) for name in NAMES if _why_not(name) is None]
+    return [make(port, upstream) for unit, make in CONTENDERS.values() if _why_not(unit) is None]
 
 
 def missing() -> dict[str, str]:
-    """Peer name -> why it is not available, for every peer that peers() leaves out."""
+    """Contender name -> why it is not available, for every one that peers() leaves out."""
     out = {}
-    for name in NAMES:
-        why = _why_not(name)
+    for name, (unit, _) in CONTENDERS.items():
+        why = _why_not(unit)
         if why is not None:
             out[name] = why
     return out
@@ -234,7 +279,7 @@ def missing() -> dict[str, str]:
 def install() -> None:
     """Install every peer at its pins (a no-op for those already there); see install.sh.
 
-    Raises RuntimeError if a required peer (all but portkey) cannot be installed.
+    Raises RuntimeError if a required unit (all but portkey) cannot be installed.
     """
     proc = subprocess.run(["bash", str(SRC / "install.sh")], cwd=ROOT, check=False)
     if proc.returncode != 0:

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Installs the bench's peers at their pinned versions into bench/.peers/ (git-ignored):
+#   bench/.peers/node/bun/        bun + hono + elysia      (bench/peers/bun/package.json)
 #   bench/.peers/node/hono/       hono + @hono/node-server (bench/peers/hono/package.json)
 #   bench/.peers/node/portkey/    @portkey-ai/gateway      (bench/peers/portkey/package.json)
 #   bench/.peers/fastapi-venv/    bench/peers/fastapi-requirements.txt
 #   bench/.peers/litellm-venv/    bench/peers/litellm-requirements.txt
-# Idempotent: a peer whose stamp matches its pin file is skipped. hono, fastapi and litellm are
-# required (exit 1 if one fails); portkey is optional (a warning only).
+# Idempotent: a peer whose stamp matches its pin file is skipped. bun, hono, fastapi and litellm
+# are required (exit 1 if one fails); portkey is optional (a warning only). npm installs Bun too:
+# the `bun` package ships its binary, which then runs the Hono and Elysia peers on its own.
 #
-#   bash bench/peers/install.sh [hono|fastapi|litellm|portkey ...]   # default: all
+#   bash bench/peers/install.sh [bun|hono|fastapi|litellm|portkey ...]   # default: all
 set -uo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -42,8 +44,8 @@ install_node() {  # name: installs bench/peers/NAME/package.json into $DEST/node
         [[ $rc -eq 0 ]] || { say "$name: npm install failed: $(first_error "$out")"; return 1; }
         echo "$stamp" >"$dir/.bench-stamp"
     fi
-    # The app sources live in the repo; node resolves imports from the file's own folder.
-    for f in "$src"/*.mjs; do
+    # The app sources live in the repo; node and bun resolve imports from the file's own folder.
+    for f in "$src"/*.mjs "$src"/*.ts; do
         [[ -e "$f" ]] && { cmp -s "$f" "$dir/$(basename "$f")" || cp "$f" "$dir/"; }
     done
     return 0
@@ -70,19 +72,20 @@ install_venv() {  # name: installs bench/peers/NAME-requirements.txt into $DEST/
     echo "$stamp" >"$dir/.bench-stamp"
 }
 
+check_bun() { (cd "$DEST/node/bun" && node_modules/.bin/bun -e "await import('hono'); await import('elysia')"); }
 check_hono() { (cd "$DEST/node/hono" && node -e "import('hono').then(() => import('@hono/node-server'))"); }
 check_portkey() { [[ -f "$DEST/node/portkey/node_modules/@portkey-ai/gateway/build/start-server.js" ]]; }
 check_fastapi() { "$DEST/fastapi-venv/bin/python" -c "import fastapi, uvicorn, httpx, uvloop, httptools"; }
 check_litellm() { [[ -x "$DEST/litellm-venv/bin/litellm" ]] && "$DEST/litellm-venv/bin/python" -c "import litellm.proxy.proxy_server" 2>/dev/null; }
 
 wanted=("$@")
-[[ ${#wanted[@]} -eq 0 ]] && wanted=(hono fastapi litellm portkey)
+[[ ${#wanted[@]} -eq 0 ]] && wanted=(bun hono fastapi litellm portkey)
 failed=()
 for name in "${wanted[@]}"; do
     start=$SECONDS
     fresh=1  # set to 0 by an install_* that found NAME already in place
     case $name in
-        hono | portkey) install_node "$name" ;;
+        bun | hono | portkey) install_node "$name" ;;
         fastapi | litellm) install_venv "$name" ;;
         *) say "unknown peer: $name"; failed+=("$name"); continue ;;
     esac
