@@ -109,7 +109,7 @@ async def test_entry_points_serve_the_config(
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         *(arg.format(port=port) for arg in command),
-        env=clean_env(NOROSHI_CONFIG=str(path)),
+        env=clean_env(NOROSHI_CONFIG=str(path), NOROSHI_SERVER__DATA_DIR=str(tmp_path / "data")),
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,
     )
