@@ -61,6 +61,13 @@ def server_log(tmp_path: Path) -> str:
     return next(tmp_path.glob("noroshi-*.log")).read_text()
 
 
+async def every_worker_ready(tmp_path: Path) -> None:
+    """The banner is printed once every worker serves: a worker killed before that is a
+    start that failed, which stops the server."""
+    while " on http://" not in server_log(tmp_path):  # noqa: ASYNC110
+        await asyncio.sleep(0.05)
+
+
 async def health(base: str) -> int:
     async with aiohttp.ClientSession() as s, s.get(f"{base}/health") as r:
         return r.status
@@ -102,6 +109,7 @@ async def test_workers_serve_and_drain_together(tmp_path: Path, upstream: FakeOp
 async def test_a_dead_worker_is_reported_and_replaced(tmp_path: Path, upstream: FakeOpenAI) -> None:
     proc, base = await start_server(tmp_path, openai_config(upstream.base_url), env=TWO)
     try:
+        await every_worker_ready(tmp_path)
         first, second = children(proc.pid)
         os.kill(first, signal.SIGKILL)
         while len(set(children(proc.pid)) - {first, second}) < 1:  # noqa: ASYNC110
