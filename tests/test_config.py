@@ -60,6 +60,7 @@ def test_example_config_loads() -> None:
     example = Path(__file__).parent.parent / "noroshi.example.toml"
     config = load_config(example, {**ENV, "OPENAI_API_KEY": "k"})
     assert config.models
+    assert config.agents and config.http_tools and config.mcp_servers and config.channels
 
 
 def test_environment_overrides(tmp_path: Path) -> None:
