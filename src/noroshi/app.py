@@ -257,25 +257,28 @@ class App:
             await asyncio.sleep(HEALTH_CHECK_S)
 
     async def shutdown(self) -> None:
-        """Close providers, then flush every pending usage record."""
+        """Close providers, then flush every pending usage record; after a start that failed
+        half way, close what it had opened (its database threads would keep the process)."""
         for provider in self.providers.values():
             await provider.close()
         started = self._started
-        if started is None or not started.done() or started.cancelled() or started.exception():
+        if started is None or not started.done() or started.cancelled():
             return
+        opened = vars(self)
         if self._health_task is not None:
             self._health_task.cancel()
-        if self.channels is not None:  # first: what it was answering is finished on restart
-            await self.channels.close()
-        await self.runner.close()
-        await self.run_events.close()
+        if self.channels is not None and not started.exception():  # first: what it was
+            await self.channels.close()  # answering is finished on restart
+        for name in ("runner", "run_events"):
+            if name in opened:
+                await opened[name].close()
         for close in self._closers:
             await close()
-        if self.auth.changes is not None:
+        if "auth" in opened and self.auth.changes is not None:
             await self.auth.changes.close()
-        await self.usage.close()
-        await self.limiter.close()
-        await self.db.close()
+        for name in ("usage", "limiter", "db"):
+            if name in opened:
+                await opened[name].close()
 
     def begin_drain(self) -> None:
         """Stop taking work; streams still open after the drain timeout end with an error."""

@@ -100,8 +100,17 @@ def _banner(config: Config, port: int, directory: Path, database: Path | None) -
     if config.models:
         model = config.defaults.chat_model or config.models[0].name
         click.echo(f"  models: {', '.join(m.name for m in config.models)}")
+        local = config.providers.get("local")
+        if local is not None and local.type == "local" and not local.model_path:
+            from noroshi.providers.local import DEMO_NOTE
+
+            click.echo(f"  note:   model local is {DEMO_NOTE}")
+        key = ""
+        if config.auth.master_key:  # the key itself is never printed
+            held = "$NOROSHI_MASTER_KEY" if os.environ.get("NOROSHI_MASTER_KEY") else "MASTER_KEY"
+            key = f' -H "authorization: Bearer {held}"'
         click.echo(
-            f"  try:    curl -N {url}/api/chat -H 'content-type: application/json' "
+            f"  try:    curl -N {url}/api/chat -H 'content-type: application/json'{key} "
             f'-d \'{{"model": "{model}", "messages": [{{"role": "user", '
             f'"content": "Hello"}}]}}\''
         )
@@ -113,17 +122,93 @@ def _banner(config: Config, port: int, directory: Path, database: Path | None) -
 @main.command()
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML config file.")
 def doctor(config_path: str | None) -> None:
-    """Check the config and reach each provider."""
+    """Check the config, and everything a start needs: reach each provider, open the database
+    and Redis, import each tool, start each MCP server and list its tools."""
     file = find_config_file(config_path)
     click.echo(f"config: {file if file else 'none found; using defaults'}")
     config = _load(config_path)
     click.echo(f"config: ok ({len(config.providers)} providers, {len(config.models)} models)")
-    problems = asyncio.run(_probe_all(config))
+    problems = asyncio.run(_doctor(config))
     if not config.providers:
         click.echo(
             "providers: none configured; add a [providers.NAME] table (see noroshi.example.toml)"
         )
+    if problems:
+        click.echo(f"{problems} problem{'s' if problems > 1 else ''} found")
     sys.exit(1 if problems else 0)
+
+
+async def _doctor(config: Config) -> int:
+    checks = (_probe_all, _check_database, _check_redis, _check_tools)
+    return sum([await check(config) for check in checks])
+
+
+async def _check_database(config: Config) -> int:
+    from noroshi.store.database import open_database
+
+    where = "storage.url" if config.storage.url else f"database in {data_dir(config)}"
+    try:
+        db = await open_database(config.storage.url, data_dir(config),
+                                 connect_timeout_s=config.storage.connect_timeout_s)  # fmt: skip
+    except Exception as exc:
+        click.echo(f"{where}: NOT OK: {' '.join(str(exc).split())}")
+        return 1
+    await db.close()
+    click.echo(f"{where}: ok")
+    return 0
+
+
+async def _check_redis(config: Config) -> int:
+    if not config.redis.url:
+        return 0
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(config.redis.url, socket_connect_timeout=5)
+    try:
+        await client.ping()
+        click.echo("redis.url: ok")
+        return 0
+    except Exception as exc:
+        click.echo(f"redis.url: NOT OK: {exc}")
+        return 1
+    finally:
+        await client.aclose()
+
+
+async def _check_tools(config: Config) -> int:
+    """Start each MCP server and list its tools; import each agent's `module:function`."""
+    from noroshi.agent.tools import load_tool
+    from noroshi.config import tool_ref
+
+    problems, servers = 0, set()
+    if config.mcp_servers:
+        from noroshi.agent.mcp import MCPServer
+    for i, server_config in enumerate(config.mcp_servers):
+        server = MCPServer(server_config)
+        try:
+            await server.start()
+            names = ", ".join(t.name for t in server.tools) or "none"
+            click.echo(f"mcp_servers.{i} ({server_config.name}): ok; tools: {names}")
+            servers.add(server_config.name)
+        except Exception as exc:
+            problems += 1
+            click.echo(f"mcp_servers.{i} ({server_config.name}): NOT OK: {exc}")
+        finally:
+            await server.close()
+    http = {t.name for t in config.http_tools}
+    for i, agent in enumerate(config.agents):
+        for j, entry in enumerate(agent.tools):
+            ref = tool_ref(entry, http, {s.name for s in config.mcp_servers})
+            if ref is None or ref[0] != "python":
+                continue  # HTTP and MCP tools: checked above, and names by the config's load
+            try:
+                load_tool(entry)
+            except (ImportError, AttributeError, ValueError) as exc:
+                problems += 1
+                click.echo(f"agents.{i}.tools.{j}: NOT OK: cannot load tool '{entry}': {exc}")
+            else:
+                click.echo(f"agents.{i}.tools.{j} ({entry}): ok")
+    return problems
 
 
 async def _probe_all(config: Config) -> int:
