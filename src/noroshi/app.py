@@ -29,6 +29,7 @@ from noroshi.http.middleware import compose
 from noroshi.http.request import request_id
 from noroshi.http.response import Sink
 from noroshi.limits import Limiter, LocalLimiter, SharedLimiter
+from noroshi.logs import AccessLog
 from noroshi.metrics import Metrics
 from noroshi.providers.anthropic import AnthropicProvider
 from noroshi.providers.base import Provider
@@ -101,6 +102,7 @@ class App:
             middleware = [cors(self.config.cors), *middleware]
         self._handle = compose(middleware, self._route)
         self.draining = False
+        self.access = AccessLog() if self.config.logging.access else None
         self.server = ""  # which server runs us, set by the transport adapter
         self._started: asyncio.Task[None] | None = None
         # made by `startup`, which opens the database
@@ -176,6 +178,8 @@ class App:
                 self.accountant.finish(request.meter, status, outcome)
             else:
                 self.metrics.answered(request.route, "", status, time.monotonic() - began)
+            if self.access is not None:
+                self.access.write(request, status, time.monotonic() - began)
 
     # --- lifecycle -------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ import msgspec
 
 from noroshi import __version__
 from noroshi.config import Config, ConfigError, data_dir, find_config_file, load_config
+from noroshi.logs import setup_logging
 from noroshi.store import open_database_file
 from noroshi.store.keys import KeyCreate, KeyStore
 
@@ -47,6 +48,8 @@ def main() -> None:
 @click.option("--workers", type=click.IntRange(1), help="Worker processes (default 1).")
 @click.option("--role", type=click.Choice(["all", "edge", "core"]), help="Default: all.")
 @click.option("--core", "cores", help="Core URLs for --role edge, comma-separated.")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
+              help="Default from [logging] level: info.")  # fmt: skip
 def serve(
     config_path: str | None,
     host: str | None,
@@ -54,6 +57,7 @@ def serve(
     workers: int | None,
     role: str | None,
     cores: str | None,
+    log_level: str | None,
 ) -> None:
     """Run the gateway on noroshi's own HTTP/1.1 server."""
     file = find_config_file(config_path)
@@ -66,7 +70,10 @@ def serve(
                        ("CORES", cores)):  # fmt: skip
         if value is not None:
             os.environ[f"NOROSHI_SERVER__{key}"] = str(value)
+    if log_level is not None:
+        os.environ["NOROSHI_LOGGING__LEVEL"] = log_level
     config = _load(None)
+    setup_logging(config.logging)
     from noroshi.serve import ListenError, failure, listen, run, say
 
     try:

@@ -285,8 +285,15 @@ class ChannelConfig(_Section):
         self.name = self.name or self.type
 
 
+class LoggingConfig(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"  # `serve --log-level` wins
+    format: Literal["text", "json"] = "text"  # json: one object a line, for a log shipper
+    access: bool = True  # one line a request (method, path, status, duration, key, model…)
+
+
 class Config(_Section):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
+    logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
     auth: AuthConfig = msgspec.field(default_factory=AuthConfig)
     internal: InternalConfig = msgspec.field(default_factory=InternalConfig)
     storage: StorageConfig = msgspec.field(default_factory=StorageConfig)

@@ -1,0 +1,103 @@
+"""Logging: the level and format from `[logging]` (or `--log-level`), and the access log.
+
+Every process writes to standard error, as text (`2026-12-07T06:00:00.123Z INFO noroshi.x:
+message`) or as one JSON object a line, for a log shipper. The access log is one line a
+request, written once the answer has ended (a stream included), by the logger
+`noroshi.access`; with `access = false` no access object exists and a request pays one
+`is None` test.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+if TYPE_CHECKING:
+    from noroshi.config import LoggingConfig
+    from noroshi.http import Request
+
+__all__ = ["AccessLog", "JSONFormatter", "setup_logging"]
+
+_ENCODE = msgspec.json.Encoder().encode
+# the attributes every LogRecord has: what is left on a record is its `extra`
+_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+
+class JSONFormatter(logging.Formatter):
+    """One JSON object a line: time, level, logger, message, the record's extra fields, and
+    the exception's traceback as text."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": _iso(record.created),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in _STANDARD:
+                entry[key] = value
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return _ENCODE(entry).decode()
+
+
+class _TextFormatter(logging.Formatter):
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return _iso(record.created)
+
+
+def _iso(created: float) -> str:
+    return (
+        time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created))
+        + f".{int(created % 1 * 1000):03d}Z"
+    )
+
+
+def setup_logging(config: LoggingConfig, level: str | None = None) -> None:
+    """Point the root logger at standard error in the configured format; `level` (from the
+    command line) wins over the config's."""
+    handler = logging.StreamHandler(sys.stderr)
+    if config.format == "json":
+        handler.setFormatter(JSONFormatter())
+    else:
+        handler.setFormatter(_TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    for old in root.handlers[:]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel((level or config.level).upper())
+
+
+class AccessLog:
+    """One line a request: method, path, status, duration, key id, model, request id, tokens."""
+
+    def __init__(self) -> None:
+        self.log = logging.getLogger("noroshi.access")
+
+    def write(self, request: Request, status: int, duration_s: float) -> None:
+        if not self.log.isEnabledFor(logging.INFO):
+            return
+        meter = request.meter
+        key = model = ""
+        prompt = completion = 0
+        if meter is not None:
+            key = meter.key.id if meter.key is not None else ""
+            model = meter.model
+            usage = meter.routed.usage if meter.routed is not None else None
+            if usage is not None:
+                prompt, completion = usage.prompt_tokens, usage.completion_tokens
+        ms = round(duration_s * 1000, 1)
+        self.log.info(
+            '%s %s %d %.1fms key=%s model=%s id=%s tokens=%d+%d',
+            request.method, request.path, status, ms, key or "-", model or "-", request.id,
+            prompt, completion,
+            extra={"method": request.method, "path": request.path, "status": status,
+                   "duration_ms": ms, "key_id": key or None, "model": model or None,
+                   "request_id": request.id, "prompt_tokens": prompt,
+                   "completion_tokens": completion},
+        )  # fmt: skip
