@@ -19,13 +19,15 @@ async def served_lines(tmp_path: Path, upstream: FakeOpenAI, logging: str,
     config = openai_config(upstream.base_url, extra=logging)
     proc, base = await start_server(tmp_path, config, env=env)
     payload = {"model": "fast", "messages": [{"role": "user", "content": "hi"}]}
-    async with aiohttp.ClientSession() as s:
-        async with s.post(f"{base}/v1/chat/completions", json=payload) as r:
-            assert r.status == 200
-            request_id = r.headers["x-request-id"]
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(f"{base}/v1/chat/completions", json=payload) as r,
+    ):
+        assert r.status == 200
+        request_id = r.headers["x-request-id"]
     proc.terminate()
     await stop(proc)
-    text = "".join(p.read_text() for p in tmp_path.glob("noroshi-*.log"))
+    text = "".join(p.read_text() for p in tmp_path.glob("noroshi-*.log"))  # noqa: ASYNC240
     return [line for line in text.splitlines() if request_id in line]
 
 
@@ -33,7 +35,11 @@ async def test_json_access_line_has_every_field(tmp_path: Path, upstream: FakeOp
     (line,) = await served_lines(tmp_path, upstream, '[logging]\nformat = "json"\n')
     entry = json.loads(line)
     assert entry["logger"] == "noroshi.access" and entry["level"] == "info"
-    assert (entry["method"], entry["path"], entry["status"]) == ("POST", "/v1/chat/completions", 200)
+    assert (entry["method"], entry["path"], entry["status"]) == (
+        "POST",
+        "/v1/chat/completions",
+        200,
+    )
     assert entry["model"] == "fast"
     assert entry["prompt_tokens"] > 0 and entry["completion_tokens"] > 0
     assert entry["duration_ms"] >= 0 and entry["key_id"] is None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -30,7 +31,7 @@ from noroshi.http.request import request_id
 from noroshi.http.response import Sink
 from noroshi.limits import Limiter, LocalLimiter, SharedLimiter
 from noroshi.logs import AccessLog
-from noroshi.metrics import Metrics
+from noroshi.metrics import SHARED_DIR_ENV, Metrics
 from noroshi.providers.anthropic import AnthropicProvider
 from noroshi.providers.base import Provider
 from noroshi.providers.core import CALLER, CoreProvider
@@ -71,7 +72,8 @@ class App:
         self.config = config if config is not None else load_config()
         self.started = time.monotonic()
         self.streams: dict[StreamResponse, asyncio.Task[Any] | None] = {}
-        self.metrics = Metrics(active_streams=lambda: len(self.streams))
+        self.metrics = Metrics(active_streams=lambda: len(self.streams),
+                               shared_dir=os.environ.get(SHARED_DIR_ENV))  # fmt: skip
         self.role = self.config.server.role
         self.providers = {n: build_provider(n, p) for n, p in self.config.providers.items()}
         self.relay: Relay | None = None
@@ -228,6 +230,8 @@ class App:
         await self.knowledge.open()
         self._closers.append(self.knowledge.store.close)
         self.runner = Runner(self.models, self.sessions, self.run_events)
+        if self.metrics.shared is not None:  # one of several workers: publish for a scrape
+            self._closers.append(self.metrics.start())
         self.run_events.listen_cancels(self.runner.cancel_id)
         if self.role != "edge":  # an edge relays agent requests; its cores run the agents
             self.agents, closers = await build_agents(
