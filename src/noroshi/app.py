@@ -44,6 +44,7 @@ from noroshi.store.database import Database, open_database
 from noroshi.store.keys import KeyStore
 from noroshi.store.sessions import SessionStore
 from noroshi.store.usage import UsageLog
+from noroshi.tracing import setup_tracing
 from noroshi.types import Middleware
 
 if TYPE_CHECKING:
@@ -105,6 +106,7 @@ class App:
         self._handle = compose(middleware, self._route)
         self.draining = False
         self.access = AccessLog() if self.config.logging.access else None
+        self.tracing = setup_tracing(self.config.tracing)
         self.server = ""  # which server runs us, set by the transport adapter
         self._started: asyncio.Task[None] | None = None
         # made by `startup`, which opens the database
@@ -152,6 +154,7 @@ class App:
         request.id = request_id(request.headers.get("x-request-id"))
         status, outcome = 499, "cut"  # unless the answer is sent, the client left
         began = time.monotonic()
+        span = self.tracing.start_request(request) if self.tracing is not None else None
         try:
             try:
                 response = await self._handle(request)
@@ -182,6 +185,8 @@ class App:
                 self.metrics.answered(request.route, "", status, time.monotonic() - began)
             if self.access is not None:
                 self.access.write(request, status, time.monotonic() - began)
+            if span is not None:
+                self.tracing.end_request(*span, request, status)  # type: ignore[union-attr]
 
     # --- lifecycle -------------------------------------------------------------------------
 

@@ -291,9 +291,16 @@ class LoggingConfig(_Section):
     access: bool = True  # one line a request (method, path, status, duration, key, model…)
 
 
+class TracingConfig(_Section):
+    enabled: bool = False  # spans to the process's tracer provider (the `otel` extra)
+    otlp_endpoint: str = ""  # e.g. http://127.0.0.1:4318/v1/traces; set: enabled, via OTLP/HTTP
+    service_name: str = "noroshi"
+
+
 class Config(_Section):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
+    tracing: TracingConfig = msgspec.field(default_factory=TracingConfig)
     auth: AuthConfig = msgspec.field(default_factory=AuthConfig)
     internal: InternalConfig = msgspec.field(default_factory=InternalConfig)
     storage: StorageConfig = msgspec.field(default_factory=StorageConfig)

@@ -13,6 +13,7 @@ from typing import Any
 
 import msgspec
 
+from noroshi import tracing
 from noroshi.agent.tools import Toolbox, ToolResult
 from noroshi.errors import UpstreamProtocolError
 from noroshi.providers.base import Call, Usage
@@ -85,30 +86,35 @@ async def run_turn(
     head: list[oa.Message] = [oa.SystemMessage(content=system)] if system else []
     tools = [msgspec.convert(spec, oa.Tool) for spec in toolbox.specs()] or None
     for step in range(1, max_steps + 1):
-        turn.steps = step
-        emit("step.started", {"step": step})
-        chat = oa.ChatRequest(
-            model=model,
-            messages=[*head, *history, *turn.messages],
-            stream=True,
-            tools=tools,
-            temperature=temperature,
-        )
-        call = Call(chat, msgspec.to_builtins(chat), request_id)
-        text, calls, finish = await _model_step(models, call, emit)
-        if call.usage is not None:
-            turn.usage.prompt_tokens += call.usage.prompt_tokens
-            turn.usage.completion_tokens += call.usage.completion_tokens
-        turn.messages.append(oa.AssistantMessage(content=text or None, tool_calls=calls or None))
-        if calls:  # a step is a model call and the tools it asked for
-            results = await _run_tools(toolbox, calls, emit)
-            turn.messages.extend(
-                oa.ToolMessage(content=r.content, tool_call_id=c.id)
-                for c, r in zip(calls, results, strict=True)
+        span = tracing.span(f"agent step {step}", **{"noroshi.step": step,
+                            "gen_ai.request.model": model})  # fmt: skip
+        with span:  # the model call and the tools it asked for, as one span
+            turn.steps = step
+            emit("step.started", {"step": step})
+            chat = oa.ChatRequest(
+                model=model,
+                messages=[*head, *history, *turn.messages],
+                stream=True,
+                tools=tools,
+                temperature=temperature,
             )
-        emit("step.finished", {"step": step, "finish_reason": finish})
-        if not calls:
-            return turn
+            call = Call(chat, msgspec.to_builtins(chat), request_id)
+            text, calls, finish = await _model_step(models, call, emit)
+            if call.usage is not None:
+                turn.usage.prompt_tokens += call.usage.prompt_tokens
+                turn.usage.completion_tokens += call.usage.completion_tokens
+            turn.messages.append(
+                oa.AssistantMessage(content=text or None, tool_calls=calls or None)
+            )
+            if calls:  # a step is a model call and the tools it asked for
+                results = await _run_tools(toolbox, calls, emit)
+                turn.messages.extend(
+                    oa.ToolMessage(content=r.content, tool_call_id=c.id)
+                    for c, r in zip(calls, results, strict=True)
+                )
+            emit("step.finished", {"step": step, "finish_reason": finish})
+            if not calls:
+                return turn
     turn.finish = "max_steps"
     return turn
 
@@ -167,7 +173,11 @@ async def _run_tools(toolbox: Toolbox, calls: list[oa.ToolCall], emit: Emit) -> 
     """Every call at once; each result is reported as soon as it is ready."""
 
     async def one(call: oa.ToolCall) -> ToolResult:
-        result = await toolbox.run(call.function.name, call.function.arguments)
+        name = call.function.name
+        attributes = {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": name,
+                      "gen_ai.tool.call.id": call.id}  # fmt: skip
+        with tracing.span(f"execute_tool {name}", **attributes):
+            result = await toolbox.run(name, call.function.arguments)
         emit("tool.result", {"id": call.id, "name": call.function.name,
                              "content": result.content, "is_error": result.is_error})  # fmt: skip
         for source in result.sources:
