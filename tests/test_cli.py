@@ -142,6 +142,7 @@ async def test_keys_create_list_revoke(tmp_path: Path, upstream: FakeOpenAI) -> 
 
     code, out = await run("keys", "list", "--config", str(path), env=env)
     assert code == 0 and key_id in out and "ci bot" in out and "rpm=7" in out
+    assert "models=fast" in out and "budget=tokens_per_day:1000" in out
     assert secret not in out
 
     # the key works on a server over the same store, and stops working once revoked

@@ -272,6 +272,8 @@ class App:
     async def shutdown(self) -> None:
         """Close providers, then flush every pending usage record; after a start that failed
         half way, close what it had opened (its database threads would keep the process)."""
+        if self.access is not None:
+            self.access.flush()
         for provider in self.providers.values():
             await provider.close()
         started = self._started

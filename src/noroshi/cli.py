@@ -287,7 +287,13 @@ def keys_list(config_path: str | None, include_revoked: bool) -> None:
             for n in ("rpm", "tpm", "max_concurrency")
             if getattr(key, n) is not None
         )
-        click.echo(f"{key.id}  {key.hint}  {state:7}  {key.name}  {limits}".rstrip())
+        models = f"models={','.join(key.models)}" if key.models else "models=any"
+        budget = ""
+        if key.budget is not None:
+            spent = {k: v for k, v in msgspec.structs.asdict(key.budget).items() if v is not None}
+            budget = "budget=" + ",".join(f"{k}:{v}" for k, v in spent.items())
+        line = f"{key.id}  {key.hint}  {state:7}  {key.name}  {models} {limits} {budget}"
+        click.echo(" ".join(line.split(" ")).rstrip())
     if not found:
         click.echo("no keys")
 

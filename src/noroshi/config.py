@@ -6,11 +6,14 @@ key at fault, so the CLI can print one line and exit 2 instead of a traceback.
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import ipaddress
 import os
 import re
 import tomllib
+import types
+import typing
 from collections.abc import Container, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -467,7 +470,40 @@ def _convert(raw: Any, kind: type[T], prefix: str) -> T:
     except msgspec.ValidationError as exc:
         message, path = _split_validation_error(str(exc))
         where = ".".join(p for p in (prefix, path) if p) or "config"
+        message += _hint(kind, path, message)
         raise ConfigError(f"{where}: {message[:1].lower()}{message[1:]}") from None
+
+
+def _hint(kind: Any, path: str, message: str) -> str:
+    """The nearest key to an unknown one, or the values an enum allows."""
+    for part in path.split(".") if path else []:
+        kind = _unwrap(kind)
+        if typing.get_origin(kind) in (list, dict):  # `part` is an index or a key
+            kind = typing.get_args(kind)[-1]
+        elif isinstance(kind, type) and issubclass(kind, msgspec.Struct):
+            kind = typing.get_type_hints(kind, include_extras=True).get(part)
+        else:
+            return ""
+    kind = _unwrap(kind)
+    unknown = re.match(r"Object contains unknown field `([^`]*)`", message)
+    if unknown and isinstance(kind, type) and issubclass(kind, msgspec.Struct):
+        near = difflib.get_close_matches(unknown.group(1), kind.__struct_fields__, 1)
+        return f", did you mean `{near[0]}`?" if near else ""
+    if message.startswith("Invalid enum value") and typing.get_origin(kind) is Literal:
+        return f"; expected one of: {', '.join(repr(v) for v in typing.get_args(kind))}"
+    return ""
+
+
+def _unwrap(kind: Any) -> Any:
+    """The type inside Annotated[...] and X | None."""
+    while True:
+        origin, args = typing.get_origin(kind), typing.get_args(kind)
+        if origin is Annotated:
+            kind = args[0]
+        elif origin in (types.UnionType, typing.Union) and type(None) in args:
+            kind = next(a for a in args if a is not type(None))
+        else:
+            return kind
 
 
 def _split_validation_error(text: str) -> tuple[str, str]:
@@ -549,7 +585,14 @@ def _check_exposure(config: Config) -> None:
             f"auth.master_key: the server would listen on {host}, beyond this machine, with "
             "no master key; set auth.master_key (or NOROSHI_MASTER_KEY), or bind 127.0.0.1"
         )
+    if len(config.auth.master_key) < MIN_MASTER_KEY and not is_loopback(host):
+        raise ConfigError(
+            f"auth.master_key: {len(config.auth.master_key)} characters is guessable on {host}, "
+            f"beyond this machine; use at least {MIN_MASTER_KEY} (openssl rand -hex 24)"
+        )
 
+
+MIN_MASTER_KEY = 16  # characters, for a server that listens beyond loopback
 
 ToolKind = Literal["http", "mcp_server", "mcp_tool", "python"]
 

@@ -139,7 +139,8 @@ async def test_full_queue_is_503_with_retry_after(base: str, provider: LocalProv
         assert provider.engine.waiting() == 1  # queue_size = 1: it is full now
         async with s.post(f"{base}/v1/chat/completions", json=payload) as refused:
             assert refused.status == 503
-            assert refused.headers["retry-after"] == "1"
+            # an estimate of the drain: the answers ahead, at the pace answers have taken
+            assert int(refused.headers["retry-after"]) >= 1
             assert (await refused.json())["error"]["code"] == "queue_full"
         running.close()
         (await queued).close()

@@ -11,6 +11,7 @@ import asyncio
 import functools
 import importlib.util
 import logging
+import math
 import os
 import queue
 import threading
@@ -275,6 +276,7 @@ class LocalEngine:
         self.style: str = config.prompt_format
         self._busy = threading.Event()
         self.last_job: _Job | None = None
+        self.job_s = 1.0  # how long an answer takes, a moving average: for Retry-After
 
     def start(self) -> None:
         if self._thread is None:
@@ -309,10 +311,12 @@ class LocalEngine:
         try:
             self._jobs.put_nowait(job)
         except queue.Full:
+            # the queue drains at the pace of its answers: say how long, not "1"
+            wait = math.ceil((self.waiting() + 1) * self.job_s)
             raise Unavailable(
-                "The local model is busy: its queue is full. Try again shortly.",
+                f"The local model is busy: its queue is full. Try again in about {wait} s.",
                 code="queue_full",
-                headers={"retry-after": "1"},
+                headers={"retry-after": str(wait)},
             ) from None
 
     def _load(self) -> Backend:
@@ -341,6 +345,7 @@ class LocalEngine:
             if job.cancel.is_set():
                 continue
             self._busy.set()
+            began = time.monotonic()
             try:
                 self._generate(job)
             except NoroshiError as exc:
@@ -349,6 +354,7 @@ class LocalEngine:
                 log.exception("local generation failed")
                 job.emit(("error", NoroshiError(f"The local model failed: {exc}")))
             finally:
+                self.job_s = 0.8 * self.job_s + 0.2 * (time.monotonic() - began)
                 self._busy.clear()
 
     def _generate(self, job: _Job) -> None:
