@@ -9,6 +9,8 @@ model answers alike whichever one runs it; docs/local-model.md has the measureme
 from __future__ import annotations
 
 import codecs
+import ctypes
+import functools
 import importlib.util
 from collections.abc import Iterator
 from typing import Any, Protocol
@@ -126,8 +128,11 @@ class _LlamaCppPython:
     engine = "llama_cpp"
 
     def __init__(self, path: str, context_tokens: int, threads: int) -> None:
+        import llama_cpp
         from llama_cpp import Llama
 
+        # verbose=False leaves llama.cpp's own lines (llama_kv_cache_iswa: ...) on stderr
+        llama_cpp.llama_log_set(_quiet(), ctypes.c_void_p(0))
         self._llm: Any = Llama(
             model_path=path, n_ctx=context_tokens, n_threads=threads, verbose=False
         )
@@ -158,3 +163,11 @@ class _LlamaCppPython:
             if llama_vocab_is_eog(llm._model.vocab, token):  # as its create_completion checks
                 return
             yield decoder.decode(llm.detokenize([token], special=True))
+
+
+@functools.cache
+def _quiet() -> Any:
+    """A log callback that drops llama.cpp's lines; kept alive here, as C holds it."""
+    import llama_cpp
+
+    return llama_cpp.llama_log_callback(lambda level, text, data: None)
