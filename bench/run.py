@@ -538,6 +538,7 @@ def main() -> None:
     parser.add_argument("--full", action="store_true", help="every peer, the report and chart")
     parser.add_argument("--quick", action="store_true", help="seconds; what CI runs (default)")
     parser.add_argument("--only", nargs="*", help="contender names to run")
+    parser.add_argument("--json", action="store_true", help="print every figure as JSON")
     args = parser.parse_args()
     mode = "full" if args.full else "quick"
     if mode == "full" and importlib.util.find_spec("matplotlib") is None:
@@ -551,8 +552,29 @@ def main() -> None:
         from bench.report import write_report
 
         write_report(results, ROOT / "docs")
-    print(json.dumps({k: v for k, v in results.items() if k != "plan"}, indent=1))
+    if args.json:
+        print(json.dumps({k: v for k, v in results.items() if k != "plan"}, indent=1))
+    else:
+        print(table(results))
     print(f"bench: results in {path}", file=sys.stderr)
+
+
+def table(results: dict[str, Any]) -> str:
+    """One row a contender: what the JSON says, at a glance."""
+    head = ("contender", "chat req/s", "stream req/s", "stream p99 ms", "CPU µs/req",
+            "start s", "idle MiB")  # fmt: skip
+    rows = [head]
+    for name, c in results.get("contenders", {}).items():
+        chat, stream = c.get("chat", {}), c.get("stream20", {})
+        cpu, start = stream.get("cpu_us_per_request", 0), c.get("cold_start_s", 0)
+        rows.append((name, f"{chat.get('rps', 0):,.0f}", f"{stream.get('rps', 0):,.0f}",
+                     f"{stream.get('p99_ms', 0):.1f}", f"{cpu:.0f}", f"{start:.2f}",
+                     f"{c.get('idle_rss_mb', 0):.0f}"))  # fmt: skip
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(head))]
+    lines = ["  ".join(str(v).rjust(w) if i else str(v).ljust(w)
+                       for i, (v, w) in enumerate(zip(row, widths, strict=True)))
+             for row in rows]  # fmt: skip
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,9 @@ def test_quick_bench_runs() -> None:
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
+    # a table a person reads, one row a contender; the JSON stays in the results file
+    assert result.stdout.splitlines()[0].split()[:3] == ["contender", "chat", "req/s"]
+    assert len(result.stdout.splitlines()) == 3
     report = json.loads((ROOT / "bench" / "results" / "quick.json").read_text())
     assert set(report["contenders"]) == {"noroshi", "bare-relay"}
     for name, measured in report["contenders"].items():
