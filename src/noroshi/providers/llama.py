@@ -89,7 +89,10 @@ class _Cyllama:
         ctx.kv_cache_clear()
         sampler = ll.LlamaSampler(ll.LlamaSamplerChainParams())
         if sampling.repeat_penalty != 1.0:
-            sampler.add_penalties(64, sampling.repeat_penalty, 0.0, 0.0)
+            try:
+                sampler.add_penalties(64, sampling.repeat_penalty, 0.0, 0.0)
+            except TypeError:  # cyllama 0.3 and later (Python 3.12+) take the vocabulary's size
+                sampler.add_penalties(vocab.n_vocab, 64, sampling.repeat_penalty, 0.0, 0.0)
         if sampling.temperature <= 0:
             sampler.add_greedy()
         else:
