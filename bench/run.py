@@ -303,6 +303,7 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=JSON",
                         help="change the plan for a smoke run, e.g. turn_rounds=2 streams=[1000];"
                         " its report goes to bench/results/, not docs/")  # fmt: skip
+    parser.add_argument("--json", action="store_true", help="print every figure as JSON")
     args = parser.parse_args()
     mode = "full" if args.full else "quick"
     changes = dict(change.split("=", 1) for change in args.set)
@@ -334,8 +335,29 @@ def main() -> None:
             _say(f"report of the smoke run in {RESULTS / 'benchmarks.md'}")
         else:
             write_all(results, ROOT)
-    print(json.dumps({k: v for k, v in results.items() if k != "plan"}, indent=1))
+    if args.json:
+        print(json.dumps({k: v for k, v in results.items() if k != "plan"}, indent=1))
+    else:
+        print(table(results))
     print(f"bench: results in {path}", file=sys.stderr)
+
+
+def table(results: dict[str, Any]) -> str:
+    """One row a contender: what the JSON says, at a glance."""
+    head = ("contender", "chat req/s", "stream req/s", "stream p99 ms", "CPU µs/req",
+            "start s", "idle MiB")  # fmt: skip
+    rows = [head]
+    for name, c in results.get("contenders", {}).items():
+        chat, stream = c.get("chat", {}), c.get("stream20", {})
+        cpu, start = stream.get("cpu_us_per_request", 0), c.get("cold_start_s", 0)
+        rows.append((name, f"{chat.get('rps', 0):,.0f}", f"{stream.get('rps', 0):,.0f}",
+                     f"{stream.get('p99_ms', 0):.1f}", f"{cpu:.0f}", f"{start:.2f}",
+                     f"{c.get('idle_rss_mb', 0):.0f}"))  # fmt: skip
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(head))]
+    lines = ["  ".join(str(v).rjust(w) if i else str(v).ljust(w)
+                       for i, (v, w) in enumerate(zip(row, widths, strict=True)))
+             for row in rows]  # fmt: skip
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

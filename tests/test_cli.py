@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -32,12 +31,6 @@ async def run(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
     out, _ = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode is not None
     return proc.returncode, out.decode()
-
-
-@pytest.fixture
-async def upstream() -> AsyncIterator[FakeOpenAI]:
-    async with FakeOpenAI() as fake:
-        yield fake
 
 
 async def test_doctor_reaches_each_provider(tmp_path: Path, upstream: FakeOpenAI) -> None:
@@ -142,6 +135,7 @@ async def test_keys_create_list_revoke(tmp_path: Path, upstream: FakeOpenAI) -> 
 
     code, out = await run("keys", "list", "--config", str(path), env=env)
     assert code == 0 and key_id in out and "ci bot" in out and "rpm=7" in out
+    assert "models=fast" in out and "budget=tokens_per_day:1000" in out
     assert secret not in out
 
     # the key works on a server over the same store, and stops working once revoked

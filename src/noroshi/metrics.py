@@ -7,14 +7,26 @@ What every request updates (requests, latency, time to first token, tokens) is k
 counters and handed to the registry only when it is scraped: prometheus-client's own metrics
 take a lock and check their type on every update, which cost a gateway request 3% of its CPU.
 Only the event loop updates and renders them, so no lock is needed.
+
+With several workers (`serve --workers N`) each one still counts for itself, at no extra cost
+per request: once a second it writes its figures to a file of its own in a folder the
+supervisor made (`NOROSHI_METRICS_DIR`), and the worker that answers a scrape adds up its own
+live figures and the others' files. So a scrape sees every worker, the others as they were
+up to a second before. A dead worker's counts stay in the sum (counters never go back); its
+gauge does not.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
 from bisect import bisect_left
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from itertools import accumulate
+from pathlib import Path
 
+import msgspec
 from prometheus_client import CollectorRegistry, Counter, disable_created_metrics, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import (
@@ -26,7 +38,10 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+__all__ = ["CONTENT_TYPE_LATEST", "SHARED_DIR_ENV", "Metrics"]
+
+SHARED_DIR_ENV = "NOROSHI_METRICS_DIR"  # set by the supervisor of several workers
+PUBLISH_S = 1.0  # how often a worker writes its figures for the others
 
 # `_created` series double the output and tell a scraper nothing
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -70,21 +85,43 @@ class _Answered:
         self.tokens_out = 0
 
 
+class _Row(msgspec.Struct, array_like=True):
+    """One (route, model, status) combination in a worker's published figures."""
+
+    route: str
+    model: str
+    status: int
+    requests: int
+    latency: list[int]
+    latency_sum: float
+    ttft: list[int]
+    ttft_sum: float
+    tokens_in: int
+    tokens_out: int
+
+
+class _Figures(msgspec.Struct):
+    """What one worker publishes for the others."""
+
+    pid: int
+    rows: list[_Row]
+    counters: dict[str, list[tuple[list[str], float]]]  # family -> (label values, value)
+    active: int
+
+
 class Metrics:
-    def __init__(self, active_streams: Callable[[], int] = lambda: 0) -> None:
+    def __init__(
+        self, active_streams: Callable[[], int] = lambda: 0, shared_dir: str | None = None
+    ) -> None:
         self.registry = r = CollectorRegistry(auto_describe=True)
         self._answered: dict[tuple[str, str, int], _Answered] = {}
+        self._active = active_streams
+        self.shared = Path(shared_dir) if shared_dir else None
         r.register(_AnsweredCollector(self._answered, active_streams))
-        self.upstream_errors = Counter(
-            "noroshi_upstream_errors", "Failed upstream attempts.", ("deployment", "code"),
-            registry=r,
-        )  # fmt: skip
-        self.refusals = Counter(
-            "noroshi_limit_refusals",
-            "Requests refused by a rate limit, budget or lockout.",
-            ("reason",),
-            registry=r,
-        )
+        name, (doc, labels) = "noroshi_upstream_errors", _COUNTERS["noroshi_upstream_errors"]
+        self.upstream_errors = Counter(name, doc, labels, registry=r)
+        name, (doc, labels) = "noroshi_limit_refusals", _COUNTERS["noroshi_limit_refusals"]
+        self.refusals = Counter(name, doc, labels, registry=r)
 
     def answered(
         self,
@@ -110,7 +147,120 @@ class Metrics:
         answered.tokens_out += completion
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if self.shared is None:
+            return generate_latest(self.registry)
+        return generate_latest(_Summed([*self._peers(), self.figures()]))
+
+    # --- several workers -------------------------------------------------------------------
+
+    def figures(self) -> _Figures:
+        rows = [
+            _Row(route, model, status, a.requests, a.latency.counts, a.latency.sum,
+                 a.ttft.counts, a.ttft.sum, a.tokens_in, a.tokens_out)
+            for (route, model, status), a in self._answered.items()
+        ]  # fmt: skip
+        counters = {
+            family.name: [
+                (list(sample.labels.values()), sample.value)
+                for sample in family.samples
+                if sample.name.endswith("_total")
+            ]
+            for counter in (self.upstream_errors, self.refusals)
+            for family in counter.collect()
+        }
+        return _Figures(os.getpid(), rows, counters, self._active())
+
+    def publish(self) -> None:
+        """Write this worker's figures where the others read them, whole or not at all."""
+        assert self.shared is not None
+        path = self.shared / f"{os.getpid()}.json"
+        partial = path.with_suffix(".part")
+        partial.write_bytes(msgspec.json.encode(self.figures()))
+        os.replace(partial, path)
+
+    def _peers(self) -> list[_Figures]:
+        assert self.shared is not None
+        found: list[_Figures] = []
+        for path in self.shared.glob("*.json"):
+            if path.stem == str(os.getpid()):
+                continue
+            with contextlib.suppress(OSError, msgspec.DecodeError):
+                figures = msgspec.json.decode(path.read_bytes(), type=_Figures)
+                if not _alive(figures.pid):
+                    figures.active = 0  # a dead worker streams nothing; its counts stand
+                found.append(figures)
+        return found
+
+    def start(self) -> Callable[[], Awaitable[None]]:
+        """Publish every PUBLISH_S until the returned function is awaited (and once more)."""
+
+        async def run() -> None:
+            while True:
+                await asyncio.sleep(PUBLISH_S)
+                await asyncio.to_thread(self.publish)
+
+        task = asyncio.get_running_loop().create_task(run())
+
+        async def stop() -> None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            self.publish()  # the last figures, for the workers that stay
+
+        return stop
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class _Summed(Collector):
+    """Every worker's figures, added up per label set."""
+
+    def __init__(self, all_figures: list[_Figures]) -> None:
+        self.answered: dict[tuple[str, str, int], _Answered] = {}
+        self.counters: dict[str, dict[tuple[str, ...], float]] = {}
+        self.active = 0
+        for figures in all_figures:
+            self.active += figures.active
+            for row in figures.rows:
+                a = self.answered.setdefault((row.route, row.model, row.status), _Answered())
+                a.requests += row.requests
+                a.latency.add(_histogram_of(row.latency, row.latency_sum))
+                a.ttft.add(_histogram_of(row.ttft, row.ttft_sum))
+                a.tokens_in += row.tokens_in
+                a.tokens_out += row.tokens_out
+            for name, samples in figures.counters.items():
+                summed = self.counters.setdefault(name, {})
+                for labels, value in samples:
+                    summed[tuple(labels)] = summed.get(tuple(labels), 0.0) + value
+
+    def collect(self) -> Iterator[Metric]:
+        yield from _AnsweredCollector(self.answered, lambda: self.active).collect()
+        for name, (doc, labels) in _COUNTERS.items():
+            family = CounterMetricFamily(name, doc, labels=labels)
+            for values, value in self.counters.get(name, {}).items():
+                family.add_metric(values, value)
+            yield family
+
+
+_COUNTERS = {
+    "noroshi_upstream_errors": ("Failed upstream attempts.", ("deployment", "code")),
+    "noroshi_limit_refusals": ("Requests refused by a rate limit, budget or lockout.", ("reason",)),
+}
+
+
+def _histogram_of(counts: list[int], total: float) -> _Histogram:
+    histogram = _Histogram()
+    histogram.counts = list(counts)
+    histogram.sum = total
+    return histogram
 
 
 class _AnsweredCollector(Collector):

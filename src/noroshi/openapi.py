@@ -51,9 +51,25 @@ def openapi(endpoints: Iterable[Endpoint], version: str) -> dict[str, Any]:
             "version": version,
             "description": "A streaming-first AI gateway and agent server.",
         },
+        "tags": [
+            {"name": tag, "x-displayName": title, "description": about}
+            for tag, (title, about) in _TAGS.items()
+            if any(e.tag == tag for e in endpoints)
+        ],
         "paths": paths,
         "components": {"schemas": components, "securitySchemes": _SECURITY},
     }
+
+
+# each tag's heading (`x-displayName`, as reference renderers read it) and what it covers
+_TAGS = {
+    "openai": ("OpenAI-compatible API", "Any OpenAI client works unchanged against these."),
+    "simple": ("Simple endpoints", "The `/api/chat`-style endpoints, streamed as SSE."),
+    "agents": ("Agents", "Server-side tool loops, their runs, sessions and event streams."),
+    "knowledge": ("Knowledge bases", "Documents, their chunks, and hybrid search."),
+    "admin": ("Admin", "Keys and usage; the master key only."),
+    "service": ("Service", "Health, metrics, this reference."),
+}
 
 
 def _operation(

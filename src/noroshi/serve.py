@@ -24,9 +24,11 @@ import ctypes
 import errno
 import os
 import select
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,6 +41,7 @@ except ImportError:  # not on Windows
 from noroshi.app import App
 from noroshi.config import Config, ServerConfig
 from noroshi.http.server import Limits, Server
+from noroshi.metrics import SHARED_DIR_ENV
 from noroshi.process import tune_collector
 
 __all__ = ["ListenError", "failure", "listen", "make_server", "run", "say"]
@@ -235,6 +238,9 @@ class _Supervisor:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._on_signal)
         signal.signal(signal.SIGCHLD, lambda *_: None)  # only to wake the loop below
+        # where the workers leave their metrics for whichever of them answers a scrape
+        shared = tempfile.mkdtemp(prefix="noroshi-metrics-")
+        os.environ[SHARED_DIR_ENV] = shared
         try:
             for index in range(self.config.server.workers):
                 self._spawn(index, wake_r, wake_w)
@@ -242,6 +248,7 @@ class _Supervisor:
         finally:
             signal.set_wakeup_fd(-1)
             self._stop()
+            shutil.rmtree(shared, ignore_errors=True)
 
     def _on_signal(self, *_: object) -> None:
         self.stopping = True

@@ -29,12 +29,6 @@ WEATHER_TOOL = {
 
 
 @pytest.fixture
-async def upstream() -> AsyncIterator[FakeOpenAI]:
-    async with FakeOpenAI(api_key="test-key") as fake:
-        yield fake
-
-
-@pytest.fixture
 async def base(serve: Serve, tmp_path: Path, upstream: FakeOpenAI) -> str:
     return await serve(write_config(tmp_path, openai_config(upstream.base_url)))
 

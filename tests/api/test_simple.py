@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import openai
 import pytest
 
@@ -23,6 +22,7 @@ from noroshi.client import (
 )
 from tests.conftest import Serve, openai_config, write_config
 from tests.fakes.upstream import FakeOpenAI, Reply
+from tests.posting import post
 
 EMBED_MODEL = """
 [[models]]
@@ -35,12 +35,6 @@ embedding_model = "embed"
 
 
 @pytest.fixture
-async def upstream() -> AsyncIterator[FakeOpenAI]:
-    async with FakeOpenAI(api_key="test-key") as fake:
-        yield fake
-
-
-@pytest.fixture
 async def base(serve: Serve, tmp_path: Path, upstream: FakeOpenAI) -> str:
     return await serve(write_config(tmp_path, openai_config(upstream.base_url, EMBED_MODEL)))
 
@@ -49,11 +43,6 @@ async def base(serve: Serve, tmp_path: Path, upstream: FakeOpenAI) -> str:
 async def client(base: str) -> AsyncIterator[AsyncClient]:
     async with AsyncClient(base, max_retries=0) as c:
         yield c
-
-
-async def post(base: str, path: str, payload: Any) -> tuple[int, Any, bytes]:
-    async with aiohttp.ClientSession() as s, s.post(f"{base}{path}", json=payload) as r:
-        return r.status, r.headers.copy(), await r.read()
 
 
 async def send(c: AsyncClient, path: str, payload: dict[str, Any]) -> None:
@@ -86,7 +75,7 @@ async def test_api_chat_sse_framing(base: str, upstream: FakeOpenAI) -> None:
     """The bytes themselves: `data: {text}` events, then `data: [DONE]`."""
     upstream.script(Reply(text="hello there world"))
     status, headers, body = await post(
-        base, "/api/chat", {"messages": [{"role": "user", "content": "hi"}]}
+        base + "/api/chat", {"messages": [{"role": "user", "content": "hi"}]}
     )
     assert status == 200
     assert headers["content-type"].startswith("text/event-stream")
@@ -109,7 +98,7 @@ async def test_api_chat_error_after_first_byte(
     # on the wire: an `event: error` with a message, and no `[DONE]`
     upstream.script(Reply(text="a b c d", token_delay=0.05, stall_after=2))
     status, _, body = await post(
-        base, "/api/chat", {"messages": [{"role": "user", "content": "x"}]}
+        base + "/api/chat", {"messages": [{"role": "user", "content": "x"}]}
     )
     assert status == 200
     assert b"[DONE]" not in body
@@ -164,7 +153,7 @@ async def test_simple_validation(
     base: str, client: AsyncClient, path: str, payload: dict, param: str
 ) -> None:
     # the server's own check, raw: the client would refuse most of these before sending
-    status, _, body = await post(base, path, payload)
+    status, _, body = await post(base + path, payload)
     error = json.loads(body)["error"]
     assert status == (404 if param == "model" else 400)
     assert error["param"] == param
@@ -199,7 +188,7 @@ async def test_v1_embeddings_float_and_base64(base: str, client: AsyncClient) ->
     assert ours.data[0].embedding == pytest.approx(floats.data[0].embedding, abs=1e-6)
     # the base64 text itself, raw
     status, _, body = await post(
-        base, "/v1/embeddings", {"model": "embed", "input": "a", "encoding_format": "base64"}
+        base + "/v1/embeddings", {"model": "embed", "input": "a", "encoding_format": "base64"}
     )
     assert status == 200
     raw = base64.b64decode(json.loads(body)["data"][0]["embedding"])
@@ -222,7 +211,7 @@ async def test_v1_embeddings_float_and_base64(base: str, client: AsyncClient) ->
 async def test_v1_embeddings_validation(
     base: str, client: AsyncClient, payload: dict, param: str
 ) -> None:
-    status, _, body = await post(base, "/v1/embeddings", payload)
+    status, _, body = await post(base + "/v1/embeddings", payload)
     assert status == (404 if param == "model" else 400)
     assert json.loads(body)["error"]["param"] == param
     kinds = NotFoundError if param == "model" else (InvalidRequestError, BadRequestError)

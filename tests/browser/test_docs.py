@@ -35,3 +35,15 @@ async def test_docs_render_under_their_policy(gateway: Gateway, page: Page) -> N
     )
     assert border == "solid"
     assert not refused
+
+
+async def test_docs_headings_and_markdown(gateway: Gateway, page: Page) -> None:
+    """Tags were shown as raw names ("Openai") and descriptions with their backticks."""
+    await page.goto(f"{gateway.url}/docs")
+    headings = page.locator("#reference h2")
+    await expect(headings.first).to_be_visible()
+    names = await headings.all_text_contents()
+    assert "OpenAI-compatible API" in names and "Openai" not in names, names
+    prose = await page.locator("#reference p, #reference li, .summary").all_text_contents()
+    assert not [t for t in prose if "`" in t], "a Markdown backtick was shown as it is"
+    assert await page.locator("#reference p code").count() > 0

@@ -263,6 +263,40 @@ async def test_sessions_list_new_chat_and_reopen(
     await expect(sessions).to_have_count(1)
 
 
+async def test_the_empty_page_says_what_to_try_and_offers_no_embedding_model(
+    gateway: Gateway, page: Page
+) -> None:
+    await sign_in(page, gateway)
+    welcome = page.get_by_test_id("welcome")
+    await expect(welcome).to_be_visible()
+    await expect(welcome).to_contain_text("send a message")
+    targets = page.get_by_test_id("target").locator("option")
+    await expect(targets.first).to_be_attached()
+    values = await targets.evaluate_all("os => os.map(o => o.value)")
+    assert "model:embed" not in values, values  # defaults.embedding_model: no chat answers
+    assert "model:fast" in values, values
+    await send(page, "model:fast", "Hello")
+    await expect(welcome).to_be_hidden()
+
+
+async def test_a_reopened_session_keeps_its_labels_and_token_line(
+    gateway: Gateway, page: Page
+) -> None:
+    gateway.upstream.script(Reply(text="Stored answer."))
+    await sign_in(page, gateway)
+    await send(page, "agent:helper", "A question")
+    await expect(assistant(page)).to_contain_text("Stored answer.")
+    await expect(page.get_by_test_id("message-status")).to_contain_text("tokens")
+    live = await assistant(page).get_attribute("data-who")
+    assert live and live.startswith("helper"), live
+
+    await page.reload()
+    await page.get_by_test_id("sessions").get_by_test_id("session").first.click()
+    await expect(assistant(page)).to_contain_text("Stored answer.")
+    assert await assistant(page).get_attribute("data-who") == live
+    await expect(page.get_by_test_id("message-status")).to_contain_text("tokens")
+
+
 # --- stop -----------------------------------------------------------------------------------
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import aiohttp
 
+from tests import posting
 from tests.fakes.upstream import FakeOpenAI, Reply
 from tests.faults.conftest import MASTER, figure, start_fleet
 
@@ -22,8 +23,8 @@ AUTH = {"authorization": f"Bearer {MASTER}"}
 
 
 async def post(s: aiohttp.ClientSession, url: str, **body: Any) -> tuple[int, Any]:
-    async with s.post(url, json=body, headers=AUTH) as r:
-        return r.status, await r.json()
+    answer = await posting.post(url, body, headers=AUTH, session=s)
+    return answer.status, answer.json()
 
 
 async def test_a_second_turn_on_another_replica_waits_its_turn(

@@ -12,8 +12,8 @@ import aiohttp
 import openai
 import pytest
 
-from noroshi.config import load_config
-from noroshi.providers.local_embeddings import LocalEmbeddingsProvider
+from noroshi.config import ProviderConfig, load_config
+from noroshi.providers.local_embeddings import LocalEmbeddingsProvider, _groups
 from tests.conftest import Serve, write_config
 
 CONFIG = """
@@ -101,3 +101,22 @@ def test_zero_config_serves_the_local_models() -> None:
     assert config.providers["local"].type == "local"
     assert config.providers["local-embeddings"].type == "local_embeddings"
     assert config.defaults.embedding_model == "e5-small"
+
+
+def test_long_texts_go_alone_and_short_ones_together() -> None:
+    short, long = "a" * 50, "b" * 2000
+    assert _groups([short] * 5) == [[short] * 5]
+    assert _groups([short, long, short, short]) == [[short], [long], [short, short]]
+
+
+async def test_grouping_changes_no_vector() -> None:
+    """The vectors of a batch cut into groups are each text's own."""
+    provider = LocalEmbeddingsProvider("e", ProviderConfig(type="local_embeddings"))
+    texts = ["short one", "holidays " * 150, "another short", "sick leave " * 120]
+    try:
+        together = await provider.embed(texts, "e5-small", None)
+        alone = [await provider.embed([t], "e5-small", None) for t in texts]
+    finally:
+        await provider.close()
+    for vector, single in zip(together.vectors, alone, strict=True):
+        assert max(abs(a - b) for a, b in zip(vector, single.vectors[0], strict=True)) < 1e-4

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from noroshi.agent.runs import Agent
 from noroshi.agent.tools import Tool, Toolbox, load_approval, load_tool
 from noroshi.config import AgentConfig, Config, ConfigError, tool_ref
-from noroshi.errors import NoroshiError
+from noroshi.errors import NoroshiError, StartupError
 from noroshi.retrieval.tool import KnowledgeTool
 
 if TYPE_CHECKING:
@@ -46,15 +46,30 @@ async def build_agents(
     for server_config in config.mcp_servers:
         servers[server_config.name] = MCPServer(server_config)
         closers.append(servers[server_config.name].close)
+    try:
+        return await _build(config, default_model, knowledge, http, servers), closers
+    except BaseException:
+        for close in closers:  # a failed start leaves no MCP server running
+            await close()
+        raise
+
+
+async def _build(
+    config: Config,
+    default_model: Callable[[], str],
+    knowledge: Knowledge | None,
+    http: dict[str, HTTPTool],
+    servers: dict[str, MCPServer],
+) -> dict[str, Agent]:
     started = await asyncio.gather(*(s.start() for s in servers.values()), return_exceptions=True)
-    for name, result in zip(servers, started, strict=True):
-        if isinstance(result, Exception):
-            log.error("MCP server %s did not start: %s", name, result)
+    for i, result in enumerate(started):
+        if isinstance(result, Exception):  # a server that goes away later is reconnected, but
+            raise StartupError(f"mcp_servers.{i}: {result}")  # one never there is a mistake
     agents: dict[str, Agent] = {}
-    configs = list(config.agents)
-    if not any(a.name == "default" for a in configs):
-        configs.insert(0, AgentConfig(name="default"))
-    for i, agent in enumerate(configs):
+    configs = list(enumerate(config.agents))  # numbered as in the config, for its keys
+    if not any(a.name == "default" for a in config.agents):
+        configs.insert(0, (-1, AgentConfig(name="default")))
+    for i, agent in configs:
         tools: list[Tool] = []
         for j, name in enumerate(agent.tools):
             where = f"agents.{i}.tools.{j}"
@@ -80,7 +95,7 @@ async def build_agents(
             except ValueError as exc:
                 raise ConfigError(f"agents.{i}.approval.{name}: {exc}") from None
         agents[agent.name] = Agent(agent, model, Toolbox(own))
-    return agents, closers
+    return agents
 
 
 def _resolve(

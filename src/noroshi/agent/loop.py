@@ -13,6 +13,7 @@ from typing import Any
 
 import msgspec
 
+from noroshi import tracing
 from noroshi.agent.tools import CALL_KEY, Toolbox, ToolResult
 from noroshi.errors import UpstreamProtocolError
 from noroshi.providers.base import Call, Usage
@@ -127,30 +128,34 @@ async def run_turn(
                 return turn
             turn.steps += 1
             emit("step.started", {"step": turn.steps})
-            chat = oa.ChatRequest(
-                model=model,
-                messages=[*head, *history, *turn.messages],
-                stream=True,
-                tools=tools,
-                temperature=temperature,
-            )
-            call = Call(chat, msgspec.to_builtins(chat), request_id)
-            try:
-                text, calls, finish = await _model_step(models, call, emit)
-            finally:  # a cut call is billed for what it streamed, as the gateway bills one
-                used = call.usage or _used(call)
-                turn.usage.prompt_tokens += used.prompt_tokens
-                turn.usage.completion_tokens += used.completion_tokens
-            message = oa.AssistantMessage(content=text or None, tool_calls=calls or None)
-            if not calls:
-                turn.messages.append(message)
-                emit("step.finished", {"step": turn.steps, "finish_reason": finish})
-                return turn
-            turn.pending = step = Step(message, finish)
-            for c in calls:
-                emit("tool.call", {"id": c.id, "name": c.function.name,
-                                   "arguments": c.function.arguments})  # fmt: skip
-        await _run_tools(toolbox, step, emit, request_id)
+        # a step, the model call and the tools it asked for, is one span
+        with tracing.span(f"agent step {turn.steps}", **{"noroshi.step": turn.steps,
+                          "gen_ai.request.model": model}):  # fmt: skip
+            if step is None:
+                chat = oa.ChatRequest(
+                    model=model,
+                    messages=[*head, *history, *turn.messages],
+                    stream=True,
+                    tools=tools,
+                    temperature=temperature,
+                )
+                call = Call(chat, msgspec.to_builtins(chat), request_id)
+                try:
+                    text, calls, finish = await _model_step(models, call, emit)
+                finally:  # a cut call is billed for what it streamed, as the gateway bills one
+                    used = call.usage or _used(call)
+                    turn.usage.prompt_tokens += used.prompt_tokens
+                    turn.usage.completion_tokens += used.completion_tokens
+                message = oa.AssistantMessage(content=text or None, tool_calls=calls or None)
+                if not calls:
+                    turn.messages.append(message)
+                    emit("step.finished", {"step": turn.steps, "finish_reason": finish})
+                    return turn
+                turn.pending = step = Step(message, finish)
+                for c in calls:
+                    emit("tool.call", {"id": c.id, "name": c.function.name,
+                                       "arguments": c.function.arguments})  # fmt: skip
+            await _run_tools(toolbox, step, emit, request_id)
         turn.messages.append(step.message)
         turn.messages.extend(
             oa.ToolMessage(content=step.results[c.id].content, tool_call_id=c.id)
@@ -230,7 +235,11 @@ async def _run_tools(toolbox: Toolbox, step: Step, emit: Emit, run_id: str) -> N
 
     async def run(call: oa.ToolCall) -> None:
         CALL_KEY.set(f"{run_id}:{call.id}")  # this task's own context: gather copies it
-        result = await toolbox.run(call.function.name, call.function.arguments)
+        name = call.function.name
+        attributes = {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": name,
+                      "gen_ai.tool.call.id": call.id}  # fmt: skip
+        with tracing.span(f"execute_tool {name}", **attributes):
+            result = await toolbox.run(name, call.function.arguments)
         settle(call, result)
 
     def settle(call: oa.ToolCall, result: ToolResult) -> None:

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import re
+from collections import deque
 from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import Any, BinaryIO, Self
@@ -46,6 +47,7 @@ _CLOSE_TIMEOUT_S = 10.0  # the SDK's stdio shutdown takes at most ~6.5 s (stdin,
 _HTTP_READ_TIMEOUT_S = 300.0  # the server-to-client SSE stream may idle this long
 _STDERR_LINE_MAX = 2000
 _STDERR_LINES_PER_MINUTE = 100
+_STDERR_TAIL = 20  # a server's last stderr lines, logged at WARNING when it fails
 
 
 class MCPConnectError(ConnectionError):
@@ -202,6 +204,7 @@ class _Connection:
         self.over = asyncio.Event()  # the transport is gone, or we stop it
         self._why = "the server closed the connection"
         self._stopping = False
+        self.stderr_tail: deque[str] = deque(maxlen=_STDERR_TAIL)  # shown when it fails
         self._scope = anyio.CancelScope()
         self._task = asyncio.create_task(self._run(), name=f"mcp:{config.name}")
 
@@ -226,6 +229,8 @@ class _Connection:
             raise
         if self.session is None:
             await asyncio.shield(self.close())
+            for line in self.stderr_tail:  # INFO while it works; the reason it failed, now
+                log.warning("MCP server %s: %s", config.name, line)
             reason = _describe(self.error) if self.error else "it closed the connection"
             raise MCPConnectError(f"{server} cannot be reached: {reason}") from self.error
 
@@ -296,6 +301,8 @@ class _Connection:
             self.over.set()
             self.ready.set()
             if self.session is not None and not self._stopping:
+                for line in self.stderr_tail:
+                    log.warning("MCP server %s: %s", self.config.name, line)
                 log.warning("MCP server %s: connection lost: %s", self.config.name, self._why)
 
     async def _open(self, stack: AsyncExitStack) -> TransportStreams:
@@ -315,7 +322,7 @@ class _Connection:
         )
         read_fd, write_fd = os.pipe()
         pipe = os.fdopen(read_fd, "rb", buffering=0)
-        stderr = asyncio.create_task(_log_stderr(pipe, config.name))
+        stderr = asyncio.create_task(_log_stderr(pipe, config.name, self.stderr_tail))
         stack.push_async_callback(_finish, stderr)
         # The child keeps its own copy of the pipe; closing ours lets the reader see it exit.
         with os.fdopen(write_fd, "w") as errlog:
@@ -416,9 +423,10 @@ def _describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-async def _log_stderr(pipe: BinaryIO, server: str) -> None:
+async def _log_stderr(pipe: BinaryIO, server: str, tail: deque[str]) -> None:
     """Log a stdio server's stderr, a line at a time, at most _STDERR_LINES_PER_MINUTE lines a
-    minute so that a chatty server cannot flood the log (what is left out is counted)."""
+    minute so that a chatty server cannot flood the log (what is left out is counted); the
+    last lines are kept in `tail`."""
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     try:
@@ -443,6 +451,7 @@ async def _log_stderr(pipe: BinaryIO, server: str) -> None:
         line = raw.decode(errors="replace").rstrip()
         if len(line) > _STDERR_LINE_MAX:
             line = line[:_STDERR_LINE_MAX] + "…"
+        tail.append(line)
         log.info("MCP server %s: %s", server, line)
 
     buffer = b""

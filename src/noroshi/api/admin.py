@@ -24,6 +24,7 @@ from noroshi.wire.admin import (
     KeyUpdate,
     UsageList,
     UsageQuery,
+    UsageTotals,
 )
 
 __all__ = ["install", "parse_time"]
@@ -105,6 +106,11 @@ def install(router: Router, app: Services) -> None:
             group_by=group_by,
             limit=query.limit,
         )
+        if group_by == "key":  # an id alone says little in a report: the key's name too
+            names = {k.id: k.name for k in await app.keys.list(include_revoked=True)}
+            for row in rows:
+                if isinstance(row, UsageTotals) and row.key_id is not None:
+                    row.key_name = names.get(row.key_id)
         return JSONResponse(UsageList(group_by=group_by, data=list(rows)))
 
     router.serve(api.KEY_CREATE, create_key)

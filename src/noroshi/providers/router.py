@@ -16,6 +16,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from itertools import accumulate
 from typing import TypeVar
 
+from noroshi import tracing
 from noroshi.config import Config, RoutingConfig
 from noroshi.errors import (
     ModelNotFound,
@@ -156,8 +157,12 @@ class ProviderRouter:
                 tried.add(dep)
                 call.attempts += 1
                 call.deployment = dep.label
+                traced = tracing.current
                 try:
-                    result = await attempt(dep)
+                    if traced is None:
+                        result = await attempt(dep)
+                    else:  # a child span of the request's, for this try at this deployment
+                        result = await traced.attempt(call, dep, attempt(dep))
                 except (UpstreamError, UpstreamTimeout) as exc:
                     last = exc
                     retry_after = self._failed(dep, exc)

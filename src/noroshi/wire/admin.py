@@ -133,6 +133,7 @@ class UsageTotals(Struct, kw_only=True, tag_field="object", tag="usage.totals"):
     """One group's totals; the field `group_by` names holds the group, the others are null."""
 
     key_id: str | None = None
+    key_name: str | None = None  # with group_by=key
     model: str | None = None
     day: str | None = None
     requests: int

@@ -28,6 +28,12 @@ async function checkHealth() {
     authState.title = err.message;
     return;
   }
+  const note = health.providers?.local?.note;
+  if (note) {
+    const demo = $("#welcome-demo");
+    demo.textContent = `Model local is ${note}.`;
+    demo.hidden = false;
+  }
   const on = health.auth === "on";
   authState.textContent = on ? "auth on" : "auth off";
   authState.title = on ? "The server checks API keys." : `Auth is ${health.auth}`;
@@ -42,11 +48,17 @@ async function refresh() {
     if (consoleView.visible) consoleView.refresh();
     return;
   }
-  await chat.loadTargets(health?.models?.chat);
+  await chat.loadTargets(health?.models?.chat, health?.models?.embedding);
   await chat.refreshSessions();
   if (!chat.active) await chat.resume();
   if (consoleView.visible) consoleView.refresh();
 }
+
+// the welcome is the empty page: it goes once the conversation has anything in it
+const log = $("#log");
+const showWelcome = () => { $("#welcome").hidden = log.children.length > 0; };
+new MutationObserver(showWelcome).observe(log, { childList: true });
+showWelcome();
 
 keyInput.value = getKey();
 // the key is used from the first keystroke; what depends on it is fetched once typing stops

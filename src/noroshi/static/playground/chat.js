@@ -291,7 +291,8 @@ export class Chat {
 
   // --- what to talk to ---
 
-  async loadTargets(defaultModel) {
+  /** Models and agents to talk to; the embedding model answers no chat, so it is left out. */
+  async loadTargets(defaultModel, embeddingModel) {
     const [models, agents] = await Promise.allSettled([
       getJSON("v1/models"),
       getJSON("api/v1/agents"),
@@ -302,6 +303,7 @@ export class Chat {
     if (models.status === "fulfilled") {
       const group = el("optgroup", { label: "Models" });
       for (const m of models.value.data || []) {
+        if (m.id === embeddingModel) continue;
         group.append(el("option", { value: `model:${m.id}`, text: `model:${m.id}` }));
       }
       if (group.children.length) this.target.append(group);
@@ -856,7 +858,7 @@ export class Chat {
     this.clearLog();
     this.sessionId = detail.id;
     this.markSession();
-    this.render(detail.messages || []);
+    this.render(detail.messages || [], detail.runs || [], detail.agent);
     this.selectAgent(detail.agent);
     if (!quiet) {
       this.clearNotice();
@@ -877,13 +879,32 @@ export class Chat {
     return true;
   }
 
-  /** OpenAI-shaped messages: each user message, then one turn for what the agent did. */
-  render(messages) {
+  /** OpenAI-shaped messages: each user message, then one turn for what the agent did, named
+   * and with its token line as it was while it streamed (the session's runs, in order). */
+  render(messages, runs = [], agent = "") {
     let turn = null;
+    let run = null;
+    const done = runs.filter((r) => r.status !== "running")
+      .sort((a, b) => a.created_at - b.created_at);
     const names = new Map(); // tool call id -> tool name
+    const open = () => {
+      if (turn) return turn;
+      run = done.shift() || null;
+      const name = run?.agent || agent || "Assistant";
+      const model = this.agents.get(name)?.model;
+      turn = this.addTurn(model ? `${name} · ${model}` : name);
+      return turn;
+    };
     const flush = () => {
       if (turn?.text) this.remember("assistant", turn.text);
+      if (turn && run && run.prompt_tokens + run.completion_tokens > 0) {
+        turn.usage({
+          prompt_tokens: run.prompt_tokens, completion_tokens: run.completion_tokens,
+          total_tokens: run.prompt_tokens + run.completion_tokens,
+        });
+      }
       turn = null;
+      run = null;
     };
     for (const m of messages.slice(-MAX_MESSAGES * 4)) {
       if (m.role === "user") {
@@ -892,15 +913,13 @@ export class Chat {
         this.addUser(text);
         this.remember("user", text);
       } else if (m.role === "assistant") {
-        turn ??= this.addTurn("Assistant");
-        turn.appendText(textOf(m.content) || m.refusal || "");
+        open().appendText(textOf(m.content) || m.refusal || "");
         for (const tc of m.tool_calls || []) {
           names.set(tc.id, tc.function?.name);
           turn.toolCall({ id: tc.id, name: tc.function?.name, arguments: tc.function?.arguments });
         }
       } else if (m.role === "tool") {
-        turn ??= this.addTurn("Assistant");
-        turn.toolResult({
+        open().toolResult({
           id: m.tool_call_id, name: names.get(m.tool_call_id), content: textOf(m.content),
           is_error: false,
         });
