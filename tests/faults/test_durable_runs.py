@@ -100,6 +100,8 @@ async def test_a_replica_killed_mid_tool_hands_its_run_to_another(
             async with s.get(f"{b}/api/v1/runs/{run_id}/stream") as joined:  # on the other
                 head = await asyncio.wait_for(joined.content.readuntil(b'"slow_safe"'), 10)
                 head += await joined.content.readuntil(b"\n\n")
+                while len(calls(counted)) < 3:  # noqa: ASYNC110 - both slow tools are running
+                    await asyncio.sleep(0.02)
                 kill_tree(dying.pid)
                 killed = time.monotonic()
                 rest = await asyncio.wait_for(joined.content.read(), 60)
