@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
 from aiohttp import web
 
-from noroshi.errors import NoroshiError, UpstreamTimeout
+from noroshi.errors import NoroshiError, UpstreamConnectError, UpstreamTimeout
 from noroshi.providers.transport import HTTPTransport
 from tests.fakes.loopback import LoopbackServer
 
@@ -104,3 +105,66 @@ async def test_data_that_keeps_coming_is_never_a_stall() -> None:
     assert error is None
     assert b"".join(chunks) == b"".join(b"data: %d\n\n" % i for i in range(8))
     assert took >= 0.8
+
+
+class Sockets(LoopbackServer):
+    """`/echo` returns each text frame upper-cased and ends on "bye" with a binary frame;
+    `/refuse` answers 403; `/mute` never answers the handshake."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.headers: list[dict[str, str]] = []
+
+    def _routes(self) -> list[web.RouteDef]:
+        async def echo(request: web.Request) -> web.WebSocketResponse:
+            self.headers.append(dict(request.headers))
+            ws = web.WebSocketResponse()
+            await ws.prepare(request)
+            async for message in ws:
+                if message.data == "bye":
+                    await ws.send_bytes(b"binary")
+                else:
+                    await ws.send_str(message.data.upper())
+            return ws
+
+        async def refuse(request: web.Request) -> web.Response:
+            return web.Response(status=403, text="no")
+
+        async def mute(request: web.Request) -> web.Response:
+            await asyncio.sleep(5)
+            return web.Response()
+
+        return [web.get("/echo", echo), web.get("/refuse", refuse), web.get("/mute", mute)]
+
+
+async def test_a_websocket_to_the_upstream_carries_text_frames() -> None:
+    transport = HTTPTransport(max_connections=4, connect_timeout=2)
+    try:
+        async with Sockets() as upstream:
+            # the core's address is an http URL: the socket takes the matching ws scheme
+            ws = await transport.websocket(f"{upstream.origin}/echo", {"x-signed": "yes"})
+            await ws.send("hi")
+            assert await ws.receive() == "HI"
+            await ws.send("bye")
+            assert await ws.receive() is None  # a binary frame: not carried
+            await ws.close()
+            assert await ws.receive() is None
+            assert upstream.headers[0]["x-signed"] == "yes"
+            assert "User-Agent" not in upstream.headers[0]
+    finally:
+        await transport.close()
+
+
+async def test_a_websocket_that_cannot_open_is_a_noroshi_error() -> None:
+    transport = HTTPTransport(max_connections=4, connect_timeout=0.3)
+    try:
+        async with Sockets() as upstream:
+            with pytest.raises(UpstreamConnectError, match="403"):
+                await transport.websocket(f"{upstream.origin}/refuse", {})
+            with pytest.raises(UpstreamTimeout, match="in time"):
+                await transport.websocket(f"{upstream.origin}/mute", {})
+            port = upstream.port
+        with pytest.raises(UpstreamConnectError, match="Could not open"):
+            await transport.websocket(f"ws://127.0.0.1:{port}/echo", {})  # nobody listens now
+    finally:
+        await transport.close()
