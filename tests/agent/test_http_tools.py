@@ -4,19 +4,26 @@ guard that keeps them off private addresses."""
 from __future__ import annotations
 
 import asyncio
+import datetime
 import ipaddress
 import socket
+import ssl
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
-import aiohttp
+import httpcore2
+import httpx2
 import msgspec
 import pytest
 from aiohttp import web
-from aiohttp.abc import ResolveResult
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from noroshi.agent import HTTPTool, ToolResult, run_tool
-from noroshi.agent.http_tools import PinnedResolver, forbidden_reason
+from noroshi.agent.http_tools import PinnedBackend, forbidden_reason
 from noroshi.agent.tools import CALL_KEY
 from noroshi.config import HTTPToolConfig
 
@@ -400,46 +407,121 @@ async def test_redirect_method_and_headers(upstream: Upstream, make_tool: MakeTo
 # --- rebinding -------------------------------------------------------------------------------
 
 
-def _address(host: str, family: socket.AddressFamily = socket.AF_INET) -> ResolveResult:
-    return ResolveResult(hostname="x", host=host, port=0, family=family, proto=0, flags=0)
-
-
-async def test_pinned_resolver_answers_only_what_was_checked() -> None:
-    resolver = PinnedResolver()
-    v4, v6 = _address("93.184.216.34"), _address("2606:2800::1", socket.AF_INET6)
-    with pytest.raises(OSError, match="not checked"):
-        await resolver.resolve("example.com", 443)
-    with resolver.pin("example.com", [v4, v6]):
-        got = await resolver.resolve("EXAMPLE.com.", 443, socket.AF_UNSPEC)
-        assert [(a["host"], a["port"], a["hostname"]) for a in got] == [
-            ("93.184.216.34", 443, "EXAMPLE.com."),
-            ("2606:2800::1", 443, "EXAMPLE.com."),
-        ]
-        assert [a["host"] for a in await resolver.resolve("example.com", 80)] == ["93.184.216.34"]
+async def test_the_pinned_backend_knows_only_what_was_checked() -> None:
+    backend = PinnedBackend()
+    with pytest.raises(httpcore2.ConnectError, match="not checked"):
+        backend.addresses("example.com")
+    with backend.pin("example.com", ["93.184.216.34", "2606:2800::1"]):
+        assert backend.addresses("EXAMPLE.com.") == ["93.184.216.34", "2606:2800::1"]
         # a second call's pin of the same host: counted, and both were checked
-        with resolver.pin("example.com", [v4]):
-            got = await resolver.resolve("example.com", 80, socket.AF_UNSPEC)
-            assert [a["host"] for a in got] == ["93.184.216.34"]
-        assert [a["host"] for a in await resolver.resolve("example.com", 80)] == ["93.184.216.34"]
-    with pytest.raises(OSError, match="not checked"):
-        await resolver.resolve("example.com", 443)
+        with backend.pin("example.com", ["93.184.216.34"]):
+            assert backend.addresses("example.com") == ["93.184.216.34"]
+        assert backend.addresses("example.com") == ["93.184.216.34"]
+    with pytest.raises(httpcore2.ConnectError, match="not checked"):
+        await backend.connect_tcp("example.com", 443)
 
 
 async def test_the_tool_connects_only_through_its_pins(
     upstream: Upstream, make_tool: MakeTool
 ) -> None:
-    """The session never asks DNS: a name that does not exist still reaches the pinned
+    """The client never asks DNS: a name that does not exist still reaches the pinned
     address, and outside a pin even a real name cannot be connected to."""
     tool = make_tool(f"{upstream.base}/echo/x", allow_hosts=LOCAL)
-    session = tool._client()
+    http = tool._client()
     port = upstream.base.rsplit(":", 1)[1]
-    url = f"http://rebound.invalid:{port}/echo/pinned"
-    with tool._resolver.pin("rebound.invalid", [_address("127.0.0.1")]):
-        async with session.get(url) as resp:
-            assert (await resp.json())["headers"]["host"] == f"rebound.invalid:{port}"
-    with pytest.raises(aiohttp.ClientConnectorError):
-        await session.get(f"http://localhost:{port}/echo/unpinned")
+    with tool._backend.pin("rebound.invalid", ["127.0.0.1"]):
+        resp = await http.get(f"http://rebound.invalid:{port}/echo/pinned")
+        assert resp.json()["headers"]["host"] == f"rebound.invalid:{port}"
+    with pytest.raises(httpx2.ConnectError, match="not checked"):
+        await http.get(f"http://localhost:{port}/echo/unpinned")
     assert upstream.hits == ["/echo/pinned"]
+
+
+async def test_a_call_resolves_once_and_connects_where_it_checked(
+    upstream: Upstream, make_tool: MakeTool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DNS rebinding: the name's second answer would be another address, but the connection
+    goes to the first one, the one checked."""
+    port = int(upstream.base.rsplit(":", 1)[1])
+    answers = ["127.0.0.1", "10.255.255.1"]
+    asked: list[str] = []
+
+    async def getaddrinfo(host: str, *args: Any, **kwargs: Any) -> list[Any]:
+        asked.append(host)
+        address = answers[min(len(asked), 2) - 1]
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port))]
+
+    monkeypatch.setattr(asyncio.get_running_loop(), "getaddrinfo", getaddrinfo)
+    tool = make_tool(
+        f"http://rebind.invalid:{port}/echo/x", allow_hosts=["rebind.invalid"], timeout_s=2
+    )
+    assert echoed(await run_tool(tool, {}))["headers"]["host"] == f"rebind.invalid:{port}"
+    assert asked == ["rebind.invalid"]
+    assert upstream.hits == ["/echo/x"]
+    # a name that resolves to a private address is refused before any connection
+    refused = make_tool(f"http://rebind.invalid:{port}/echo/y", timeout_s=2)
+    result = await run_tool(refused, {})
+    assert result.content.startswith(
+        "error: refused: rebind.invalid resolves to 10.255.255.1, a private address"
+    )
+    assert upstream.hits == ["/echo/x"]
+
+
+async def test_tls_names_the_host_while_connecting_to_the_pinned_address(
+    make_tool: MakeTool, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The connection goes to the checked address, yet TLS asks for the host by name (SNI)
+    and checks the certificate against it, as it would without the pin."""
+    cert, key = _self_signed("pinned.test", tmp_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    names: list[str | None] = []
+    context.sni_callback = lambda _sock, name, _ctx: names.append(name)
+
+    async def shut(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    server = await asyncio.start_server(shut, "127.0.0.1", 0, ssl=context)
+    port = server.sockets[0].getsockname()[1]
+
+    async def getaddrinfo(host: str, *args: Any, **kwargs: Any) -> list[Any]:
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
+
+    monkeypatch.setattr(asyncio.get_running_loop(), "getaddrinfo", getaddrinfo)
+    async with server:
+        tool = make_tool(f"https://pinned.test:{port}/", allow_hosts=["pinned.test"], timeout_s=2)
+        result = await run_tool(tool, {})
+    assert names == ["pinned.test"]
+    # a certificate nobody vouches for is refused, as without the pin
+    assert result.content.startswith("error: the request to pinned.test failed: ")
+    assert "CERTIFICATE_VERIFY_FAILED" in result.content
+
+
+def _self_signed(host: str, where: Path) -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(host)]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = where / "cert.pem", where / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
 
 
 async def test_close_and_reopen(upstream: Upstream, make_tool: MakeTool) -> None:

@@ -33,7 +33,7 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    """`HTTPTool` on first use: it loads aiohttp, which a server without HTTP tools never needs."""
+    """`HTTPTool` on first use: it loads httpx2, which a server without HTTP tools never needs."""
     if name == "HTTPTool":
         from noroshi.agent.http_tools import HTTPTool
 

@@ -35,7 +35,7 @@ async def build_agents(
 ) -> tuple[dict[str, Agent], list[Closer]]:
     closers: list[Closer] = []
     http: dict[str, HTTPTool] = {}
-    if config.http_tools:  # aiohttp, which they use, takes a while to import: only then
+    if config.http_tools:  # httpx2, which they use, takes a while to import: only then
         from noroshi.agent.http_tools import HTTPTool
     for http_config in config.http_tools:
         http[http_config.name] = HTTPTool(http_config)

@@ -3,8 +3,9 @@
 Why the guard: the model writes the arguments, and what it reads can steer it (prompt
 injection), so a templated URL must not become a way into the private network or a cloud
 metadata endpoint. Before connecting, every address the host resolves to is checked; then the
-connection goes to those addresses only, through a resolver that answers from the check, so a
-DNS answer that changes between check and connect (rebinding) changes nothing. Redirects are
+connection goes to those addresses only, through a network backend that connects to what the
+check found (the Host header and TLS's server name stay the host's), so a DNS answer that
+changes between check and connect (rebinding) changes nothing. Redirects are
 followed by hand, each hop checked the same way, and configured headers (which may hold
 secrets) go to the configured origin only.
 """
@@ -14,22 +15,23 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
+import http.cookiejar
 import ipaddress
 import re
 import socket
 import urllib.parse
-from collections.abc import Callable, Iterator
+import urllib.request
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-import aiohttp
+import httpcore2
+import httpx2
 import msgspec
-from aiohttp.abc import AbstractResolver, ResolveResult
-from yarl import URL
 
 from noroshi.agent.tools import CALL_KEY, Tool, ToolArgumentError, ToolError, load_approval
 from noroshi.config import HTTPToolConfig
 
-__all__ = ["HTTPTool", "PinnedResolver", "forbidden_reason"]
+__all__ = ["HTTPTool", "PinnedBackend", "forbidden_reason"]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -42,6 +44,7 @@ _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 # what may stay unencoded in the configured URL's own text (its reserved characters and escapes)
 _URL_SAFE = ":/?#[]@!$&'()*+,;=%~"
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 class HTTPTool(Tool):
@@ -71,8 +74,8 @@ class HTTPTool(Tool):
             # a templated scheme is checked on each call
             raise ValueError(f"http tool {config.name!r}: the URL must be http or https")
         self._allowed = frozenset(_host_key(h.strip("[]")) for h in config.allow_hosts)
-        self._resolver = PinnedResolver()
-        self._session: aiohttp.ClientSession | None = None
+        self._backend = PinnedBackend()
+        self._http: httpx2.AsyncClient | None = None
 
     async def call(self, arguments: dict[str, Any]) -> str:
         _check_value(arguments, self.parameters, "")
@@ -81,27 +84,28 @@ class HTTPTool(Tool):
         body: bytes | None = None
         if self.config.method in _BODY_METHODS:
             body = msgspec.json.encode(rest)
-        else:
-            url = url.extend_query(_query(rest))
+        elif pairs := _query(rest):
+            query = urllib.parse.urlencode(pairs, quote_via=urllib.parse.quote)
+            url = url.copy_with(query=(url.query + b"&" if url.query else b"") + query.encode())
         try:
             # `timeout_s` is read now: the agent may have lowered it after construction
             async with asyncio.timeout(self.timeout_s):
                 return await self._send(url, body)
         except TimeoutError:
             raise ToolError(f"the request timed out after {self.timeout_s:g}s") from None
-        except (aiohttp.ClientError, OSError, ValueError) as exc:
+        except (httpx2.HTTPError, OSError, ValueError) as exc:
             raise ToolError(f"the request to {url.host} failed: {_describe(exc)}") from exc
 
     async def close(self) -> None:
         """Close the connection pool; the next call opens a new one."""
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
 
     def __repr__(self) -> str:
         return f"HTTPTool({self.name!r}, {self.config.method} {self.config.url})"
 
-    def _url(self, rest: dict[str, Any]) -> URL:
+    def _url(self, rest: dict[str, Any]) -> httpx2.URL:
         """The URL with its placeholders filled, taking their arguments out of `rest`."""
         values = {name: rest.pop(name) for name in self._placeholders if name in rest}
         parts: list[str] = []
@@ -114,48 +118,44 @@ class HTTPTool(Tool):
                 text = urllib.parse.quote(_as_param(values[part]), safe="")
                 # "." and ".." are unreserved, yet would climb the path: escape them too
                 parts.append(text.replace(".", "%2E") if text in (".", "..") else text)
-        # encoded: the text is final; yarl must not decode and normalize it
-        return URL("".join(parts), encoded=True)
+        # the text is final: an existing escape stays as written, never decoded
+        return httpx2.URL("".join(parts))
 
-    async def _send(self, url: URL, body: bytes | None) -> str:
+    async def _send(self, url: httpx2.URL, body: bytes | None) -> str:
         method = self.config.method
-        origin = url.origin()
-        session = self._client()
+        origin = _origin(url)
+        http = self._client()
         for _ in range(MAX_REDIRECTS + 1):
             addresses = await self._checked_addresses(url)
-            headers = dict(self.config.headers) if url.origin() == origin else {}
+            headers = dict(self.config.headers) if _origin(url) == origin else {}
             key = CALL_KEY.get()
             if self.idempotent and key:  # the same on a repeat after a restart
                 headers["Idempotency-Key"] = key
             if body is not None and not any(k.lower() == "content-type" for k in headers):
                 headers["Content-Type"] = "application/json"
-            with self._resolver.pin(url.raw_host or "", addresses):
-                async with session.request(
-                    method, url, headers=headers, data=body, allow_redirects=False
-                ) as resp:
+            with self._backend.pin(url.raw_host.decode("ascii"), addresses):
+                async with http.stream(method, url, headers=headers, content=body) as resp:
                     location = resp.headers.get("Location")
-                    if resp.status not in _REDIRECTS or location is None:
+                    if resp.status_code not in _REDIRECTS or location is None:
                         return await self._answer(resp)
-            url = url.join(URL(location))
-            if resp.status == 303 or (resp.status in (301, 302) and method == "POST"):
+            url = url.join(location)
+            if resp.status_code == 303 or (resp.status_code in (301, 302) and method == "POST"):
                 method, body = "GET", None  # as browsers do
         raise ToolError(f"more than {MAX_REDIRECTS} redirects")
 
-    async def _checked_addresses(self, url: URL) -> list[ResolveResult]:
+    async def _checked_addresses(self, url: httpx2.URL) -> list[str]:
         """Where `url`'s host resolves to, refused if any address is not public (unless the
         host is allowed). Resolved on the loop's resolver, so the loop never blocks."""
-        if url.scheme not in ("http", "https"):
+        if url.scheme not in _DEFAULT_PORTS:
             raise ToolError(f"refused: only http and https URLs may be requested, not {url}")
-        host = url.raw_host
-        port = url.port
-        if not host or port is None:
+        host = url.raw_host.decode("ascii")
+        if not host:
             raise ToolError(f"refused: {url} has no host")
-        addresses = await _resolve(host, port)
+        addresses = await _resolve(host, url.port or _DEFAULT_PORTS[url.scheme])
         if _host_key(host) not in self._allowed:
-            for address in addresses:
-                why = forbidden_reason(ipaddress.ip_address(address["host"]))
+            for ip in addresses:
+                why = forbidden_reason(ipaddress.ip_address(ip))
                 if why is not None:
-                    ip = address["host"]
                     where = f"{host} is" if ip == host else f"{host} resolves to {ip},"
                     raise ToolError(
                         f"refused: {where} a {why} address; an http tool may reach it only "
@@ -163,56 +163,52 @@ class HTTPTool(Tool):
                     )
         return addresses
 
-    async def _answer(self, resp: aiohttp.ClientResponse) -> str:
+    async def _answer(self, resp: httpx2.Response) -> str:
         limit = self.config.max_response_bytes
-        if resp.status >= 400:
+        if resp.status_code >= 400:
             limit = min(limit, 4 * ERROR_BODY_CHARS)
+        # a longer body stays unread: closing the stream then drops its connection
         data, truncated = await _read_bounded(resp, limit)
-        if truncated:
-            resp.close()  # the rest stays unread: this connection cannot be reused
         try:
-            codec = codecs.lookup(resp.charset or "utf-8").name
+            codec = codecs.lookup(resp.charset_encoding or "utf-8").name
         except LookupError:
             codec = "utf-8"
         text = data.decode(codec, errors="replace")
-        status = f"HTTP {resp.status} {resp.reason or ''}".rstrip()
-        if resp.status >= 400:
+        status = f"HTTP {resp.status_code} {resp.reason_phrase}".rstrip()
+        if resp.status_code >= 400:
             raise ToolError(f"{status}: {text[:ERROR_BODY_CHARS]}" if text else status)
         if truncated:
             text += f"\n[truncated: the response is longer than {limit} bytes]"
         return text or f"{status} (no body)"
 
-    def _client(self) -> aiohttp.ClientSession:
-        # made on first use, inside the running loop, which aiohttp requires
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(
-                    resolver=self._resolver,
-                    use_dns_cache=False,  # ask the pinned resolver on every connect
-                    limit=MAX_CONNECTIONS,
-                ),
-                cookie_jar=aiohttp.DummyCookieJar(),  # calls must not share state
-                timeout=aiohttp.ClientTimeout(total=None),  # `call` bounds the whole request
+    def _client(self) -> httpx2.AsyncClient:
+        if self._http is None:
+            self._http = httpx2.AsyncClient(
+                transport=_PinnedTransport(self._backend),
+                cookies=http.cookiejar.CookieJar(_NoCookies()),  # calls must not share state
+                timeout=None,  # `call` bounds the whole request
                 trust_env=False,  # no proxy from the environment: it would bypass the check
             )
-        return self._session
+        return self._http
 
 
-class PinnedResolver(AbstractResolver):
-    """Answers only with addresses that were checked, for the hosts being requested now.
+class PinnedBackend(httpcore2.AsyncNetworkBackend):
+    """Connects only to addresses that were checked, for the hosts being requested now.
 
-    aiohttp asks its resolver when it connects; this one answers from `pin`, never from DNS, so
-    the connection goes exactly where the check said it may. A host that is not pinned does
-    not resolve at all. (IP-literal hosts never reach a resolver: they are checked as written.)
+    The connection pool asks its network backend to connect to a URL's host; this one never
+    asks DNS but connects to the addresses `pin` holds for that host, in their order, so the
+    connection goes exactly where the check said it may. A host that is not pinned is not
+    connected to at all. TLS then names the host itself, as the Host header does.
     """
 
     def __init__(self) -> None:
-        self._pins: dict[str, tuple[list[ResolveResult], int]] = {}
+        self._pins: dict[str, tuple[list[str], int]] = {}
+        self._network = httpcore2.AnyIOBackend()
 
     @contextlib.contextmanager
-    def pin(self, host: str, addresses: list[ResolveResult]) -> Iterator[None]:
-        """Let `host` resolve to `addresses` inside the block. Concurrent pins of one host are
-        counted; the latest addresses serve them all (every one of them was checked)."""
+    def pin(self, host: str, addresses: list[str]) -> Iterator[None]:
+        """Let `host` be connected to at `addresses` inside the block. Concurrent pins of one
+        host are counted; the latest addresses serve them all (every one of them was checked)."""
         key = _host_key(host)
         held = self._pins.get(key)
         self._pins[key] = (addresses, held[1] + 1 if held else 1)
@@ -225,25 +221,75 @@ class PinnedResolver(AbstractResolver):
             else:
                 self._pins[key] = (latest, count - 1)
 
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
+    def addresses(self, host: str) -> list[str]:
+        """The checked addresses of `host`; none pinned raises `httpcore2.ConnectError`."""
         held = self._pins.get(_host_key(host))
         if held is None:
-            raise OSError(f"{host} was not checked before connecting")
-        found = [
-            ResolveResult(
-                hostname=host, host=a["host"], port=port, family=a["family"], proto=0, flags=0
-            )
-            for a in held[0]
-            if family in (socket.AF_UNSPEC, a["family"])
-        ]
-        if not found:
-            raise OSError(f"{host} has no checked address of family {family!r}")
-        return found
+            raise httpcore2.ConnectError(f"{host} was not checked before connecting")
+        return held[0]
 
-    async def close(self) -> None:
-        self._pins.clear()
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,  # noqa: ASYNC109 (the interface httpcore2 calls)
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore2.SOCKET_OPTION] | None = None,
+    ) -> httpcore2.AsyncNetworkStream:
+        failed: Exception | None = None
+        for ip in self.addresses(host):
+            try:
+                return await self._network.connect_tcp(
+                    ip, port, timeout, local_address, socket_options
+                )
+            except (httpcore2.ConnectError, httpcore2.ConnectTimeout) as exc:
+                failed = exc  # the next address may answer
+        assert failed is not None  # a pin holds at least one address
+        raise failed
+
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,  # noqa: ASYNC109
+        socket_options: Iterable[httpcore2.SOCKET_OPTION] | None = None,
+    ) -> httpcore2.AsyncNetworkStream:
+        raise httpcore2.ConnectError("an http tool connects over TCP only")
+
+    async def sleep(self, seconds: float) -> None:
+        await self._network.sleep(seconds)
+
+
+class _PinnedTransport(httpx2.AsyncHTTPTransport):
+    """httpx2's own transport (its requests, answers and errors) over a pool whose connections
+    `backend` makes. (The transport takes no backend, so its pool is replaced.)"""
+
+    def __init__(self, backend: PinnedBackend) -> None:
+        super().__init__(trust_env=False)
+        self._pool = httpcore2.AsyncConnectionPool(
+            ssl_context=httpx2.create_ssl_context(trust_env=False),
+            max_connections=MAX_CONNECTIONS,
+            keepalive_expiry=5.0,
+            network_backend=backend,
+        )
+
+
+class _NoCookies(http.cookiejar.CookiePolicy):
+    """Takes no cookie and sends none."""
+
+    netscape = True
+    rfc2965 = hide_cookie2 = False
+
+    def set_ok(self, cookie: http.cookiejar.Cookie, request: urllib.request.Request) -> bool:
+        return False
+
+    def return_ok(self, cookie: http.cookiejar.Cookie, request: urllib.request.Request) -> bool:
+        return False
+
+    def domain_return_ok(self, domain: str, request: urllib.request.Request) -> bool:
+        return False
+
+    def path_return_ok(self, path: str, request: urllib.request.Request) -> bool:
+        return False
 
 
 def forbidden_reason(ip: IPAddress) -> str | None:
@@ -268,41 +314,38 @@ def forbidden_reason(ip: IPAddress) -> str | None:
     return next((why for why, hit in checks if hit), None)
 
 
-async def _resolve(host: str, port: int) -> list[ResolveResult]:
+async def _resolve(host: str, port: int) -> list[str]:
     try:
-        literal = ipaddress.ip_address(host)
+        ipaddress.ip_address(host)
     except ValueError:
         pass
     else:
-        family = socket.AF_INET6 if literal.version == 6 else socket.AF_INET
-        return [ResolveResult(hostname=host, host=host, port=port, family=family, proto=0, flags=0)]
+        return [host]
     try:
         infos = await asyncio.get_running_loop().getaddrinfo(
             host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
         )
     except OSError as exc:
         raise ToolError(f"cannot resolve {host}: {exc.strerror or exc}") from None
-    found: dict[str, ResolveResult] = {}
-    for family, _, _, _, sockaddr in infos:
-        address = str(sockaddr[0]).partition("%")[0]  # no IPv6 zone: it is no part of the check
-        found.setdefault(
-            address,
-            ResolveResult(hostname=host, host=address, port=port, family=family, proto=0, flags=0),
-        )
+    # no IPv6 zone: it is no part of the check
+    found = dict.fromkeys(str(sockaddr[0]).partition("%")[0] for *_, sockaddr in infos)
     if not found:
         raise ToolError(f"cannot resolve {host}: no address")
-    return list(found.values())
+    return list(found)
 
 
-async def _read_bounded(resp: aiohttp.ClientResponse, limit: int) -> tuple[bytes, bool]:
+async def _read_bounded(resp: httpx2.Response, limit: int) -> tuple[bytes, bool]:
     """At most `limit` bytes of the body, and whether there was more."""
     buf = bytearray()
-    while len(buf) <= limit:
-        chunk = await resp.content.read(limit + 1 - len(buf))  # may return less: loop
-        if not chunk:
-            break
+    async for chunk in resp.aiter_bytes():
         buf += chunk
+        if len(buf) > limit:
+            break
     return bytes(buf[:limit]), len(buf) > limit
+
+
+def _origin(url: httpx2.URL) -> tuple[str, bytes, int | None]:
+    return url.scheme, url.raw_host, url.port or _DEFAULT_PORTS.get(url.scheme)
 
 
 def _host_key(host: str) -> str:
