@@ -103,7 +103,7 @@ class App:
             self.relay = Relay(cores, self.config.server.max_stream_bytes)
         self.models = ProviderRouter(self.config, self.providers, self.metrics)
         self.channels: ChannelGateway | None = None
-        if self.config.channels:  # imported only when used: it brings httpx, a tenth of a start
+        if self.config.channels:  # imported only when used: it brings httpx2, a tenth of a start
             from noroshi.channels.gateway import ChannelGateway
 
             self.channels = ChannelGateway(self.config.channels)

@@ -699,7 +699,7 @@ def _channels(raw: Any) -> list[ChannelConfig]:
         raise ConfigError("channels: expected an array of tables ([[channels]])")
     if not raw:
         return []
-    from noroshi.channels.plugins import plugin  # here: plugins import this module, and httpx
+    from noroshi.channels.plugins import plugin  # here: plugins import this module, and httpx2
 
     channels = []
     common = set(ChannelConfig.__struct_fields__) - {"settings"}

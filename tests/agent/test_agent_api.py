@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import httpx
+import httpx2
 import msgspec
 import pytest
 
@@ -213,10 +213,10 @@ async def test_background_run_join_and_resume(base: str, upstream: FakeOpenAI) -
     upstream.script(Reply(text="one two three four", chunks=4, token_delay=0.05))
     statuses: list[int] = []
 
-    async def keep(response: httpx.Response) -> None:
+    async def keep(response: httpx2.Response) -> None:
         statuses.append(response.status_code)
 
-    http = httpx.AsyncClient(base_url=base, event_hooks={"response": [keep]})
+    http = httpx2.AsyncClient(base_url=base, event_hooks={"response": [keep]})
     async with AsyncClient(base, http_client=http, max_retries=0) as c:
         accepted = await c.runs.start(prompt="Count", agent="helper")
         assert statuses == [202] and accepted.status == "running"

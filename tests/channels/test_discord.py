@@ -7,7 +7,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
+import httpx2
 import msgspec
 import pytest
 from aiohttp import web
@@ -248,7 +248,7 @@ async def test_rate_limit_waits_as_the_body_says(
 ) -> None:
     hints: list[float | None] = []
 
-    def spy(response: httpx.Response) -> float | None:
+    def spy(response: httpx2.Response) -> float | None:
         hints.append(channel.retry_hint(response))
         return hints[-1]
 
@@ -262,9 +262,9 @@ async def test_rate_limit_waits_as_the_body_says(
 
 
 def test_retry_hint_falls_back_to_the_header(channel: DiscordChannel) -> None:
-    html = httpx.Response(429, headers={"Retry-After": "3"}, content=b"<html>slow down</html>")
+    html = httpx2.Response(429, headers={"Retry-After": "3"}, content=b"<html>slow down</html>")
     assert channel.retry_hint(html) == 3.0
-    assert channel.retry_hint(httpx.Response(502, content=b"")) is None
+    assert channel.retry_hint(httpx2.Response(502, content=b"")) is None
 
 
 async def test_server_errors_are_retried(discord: FakeDiscord, channel: DiscordChannel) -> None:

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-import httpx
+import httpx2
 import msgspec
 import pytest
 from aiohttp import web
@@ -351,7 +351,7 @@ async def test_429_waits_as_telegram_asks(tg: FakeTelegram, make: Make) -> None:
     channel = make()
     hints: list[float | None] = []
 
-    def hint(response: httpx.Response) -> float | None:
+    def hint(response: httpx2.Response) -> float | None:
         hints.append(channel.retry_hint(response))
         return hints[-1]
 
@@ -368,9 +368,9 @@ async def test_429_waits_as_telegram_asks(tg: FakeTelegram, make: Make) -> None:
 
 def test_retry_hint_falls_back_to_the_header(make: Make) -> None:
     channel = make()
-    html = httpx.Response(429, headers={"Retry-After": "2"}, content=b"<html>busy</html>")
+    html = httpx2.Response(429, headers={"Retry-After": "2"}, content=b"<html>busy</html>")
     assert channel.retry_hint(html) == 2.0
-    assert channel.retry_hint(httpx.Response(502, content=b"")) is None
+    assert channel.retry_hint(httpx2.Response(502, content=b"")) is None
 
 
 async def test_5xx_is_retried(tg: FakeTelegram, make: Make) -> None:

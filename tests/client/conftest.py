@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 
 from noroshi.client import AsyncClient, Client
@@ -126,7 +126,7 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 10.0
 
 
 async def active_streams(base: str) -> float:
-    async with httpx.AsyncClient() as http:
+    async with httpx2.AsyncClient() as http:
         text = (await http.get(f"{base}/metrics")).text
     line = next(x for x in text.splitlines() if x.startswith("noroshi_active_streams "))
     return float(line.split()[1])

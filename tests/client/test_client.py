@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 
 from noroshi.client import (
@@ -269,19 +269,19 @@ async def test_bad_key_is_authentication_error(
 async def test_invalid_request_is_refused_before_sending(
     kind: str, method: str, kw: dict[str, object], param: str
 ) -> None:
-    sent: list[httpx.Request] = []
+    sent: list[httpx2.Request] = []
 
-    def record(request: httpx.Request) -> httpx.Response:
+    def record(request: httpx2.Request) -> httpx2.Response:
         sent.append(request)
-        return httpx.Response(500)
+        return httpx2.Response(500)
 
-    transport = httpx.MockTransport(record)
+    transport = httpx2.MockTransport(record)
     client: Client | AsyncClient
     if kind == "sync":
-        client = Client("http://test", "k", http_client=httpx.Client(transport=transport))
+        client = Client("http://test", "k", http_client=httpx2.Client(transport=transport))
     else:
         client = AsyncClient("http://test", "k",
-                             http_client=httpx.AsyncClient(transport=transport))  # fmt: skip
+                             http_client=httpx2.AsyncClient(transport=transport))  # fmt: skip
     api = Api(client)
     try:
         with pytest.raises(InvalidRequestError) as info:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import httpx
+import httpx2
 import pytest
 from examples import fastapi_app
 
@@ -16,17 +16,17 @@ from tests.fakes.upstream import FakeOpenAI, Reply
 @pytest.fixture
 async def app_client(
     serve: Serve, tmp_path: Path, upstream: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
-) -> AsyncIterator[httpx.AsyncClient]:
+) -> AsyncIterator[httpx2.AsyncClient]:
     base = await serve(write_config(tmp_path, openai_config(upstream.base_url)))
     monkeypatch.setenv("NOROSHI_URL", base)
     app = fastapi_app.app
     async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+        transport = httpx2.ASGITransport(app=app)
+        async with httpx2.AsyncClient(transport=transport, base_url="http://app") as client:
             yield client
 
 
-async def test_ask(app_client: httpx.AsyncClient, upstream: FakeOpenAI) -> None:
+async def test_ask(app_client: httpx2.AsyncClient, upstream: FakeOpenAI) -> None:
     upstream.script(Reply(text="Paris, of course.", prompt_tokens=7, completion_tokens=4))
     r = await app_client.post("/ask", json={"question": "Capital of France?"})
     assert r.status_code == 200
@@ -34,12 +34,12 @@ async def test_ask(app_client: httpx.AsyncClient, upstream: FakeOpenAI) -> None:
     assert upstream.requests[0].body["messages"][-1]["content"] == "Capital of France?"
 
 
-async def test_ask_passes_noroshi_errors_on(app_client: httpx.AsyncClient) -> None:
+async def test_ask_passes_noroshi_errors_on(app_client: httpx2.AsyncClient) -> None:
     r = await app_client.post("/ask", json={"question": "Hi", "model": "no-such-model"})
     assert r.status_code == 404 and "no-such-model" in r.json()["detail"]
 
 
-async def test_ask_stream_relays_text(app_client: httpx.AsyncClient, upstream: FakeOpenAI) -> None:
+async def test_ask_stream_relays_text(app_client: httpx2.AsyncClient, upstream: FakeOpenAI) -> None:
     upstream.script(Reply(text="one two three"))
     async with app_client.stream("POST", "/ask/stream", json={"question": "Count"}) as r:
         assert r.status_code == 200
@@ -47,7 +47,7 @@ async def test_ask_stream_relays_text(app_client: httpx.AsyncClient, upstream: F
     assert text == "one two three"
 
 
-async def test_agent(app_client: httpx.AsyncClient, upstream: FakeOpenAI) -> None:
+async def test_agent(app_client: httpx2.AsyncClient, upstream: FakeOpenAI) -> None:
     upstream.script(Reply(text="I am the agent."))
     r = await app_client.post("/agent", json={"question": "Who are you?"})
     assert r.status_code == 200

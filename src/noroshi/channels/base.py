@@ -13,7 +13,7 @@ import abc
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Generic, TypeVar
 
-import httpx
+import httpx2
 import msgspec
 
 from noroshi.http import Request, Response
@@ -21,7 +21,7 @@ from noroshi.http import Request, Response
 __all__ = ["Channel", "ChannelError", "Inbound", "Polled", "Received", "RetryHint"]
 
 S = TypeVar("S", bound=msgspec.Struct)
-RetryHint = Callable[[httpx.Response], float | None]
+RetryHint = Callable[[httpx2.Response], float | None]
 
 
 class Inbound(msgspec.Struct, frozen=True, kw_only=True):
@@ -108,7 +108,7 @@ class Channel(abc.ABC, Generic[S]):
     async def typing(self, to: Inbound) -> None:
         """Show that an answer is coming, where the platform can."""
 
-    def retry_hint(self, response: httpx.Response) -> float | None:
+    def retry_hint(self, response: httpx2.Response) -> float | None:
         """Seconds the platform asks us to wait before trying again; `Retry-After` here."""
         value = response.headers.get("retry-after")
         try:

@@ -18,7 +18,7 @@ import time
 from collections.abc import Mapping
 from typing import Annotated, Any
 
-import httpx
+import httpx2
 import msgspec
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -177,13 +177,13 @@ class DiscordChannel(Channel[DiscordSettings]):
 
     async def _call(
         self, method: str, to: Inbound, path: str, text: str, **kwargs: Any
-    ) -> httpx.Response:
+    ) -> httpx2.Response:
         token = to.reply.get("token")
         if not token:
             raise ChannelError(f"discord: message {to.id} carries no interaction token")
         url = f"{self.settings.api_base}/webhooks/{self.settings.application_id}/{token}{path}"
         body = {"content": text, "allowed_mentions": _NO_PINGS}
-        response: httpx.Response = await self.http.call(method, url, json=body, **kwargs)
+        response: httpx2.Response = await self.http.call(method, url, json=body, **kwargs)
         if response.is_error:
             error = _read_error(response)
             detail = error.message if error else response.reason_phrase
@@ -191,7 +191,7 @@ class DiscordChannel(Channel[DiscordSettings]):
             raise ChannelError(f"discord: {detail}{code}", response.status_code)
         return response
 
-    def retry_hint(self, response: httpx.Response) -> float | None:
+    def retry_hint(self, response: httpx2.Response) -> float | None:
         """The body's `retry_after` (fractional seconds) over the whole-second `Retry-After`."""
         error = _read_error(response)
         if error is not None and error.retry_after is not None:
@@ -210,7 +210,7 @@ def _first_string(options: list[_Option]) -> str | None:
     return None
 
 
-def _read_error(response: httpx.Response) -> _Error | None:
+def _read_error(response: httpx2.Response) -> _Error | None:
     """Discord's JSON error, or None for anything else (a proxy's HTML page)."""
     try:
         return _error.decode(response.content)

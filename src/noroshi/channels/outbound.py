@@ -10,7 +10,7 @@ import random
 import re
 from typing import Any
 
-import httpx
+import httpx2
 
 from noroshi.channels.base import ChannelError, RetryHint
 
@@ -18,7 +18,7 @@ __all__ = ["Outbound"]
 
 log = logging.getLogger("noroshi.channels")
 
-TIMEOUT = httpx.Timeout(30.0, connect=10.0)
+TIMEOUT = httpx2.Timeout(30.0, connect=10.0)
 # secrets that platforms put in the URL's path: Telegram's bot token, Discord's interaction
 # token (after the application id)
 _TOKEN_IN_PATH = re.compile(r"(/bot)\d+:[A-Za-z0-9_-]+|(/webhooks/\d+/)[A-Za-z0-9_.-]+")
@@ -29,7 +29,7 @@ def _hidden(text: str) -> str:
 
 
 class _HideTokens(logging.Filter):
-    """httpx logs each request's URL at INFO, tokens and all."""
+    """httpx2 logs each request's URL at INFO, tokens and all."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
@@ -38,7 +38,7 @@ class _HideTokens(logging.Filter):
         return True
 
 
-logging.getLogger("httpx").addFilter(_HideTokens())
+logging.getLogger("httpx2").addFilter(_HideTokens())
 
 
 class Outbound:
@@ -52,21 +52,21 @@ class Outbound:
         retries: int = 5,
         backoff_base_s: float = 0.5,
         max_retry_after_s: float = 60.0,
-        transport: httpx.AsyncBaseTransport | None = None,
+        transport: httpx2.AsyncBaseTransport | None = None,
     ) -> None:
         self.retry_hint = retry_hint
         self.retries = retries
         self.backoff_base_s = backoff_base_s
         self.max_retry_after_s = max_retry_after_s
-        self.client = httpx.AsyncClient(timeout=TIMEOUT, transport=transport)
+        self.client = httpx2.AsyncClient(timeout=TIMEOUT, transport=transport)
 
-    async def call(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
-        """`kwargs` as httpx takes them: `json`, `data`, `headers`, `params`."""
+    async def call(self, method: str, url: str, **kwargs: Any) -> httpx2.Response:
+        """`kwargs` as httpx2 takes them: `json`, `data`, `headers`, `params`."""
         attempt = 0
         while True:
             try:
                 response = await self.client.request(method, url, **kwargs)
-            except httpx.TransportError as exc:
+            except httpx2.TransportError as exc:
                 if attempt >= self.retries:
                     raise ChannelError(f"{method} {_path(url)}: {type(exc).__name__}") from exc
                 wait = self._backoff(attempt)
@@ -96,4 +96,4 @@ class Outbound:
 
 def _path(url: str) -> str:
     """The URL without its host or query, for logs and errors."""
-    return _hidden(httpx.URL(url).path)
+    return _hidden(httpx2.URL(url).path)

@@ -20,7 +20,7 @@ import time
 from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar
 
-import httpx
+import httpx2
 import msgspec
 
 from noroshi.channels.base import Channel, ChannelError, Inbound, Received
@@ -187,7 +187,7 @@ class SlackChannel(Channel[SlackSettings]):
 
     async def _call(self, method: str, body: dict[str, str]) -> _Answer:
         """POST a Web API method; Slack's `{"ok": false}` becomes a `ChannelError`."""
-        response: httpx.Response = await self.http.call(
+        response: httpx2.Response = await self.http.call(
             "POST",
             f"{self.settings.api_base}/{method}",
             content=_encode(body),

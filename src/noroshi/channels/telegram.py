@@ -16,7 +16,7 @@ import hmac
 import re
 from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar
 
-import httpx
+import httpx2
 import msgspec
 
 from noroshi.channels.base import Channel, ChannelError, Inbound, Polled, Received
@@ -181,7 +181,7 @@ class TelegramChannel(Channel[TelegramSettings]):
         params = {"chat_id": int(to.chat), "action": "typing", **_thread(to)}
         await self._call("sendChatAction", _ANY, params)
 
-    def retry_hint(self, response: httpx.Response) -> float | None:
+    def retry_hint(self, response: httpx2.Response) -> float | None:
         """Telegram names the wait in the body: `parameters.retry_after`."""
         try:
             answer = _ANY.decode(response.content)

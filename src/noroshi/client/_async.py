@@ -8,7 +8,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
-import httpx
+import httpx2
 
 from noroshi.client._base import (
     DEFAULT_BASE_URL,
@@ -70,12 +70,12 @@ class AsyncClient:
         base_url: str = DEFAULT_BASE_URL,
         api_key: str | None = None,
         *,
-        timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
+        timeout: float | httpx2.Timeout = DEFAULT_TIMEOUT,
         max_retries: int = 2,
         headers: dict[str, str] | None = None,
-        http_client: httpx.AsyncClient | None = None,
+        http_client: httpx2.AsyncClient | None = None,
     ) -> None:
-        self._http = http_client or httpx.AsyncClient(base_url=base_url, timeout=timeout)
+        self._http = http_client or httpx2.AsyncClient(base_url=base_url, timeout=timeout)
         self._headers = {**auth_headers(api_key), **(headers or {})}
         self.retry = RetryPolicy(max_retries)
         self.resume = ResumePolicy()
@@ -118,7 +118,7 @@ class AsyncClient:
         response = await self._send(call, stream=False)
         return decode_answer(kind, response)
 
-    async def _send(self, call: Call, stream: bool) -> httpx.Response:
+    async def _send(self, call: Call, stream: bool) -> httpx2.Response:
         """The response to `call`, retried by the retry policy; an error status raises."""
         call.headers = {**self._headers, **call.headers}
         attempt = 0
@@ -126,11 +126,11 @@ class AsyncClient:
             wait = None
             try:
                 response = await self._http.send(call.build(self._http), stream=stream)
-            except httpx.ConnectError as exc:
+            except httpx2.ConnectError as exc:
                 wait = self.retry.wait(attempt)
                 if wait is None:
                     raise APIConnectionError(f"Could not connect: {exc}") from exc
-            except httpx.TransportError as exc:
+            except httpx2.TransportError as exc:
                 raise APIConnectionError(f"The connection failed: {exc}") from exc
             else:
                 if response.is_success:
@@ -159,7 +159,7 @@ class AsyncClient:
                     yield event
             for event in reader.flush():
                 yield event
-        except httpx.TransportError as exc:
+        except httpx2.TransportError as exc:
             raise APIConnectionError(f"The stream broke: {exc}") from exc
         finally:
             await response.aclose()

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote
 
-import httpx
+import httpx2
 import msgspec
 
 from noroshi.errors import ErrorBody, where
@@ -42,7 +42,7 @@ __all__ = [
 T = TypeVar("T")
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8080"
-DEFAULT_TIMEOUT = httpx.Timeout(60.0, connect=5.0)
+DEFAULT_TIMEOUT = httpx2.Timeout(60.0, connect=5.0)
 RETRY_STATUSES = frozenset({429, 503})
 MAX_RETRY_WAIT_S = 60.0
 
@@ -164,7 +164,7 @@ class Call:
         self.params = params
         self.headers = headers
 
-    def build(self, http: httpx.Client | httpx.AsyncClient) -> httpx.Request:
+    def build(self, http: httpx2.Client | httpx2.AsyncClient) -> httpx2.Request:
         return http.build_request(
             self.endpoint.method,
             self.url,
@@ -218,7 +218,7 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-def decode_answer(kind: type[T], response: httpx.Response) -> T:
+def decode_answer(kind: type[T], response: httpx2.Response) -> T:
     try:
         return msgspec.json.decode(response.content, type=kind)
     except msgspec.MsgspecError as exc:

@@ -8,7 +8,7 @@ from collections.abc import Generator, Iterator
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
-import httpx
+import httpx2
 
 from noroshi.client._base import (
     DEFAULT_BASE_URL,
@@ -70,12 +70,12 @@ class Client:
         base_url: str = DEFAULT_BASE_URL,
         api_key: str | None = None,
         *,
-        timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
+        timeout: float | httpx2.Timeout = DEFAULT_TIMEOUT,
         max_retries: int = 2,
         headers: dict[str, str] | None = None,
-        http_client: httpx.Client | None = None,
+        http_client: httpx2.Client | None = None,
     ) -> None:
-        self._http = http_client or httpx.Client(base_url=base_url, timeout=timeout)
+        self._http = http_client or httpx2.Client(base_url=base_url, timeout=timeout)
         self._headers = {**auth_headers(api_key), **(headers or {})}
         self.retry = RetryPolicy(max_retries)
         self.resume = ResumePolicy()
@@ -118,7 +118,7 @@ class Client:
         response = self._send(call, stream=False)
         return decode_answer(kind, response)
 
-    def _send(self, call: Call, stream: bool) -> httpx.Response:
+    def _send(self, call: Call, stream: bool) -> httpx2.Response:
         """The response to `call`, retried by the retry policy; an error status raises."""
         call.headers = {**self._headers, **call.headers}
         attempt = 0
@@ -126,11 +126,11 @@ class Client:
             wait = None
             try:
                 response = self._http.send(call.build(self._http), stream=stream)
-            except httpx.ConnectError as exc:
+            except httpx2.ConnectError as exc:
                 wait = self.retry.wait(attempt)
                 if wait is None:
                     raise APIConnectionError(f"Could not connect: {exc}") from exc
-            except httpx.TransportError as exc:
+            except httpx2.TransportError as exc:
                 raise APIConnectionError(f"The connection failed: {exc}") from exc
             else:
                 if response.is_success:
@@ -157,7 +157,7 @@ class Client:
             for blob in response.iter_bytes():
                 yield from reader.feed(blob)
             yield from reader.flush()
-        except httpx.TransportError as exc:
+        except httpx2.TransportError as exc:
             raise APIConnectionError(f"The stream broke: {exc}") from exc
         finally:
             response.close()
