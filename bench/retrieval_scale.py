@@ -41,6 +41,7 @@ from noroshi.retrieval.base import Chunk, KnowledgeBase, KnowledgeStore, Mode, S
 from noroshi.retrieval.postgres_store import PgvectorMissing, PostgresKnowledge
 from noroshi.retrieval.sqlite_store import SQLiteKnowledge
 from noroshi.store.database import PostgresDatabase
+from noroshi.wire.times import Timestamp
 
 PG_URL = os.environ.get("NOROSHI_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
 MODES: tuple[Mode, ...] = ("vector", "text", "hybrid")
@@ -153,7 +154,7 @@ async def postgres_store() -> AsyncIterator[KnowledgeStore]:
 async def measure(store: KnowledgeStore, args: argparse.Namespace) -> dict[str, Any]:
     corpus = Corpus(args.seed, args.dims)
     kb = KnowledgeBase(
-        name="bench", embedding_model="random", dimensions=args.dims, created_at=time.time()
+        name="bench", embedding_model="random", dimensions=args.dims, created_at=Timestamp.now()
     )
     assert await store.create(kb)
     ingest = 0.0
@@ -161,7 +162,7 @@ async def measure(store: KnowledgeStore, args: argparse.Namespace) -> dict[str, 
         doc = StoredDocument(
             id=f"doc-{n}", kb="bench", source=f"doc-{n}.txt", title=f"Document {n}",
             content_hash=str(n), format="text", metadata={"part": n % 10},
-            created_at=time.time(),
+            created_at=Timestamp.now(),
         )  # fmt: skip
         start = time.perf_counter()
         await store.put_document(doc, parts, vectors)

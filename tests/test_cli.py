@@ -127,7 +127,8 @@ async def test_keys_create_list_revoke(tmp_path: Path, upstream: FakeOpenAI) -> 
     path.write_text(openai_config(upstream.base_url) + '\n[auth]\nmaster_key = "sk-m"\n')
     env = clean_env(NOROSHI_SERVER__DATA_DIR=str(tmp_path / "data"))
     code, out = await run("keys", "create", "ci bot", "--config", str(path), "--rpm", "7",
-                          "--model", "fast", "--budget", '{"tokens_per_day": 1000}', env=env)  # fmt: skip
+                          "--model", "fast", "--budget", '{"tokens_per_day": 1000}',
+                          "--expires-at", "2099-01-01T09:00:00+09:00", env=env)  # fmt: skip
     assert code == 0, out
     secret = out.strip().splitlines()[-1]
     assert secret.startswith("nrs-")
@@ -136,6 +137,7 @@ async def test_keys_create_list_revoke(tmp_path: Path, upstream: FakeOpenAI) -> 
     code, out = await run("keys", "list", "--config", str(path), env=env)
     assert code == 0 and key_id in out and "ci bot" in out and "rpm=7" in out
     assert "models=fast" in out and "budget=tokens_per_day:1000" in out
+    assert "expires=2099-01-01T00:00:00.000Z" in out  # as the JSON writes times
     assert secret not in out
 
     # the key works on a server over the same store, and stops working once revoked

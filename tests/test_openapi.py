@@ -18,6 +18,7 @@ from noroshi import __version__
 from noroshi.client._base import InvalidRequestError, make_call
 from noroshi.openapi import openapi
 from noroshi.wire import endpoints as api
+from noroshi.wire import times
 from noroshi.wire.endpoints import ENDPOINTS, Endpoint
 from noroshi.wire.simple import PromptBody
 from tests.conftest import Serve, openai_config, write_config
@@ -88,6 +89,10 @@ async def test_what_a_browser_renders_carries_the_security_headers(base: str, pa
     assert not [d for d in policy if "unsafe" in d or "*" in d]
 
 
+def schema_components(kinds: list[Any]) -> tuple[Any, dict[str, Any]]:
+    return msgspec.json.schema_components(kinds, schema_hook=times.schema_hook)
+
+
 def test_each_endpoint_is_described_by_its_own_types() -> None:
     """Body, answer and query schemas are msgspec's schemas of the table's types."""
     spec = openapi(ENDPOINTS, "test")
@@ -95,12 +100,12 @@ def test_each_endpoint_is_described_by_its_own_types() -> None:
     for e in ENDPOINTS:
         op = spec["paths"][e.path][e.method.lower()]
         if e.body is not None:
-            (ref,), defs = msgspec.json.schema_components([e.body])
+            (ref,), defs = schema_components([e.body])
             name = ref["$ref"].rsplit("/", 1)[1]
             assert components[name] == _relinked(defs[name]), e
         if e.answer is not None:
             schema = op["responses"][str(e.status)]["content"]["application/json"]["schema"]
-            assert schema == _relinked(msgspec.json.schema_components([e.answer])[0][0]), e
+            assert schema == _relinked(schema_components([e.answer])[0][0]), e
         if e.query is not None:
             fields = {f.encode_name for f in msgspec.structs.fields(e.query)}
             assert {p["name"] for p in op["parameters"] if p["in"] == "query"} == fields, e

@@ -29,6 +29,7 @@ from noroshi.providers.base import Call, Routed, Usage
 from noroshi.store.keys import ApiKey
 from noroshi.store.usage import UsageLog, UsageRecord
 from noroshi.types import Headers
+from noroshi.wire.times import Timestamp
 
 if TYPE_CHECKING:
     from noroshi.auth import Principal
@@ -225,7 +226,7 @@ class Accountant:
                 duration_ms=duration * 1000,
                 status=status,
                 outcome=outcome,
-                created_at=time.time(),
+                created_at=Timestamp.now(),
             ))  # fmt: skip
         self.metrics.answered(
             meter.route, meter.model, status, duration, ttft_s, prompt, completion

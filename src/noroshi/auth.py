@@ -19,7 +19,6 @@ import hmac
 import logging
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 from noroshi.broadcast import Channel
@@ -126,7 +125,7 @@ class Authenticator:
         if secret and hmac.compare_digest(secret.encode(), self._master):
             return MASTER
         key = await self._lookup(secret) if secret else None
-        if key is not None and key.usable(datetime.now(UTC)):
+        if key is not None and key.usable(time.time()):
             return Principal(key, admin=False)
         address = self._address(request.address, request.headers)
         self._refuse_if_locked(address)
@@ -241,4 +240,5 @@ def _why_refused(key: ApiKey | None) -> str:
         return "Incorrect API key provided."
     if key.revoked_at is not None:
         return "This API key has been revoked."
-    return f"This API key expired at {key.expires_at:%Y-%m-%dT%H:%M:%SZ}."
+    expired = key.expires_at.iso() if key.expires_at is not None else "an earlier time"
+    return f"This API key expired at {expired}."

@@ -292,7 +292,8 @@ def keys_list(config_path: str | None, include_revoked: bool) -> None:
         if key.budget is not None:
             spent = {k: v for k, v in msgspec.structs.asdict(key.budget).items() if v is not None}
             budget = "budget=" + ",".join(f"{k}:{v}" for k, v in spent.items())
-        line = f"{key.id}  {key.hint}  {state:7}  {key.name}  {models} {limits} {budget}"
+        expires = "" if key.expires_at is None else f"expires={key.expires_at.iso()}"
+        line = f"{key.id}  {key.hint}  {state:7}  {key.name}  {models} {limits} {budget} {expires}"
         click.echo(" ".join(line.split(" ")).rstrip())
     if not found:
         click.echo("no keys")

@@ -13,6 +13,7 @@ from typing import Any
 import msgspec
 
 from noroshi.errors import ErrorBody
+from noroshi.wire import times
 from noroshi.wire.endpoints import Endpoint
 from noroshi.wire.simple import StreamError
 
@@ -39,7 +40,9 @@ def openapi(endpoints: Iterable[Endpoint], version: str) -> dict[str, Any]:
     for e in endpoints:
         kinds += [t for t in (e.body, e.answer, e.query, e.error) if t is not None]
         kinds += _formats(e)
-    schemas, components = msgspec.json.schema_components(kinds, ref_template=_REF)
+    schemas, components = msgspec.json.schema_components(
+        kinds, ref_template=_REF, schema_hook=times.schema_hook
+    )
     of = dict(zip(map(id, kinds), schemas, strict=True))
     paths: dict[str, dict[str, Any]] = {}
     for e in endpoints:

@@ -34,6 +34,7 @@ from noroshi.wire.agent import (
 from tests.agent import loop_tools
 from tests.conftest import Serve, openai_config, write_config
 from tests.fakes.upstream import FakeOpenAI, Reply
+from tests.wire.test_times import ISO_UTC
 
 AGENTS = """
 [[agents]]
@@ -260,13 +261,24 @@ async def test_bad_input(base: str, client: AsyncClient) -> None:
         assert err.value.param == param, body
 
 
-async def test_sessions_list_and_delete(client: AsyncClient, upstream: FakeOpenAI) -> None:
+async def test_sessions_list_and_delete(
+    base: str, client: AsyncClient, upstream: FakeOpenAI
+) -> None:
     upstream.script(Reply(text="Hello."))
     started = (await turn(client, prompt="Hi there"))[0]
     assert isinstance(started, RunStarted)
     session_id = started.session_id
     listed = (await client.sessions.list()).data
     assert [x.id for x in listed] == [session_id] and listed[0].title == "Hi there"
+    # raw: every time is ISO 8601, and the typed client reads them back as the same moments
+    async with httpx.AsyncClient(base_url=base) as raw:
+        shown = (await raw.get("/api/v1/sessions")).json()["data"][0]
+        detail = (await raw.get(f"/api/v1/sessions/{session_id}")).json()
+    assert ISO_UTC.fullmatch(shown["created_at"]) and ISO_UTC.fullmatch(shown["updated_at"])
+    assert listed[0].updated_at.iso() == shown["updated_at"]
+    (run,) = detail["runs"]
+    assert ISO_UTC.fullmatch(run["created_at"]) and ISO_UTC.fullmatch(run["finished_at"])
+    assert run["created_at"] <= run["finished_at"]
     deleted = await client.sessions.delete(session_id)
     assert deleted.id == session_id and deleted.deleted
     with pytest.raises(NotFoundError):

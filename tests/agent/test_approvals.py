@@ -17,11 +17,13 @@ import pytest
 from noroshi.agent.build import build_agents
 from noroshi.client import AsyncClient
 from noroshi.config import ConfigError
+from noroshi.wire import times
 from noroshi.wire.agent import RunFinished, RunResumed, RunWaiting, ToolApprovalRequested
 from tests.agent.durable_tools import calls
 from tests.agent.test_agent_api import parse_sse
 from tests.conftest import Serve, openai_config, write_config
 from tests.fakes.upstream import FakeOpenAI, Reply
+from tests.wire.test_times import ISO_UTC
 
 AGENTS = """
 [runs]
@@ -86,6 +88,12 @@ async def test_a_call_waits_for_approval_then_runs(
         async with s.get(f"{base}/api/v1/runs/{run_id}") as r:
             waiting = await r.json()
         assert waiting["status"] == "waiting"
+        # times as ISO 8601: it expires approval_timeout_s (60 s) after it started
+        expires = events[-1][2]["expires_at"]
+        assert ISO_UTC.fullmatch(expires) and waiting["approvals"][0]["expires_at"] == expires
+        assert ISO_UTC.fullmatch(waiting["created_at"]) and waiting["finished_at"] is None
+        asked = times.parse(expires) - times.parse(waiting["created_at"])
+        assert 59 < asked < 70
         assert [(a["tool_call_id"], a["name"]) for a in waiting["approvals"]] == [
             ("t1", "transfer")
         ]
@@ -99,6 +107,9 @@ async def test_a_call_waits_for_approval_then_runs(
     assert types[-1] == "run.finished"
     assert after[2][2]["content"] == "sent 5" and calls(counted) == ["transfer"]
     assert status == 409 and again["error"]["code"] == "not_waiting"
+    async with aiohttp.ClientSession() as s, s.get(f"{base}/api/v1/runs/{run_id}") as r:
+        done = await r.json()
+    assert done["status"] == "completed" and ISO_UTC.fullmatch(done["finished_at"])
 
 
 async def test_a_denial_is_the_tools_result(

@@ -5,6 +5,7 @@ the server's own validation), a fake OpenAI upstream behind."""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -30,6 +31,7 @@ from tests.fakes.upstream import FakeOpenAI, Reply
 
 MASTER = "sk-master-test"
 HI = [{"role": "user", "content": "Hi"}]
+ISO_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")  # every time noroshi writes
 PRICES = """
 [prices.fast]
 input = 1000.0
@@ -132,6 +134,7 @@ async def test_virtual_key_lifecycle(base: str, upstream: FakeOpenAI) -> None:
         # raw: the client's types would drop a `key` field without a word
         _, raw, _ = await call(base, "GET", "/admin/keys")
         assert secret not in str(raw) and "key" not in raw["data"][0]
+        assert ISO_UTC.fullmatch(raw["data"][0]["created_at"])
         assert (await admin.admin.keys.get(key_id)).name == "app"
         # a virtual key is not an admin key
         async with client(base, secret) as app:
@@ -144,6 +147,8 @@ async def test_virtual_key_lifecycle(base: str, upstream: FakeOpenAI) -> None:
 
         revoked = await admin.admin.keys.revoke(key_id)
         assert revoked.revoked_at is not None
+        _, raw, _ = await call(base, "GET", f"/admin/keys/{key_id}")
+        assert ISO_UTC.fullmatch(raw["revoked_at"]) and raw["expires_at"] is None
         with pytest.raises(AuthenticationError) as err:
             await chat(base, secret)
         assert err.value.status == 401 and "revoked" in err.value.message
@@ -194,6 +199,7 @@ async def test_expired_key_is_refused(base: str) -> None:
     with pytest.raises(AuthenticationError) as err:
         await chat(base, secret)
     assert err.value.status == 401 and "expired" in err.value.message
+    assert ISO_UTC.search(err.value.message)  # when, in the one format
 
 
 async def test_rpm_refusal_has_openai_headers(base: str) -> None:
@@ -324,9 +330,21 @@ async def test_usage_records_every_request(base: str, upstream: FakeOpenAI) -> N
         with pytest.raises(InvalidRequestError) as refused:
             await admin.admin.usage(group_by="color")
         assert refused.value.param == "group_by"
-        with pytest.raises(BadRequestError) as err:
+        # times: ISO 8601 or epoch seconds in; ISO 8601 (UTC, milliseconds) out
+        iso = datetime.fromtimestamp(since, UTC).isoformat()
+        assert len((await admin.admin.usage(key=key_id, since=iso)).data) == 3
+        status, body, _ = await call(base, "GET", f"/admin/usage?key={key_id}&since={since}")
+        assert status == 200 and len(body["data"]) == 3
+        assert all(ISO_UTC.fullmatch(r["created_at"]) for r in body["data"])
+        assert rows[0].created_at == pytest.approx(time.time(), abs=60)
+        for bad in ("since=yesterday", "until=", "until=2026-13-01"):
+            status, body, _ = await call(base, "GET", f"/admin/usage?{bad}")
+            param = bad.partition("=")[0]
+            assert status == 400 and body["error"]["param"] == param, body
+            assert "is not a time" in body["error"]["message"]
+        with pytest.raises(InvalidRequestError) as refused:
             await admin.admin.usage(since="yesterday")
-        assert err.value.status == 400 and err.value.param == "since"
+        assert refused.value.param == "since"
         assert (await admin.admin.usage(model="none")).data == []
 
 

@@ -246,6 +246,9 @@ async def test_sessions_list_new_chat_and_reopen(
 
     sessions = page.get_by_test_id("sessions").get_by_test_id("session")
     await expect(sessions).to_have_count(1)
+    # when, from the session's updated_at (ISO 8601): "now", "3 seconds ago"
+    meta = sessions.first.locator(".session-meta")
+    await expect(meta).to_have_text(re.compile(r"helper · (now|\d+ seconds? ago)"))
 
     await page.get_by_test_id("new-chat").click()
     await expect(page.get_by_test_id("message-user")).to_have_count(0)

@@ -25,6 +25,7 @@ from noroshi.client import (
 from noroshi.wire.agent import RunFinished, SourceCited, ToolResult
 from tests.conftest import Serve, openai_config, write_config
 from tests.fakes.upstream import FakeOpenAI, Reply
+from tests.wire.test_times import ISO_UTC
 
 MASTER = "sk-master-kb"
 EXTRA = f"""
@@ -77,7 +78,7 @@ async def admin(base: str) -> AsyncIterator[AsyncClient]:
 
 
 @pytest.mark.parametrize("serve", ["noroshi"], indirect=True)
-async def test_knowledge_base_lifecycle(admin: AsyncClient) -> None:
+async def test_knowledge_base_lifecycle(base: str, admin: AsyncClient) -> None:
     kb = await admin.kb.create(name="handbook", description="The staff handbook")
     assert (kb.name, kb.embedding_model, kb.chunk_tokens) == ("handbook", "embed", 256)
     assert kb.dimensions == 8  # what the fake upstream embeds by default
@@ -101,6 +102,12 @@ async def test_knowledge_base_lifecycle(admin: AsyncClient) -> None:
 
     docs = await admin.kb.documents("handbook")
     assert {d.source for d in docs.data} == {"handbook.md", "desk.html"}
+    auth = {"authorization": f"Bearer {MASTER}"}
+    async with aiohttp.ClientSession(base, headers=auth) as raw:
+        async with raw.get("/api/v1/kb/handbook/documents") as r:
+            assert all(ISO_UTC.fullmatch(d["created_at"]) for d in (await r.json())["data"])
+        async with raw.get("/api/v1/kb/handbook") as r:
+            assert ISO_UTC.fullmatch((await r.json())["created_at"])
     assert (await admin.kb.get("handbook")).documents == 2
 
     found = await admin.kb.search("handbook", query="paid holiday days", k=3, mode="text")

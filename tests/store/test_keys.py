@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
+import time
 from datetime import UTC, datetime, timedelta, timezone
 
 import msgspec
@@ -19,6 +20,8 @@ from noroshi.store.keys import (
     ModelLimits,
     hash_key,
 )
+from noroshi.wire import times
+from noroshi.wire.times import Timestamp
 
 decode_create = msgspec.json.Decoder(KeyCreate).decode
 decode_update = msgspec.json.Decoder(KeyUpdate).decode
@@ -50,7 +53,8 @@ async def test_create_then_get_and_find(store: KeyStore) -> None:
     assert re.fullmatch(r"nrs-[A-Za-z0-9_-]{43}", secret)
     random = secret.removeprefix("nrs-")
     assert key.hint == f"nrs-{random[:4]}…{random[-4:]}"
-    assert key.created_at.tzinfo is not None and key.revoked_at is None
+    assert isinstance(key.created_at, Timestamp) and key.revoked_at is None
+    assert abs(key.created_at - time.time()) < 60
     assert key.budget == Budget(tokens_per_day=100_000, cost_per_month=20.5)
     assert key.model_limits == {"smart": ModelLimits(rpm=5)}
     assert await store.get(key.id) == key
@@ -76,7 +80,7 @@ async def test_only_the_hash_is_stored(store: KeyStore, db: Database) -> None:
     assert hash_key(secret) == hashlib.sha256(secret.encode()).hexdigest()
     assert hash_key(secret) in row
     # and nothing shown carries it
-    shown = msgspec.json.encode(key).decode()
+    shown = times.encode(key).decode()
     assert secret not in shown and hash_key(secret) not in shown
 
 
@@ -100,7 +104,7 @@ async def test_revoke_is_kept_and_idempotent(store: KeyStore) -> None:
     key, secret = await store.create(KeyCreate(name="gone"))
     revoked = await store.revoke(key.id)
     assert revoked is not None and revoked.revoked_at is not None
-    assert not revoked.usable(datetime.now(UTC))
+    assert not revoked.usable(time.time())
     again = await store.revoke(key.id)
     assert again is not None and again.revoked_at == revoked.revoked_at
     found = await store.find(secret)  # still found: the caller says why it is refused
@@ -117,15 +121,16 @@ async def test_expiry(store: KeyStore) -> None:
 
     naive = (now + timedelta(hours=1)).replace(tzinfo=None, microsecond=0)
     key, _ = await store.create(KeyCreate(name="naive", expires_at=naive))
-    assert key.expires_at == naive.replace(tzinfo=UTC)
-    assert key.usable(now) and not key.usable(now + timedelta(hours=2))
+    assert key.expires_at == naive.replace(tzinfo=UTC).timestamp()
+    assert key.expires_at.iso() == naive.isoformat() + ".000Z"
+    assert key.usable(now.timestamp()) and not key.usable(now.timestamp() + 7200)
 
     tokyo = timezone(timedelta(hours=9))
     moment = (now + timedelta(days=1)).astimezone(tokyo)
     key, _ = await store.create(KeyCreate(name="zoned", expires_at=moment))
     stored = await store.get(key.id)
-    assert stored is not None and stored.expires_at == moment
-    assert stored.expires_at.utcoffset() == timedelta(0)
+    assert stored is not None and stored.expires_at == moment.timestamp()
+    assert stored.expires_at is not None and stored.expires_at.iso().endswith("Z")
 
 
 async def test_update_unset_keeps_null_clears(store: KeyStore) -> None:
@@ -235,9 +240,9 @@ def test_update_tells_absent_from_null() -> None:
 
 
 def test_usable() -> None:
-    now = datetime.now(UTC)
+    now = Timestamp.now()
     key = ApiKey(id="key_x", name="x", hint="h", created_at=now)
     assert key.usable(now)
-    expiring = msgspec.structs.replace(key, expires_at=now + timedelta(seconds=1))
-    assert expiring.usable(now) and not expiring.usable(now + timedelta(seconds=1))
+    expiring = msgspec.structs.replace(key, expires_at=Timestamp(now + 1))
+    assert expiring.usable(now) and not expiring.usable(now + 1)
     assert not msgspec.structs.replace(key, revoked_at=now).usable(now)

@@ -11,6 +11,7 @@ import pytest
 
 from noroshi.store.database import Database, Row
 from noroshi.store.usage import UsageLog, UsageRecord
+from noroshi.wire.times import Timestamp
 
 DAY1 = datetime(2025, 3, 1, 23, 59, 59, tzinfo=UTC).timestamp()
 DAY2 = datetime(2025, 3, 2, 0, 0, 1, tzinfo=UTC).timestamp()
@@ -28,7 +29,7 @@ def rec(n: int = 0, **fields: Any) -> UsageRecord:
         "cost": 0.25,
         "ttft_ms": 12.5,
         "duration_ms": 80.0,
-        "created_at": DAY1 + n * 0.001,
+        "created_at": Timestamp(DAY1 + n * 0.001),
     }
     return UsageRecord(**{**values, **fields})
 
@@ -105,7 +106,8 @@ async def test_records_round_trip(usage: UsageLog, db: Database) -> None:
     rows = await usage.query()
     assert rows == list(reversed(records))  # newest first
     assert [type(v) for v in msgspec.structs.astuple(rows[1])] == [
-        str, str, str, str, str, int, int, int, int, int, float, float, float, int, str, float,
+        str, str, str, str, str, int, int, int, int, int, float, float, float, int, str,
+        Timestamp,
     ]  # fmt: skip
     assert await db.fetch("SELECT day FROM usage") == [("2025-03-01",)] * 2
 

@@ -19,6 +19,7 @@ import msgspec
 from noroshi.broadcast import Channel
 from noroshi.errors import Unavailable
 from noroshi.store.database import Database
+from noroshi.wire import times
 
 __all__ = ["TERMINAL", "DatabaseEvents", "EventStore", "EventWriter", "RedisEvents"]
 
@@ -33,7 +34,7 @@ REDIS_TIMEOUT_S = 2.0  # a stalled Redis fails a call, rather than holding a run
 
 Row = tuple[int, str, dict[str, Any]]
 Running = Callable[[], Awaitable[bool]]  # whether the run is still going (asked when idle)
-_encode = msgspec.json.encode
+_encode = times.encode  # a `run.waiting` event's `expires_at`, as ISO 8601
 _decode = msgspec.json.Decoder(dict[str, Any])
 
 

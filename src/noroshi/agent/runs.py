@@ -36,6 +36,7 @@ from noroshi.providers.router import ProviderRouter
 from noroshi.store.approvals import Approvals
 from noroshi.store.sessions import Kept, Run, Session, SessionStore, new_run_id
 from noroshi.wire.agent import PendingApproval
+from noroshi.wire.times import Timestamp
 
 __all__ = ["ActiveRun", "Agent", "Billing", "Event", "OnEnd", "RunLog", "Runner"]
 
@@ -165,7 +166,7 @@ class Runner:
             raise _busy(session.id, busy.run.id)
         placeholder = ActiveRun(
             Run(id="", session_id=session.id, agent=agent.name, status="running",
-                background=background, created_at=0.0),
+                background=background, created_at=Timestamp(0)),
             session, agent, routed, None,
         )  # fmt: skip
         self.by_session[session.id] = placeholder  # held while the run row is written
@@ -381,7 +382,7 @@ class Runner:
         """The run waits for a person, in no process: its calls and its state are kept, its
         part so far billed; the answer takes it up again wherever it comes."""
         run = active.run
-        expires = time.time() + self.config.approval_timeout_s
+        expires = Timestamp(time.time() + self.config.approval_timeout_s)
         calls = [PendingApproval(tool_call_id=c.id, name=c.function.name,
                                  arguments=c.function.arguments, expires_at=expires)
                  for c in waiting.calls]  # fmt: skip
@@ -421,14 +422,14 @@ class Runner:
         event may start the next turn at once. Its events are kept before its status says it
         ended, for followers on other replicas."""
         run = active.run
-        run.finished_at = time.time()  # what a reader of the run sees once the end is told
+        run.finished_at = Timestamp.now()  # what a reader of the run sees once the end is told
         outcome = {"completed": "ok", "cancelled": "cut", "interrupted": "cut"}
         self._forget(active, outcome.get(run.status, "error"))
         try:
             await self.sessions.unclaim(run.session_id, run.id)  # its turn is kept already
         except NoroshiError as exc:  # the database is away: the claim runs out by itself
             log.warning("run %s: could not free session %s: %s", run.id, run.session_id, exc)
-        run.finished_at = time.time()  # before its followers hear it ended
+        run.finished_at = Timestamp.now()  # before its followers hear it ended
         active.log.emit(event, data, last=True)
         active.log.close()
         try:

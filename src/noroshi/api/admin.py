@@ -3,14 +3,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import msgspec
 from msgspec import UNSET, UnsetType
 
 from noroshi.auth import Authenticator
-from noroshi.errors import BadRequest, NotFound
+from noroshi.errors import NotFound
 from noroshi.http import JSONResponse, Request, Response, Router
 from noroshi.store.keys import KeyStore
 from noroshi.store.usage import UsageLog
@@ -27,30 +26,15 @@ from noroshi.wire.admin import (
     UsageTotals,
 )
 
-__all__ = ["install", "parse_time"]
+__all__ = ["install"]
+
+T = TypeVar("T")
 
 _decode_create: msgspec.json.Decoder[KeyCreate] = api.KEY_CREATE.decoder
 _decode_update: msgspec.json.Decoder[KeyUpdate] = api.KEY_UPDATE.decoder
 
 
-def parse_time(value: str, param: str) -> float:
-    """Epoch seconds, or an ISO 8601 date or time (UTC unless it says otherwise)."""
-    try:
-        return float(value)
-    except ValueError:
-        pass
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise BadRequest(
-            f"'{value}' is not a time: use epoch seconds or ISO 8601.", param=param
-        ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
-
-
-def _given(value: str | UnsetType) -> str | None:
+def _given(value: T | UnsetType) -> T | None:
     return None if isinstance(value, UnsetType) else value
 
 
@@ -101,8 +85,8 @@ def install(router: Router, app: Services) -> None:
         rows = await app.usage.query(
             key_id=_given(query.key),
             model=_given(query.model),
-            since=None if query.since is UNSET else parse_time(query.since, "since"),
-            until=None if query.until is UNSET else parse_time(query.until, "until"),
+            since=_given(query.since),
+            until=_given(query.until),
             group_by=group_by,
             limit=query.limit,
         )

@@ -29,6 +29,7 @@ from noroshi.store.keys import KeyStore
 from noroshi.store.sessions import Run, SessionStore
 from noroshi.types import Handler, Headers
 from noroshi.wire import endpoints as api
+from noroshi.wire import times
 from noroshi.wire.agent import (
     AgentChatBody,
     AgentInfo,
@@ -52,7 +53,7 @@ if TYPE_CHECKING:
 
 __all__ = ["encode_native", "install", "resumed_billing"]
 
-_encode = msgspec.json.encode
+_encode = times.encode
 
 
 _decode_chat: msgspec.json.Decoder[AgentChatBody] = api.AGENT_CHAT.decoder

@@ -15,6 +15,7 @@ import httpx2
 import msgspec
 
 from noroshi.errors import ErrorBody, where
+from noroshi.wire import times
 from noroshi.wire.agent import ErrorEvent, RunFinished, RunWaiting
 from noroshi.wire.endpoints import Endpoint
 from noroshi.wire.sse import SSEDecoder
@@ -204,9 +205,9 @@ def make_call(
 
 def _check(value: Any, kind: Any) -> None:
     if isinstance(value, msgspec.Struct):
-        value = msgspec.to_builtins(value)
+        value = msgspec.to_builtins(value, enc_hook=times.enc_hook)
     try:
-        msgspec.convert(value, kind, strict=False)
+        msgspec.convert(value, kind, strict=False, dec_hook=times.dec_hook)
     except msgspec.ValidationError as exc:
         message, param = where(exc)
         raise InvalidRequestError(message, param) from None
@@ -220,7 +221,7 @@ def _text(value: Any) -> str:
 
 def decode_answer(kind: type[T], response: httpx2.Response) -> T:
     try:
-        return msgspec.json.decode(response.content, type=kind)
+        return msgspec.json.decode(response.content, type=kind, dec_hook=times.dec_hook)
     except msgspec.MsgspecError as exc:
         raise APIError(f"The server answered what this client cannot read: {exc}") from None
 
@@ -288,7 +289,7 @@ class EventReader(Generic[T]):
     __slots__ = ("_decoder", "_kind", "done", "last_id")
 
     def __init__(self, kind: Any) -> None:
-        self._kind: msgspec.json.Decoder[T] = msgspec.json.Decoder(kind)
+        self._kind: msgspec.json.Decoder[T] = times.decoder(kind)
         self._decoder = SSEDecoder()
         self.done = False
         self.last_id = 0

@@ -14,6 +14,7 @@ import msgspec
 
 from noroshi.errors import BadRequest, UnsupportedMediaType, where
 from noroshi.http.nesting import MAX_DEPTH, deepest_field, too_deep
+from noroshi.wire import times
 
 if TYPE_CHECKING:
     from noroshi.accounting import Meter
@@ -116,10 +117,11 @@ class Request:
 
 
 def decode_query(kind: type[T], query: str) -> T:
-    """The last value of each parameter wins, as most frameworks read them."""
-    values = {name: items[-1] for name, items in parse_qs(query).items()}
+    """The last value of each parameter wins, as most frameworks read them. A blank value
+    (`?until=`) is a value, refused where the type takes none, not a parameter left out."""
+    values = {name: items[-1] for name, items in parse_qs(query, keep_blank_values=True).items()}
     try:
-        return msgspec.convert(values, kind, strict=False)
+        return msgspec.convert(values, kind, strict=False, dec_hook=times.dec_hook)
     except msgspec.ValidationError as exc:
         message, param = where(exc)
         if message.startswith("Object contains unknown field"):

@@ -11,10 +11,9 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
-import msgspec
-
 from noroshi.errors import NoroshiError
 from noroshi.types import Headers
+from noroshi.wire import times
 
 __all__ = [
     "ClientGone",
@@ -33,7 +32,7 @@ SSE_HEADERS = [
     ("cache-control", "no-cache"),
     ("x-accel-buffering", "no"),
 ]
-_encode = msgspec.json.encode
+_encode = times.encode  # noroshi's own types: their times as ISO 8601
 
 
 class ClientGone(Exception):

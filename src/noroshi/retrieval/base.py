@@ -16,6 +16,7 @@ import msgspec
 from msgspec import Struct
 
 from noroshi.wire.knowledge import Filter, Hit, KnowledgeBase, Mode, StoredDocument
+from noroshi.wire.times import Timestamp
 
 __all__ = [
     "Chunk",
@@ -62,7 +63,7 @@ def document_from_row(row: Sequence[Any]) -> StoredDocument:
         format=row[5],
         metadata=msgspec.json.decode(row[6]),
         chunks=row[7],
-        created_at=row[8],
+        created_at=Timestamp(row[8]),
     )
 
 
@@ -76,7 +77,7 @@ def base_from_row(row: Sequence[Any]) -> KnowledgeBase:
         description=row[3],
         chunk_tokens=row[4],
         overlap_tokens=row[5],
-        created_at=row[6],
+        created_at=Timestamp(row[6]),
         documents=row[7],
         chunks=row[8],
     )

@@ -8,7 +8,6 @@ import asyncio
 import hashlib
 import logging
 import secrets
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from noroshi.wire.knowledge import (
     Mode,
     StoredDocument,
 )
+from noroshi.wire.times import Timestamp
 
 __all__ = ["Knowledge", "content_hash", "open_store"]
 
@@ -99,7 +99,7 @@ class Knowledge:
             description=spec.description,
             chunk_tokens=chunk_tokens,
             overlap_tokens=overlap,
-            created_at=time.time(),
+            created_at=Timestamp.now(),
         )
         if not await self.store.create(kb):
             raise Conflict(f"A knowledge base named '{spec.name}' exists.", param="name")
@@ -144,7 +144,7 @@ class Knowledge:
             format=fmt,
             metadata=dict(upload.metadata),
             chunks=len(chunks),
-            created_at=time.time(),
+            created_at=Timestamp.now(),
         )
         await self.store.put_document(doc, chunks, vectors)
         return doc, True

@@ -8,6 +8,7 @@ import time
 
 from noroshi.store.database import Database
 from noroshi.wire.agent import PendingApproval
+from noroshi.wire.times import Timestamp
 
 __all__ = ["Approvals"]
 
@@ -43,8 +44,8 @@ class Approvals:
             "WHERE run_id = ? AND approved IS NULL ORDER BY tool_call_id",
             (run_id,),
         )
-        return [PendingApproval(tool_call_id=r[0], name=r[1], arguments=r[2], expires_at=r[3])
-                for r in rows]  # fmt: skip
+        return [PendingApproval(tool_call_id=r[0], name=r[1], arguments=r[2],
+                                expires_at=Timestamp(r[3])) for r in rows]  # fmt: skip
 
     async def decisions(self, run_id: str, step: int) -> dict[str, tuple[bool, str]]:
         """The answers given for a step's calls, by call id."""

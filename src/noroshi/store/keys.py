@@ -9,6 +9,7 @@ from __future__ import annotations
 import builtins
 import hashlib
 import secrets
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,6 +19,7 @@ from msgspec import UNSET, Struct
 from noroshi.errors import BadRequest
 from noroshi.store.database import Database
 from noroshi.wire.admin import ApiKey, Budget, KeyCreate, KeyUpdate, ModelLimits
+from noroshi.wire.times import Timestamp
 
 __all__ = [
     "ApiKey",
@@ -63,7 +65,7 @@ class KeyStore:
 
     async def create(self, spec: KeyCreate) -> tuple[ApiKey, str]:
         """A new key and its secret, which is not kept and cannot be shown again."""
-        now = datetime.now(UTC)
+        now = Timestamp.now()
         random = secrets.token_urlsafe(32)
         secret = KEY_PREFIX + random
         key = ApiKey(
@@ -78,7 +80,7 @@ class KeyStore:
             "INSERT INTO api_keys (id, name, key_hash, hint, settings, created_at, expires_at, "
             "revoked_at, revision) VALUES (?, ?, ?, ?, ?, ?, ?, NULL, 0)",
             (key.id, key.name, hash_key(secret), key.hint, _settings(key),
-             now.timestamp(), _epoch(key.expires_at)),
+             float(now), _epoch(key.expires_at)),
         )  # fmt: skip
         return key, secret
 
@@ -100,7 +102,7 @@ class KeyStore:
             f: v for f in KeyUpdate.__struct_fields__ if (v := getattr(changes, f)) is not UNSET
         }
         if "expires_at" in values:
-            values["expires_at"] = _future(values["expires_at"], datetime.now(UTC))
+            values["expires_at"] = _future(values["expires_at"], Timestamp.now())
         while True:
             row = await self.db.fetchone(f"SELECT {_COLUMNS} FROM api_keys WHERE id = ?", (id,))
             if row is None:
@@ -120,7 +122,7 @@ class KeyStore:
         await self.db.execute(
             "UPDATE api_keys SET revoked_at = ?, revision = revision + 1 "
             "WHERE id = ? AND revoked_at IS NULL",
-            (datetime.now(UTC).timestamp(), id),
+            (time.time(), id),
         )
         return await self.get(id)
 
@@ -133,26 +135,24 @@ class KeyStore:
         return [_key(row) for row in rows]
 
 
-def _future(moment: datetime | None, now: datetime) -> datetime | None:
-    """An expiry, in UTC; one already past is refused (revoke a key to stop it now)."""
+def _future(moment: datetime | None, now: float) -> Timestamp | None:
+    """An expiry (UTC when it names no zone); one already past is refused (revoke a key to
+    stop it now)."""
     if moment is None:
         return None
-    moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-    if moment <= now:
+    moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+    expiry = Timestamp(moment.timestamp())
+    if expiry <= now:
         raise BadRequest("expires_at must be in the future.", param="expires_at")
-    return moment
+    return expiry
 
 
 def _settings(key: ApiKey) -> str:
     return _encode(_Settings(**{name: getattr(key, name) for name in _SETTINGS})).decode()
 
 
-def _epoch(moment: datetime | None) -> float | None:
-    return None if moment is None else moment.timestamp()
-
-
-def _time(epoch: float | None) -> datetime | None:
-    return None if epoch is None else datetime.fromtimestamp(epoch, UTC)
+def _epoch(moment: Timestamp | None) -> float | None:
+    return None if moment is None else float(moment)
 
 
 def _key(row: tuple[Any, ...]) -> ApiKey:
@@ -161,8 +161,8 @@ def _key(row: tuple[Any, ...]) -> ApiKey:
         id=id,
         name=name,
         hint=hint,
-        created_at=datetime.fromtimestamp(created_at, UTC),
-        expires_at=_time(expires_at),
-        revoked_at=_time(revoked_at),
+        created_at=Timestamp(created_at),
+        expires_at=Timestamp.maybe(expires_at),
+        revoked_at=Timestamp.maybe(revoked_at),
         **msgspec.structs.asdict(_decode_settings(settings)),
     )

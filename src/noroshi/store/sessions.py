@@ -20,6 +20,7 @@ import msgspec
 from noroshi.store.database import Database
 from noroshi.wire.agent import Run, Session
 from noroshi.wire.openai import Message
+from noroshi.wire.times import Timestamp
 
 __all__ = ["Kept", "Run", "Session", "SessionStore", "new_run_id"]
 
@@ -35,13 +36,15 @@ _RUN = (
 
 
 def _session(row: tuple[Any, ...]) -> Session:
-    return Session(id=row[0], agent=row[1], title=row[2], created_at=row[3], updated_at=row[4])
+    return Session(id=row[0], agent=row[1], title=row[2], created_at=Timestamp(row[3]),
+                   updated_at=Timestamp(row[4]))  # fmt: skip
 
 
 def _run(row: tuple[Any, ...]) -> Run:
     return Run(id=row[0], session_id=row[1], agent=row[2], status=row[3],
                background=bool(row[4]), prompt_tokens=row[5], completion_tokens=row[6],
-               steps=row[7], error=row[8], created_at=row[9], finished_at=row[10])  # fmt: skip
+               steps=row[7], error=row[8], created_at=Timestamp(row[9]),
+               finished_at=Timestamp.maybe(row[10]))  # fmt: skip
 
 
 class Kept(NamedTuple):
@@ -71,7 +74,7 @@ class SessionStore:
     ) -> Session | None:
         """A new session, named `session_id` when the client names its chats itself; None
         when another key has a session by that id (a race for one id makes one session)."""
-        now = time.time()
+        now = Timestamp.now()
         session = Session(id=session_id or f"ses_{secrets.token_hex(8)}", agent=agent,
                           title=title[:200], created_at=now, updated_at=now)  # fmt: skip
         made = await self.db.fetchone(
@@ -256,7 +259,7 @@ class SessionStore:
         hold_s: float = 0.0,
     ) -> Run:
         run = Run(id=run_id or new_run_id(), session_id=session.id, agent=session.agent,
-                  status="running", background=background, created_at=time.time())  # fmt: skip
+                  status="running", background=background, created_at=Timestamp.now())  # fmt: skip
         await self.db.execute(
             f"INSERT INTO runs (key_id, prompt, lease_until, {_RUN}) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -275,7 +278,7 @@ class SessionStore:
         return Kept(_run(row), row[11], row[12], int(row[13] or 0))
 
     async def finish_run(self, run: Run) -> None:
-        run.finished_at = run.finished_at or time.time()
+        run.finished_at = run.finished_at or Timestamp.now()
         await self.db.execute(
             "UPDATE runs SET status = ?, prompt_tokens = ?, completion_tokens = ?, steps = ?, "
             "error = ?, finished_at = ? WHERE id = ?",

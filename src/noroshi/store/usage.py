@@ -22,6 +22,7 @@ from typing import Any
 from noroshi.errors import StoreUnavailable
 from noroshi.store.database import Database
 from noroshi.wire.admin import UsageRecord, UsageTotals
+from noroshi.wire.times import Timestamp
 
 __all__ = ["GROUPS", "UsageLog", "UsageRecord"]
 
@@ -54,6 +55,12 @@ def _row(r: UsageRecord) -> tuple[Any, ...]:
             int(r.completion_tokens), int(r.cache_read_tokens), int(r.cache_write_tokens),
             int(r.reasoning_tokens), float(r.cost), ttft, float(r.duration_ms), int(r.status),
             r.outcome, float(r.created_at), day)  # fmt: skip
+
+
+def _record(row: tuple[Any, ...]) -> UsageRecord:
+    fields = dict(zip(_FIELDS, row, strict=True))
+    fields["created_at"] = Timestamp(fields["created_at"])
+    return UsageRecord(**fields)
 
 
 @functools.lru_cache(maxsize=4)
@@ -205,7 +212,7 @@ class UsageLog:
                 f"SELECT {', '.join(_FIELDS)} FROM usage{clause} ORDER BY created_at DESC LIMIT ?",
                 args,
             )
-            return [UsageRecord(**dict(zip(_FIELDS, row, strict=True))) for row in rows]
+            return [_record(row) for row in rows]
         column = GROUPS.get(group_by)
         if column is None:
             raise ValueError(f"group_by must be one of {', '.join(GROUPS)}, not {group_by!r}")

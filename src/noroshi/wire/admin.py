@@ -8,6 +8,8 @@ from typing import Annotated, Any, Literal
 
 from msgspec import UNSET, Meta, Struct, UnsetType
 
+from noroshi.wire.times import TimeParam, Timestamp
+
 __all__ = [
     "ApiKey",
     "Budget",
@@ -83,13 +85,13 @@ class ApiKey(Struct, kw_only=True, tag_field="object", tag="api_key"):
     max_concurrency: int | None = None
     model_limits: dict[str, ModelLimits] = {}
     budget: Budget | None = None
-    expires_at: datetime | None = None
+    expires_at: Timestamp | None = None
     metadata: dict[str, Any] = {}
-    created_at: datetime
-    revoked_at: datetime | None = None
+    created_at: Timestamp
+    revoked_at: Timestamp | None = None
 
-    def usable(self, now: datetime) -> bool:
-        """Not revoked and not expired at `now` (which carries a zone)."""
+    def usable(self, now: float) -> bool:
+        """Not revoked and not expired at `now` (epoch seconds)."""
         return self.revoked_at is None and (self.expires_at is None or now < self.expires_at)
 
 
@@ -126,7 +128,7 @@ class UsageRecord(Struct, kw_only=True, tag_field="object", tag="usage.record"):
     duration_ms: float = 0.0
     status: int = 200
     outcome: str = "ok"  # "ok" | "error" | "cut" (the client left or the stream was cut)
-    created_at: float  # epoch seconds
+    created_at: Timestamp
 
 
 class UsageTotals(Struct, kw_only=True, tag_field="object", tag="usage.totals"):
@@ -148,13 +150,13 @@ class UsageTotals(Struct, kw_only=True, tag_field="object", tag="usage.totals"):
 
 
 class UsageQuery(Struct, forbid_unknown_fields=True, kw_only=True):
-    """`since` and `until` are epoch seconds or ISO 8601 (UTC unless they say otherwise).
+    """`since` and `until` are ISO 8601 (UTC unless they say otherwise) or epoch seconds.
     Unset, not None: a query string has no null, and `group_by=null` is a mistake."""
 
     key: str | UnsetType = UNSET
     model: str | UnsetType = UNSET
-    since: str | UnsetType = UNSET
-    until: str | UnsetType = UNSET
+    since: TimeParam | UnsetType = UNSET
+    until: TimeParam | UnsetType = UNSET
     group_by: Literal["key", "model", "day"] | UnsetType = UNSET
     limit: Annotated[int, Meta(ge=1, le=MAX_USAGE_ROWS)] = 1000
 

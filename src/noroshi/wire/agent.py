@@ -10,6 +10,7 @@ from msgspec import Meta, Struct
 
 from noroshi.errors import BadRequest
 from noroshi.wire.openai import Message
+from noroshi.wire.times import Timestamp
 
 __all__ = [
     "AgentChatBody",
@@ -143,7 +144,7 @@ class PendingApproval(Struct, kw_only=True):
     tool_call_id: str
     name: str
     arguments: str
-    expires_at: float  # epoch seconds: unanswered then, it is denied with reason "expired"
+    expires_at: Timestamp  # unanswered then, it is denied with reason "expired"
 
 
 class JoinQuery(Struct, forbid_unknown_fields=True, kw_only=True):
@@ -228,7 +229,7 @@ class RunWaiting(_Event, tag="run.waiting"):
 
     run_id: str
     tool_call_ids: list[str]
-    expires_at: float
+    expires_at: Timestamp
 
 
 class RunResumed(_Event, tag="run.resumed"):
@@ -288,8 +289,8 @@ class Session(Struct, kw_only=True):
     id: str
     agent: str
     title: str
-    created_at: float
-    updated_at: float
+    created_at: Timestamp
+    updated_at: Timestamp
 
 
 class Run(Struct, kw_only=True):
@@ -303,8 +304,8 @@ class Run(Struct, kw_only=True):
     completion_tokens: int = 0
     steps: int = 0
     error: str | None = None
-    created_at: float
-    finished_at: float | None = None
+    created_at: Timestamp
+    finished_at: Timestamp | None = None
     approvals: list[PendingApproval] = []  # what a waiting run waits on
 
 

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from noroshi.wire import admin, agent, simple
+from noroshi.wire import admin, agent, simple, times
 from noroshi.wire import anthropic as am
 from noroshi.wire import knowledge as kb
 from noroshi.wire import openai as oa
@@ -88,7 +88,7 @@ class Endpoint:
     def decoder(self) -> msgspec.json.Decoder[Any]:
         """The body's decoder, made once."""
         if self._decoder is None:
-            self._decoder = msgspec.json.Decoder(self.body)
+            self._decoder = times.decoder(self.body)
         return self._decoder
 
     def __repr__(self) -> str:

@@ -7,6 +7,8 @@ from typing import Annotated, Any, Literal
 
 from msgspec import Meta, Struct
 
+from noroshi.wire.times import Timestamp
+
 __all__ = [
     "DocumentAdded",
     "DocumentList",
@@ -36,7 +38,7 @@ class KnowledgeBase(Struct, kw_only=True, tag_field="object", tag="kb"):
     description: str = ""
     chunk_tokens: int = 256
     overlap_tokens: int = 32
-    created_at: float
+    created_at: Timestamp
     documents: int = 0
     chunks: int = 0
 
@@ -50,7 +52,7 @@ class StoredDocument(Struct, kw_only=True, tag_field="object", tag="kb.document"
     format: str  # "text" | "markdown" | "html" | "pdf"
     metadata: dict[str, Any] = {}
     chunks: int = 0
-    created_at: float
+    created_at: Timestamp
 
 
 class Hit(Struct, kw_only=True):

@@ -885,7 +885,7 @@ export class Chat {
     let turn = null;
     let run = null;
     const done = runs.filter((r) => r.status !== "running")
-      .sort((a, b) => a.created_at - b.created_at);
+      .sort((a, b) => Date.parse(a.created_at) - Date.parse(b.created_at));
     const names = new Map(); // tool call id -> tool name
     const open = () => {
       if (turn) return turn;

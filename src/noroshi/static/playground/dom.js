@@ -73,14 +73,15 @@ export function debounce(fn, ms) {
   };
 }
 
-/** "3 min ago", "yesterday", or a date, for epoch seconds. */
-export function ago(epochSeconds) {
-  const seconds = Date.now() / 1000 - epochSeconds;
+/** "3 min ago", "yesterday", or a date, for a time as noroshi writes it (ISO 8601). */
+export function ago(iso) {
+  const then = new Date(iso);
+  const seconds = (Date.now() - then.getTime()) / 1000;
   if (!Number.isFinite(seconds)) return "";
   const fmt = new Intl.RelativeTimeFormat(undefined, { numeric: "auto" });
   if (seconds < 60) return fmt.format(-Math.max(0, Math.round(seconds)), "second");
   if (seconds < 3600) return fmt.format(-Math.round(seconds / 60), "minute");
   if (seconds < 86400) return fmt.format(-Math.round(seconds / 3600), "hour");
   if (seconds < 86400 * 7) return fmt.format(-Math.round(seconds / 86400), "day");
-  return new Date(epochSeconds * 1000).toLocaleDateString();
+  return then.toLocaleDateString();
 }
