@@ -271,7 +271,7 @@ async def test_sessions_list_and_delete(
     listed = (await client.sessions.list()).data
     assert [x.id for x in listed] == [session_id] and listed[0].title == "Hi there"
     # raw: every time is ISO 8601, and the typed client reads them back as the same moments
-    async with httpx.AsyncClient(base_url=base) as raw:
+    async with httpx2.AsyncClient(base_url=base) as raw:
         shown = (await raw.get("/api/v1/sessions")).json()["data"][0]
         detail = (await raw.get(f"/api/v1/sessions/{session_id}")).json()
     assert ISO_UTC.fullmatch(shown["created_at"]) and ISO_UTC.fullmatch(shown["updated_at"])
