@@ -153,8 +153,12 @@ def _version(name: str) -> str:
 def _on_bun(name: str, source: str) -> Callable[[int, str], Contender]:
     def make(port: int, upstream: str) -> Contender:
         # production, as deployed: Bun's development mode adds its error pages and checks
-        env = {"UPSTREAM_URL": upstream, "PORT": str(port), "HOST": "127.0.0.1",
-               "NODE_ENV": "production"}  # fmt: skip
+        env = {
+            "UPSTREAM_URL": upstream,
+            "PORT": str(port),
+            "HOST": "127.0.0.1",
+            "NODE_ENV": "production",
+        }
         return Contender(
             name=name,
             argv=[str(_bun()), "run", str(_home("bun") / source)],
@@ -185,9 +189,21 @@ def _hono_node(port: int, upstream: str) -> Contender:
 
 def _fastapi(port: int, upstream: str) -> Contender:
     py = _home("fastapi") / "bin" / "python"
-    argv = [str(py), "-m", "uvicorn", "--app-dir", str(SRC), "fastapi_app:app",
-            "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
-            "--no-access-log"]  # fmt: skip
+    argv = [
+        str(py),
+        "-m",
+        "uvicorn",
+        "--app-dir",
+        str(SRC),
+        "fastapi_app:app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        "--no-access-log",
+    ]
     return Contender(
         name="fastapi",
         argv=argv,
@@ -202,8 +218,17 @@ def _fastapi(port: int, upstream: str) -> Contender:
 
 def _litellm(port: int, upstream: str) -> Contender:
     exe = _home("litellm") / "bin" / "litellm"
-    argv = [str(exe), "--config", str(SRC / "litellm.yaml"), "--host", "127.0.0.1",
-            "--port", str(port), "--num_workers", "1"]  # fmt: skip
+    argv = [
+        str(exe),
+        "--config",
+        str(SRC / "litellm.yaml"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--num_workers",
+        "1",
+    ]
     env = {
         "UPSTREAM_URL": f"{upstream.rstrip('/')}/v1",  # litellm.yaml reads os.environ/UPSTREAM_URL
         "LITELLM_MASTER_KEY": LITELLM_KEY,  # it refuses to start without one (since 1.10x)

@@ -44,14 +44,24 @@ deployments = [{{ provider = "up", model = "m" }}]
     roles = {
         "single": {},
         "core": {"NOROSHI_SERVER__ROLE": "core"},
-        "edge": {"NOROSHI_SERVER__ROLE": "edge",
-                 "NOROSHI_SERVER__CORES": f'["http://127.0.0.1:{ports["core"]}"]'},
-    }  # fmt: skip
+        "edge": {
+            "NOROSHI_SERVER__ROLE": "edge",
+            "NOROSHI_SERVER__CORES": f'["http://127.0.0.1:{ports["core"]}"]',
+        },
+    }
     procs: list[Proc] = []
     try:
         for name in ("single", "core", "edge"):
-            argv = [PY, "-m", "noroshi", "serve", "--config", str(config),
-                    "--port", str(ports[name])]  # fmt: skip
+            argv = [
+                PY,
+                "-m",
+                "noroshi",
+                "serve",
+                "--config",
+                str(config),
+                "--port",
+                str(ports[name]),
+            ]
             procs.append(Proc(argv, roles[name], cwd=str(ROOT)))
             wait_healthy(f"http://127.0.0.1:{ports[name]}/health", procs[-1], limit_s=120)
     except BaseException:
@@ -78,9 +88,12 @@ def _hop_light(plan: dict[str, Any], upstream: Upstream, workdir: Path) -> dict[
     try:
         for spec in (inner, outer):
             procs.append(start(spec, ROOT)[0])
-        targets = {"single": (urls["single"], HOP_HEADERS), "edge": (urls["edge"], HOP_HEADERS),
-                   "bare": (inner.base + inner.chat_path, {}),
-                   "bare_chain": (outer.base + outer.chat_path, {})}  # fmt: skip
+        targets = {
+            "single": (urls["single"], HOP_HEADERS),
+            "edge": (urls["edge"], HOP_HEADERS),
+            "bare": (inner.base + inner.chat_path, {}),
+            "bare_chain": (outer.base + outer.chat_path, {}),
+        }
         named = dict(zip(("single", "core", "edge"), procs[:3], strict=True))
         results: dict[str, list[Result]] = {name: [] for name in targets}
         cpu = {"single": 0.0, "edge": 0.0, "core": 0.0}
@@ -131,12 +144,21 @@ def _hop_loaded(plan: dict[str, Any], upstream: Upstream, workdir: Path) -> dict
     out: dict[str, Any] = {}
     try:
         for name in ("single", "edge"):
-            asyncio.run(concurrent_streams(urls[name], HOP_PAYLOAD, HOP_HEADERS, 5, 0.1,
-                                           plan["stream_limit"]))  # fmt: skip
-            result = asyncio.run(concurrent_streams(urls[name], HOP_PAYLOAD, HOP_HEADERS,
-                                                    plan["hop_streams"],
-                                                    plan["hop_streams"] / 100,
-                                                    plan["stream_limit"]))  # fmt: skip
+            asyncio.run(
+                concurrent_streams(
+                    urls[name], HOP_PAYLOAD, HOP_HEADERS, 5, 0.1, plan["stream_limit"]
+                )
+            )
+            result = asyncio.run(
+                concurrent_streams(
+                    urls[name],
+                    HOP_PAYLOAD,
+                    HOP_HEADERS,
+                    plan["hop_streams"],
+                    plan["hop_streams"] / 100,
+                    plan["stream_limit"],
+                )
+            )
             out[name] = summary(result)
     finally:
         for proc in procs:

@@ -29,12 +29,18 @@ __all__ = ["main"]
 
 UPSTREAM = urlsplit(os.environ.get("BENCH_UPSTREAM", "http://127.0.0.1:9100"))
 UP_HOST, UP_PORT = UPSTREAM.hostname or "127.0.0.1", UPSTREAM.port or 80
-HEALTH = (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 15\r\n\r\n"
-          b'{"status":"ok"}')  # fmt: skip
-REQUEST = (b"POST /v1/chat/completions HTTP/1.1\r\nhost: %b\r\n"
-           b"content-type: application/json\r\ncontent-length: %d\r\n\r\n")  # fmt: skip
-HEAD = (b"HTTP/1.1 %d OK\r\ncontent-type: %b\r\ncache-control: no-cache\r\n"
-        b"transfer-encoding: chunked\r\n\r\n")  # fmt: skip
+HEALTH = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 15\r\n\r\n"
+    b'{"status":"ok"}'
+)
+REQUEST = (
+    b"POST /v1/chat/completions HTTP/1.1\r\nhost: %b\r\n"
+    b"content-type: application/json\r\ncontent-length: %d\r\n\r\n"
+)
+HEAD = (
+    b"HTTP/1.1 %d OK\r\ncontent-type: %b\r\ncache-control: no-cache\r\n"
+    b"transfer-encoding: chunked\r\n\r\n"
+)
 
 
 class Upstream(asyncio.Protocol):

@@ -44,8 +44,14 @@ def _load(spec: Spec, requests: int, concurrency: int) -> None:
 def count(spec: Spec, requests: int, concurrency: int, workdir: Path) -> float:
     """Instructions per request that `spec`'s worker runs, in thousands."""
     out = workdir / f"callgrind-{spec.name}"
-    argv = ["valgrind", "--tool=callgrind", "--trace-children=yes", "--instr-atstart=no",
-            f"--callgrind-out-file={out}.%p", *spec.argv]  # fmt: skip
+    argv = [
+        "valgrind",
+        "--tool=callgrind",
+        "--trace-children=yes",
+        "--instr-atstart=no",
+        f"--callgrind-out-file={out}.%p",
+        *spec.argv,
+    ]
     proc = Proc(argv, spec.env, cwd=str(ROOT))
     try:
         wait_healthy(spec.base + spec.health_path, proc, limit_s=300)
@@ -59,8 +65,9 @@ def count(spec: Spec, requests: int, concurrency: int, workdir: Path) -> float:
         _load(spec, requests, concurrency)
         subprocess.run(["callgrind_control", "--dump", worker], check=True, capture_output=True)
         dumps = sorted(workdir.glob(f"{out.name}.{worker}*"), key=os.path.getmtime)
-        totals = next(line for line in dumps[-1].read_text().splitlines()
-                      if line.startswith("totals:"))  # fmt: skip
+        totals = next(
+            line for line in dumps[-1].read_text().splitlines() if line.startswith("totals:")
+        )
         return int(totals.split()[1]) / requests / 1000
     finally:
         proc.stop()
@@ -73,8 +80,10 @@ def run(requests: int, concurrency: int) -> dict[str, Any]:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             work = Path(tmp)
-            counted = {s.name: round(count(s, requests, concurrency, work), 1)
-                       for s in builtin_specs(free_port(), upstream.url, work)}  # fmt: skip
+            counted = {
+                s.name: round(count(s, requests, concurrency, work), 1)
+                for s in builtin_specs(free_port(), upstream.url, work)
+            }
     finally:
         upstream.proc.stop()
     return {

@@ -67,8 +67,14 @@ def main() -> None:
     answers, tokens, seconds, first = [], 0, 0.0, 0.0
     for prompt in PROMPTS:
         messages = [{"role": "user", "content": prompt}]
-        answer = Answer(backend, messages, style, args.max_tokens or config.max_tokens, [],
-                        config.context_tokens)  # fmt: skip
+        answer = Answer(
+            backend,
+            messages,
+            style,
+            args.max_tokens or config.max_tokens,
+            [],
+            config.context_tokens,
+        )
         started = time.perf_counter()
         pieces = answer.text(sampling, lambda: False)
         text = next(pieces, "")
@@ -79,13 +85,23 @@ def main() -> None:
         tokens += answer.computed - before
         answers.append({"prompt": prompt, "answer": text.strip(), "finish": answer.finish})
     rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({
-        "engine": engine, "model": os.path.basename(path), "style": style,
-        "load_s": round(load_s, 2), "first_token_s": round(first / len(PROMPTS), 2),
-        "tokens": tokens, "tokens_per_s": round(tokens / seconds, 1),
-        "peak_rss_mib": round(rss_mib),
-        "answers": answers,
-    }, indent=1, ensure_ascii=False))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "engine": engine,
+                "model": os.path.basename(path),
+                "style": style,
+                "load_s": round(load_s, 2),
+                "first_token_s": round(first / len(PROMPTS), 2),
+                "tokens": tokens,
+                "tokens_per_s": round(tokens / seconds, 1),
+                "peak_rss_mib": round(rss_mib),
+                "answers": answers,
+            },
+            indent=1,
+            ensure_ascii=False,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -68,8 +68,11 @@ class Profile:
         """Time spent in and under each of our functions: which step of the path costs."""
         counts: Counter[str] = Counter()
         for stack, count in self.stacks.items():
-            for name in {f"{module}.{func}" for func, module in stack
-                         if module.startswith(prefix) and module not in _OUTER}:  # fmt: skip
+            for name in {
+                f"{module}.{func}"
+                for func, module in stack
+                if module.startswith(prefix) and module not in _OUTER
+            }:
                 counts[name] += count
         return self._share(counts, n)
 
@@ -86,12 +89,26 @@ class Sampler:
         self.proc: subprocess.Popen[bytes] | None = None
         if Path(spy).exists():
             self.proc = subprocess.Popen(
-                [spy, "record", "--pid", str(pid), "--subprocesses", "--rate", str(self.RATE),
-                 "--format", "raw", "--full-filenames", "--output", str(out),
-                 "--duration", str(round(seconds)),
-                 "--nonblocking"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            )  # fmt: skip
+                [
+                    spy,
+                    "record",
+                    "--pid",
+                    str(pid),
+                    "--subprocesses",
+                    "--rate",
+                    str(self.RATE),
+                    "--format",
+                    "raw",
+                    "--full-filenames",
+                    "--output",
+                    str(out),
+                    "--duration",
+                    str(round(seconds)),
+                    "--nonblocking",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
 
     def result(self) -> Profile | None:
         if self.proc is None:
@@ -110,8 +127,9 @@ def import_times(argv: list[str], own: str, n: int = 10) -> list[tuple[str, floa
     """Seconds each package adds at start, the largest first, from `python -X importtime` run
     on `argv` (a `-c` program): a package is charged with what it imports in turn, and the
     program's `own` package with its modules' own time only."""
-    done = subprocess.run([sys.executable, "-X", "importtime", *argv],
-                          capture_output=True, text=True, check=False)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", *argv], capture_output=True, text=True, check=False
+    )
     # The lines come children first, each indented two spaces deeper than its importer.
     Node = tuple[str, int, int, list[Any]]  # name, self µs, cumulative µs, children
     pending: list[tuple[int, Node]] = []

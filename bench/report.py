@@ -16,10 +16,15 @@ from bench.targets import BASELINE, BASELINE_DATE, Verdict, get, judge
 __all__ = ["write_all", "write_report"]
 
 ROOT = Path(__file__).resolve().parent.parent
-NAMES = {"noroshi": "noroshi (full path)", "floor-relay": "floor relay (uvloop + llhttp)",
-         "bare-relay": "bare relay (Granian + aiohttp)", "hono-bun": "Hono on Bun",
-         "elysia-bun": "Elysia on Bun", "hono-node": "Hono on Node",
-         "upstream": "upstream, called directly"}  # fmt: skip
+NAMES = {
+    "noroshi": "noroshi (full path)",
+    "floor-relay": "floor relay (uvloop + llhttp)",
+    "bare-relay": "bare relay (Granian + aiohttp)",
+    "hono-bun": "Hono on Bun",
+    "elysia-bun": "Elysia on Bun",
+    "hono-node": "Hono on Node",
+    "upstream": "upstream, called directly",
+}
 
 
 def _fmt(v: float | None, digits: int = 1) -> str:
@@ -64,8 +69,13 @@ def write_all(results: dict[str, Any], root: Path = ROOT, chart: bool = True) ->
 
 def write_report(results: dict[str, Any], docs: Path, chart: bool = True) -> None:
     verdicts = judge(results)
-    lines = [*_head(results), *_target_lines(results, verdicts), *_turn_lines(results),
-             *_run_lines(results), *_crowd_lines(results)]  # fmt: skip
+    lines = [
+        *_head(results),
+        *_target_lines(results, verdicts),
+        *_turn_lines(results),
+        *_run_lines(results),
+        *_crowd_lines(results),
+    ]
     hop = results.get("edge_hop")
     if hop:
         lines += ["", "## What the edge adds", "", *_hop_lines(hop)]
@@ -163,11 +173,15 @@ def _turn_lines(results: dict[str, Any]) -> list[str]:
             f"{_pair(over.get('rps'))} | "
             f"{_pair(over.get('cpu_us'))} | {_pair(over.get('p99_ms'))} | {failed} |"
         )
-    loads = [row["loadgen_cpu_us"] for row in streams["contenders"].values()
-             if row.get("loadgen_cpu_us")]  # fmt: skip
+    loads = [
+        row["loadgen_cpu_us"] for row in streams["contenders"].values() if row.get("loadgen_cpu_us")
+    ]
     if loads:
-        lines += ["", f"The load generator spent {min(loads):,.0f} to {max(loads):,.0f} µs of CPU "
-                  "per request, so it is not what sets the rates above."]  # fmt: skip
+        lines += [
+            "",
+            f"The load generator spent {min(loads):,.0f} to {max(loads):,.0f} µs of CPU "
+            "per request, so it is not what sets the rates above.",
+        ]
     lines += [
         "",
         f"## Time to first byte at one connection, in turns ({first['loadgen']})",
@@ -187,9 +201,11 @@ def _turn_lines(results: dict[str, Any]) -> list[str]:
         return f"{pair['median']:+.3f} ({low:+.3f} to {high:+.3f})"
 
     for name, row in first["contenders"].items():
-        lines.append(f"| {NAMES.get(name, name)} | {row['p50_ms']:.3f} | "
-                     f"{added(row['added_over_direct_ms'])} | "
-                     f"{added(row['added_over_floor_ms'])} |")  # fmt: skip
+        lines.append(
+            f"| {NAMES.get(name, name)} | {row['p50_ms']:.3f} | "
+            f"{added(row['added_over_direct_ms'])} | "
+            f"{added(row['added_over_floor_ms'])} |"
+        )
     return lines
 
 
@@ -213,14 +229,20 @@ def _run_lines(results: dict[str, Any]) -> list[str]:
             continue
         row = [_fmt(get(c, *path), digits) for _, path, digits, _ in columns]
         lines.append(f"| {name} | {c.get('version', '')} | " + " | ".join(row) + " |")
-    direct = [_fmt(get(floor, *path), digits) if path[0] != "cold_start_s" else "-"
-              for _, path, digits, _ in columns]  # fmt: skip
+    direct = [
+        _fmt(get(floor, *path), digits) if path[0] != "cold_start_s" else "-"
+        for _, path, digits, _ in columns
+    ]
     lines.append("| upstream, direct | | " + " | ".join(direct) + " |")
     ours = contenders.get("noroshi", {})
-    lines += ["", "noroshi as a ratio to each (above 1 is better for req/s and success, below 1 "
-              "for the rest):", "",
-              "| contender | " + " | ".join(c[0] for c in columns) + " |",
-              "|---|" + "---|" * len(columns)]  # fmt: skip
+    lines += [
+        "",
+        "noroshi as a ratio to each (above 1 is better for req/s and success, below 1 "
+        "for the rest):",
+        "",
+        "| contender | " + " | ".join(c[0] for c in columns) + " |",
+        "|---|" + "---|" * len(columns),
+    ]
     for name, c in contenders.items():
         if name == "noroshi" or "failed" in c:
             continue
@@ -236,10 +258,15 @@ def _over(c: dict[str, Any], floor: dict[str, Any], *path: str) -> float | None:
 
 def _crowd_lines(results: dict[str, Any]) -> list[str]:
     plan, floor = results["plan"], results["floor"]
-    lines = ["", "## Crowds of slow streams", "",
-             f"Streams of {plan['tokens']} chunks {plan['token_ms']:g} ms apart, all opened within "
-             f"{plan['ramp']:g} s and each read to its end or for {plan['stream_limit']} s. Time "
-             "to first byte added over the upstream called directly:", ""]  # fmt: skip
+    lines = [
+        "",
+        "## Crowds of slow streams",
+        "",
+        f"Streams of {plan['tokens']} chunks {plan['token_ms']:g} ms apart, all opened within "
+        f"{plan['ramp']:g} s and each read to its end or for {plan['stream_limit']} s. Time "
+        "to first byte added over the upstream called directly:",
+        "",
+    ]
     for n in plan["streams"]:
         for name, c in results["contenders"].items():
             p50, p99 = (_over(c, floor, f"streams{n}", q) for q in ("ttfb_p50_ms", "ttfb_p99_ms"))
@@ -277,16 +304,28 @@ def _hop_lines(hop: dict[str, Any]) -> list[str]:
 PROFILED = ("noroshi", "floor-relay", "bare-relay")
 
 
-def _table(first: str, names: list[str], rows: dict[str, dict[str, float]], digits: int,
-           by_row: bool = False) -> list[str]:  # fmt: skip
+def _table(
+    first: str,
+    names: list[str],
+    rows: dict[str, dict[str, float]],
+    digits: int,
+    by_row: bool = False,
+) -> list[str]:
     """A table with one column per contender: `rows[contender][key]` makes one line per key,
     in the first contender's order; with `by_row`, `rows[key][contender]` does."""
-    cells = rows if by_row else {k: {n: rows[n][k] for n in names if k in rows[n]}
-                                 for n in names for k in rows[n]}  # fmt: skip
-    head = [f"| {first} | " + " | ".join(NAMES.get(n, n) for n in names) + " |",
-            "|---|" + "---|" * len(names)]  # fmt: skip
-    return head + [f"| {key} | " + " | ".join(_fmt(row.get(n), digits) for n in names) + " |"
-                   for key, row in cells.items()]  # fmt: skip
+    cells = (
+        rows
+        if by_row
+        else {k: {n: rows[n][k] for n in names if k in rows[n]} for n in names for k in rows[n]}
+    )
+    head = [
+        f"| {first} | " + " | ".join(NAMES.get(n, n) for n in names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
+    return head + [
+        f"| {key} | " + " | ".join(_fmt(row.get(n), digits) for n in names) + " |"
+        for key, row in cells.items()
+    ]
 
 
 def _why(results: dict[str, Any], verdicts: list[Verdict]) -> list[str]:
@@ -397,22 +436,31 @@ def _ceilings(results: dict[str, Any]) -> list[str]:
         streams.get("floor-relay", {}).get("rps"),
     )
     if direct and relay:
-        lines.append(f"- Streaming req/s: the upstream called directly serves {direct:,.0f} "
-                     f"req/s, which no relay in front of it can pass on these cores; the floor "
-                     f"relay, doing nothing else, reaches {relay / direct:.0%} of "
-                     "that.")  # fmt: skip
+        lines.append(
+            f"- Streaming req/s: the upstream called directly serves {direct:,.0f} "
+            f"req/s, which no relay in front of it can pass on these cores; the floor "
+            f"relay, doing nothing else, reaches {relay / direct:.0%} of "
+            "that."
+        )
     crowds = [(n, get(floor, f"streams{n}", "success_rate")) for n in plan["streams"]]
     if any(rate is not None and rate < 1 for _, rate in crowds):
         done = ", ".join(f"{rate:.0%} of {n:,}" for n, rate in crowds if rate is not None)
-        lines.append(f"- Crowds: called directly, the upstream itself completes {done} streams "
-                     f"within {plan['stream_limit']} s; where it falls short, those columns "
-                     "measure the machine more than the gateways (peak RSS still "
-                     "holds).")  # fmt: skip
-    colds = [(NAMES.get(n, n), get(contenders.get(n, {}), "cold_start_s"))
-             for n in ("noroshi", "floor-relay", "hono-bun", "elysia-bun")]  # fmt: skip
+        lines.append(
+            f"- Crowds: called directly, the upstream itself completes {done} streams "
+            f"within {plan['stream_limit']} s; where it falls short, those columns "
+            "measure the machine more than the gateways (peak RSS still "
+            "holds)."
+        )
+    colds = [
+        (NAMES.get(n, n), get(contenders.get(n, {}), "cold_start_s"))
+        for n in ("noroshi", "floor-relay", "hono-bun", "elysia-bun")
+    ]
     if sum(1 for _, s in colds if s) > 1:
-        lines.append("- Cold start, from the process start to the first answer to /health: "
-                     + ", ".join(f"{n} {s:.2f} s" for n, s in colds if s) + ".")  # fmt: skip
+        lines.append(
+            "- Cold start, from the process start to the first answer to /health: "
+            + ", ".join(f"{n} {s:.2f} s" for n, s in colds if s)
+            + "."
+        )
     return lines
 
 
@@ -425,15 +473,20 @@ def _chart(results: dict[str, Any], path: Path) -> None:
     streams = results.get("turns", {}).get("streams", {}).get("contenders", {})
     contenders = results["contenders"]
     conns = results.get("turns", {}).get("streams", {}).get("connections", 64)
-    panels = [("streaming req/s, in turns", streams, ("rps",)),
-              ("CPU µs per streamed request, in turns", streams, ("cpu_us",)),
-              (f"p99 ms at {conns} connections, in turns", streams, ("p99_ms",)),
-              ("cold start, s", contenders, ("cold_start_s",))]  # fmt: skip
+    panels = [
+        ("streaming req/s, in turns", streams, ("rps",)),
+        ("CPU µs per streamed request, in turns", streams, ("cpu_us",)),
+        (f"p99 ms at {conns} connections, in turns", streams, ("p99_ms",)),
+        ("cold start, s", contenders, ("cold_start_s",)),
+    ]
     fig, axes = plt.subplots(1, len(panels), figsize=(17, 4.5))
     for ax, (title, source, key) in zip(axes, panels, strict=True):
         names = [n for n, c in source.items() if get(c, *key)]
-        ax.bar(names, [get(source[n], *key) or 0.0 for n in names],
-               color=["#d9480f" if n == "noroshi" else "#868e96" for n in names])  # fmt: skip
+        ax.bar(
+            names,
+            [get(source[n], *key) or 0.0 for n in names],
+            color=["#d9480f" if n == "noroshi" else "#868e96" for n in names],
+        )
         ax.set_title(title)
         ax.tick_params(axis="x", rotation=35)
     fig.tight_layout()

@@ -35,9 +35,13 @@ K = 5
 def local_router() -> ProviderRouter:
     config = Config(
         providers={"local-embeddings": ProviderConfig(type="local_embeddings")},
-        models=[ModelConfig(name="e5-small", deployments=[
-            DeploymentConfig(provider="local-embeddings", model="e5-small")])],
-    )  # fmt: skip
+        models=[
+            ModelConfig(
+                name="e5-small",
+                deployments=[DeploymentConfig(provider="local-embeddings", model="e5-small")],
+            )
+        ],
+    )
     name = "local-embeddings"
     providers: dict[str, Provider] = {name: LocalEmbeddingsProvider(name, config.providers[name])}
     return ProviderRouter(config, providers, Metrics())
@@ -48,8 +52,9 @@ async def loaded(directory: Path, postgres: str | None = None) -> AsyncIterator[
     """The labelled documents in a fresh knowledge base named "eval"."""
     db = await open_database(postgres, directory)
     retrieval = RetrievalConfig()
-    knowledge = Knowledge(open_store(db, directory, retrieval), local_router(), retrieval,
-                          lambda: "e5-small")  # fmt: skip
+    knowledge = Knowledge(
+        open_store(db, directory, retrieval), local_router(), retrieval, lambda: "e5-small"
+    )
     await knowledge.open()
     try:
         await knowledge.store.delete("eval")
@@ -79,8 +84,10 @@ async def evaluate(knowledge: Knowledge) -> dict[str, dict[str, float]]:
 
 def table(scores: dict[str, dict[str, float]]) -> str:
     kinds = list(next(iter(scores.values())))
-    lines = ["| mode | " + " | ".join(f"recall@5 {k}" for k in kinds) + " |",
-             "|---|" + "---|" * len(kinds)]  # fmt: skip
+    lines = [
+        "| mode | " + " | ".join(f"recall@5 {k}" for k in kinds) + " |",
+        "|---|" + "---|" * len(kinds),
+    ]
     for mode, row in scores.items():
         lines.append(f"| {mode} | " + " | ".join(f"{row[k]:.3f}" for k in kinds) + " |")
     return "\n".join(lines)

@@ -160,10 +160,15 @@ async def measure(store: KnowledgeStore, args: argparse.Namespace) -> dict[str, 
     ingest = 0.0
     for n, parts, vectors in corpus.batches(args.chunks, args.batch):
         doc = StoredDocument(
-            id=f"doc-{n}", kb="bench", source=f"doc-{n}.txt", title=f"Document {n}",
-            content_hash=str(n), format="text", metadata={"part": n % 10},
+            id=f"doc-{n}",
+            kb="bench",
+            source=f"doc-{n}.txt",
+            title=f"Document {n}",
+            content_hash=str(n),
+            format="text",
+            metadata={"part": n % 10},
             created_at=Timestamp.now(),
-        )  # fmt: skip
+        )
         start = time.perf_counter()
         await store.put_document(doc, parts, vectors)
         ingest += time.perf_counter() - start
@@ -219,12 +224,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             print(f"{name}: skipped: {exc}", file=sys.stderr)
     return {
         "plan": {
-            "chunks": args.chunks, "batch": args.batch, "dims": args.dims,
-            "queries": args.queries, "k": K, "seed": args.seed,
+            "chunks": args.chunks,
+            "batch": args.batch,
+            "dims": args.dims,
+            "queries": args.queries,
+            "k": K,
+            "seed": args.seed,
         },
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
         "stores": results,
-    }  # fmt: skip
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

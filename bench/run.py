@@ -68,8 +68,14 @@ class RSSPeak:
         return max(self.peak, self.proc.rss())
 
 
-def measure(spec_for: Any, plan: dict[str, Any], fast: Upstream, slow: Upstream,
-            workdir: Path, floor: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+def measure(
+    spec_for: Any,
+    plan: dict[str, Any],
+    fast: Upstream,
+    slow: Upstream,
+    workdir: Path,
+    floor: dict[str, Any],
+) -> dict[str, Any]:
     """Every scenario for one contender; `spec_for(port, upstream)` builds its Spec. A crowd
     is skipped after one where the contender ended fewer than half as many streams as the
     upstream called directly (`floor`): a larger one would only time out, at great length."""
@@ -90,8 +96,9 @@ def measure(spec_for: Any, plan: dict[str, Any], fast: Upstream, slow: Upstream,
         url = spec.base + spec.chat_path
         for name, stream in (("chat", False), ("stream20", True)):
             payload = {"model": spec.model, "messages": MESSAGES, "stream": stream}
-            out[name] = rate(url, payload, spec.headers, plan["connections"], plan["duration"],
-                             proc)  # fmt: skip
+            out[name] = rate(
+                url, payload, spec.headers, plan["connections"], plan["duration"], proc
+            )
         if spec.imports and plan["profile_s"]:
             payload = {"model": spec.model, "messages": MESSAGES, "stream": True}
             out["profile"] = cpu_profile(proc, url, payload, spec.headers, plan, workdir)
@@ -113,9 +120,16 @@ def measure(spec_for: Any, plan: dict[str, Any], fast: Upstream, slow: Upstream,
                 continue
             payload = {"model": spec.model, "messages": MESSAGES}
             peak = RSSPeak(proc)
-            result = asyncio.run(concurrent_streams(spec.base + spec.chat_path, payload,
-                                                    spec.headers, count, plan["ramp"],
-                                                    plan["stream_limit"]))  # fmt: skip
+            result = asyncio.run(
+                concurrent_streams(
+                    spec.base + spec.chat_path,
+                    payload,
+                    spec.headers,
+                    count,
+                    plan["ramp"],
+                    plan["stream_limit"],
+                )
+            )
             out[f"streams{count}"] = {
                 **summary(result),
                 "peak_rss_mb": round(peak.stop() / 2**20, 1),
@@ -127,8 +141,14 @@ def measure(spec_for: Any, plan: dict[str, Any], fast: Upstream, slow: Upstream,
     return out
 
 
-def cpu_profile(proc: Proc, url: str, payload: dict[str, Any], headers: dict[str, str],
-                plan: dict[str, Any], workdir: Path) -> dict[str, Any] | None:  # fmt: skip
+def cpu_profile(
+    proc: Proc,
+    url: str,
+    payload: dict[str, Any],
+    headers: dict[str, str],
+    plan: dict[str, Any],
+    workdir: Path,
+) -> dict[str, Any] | None:
     """The streaming load again, sampled by py-spy: the CPU per request by package and by
     noroshi's own steps, in µs. py-spy counts a sample wherever the loop's thread is runnable,
     including while it waits for a core, which on a busy machine is much of the time; so its
@@ -161,42 +181,91 @@ def floor(plan: dict[str, Any], fast: Upstream, slow: Upstream) -> dict[str, Any
     out: dict[str, Any] = {}
     for name, stream in (("chat", False), ("stream20", True)):
         payload = {"model": "m", "messages": MESSAGES, "stream": stream}
-        out[name] = rate(f"{fast.url}/v1/chat/completions", payload, {}, plan["connections"],
-                         plan["duration"], fast.proc)  # fmt: skip
+        out[name] = rate(
+            f"{fast.url}/v1/chat/completions",
+            payload,
+            {},
+            plan["connections"],
+            plan["duration"],
+            fast.proc,
+        )
     for count in plan["streams"]:
-        result = asyncio.run(concurrent_streams(f"{slow.url}/v1/chat/completions",
-                                                {"model": "m", "messages": MESSAGES}, {}, count,
-                                                plan["ramp"], plan["stream_limit"]))  # fmt: skip
+        result = asyncio.run(
+            concurrent_streams(
+                f"{slow.url}/v1/chat/completions",
+                {"model": "m", "messages": MESSAGES},
+                {},
+                count,
+                plan["ramp"],
+                plan["stream_limit"],
+            )
+        )
         out[f"streams{count}"] = summary(result)
     return out
 
 
 QUICK: dict[str, Any] = {
-    "cold_runs": 1, "connections": 16, "duration": 1.0, "streams": [100], "ramp": 0.5,
-    "stream_limit": 60, "token_ms": 20, "tokens": 20, "hop_streams": 20, "hop_light_s": 0.5,
-    "hop_rounds": 2, "profile_s": 2.0, "turn_rounds": 2, "turn_s": 1.0, "ttfb_rounds": 2,
+    "cold_runs": 1,
+    "connections": 16,
+    "duration": 1.0,
+    "streams": [100],
+    "ramp": 0.5,
+    "stream_limit": 60,
+    "token_ms": 20,
+    "tokens": 20,
+    "hop_streams": 20,
+    "hop_light_s": 0.5,
+    "hop_rounds": 2,
+    "profile_s": 2.0,
+    "turn_rounds": 2,
+    "turn_s": 1.0,
+    "ttfb_rounds": 2,
     "ttfb_s": 0.5,
-}  # fmt: skip
+}
 # A stream takes 4 s (200 tokens, 20 ms apart); 60 s lets each crowd finish what this machine can
 # finish. The turns: 5 rounds of 5 s at 64 connections, as the measurement behind issue 23 took.
 FULL: dict[str, Any] = {
-    "cold_runs": 5, "connections": 64, "duration": 8.0, "streams": [1000, 5000, 10000],
-    "ramp": 2.0, "stream_limit": 60, "token_ms": 20, "tokens": 200,
-    "hop_streams": 200, "hop_light_s": 1.5, "hop_rounds": 6, "profile_s": 6.0,
-    "turn_rounds": 5, "turn_s": 5.0, "ttfb_rounds": 6, "ttfb_s": 1.5, "instructions": 200,
-}  # fmt: skip
+    "cold_runs": 5,
+    "connections": 64,
+    "duration": 8.0,
+    "streams": [1000, 5000, 10000],
+    "ramp": 2.0,
+    "stream_limit": 60,
+    "token_ms": 20,
+    "tokens": 200,
+    "hop_streams": 200,
+    "hop_light_s": 1.5,
+    "hop_rounds": 6,
+    "profile_s": 6.0,
+    "turn_rounds": 5,
+    "turn_s": 5.0,
+    "ttfb_rounds": 6,
+    "ttfb_s": 1.5,
+    "instructions": 200,
+}
 
 
 def machine() -> dict[str, Any]:
-    cpu = next((line.split(":", 1)[1].strip() for line in
-                Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
-               platform.processor())  # fmt: skip
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "kernel": platform.release(), "date": time.strftime("%Y-%m-%d")}  # fmt: skip
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
 
 
-def taken_in_turns(names: list[str], plan: dict[str, Any], fast: Upstream,
-                   workdir: Path) -> dict[str, Any]:  # fmt: skip
+def taken_in_turns(
+    names: list[str], plan: dict[str, Any], fast: Upstream, workdir: Path
+) -> dict[str, Any]:
     """The streaming relays among `names`, and the upstream called directly, all served at
     once, then measured in turns (bench/turns.py): streams at many connections, and the
     first byte at one."""
@@ -205,10 +274,19 @@ def taken_in_turns(names: list[str], plan: dict[str, Any], fast: Upstream,
         for name in names:
             spec = spec_named(name, free_port(), fast.url, workdir)
             proc, _ = start(spec)
-            served.append(turns.Served(name, spec.base + spec.chat_path, proc, spec.headers,
-                                       spec.model, spec.version))  # fmt: skip
-        served.append(turns.Served(turns.DIRECT, f"{fast.url}/v1/chat/completions", fast.proc,
-                                   version="bench/upstream.py on Granian"))  # fmt: skip
+            served.append(
+                turns.Served(
+                    name, spec.base + spec.chat_path, proc, spec.headers, spec.model, spec.version
+                )
+            )
+        served.append(
+            turns.Served(
+                turns.DIRECT,
+                f"{fast.url}/v1/chat/completions",
+                fast.proc,
+                version="bench/upstream.py on Granian",
+            )
+        )
         return {
             "streams": turns.streams(served, plan),
             "first_byte": turns.first_byte(served, plan),
@@ -232,11 +310,18 @@ def run(mode: str, plan: dict[str, Any], only: list[str] | None) -> dict[str, An
     # as an installed package is: imports read bytecode, not sources to compile at every start
     compileall.compile_dir(ROOT / "src", quiet=1)
     compileall.compile_dir(ROOT / "bench", quiet=1)
-    results: dict[str, Any] = {"mode": mode, "plan": plan, "machine": machine(), "contenders": {},
-                               "loadgen": {"rates": loadgen(), "first_byte": PYTHON}}  # fmt: skip
+    results: dict[str, Any] = {
+        "mode": mode,
+        "plan": plan,
+        "machine": machine(),
+        "contenders": {},
+        "loadgen": {"rates": loadgen(), "first_byte": PYTHON},
+    }
     if results["loadgen"]["rates"] == PYTHON:
-        _say("wrk is not installed (Debian: apt-get install wrk): request rates come from the "
-             "Python load generator, which sets their ceiling")  # fmt: skip
+        _say(
+            "wrk is not installed (Debian: apt-get install wrk): request rates come from the "
+            "Python load generator, which sets their ceiling"
+        )
     names = ["noroshi", "floor-relay", "bare-relay"]
     if mode == "full":
         from bench import contenders
@@ -298,11 +383,17 @@ def main() -> None:
         help="every peer; the report, its chart and the README's Speed paragraph",
     )
     parser.add_argument("--quick", action="store_true", help="seconds; what CI runs (default)")
-    parser.add_argument("--only", nargs="*",
-                        help="contender names to run (and edge-hop, instructions)")  # fmt: skip
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=JSON",
-                        help="change the plan for a smoke run, e.g. turn_rounds=2 streams=[1000];"
-                        " its report goes to bench/results/, not docs/")  # fmt: skip
+    parser.add_argument(
+        "--only", nargs="*", help="contender names to run (and edge-hop, instructions)"
+    )
+    parser.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=JSON",
+        help="change the plan for a smoke run, e.g. turn_rounds=2 streams=[1000];"
+        " its report goes to bench/results/, not docs/",
+    )
     parser.add_argument("--json", action="store_true", help="print every figure as JSON")
     args = parser.parse_args()
     mode = "full" if args.full else "quick"
@@ -314,15 +405,19 @@ def main() -> None:
         parser.error("the full mode draws a chart: pip install -e '.[bench]' (scripts/bench does)")
     if mode == "full" and wrk.which() is None:
         # the Python load generator would set the ceiling that the targets compare against
-        parser.error("the full mode measures request rates with wrk: apt-get install wrk "
-                     "(scripts/bench does, as root)")  # fmt: skip
+        parser.error(
+            "the full mode measures request rates with wrk: apt-get install wrk "
+            "(scripts/bench does, as root)"
+        )
     if mode == "full":
         from bench.speed import BEGIN, END
 
         if not {BEGIN, END} <= set((ROOT / "README.md").read_text().splitlines()):
             parser.error(f"README.md has lost the Speed paragraph's markers: {BEGIN} {END}")
-    plan = {**(FULL if mode == "full" else QUICK),
-            **{key: json.loads(value) for key, value in changes.items()}}  # fmt: skip
+    plan = {
+        **(FULL if mode == "full" else QUICK),
+        **{key: json.loads(value) for key, value in changes.items()},
+    }
     results = run(mode, plan, args.only)
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{mode}{'-smoke' if changes else ''}.json"
@@ -344,19 +439,38 @@ def main() -> None:
 
 def table(results: dict[str, Any]) -> str:
     """One row a contender: what the JSON says, at a glance."""
-    head = ("contender", "chat req/s", "stream req/s", "stream p99 ms", "CPU µs/req",
-            "start s", "idle MiB")  # fmt: skip
+    head = (
+        "contender",
+        "chat req/s",
+        "stream req/s",
+        "stream p99 ms",
+        "CPU µs/req",
+        "start s",
+        "idle MiB",
+    )
     rows = [head]
     for name, c in results.get("contenders", {}).items():
         chat, stream = c.get("chat", {}), c.get("stream20", {})
         cpu, start = stream.get("cpu_us_per_request", 0), c.get("cold_start_s", 0)
-        rows.append((name, f"{chat.get('rps', 0):,.0f}", f"{stream.get('rps', 0):,.0f}",
-                     f"{stream.get('p99_ms', 0):.1f}", f"{cpu:.0f}", f"{start:.2f}",
-                     f"{c.get('idle_rss_mb', 0):.0f}"))  # fmt: skip
+        rows.append(
+            (
+                name,
+                f"{chat.get('rps', 0):,.0f}",
+                f"{stream.get('rps', 0):,.0f}",
+                f"{stream.get('p99_ms', 0):.1f}",
+                f"{cpu:.0f}",
+                f"{start:.2f}",
+                f"{c.get('idle_rss_mb', 0):.0f}",
+            )
+        )
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(head))]
-    lines = ["  ".join(str(v).rjust(w) if i else str(v).ljust(w)
-                       for i, (v, w) in enumerate(zip(row, widths, strict=True)))
-             for row in rows]  # fmt: skip
+    lines = [
+        "  ".join(
+            str(v).rjust(w) if i else str(v).ljust(w)
+            for i, (v, w) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in rows
+    ]
     return "\n".join(lines)
 
 

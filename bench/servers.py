@@ -62,8 +62,23 @@ class Spec:
 
 
 def granian(target: str, port: int) -> list[str]:
-    return [PY, "-m", "granian", "--interface", "rsgi", "--host", "127.0.0.1", "--port", str(port),
-            "--workers", "1", "--no-ws", "--log-level", "warning", target]  # fmt: skip
+    return [
+        PY,
+        "-m",
+        "granian",
+        "--interface",
+        "rsgi",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--no-ws",
+        "--log-level",
+        "warning",
+        target,
+    ]
 
 
 def noroshi_spec(port: int, upstream: str, workdir: Path) -> Spec:
@@ -89,11 +104,29 @@ deployments = [{{ provider = "up", model = "m" }}]
 """)
     argv = [PY, "-m", "noroshi", "serve", "--config", str(config), "--port", str(port)]
     created = subprocess.run(
-        [PY, "-m", "noroshi", "keys", "create", "bench", "--config", str(config),
-         "--rpm", "1000000000", "--tpm", "1000000000000", "--max-concurrency", "100000",
-         "--budget", '{"tokens_per_day": 1000000000000}'],
-        check=True, capture_output=True, text=True, cwd=ROOT,
-    )  # fmt: skip
+        [
+            PY,
+            "-m",
+            "noroshi",
+            "keys",
+            "create",
+            "bench",
+            "--config",
+            str(config),
+            "--rpm",
+            "1000000000",
+            "--tpm",
+            "1000000000000",
+            "--max-concurrency",
+            "100000",
+            "--budget",
+            '{"tokens_per_day": 1000000000000}',
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     key = created.stdout.strip().splitlines()[-1]
     headers = {"authorization": f"Bearer {key}"}
     # `serve` loads the CLI, then its server and the app, and serves in the same process
@@ -106,24 +139,37 @@ def floor_spec(port: int, upstream: str) -> Spec:
     from importlib.metadata import version
 
     argv = [PY, "-m", "bench.floor_relay", "--port", str(port)]
-    return Spec("floor-relay", argv, {"BENCH_UPSTREAM": upstream}, port,
-                version=f"uvloop {version('uvloop')}, httptools {version('httptools')}",
-                imports="import bench.floor_relay")  # fmt: skip
+    return Spec(
+        "floor-relay",
+        argv,
+        {"BENCH_UPSTREAM": upstream},
+        port,
+        version=f"uvloop {version('uvloop')}, httptools {version('httptools')}",
+        imports="import bench.floor_relay",
+    )
 
 
 def bare_spec(port: int, upstream: str) -> Spec:
     """The bare relay (bench/bare_relay.py): Granian's RSGI and aiohttp, no gateway work."""
     import granian as g
 
-    return Spec("bare-relay", granian("bench.bare_relay:app", port), {"BENCH_UPSTREAM": upstream},
-                port, version=f"granian {g.__version__}",
-                imports="import granian, bench.bare_relay")  # fmt: skip
+    return Spec(
+        "bare-relay",
+        granian("bench.bare_relay:app", port),
+        {"BENCH_UPSTREAM": upstream},
+        port,
+        version=f"granian {g.__version__}",
+        imports="import granian, bench.bare_relay",
+    )
 
 
 def builtin_specs(port: int, upstream: str, workdir: Path) -> list[Spec]:
     """The contenders that need nothing installed beyond noroshi's bench extra."""
-    return [noroshi_spec(port, upstream, workdir), floor_spec(port, upstream),
-            bare_spec(port, upstream)]  # fmt: skip
+    return [
+        noroshi_spec(port, upstream, workdir),
+        floor_spec(port, upstream),
+        bare_spec(port, upstream),
+    ]
 
 
 def spec_named(name: str, port: int, upstream: str, workdir: Path) -> Spec:

@@ -41,13 +41,17 @@ def paragraph(results: dict[str, Any]) -> str:
         over = streams.get(peer, {}).get("ours_over", {})
         rps, cpu = _x(over.get("rps")), _x(over.get("cpu_us"))
         if rps and cpu:
-            lines.append(f"Against {title}, noroshi streams {rps} the requests/s at {cpu} the "
-                         "CPU per request.")  # fmt: skip
+            lines.append(
+                f"Against {title}, noroshi streams {rps} the requests/s at {cpu} the "
+                "CPU per request."
+            )
     floor = streams.get("floor-relay", {}).get("ours_over", {})
     if floor.get("p99_ms") and floor.get("cpu_us"):
-        lines.append(f"Its p99 is {_x(floor['p99_ms'])} and its CPU per request "
-                     f"{_x(floor['cpu_us'])} those of the floor relay, uvloop and llhttp in a "
-                     "hundred lines doing none of a gateway's work.")  # fmt: skip
+        lines.append(
+            f"Its p99 is {_x(floor['p99_ms'])} and its CPU per request "
+            f"{_x(floor['cpu_us'])} those of the floor relay, uvloop and llhttp in a "
+            "hundred lines doing none of a gateway's work."
+        )
     first = turns.get("first_byte", {}).get("contenders", {}).get("noroshi", {})
     ours = results["contenders"].get("noroshi", {})
     facts = []
@@ -61,23 +65,28 @@ def paragraph(results: dict[str, Any]) -> str:
     if crowd is not None:
         facts.append(f"holds 10,000 open slow streams in {crowd:,.0f} MiB")
     if facts:
-        lines.append("It " + ", ".join(facts[:-1]) + (" and " if len(facts) > 1 else "")
-                     + facts[-1] + ".")  # fmt: skip
+        lines.append(
+            "It " + ", ".join(facts[:-1]) + (" and " if len(facts) > 1 else "") + facts[-1] + "."
+        )
     others = []
     ours_rps = get(ours, "stream20", "rps")
-    for peer, title in (("fastapi", "FastAPI + httpx"), ("portkey", "the Portkey gateway"),
-                        ("litellm", "the LiteLLM proxy")):  # fmt: skip
+    for peer, title in (
+        ("fastapi", "FastAPI + httpx"),
+        ("portkey", "the Portkey gateway"),
+        ("litellm", "the LiteLLM proxy"),
+    ):
         ratio = _ratio(ours_rps, get(results["contenders"].get(peer, {}), "stream20", "rps"))
         if ratio:
             others.append(f"{ratio} {title}")
     if others:
-        lines.append("Each in its own run, it streams " + ", ".join(others)
-                     + " in requests/s.")  # fmt: skip
+        lines.append("Each in its own run, it streams " + ", ".join(others) + " in requests/s.")
     missed = [v for v in judge(results) if v.met is False]
     if missed:
-        lines.append("Targets missed, by how much and why, are in the report: "
-                     + "; ".join(f"{v.target} ({v.verdict.removeprefix('missed ')})"
-                                 for v in missed) + ".")  # fmt: skip
+        lines.append(
+            "Targets missed, by how much and why, are in the report: "
+            + "; ".join(f"{v.target} ({v.verdict.removeprefix('missed ')})" for v in missed)
+            + "."
+        )
     elif all(v.met for v in judge(results)):
         lines.append("Every target in the report is met.")
     return textwrap.fill(" ".join(lines), width=99, break_on_hyphens=False)

@@ -65,8 +65,10 @@ def _range(pair: dict[str, Any]) -> str:
 def _against_bun(streams: dict[str, Any]) -> list[Verdict]:
     out = []
     ours = streams.get("contenders", {}).get("noroshi", {})
-    for key, what, at_least, unit in (("rps", "streaming req/s", True, "req/s"),
-                                      ("cpu_us", "CPU per request", False, "µs")):  # fmt: skip
+    for key, what, at_least, unit in (
+        ("rps", "streaming req/s", True, "req/s"),
+        ("cpu_us", "CPU per request", False, "µs"),
+    ):
         for peer, title in BUN.items():
             row = streams.get("contenders", {}).get(peer)
             pair = (row or {}).get("ours_over", {}).get(key)
@@ -91,8 +93,10 @@ def judge(results: dict[str, Any]) -> list[Verdict]:
     if pair:
         ours = streams["contenders"]["noroshi"]["p99_ms"]
         floor = streams["contenders"]["floor-relay"]["p99_ms"]
-        measured = (f"noroshi/floor relay {pair['median']:.2f}x ({_range(pair)}); medians "
-                    f"{ours:,.1f} against {floor:,.1f} ms")  # fmt: skip
+        measured = (
+            f"noroshi/floor relay {pair['median']:.2f}x ({_range(pair)}); medians "
+            f"{ours:,.1f} against {floor:,.1f} ms"
+        )
         out.append(Verdict(target, measured, pair["median"], P99_OVER_FLOOR, False, "p99"))
     else:
         out.append(Verdict(target, "-", None, P99_OVER_FLOOR, False, "p99"))
@@ -108,17 +112,32 @@ def judge(results: dict[str, Any]) -> list[Verdict]:
     else:
         out.append(Verdict(target, "-", None, TTFB_MS, False, "ttfb"))
     ours = results.get("contenders", {}).get("noroshi", {})
-    for key, what, unit, digits in (("cold_start_s", "cold start", "s", 2),
-                                    ("idle_rss_mb", "idle RSS", "MiB", 0)):  # fmt: skip
+    for key, what, unit, digits in (
+        ("cold_start_s", "cold start", "s", 2),
+        ("idle_rss_mb", "idle RSS", "MiB", 0),
+    ):
         value, bound = get(ours, key), BASELINE[key]
         target = f"{what} no worse than {BASELINE_DATE}'s {bound:g} {unit}"
         measured = "-" if value is None else f"{value:,.{digits}f} {unit}"
         out.append(Verdict(target, measured, value, bound, False, key))
     crowd = ours.get("streams10000", {})
     value = get(crowd, "peak_rss_mb")
-    measured = "-" if value is None else (
-        f"{value:,.0f} MiB at the peak; {get(crowd, 'success_rate') or 0:.0%} of the streams "
-        f"ended within {results['plan']['stream_limit']} s")  # fmt: skip
-    out.append(Verdict("10,000 open slow streams on one worker: RSS < 1 GiB", measured, value,
-                       RSS_10K_MB, False, "rss10k"))  # fmt: skip
+    measured = (
+        "-"
+        if value is None
+        else (
+            f"{value:,.0f} MiB at the peak; {get(crowd, 'success_rate') or 0:.0%} of the streams "
+            f"ended within {results['plan']['stream_limit']} s"
+        )
+    )
+    out.append(
+        Verdict(
+            "10,000 open slow streams on one worker: RSS < 1 GiB",
+            measured,
+            value,
+            RSS_10K_MB,
+            False,
+            "rss10k",
+        )
+    )
     return out

@@ -52,12 +52,13 @@ def in_turns(items: Sequence[T], rounds: int) -> Iterator[tuple[int, T]]:
 
 def _paired(rounds: list[dict[str, dict[str, Any]]], key: str, name: str) -> dict[str, Any] | None:
     """noroshi's `key` over `name`'s, round by round: the median and the range."""
-    ratios = [r[OURS][key] / r[name][key] for r in rounds
-              if r[OURS].get(key) and r[name].get(key)]  # fmt: skip
+    ratios = [r[OURS][key] / r[name][key] for r in rounds if r[OURS].get(key) and r[name].get(key)]
     if not ratios:
         return None
-    return {"median": round(statistics.median(ratios), 3),
-            "range": [round(min(ratios), 3), round(max(ratios), 3)]}  # fmt: skip
+    return {
+        "median": round(statistics.median(ratios), 3),
+        "range": [round(min(ratios), 3), round(max(ratios), 3)],
+    }
 
 
 def _median(rounds: list[dict[str, dict[str, Any]]], name: str, key: str) -> float | None:
@@ -69,11 +70,22 @@ def streams(served: list[Served], plan: dict[str, Any]) -> dict[str, Any]:
     """Streaming load at `plan["connections"]`, `plan["turn_s"]` a turn, for each contender."""
     measured: list[dict[str, dict[str, Any]]] = [{} for _ in range(plan["turn_rounds"] + 1)]
     for n, s in in_turns(served, plan["turn_rounds"]):
-        got = rate(s.url, s.payload(), s.headers, plan["connections"], plan["turn_s"], s.proc,
-                   warmup=0)  # fmt: skip
-        measured[n][s.name] = {key: got[key] for key in
-                               ("rps", "p50_ms", "p99_ms", "cpu_us_per_request", "success_rate",
-                                "loadgen_cpu_us_per_request", "errors") if key in got}  # fmt: skip
+        got = rate(
+            s.url, s.payload(), s.headers, plan["connections"], plan["turn_s"], s.proc, warmup=0
+        )
+        measured[n][s.name] = {
+            key: got[key]
+            for key in (
+                "rps",
+                "p50_ms",
+                "p99_ms",
+                "cpu_us_per_request",
+                "success_rate",
+                "loadgen_cpu_us_per_request",
+                "errors",
+            )
+            if key in got
+        }
     rounds = measured[1:]  # the warm-up round is not counted
     out: dict[str, Any] = {
         "loadgen": loadgen(),
@@ -114,8 +126,9 @@ def first_byte(served: list[Served], plan: dict[str, Any]) -> dict[str, Any]:
     p50s: dict[str, list[float]] = {s.name: [] for s in served}
     failed: dict[str, int] = {s.name: 0 for s in served}
     for n, s in in_turns(served, plan["ttfb_rounds"]):
-        result = asyncio.run(request_rate(s.url, s.payload(), s.headers, 1, plan["ttfb_s"],
-                                          warmup=0.2))  # fmt: skip
+        result = asyncio.run(
+            request_rate(s.url, s.payload(), s.headers, 1, plan["ttfb_s"], warmup=0.2)
+        )
         if n:  # the warm-up round is not counted
             p50s[s.name].append(round(percentile(result.ttfb, 50) * 1000, 3))
             failed[s.name] += result.sent - result.ok
@@ -124,8 +137,10 @@ def first_byte(served: list[Served], plan: dict[str, Any]) -> dict[str, Any]:
         if over not in p50s or name == over:
             return None
         diffs = [a - b for a, b in zip(p50s[name], p50s[over], strict=True)]
-        return {"median": round(statistics.median(diffs), 3),
-                "range": [round(min(diffs), 3), round(max(diffs), 3)]}  # fmt: skip
+        return {
+            "median": round(statistics.median(diffs), 3),
+            "range": [round(min(diffs), 3), round(max(diffs), 3)],
+        }
 
     return {
         "loadgen": "python (aiohttp), one connection",

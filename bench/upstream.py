@@ -62,15 +62,22 @@ def _usage(model: str) -> bytes:
 
 
 def _completion(model: str) -> bytes:
-    return _encode({
-        "id": "chatcmpl-bench",
-        "object": "chat.completion",
-        "created": CREATED,
-        "model": model,
-        "choices": [{"index": 0, "finish_reason": "stop",
-                     "message": {"role": "assistant", "content": "tok " * TOKENS}}],
-        "usage": {"prompt_tokens": 8, "completion_tokens": TOKENS, "total_tokens": 8 + TOKENS},
-    })  # fmt: skip
+    return _encode(
+        {
+            "id": "chatcmpl-bench",
+            "object": "chat.completion",
+            "created": CREATED,
+            "model": model,
+            "choices": [
+                {
+                    "index": 0,
+                    "finish_reason": "stop",
+                    "message": {"role": "assistant", "content": "tok " * TOKENS},
+                }
+            ],
+            "usage": {"prompt_tokens": 8, "completion_tokens": TOKENS, "total_tokens": 8 + TOKENS},
+        }
+    )
 
 
 async def app(scope: Any, proto: Any) -> None:

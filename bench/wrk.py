@@ -82,16 +82,24 @@ class Rate:
 
 
 def _script(payload: dict[str, Any], headers: dict[str, str]) -> str:
-    lines = [f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}"
-             for k, v in {"content-type": "application/json", **headers}.items()]  # fmt: skip
+    lines = [
+        f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}"
+        for k, v in {"content-type": "application/json", **headers}.items()
+    ]
     return SCRIPT % {
         "body": json.dumps(payload, separators=(",", ":")),
         "headers": "\n".join(lines),
     }
 
 
-def rate(url: str, payload: dict[str, Any], headers: dict[str, str], connections: int,
-         seconds: float, threads: int = 1) -> Rate:  # fmt: skip
+def rate(
+    url: str,
+    payload: dict[str, Any],
+    headers: dict[str, str],
+    connections: int,
+    seconds: float,
+    threads: int = 1,
+) -> Rate:
     """`connections` connections kept busy for `seconds`, each sending its next request when
     the last one is answered (as loadgen.request_rate does, without its warm-up)."""
     exe = which()
@@ -103,10 +111,22 @@ def rate(url: str, payload: dict[str, Any], headers: dict[str, str], connections
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     try:
         done = subprocess.run(
-            [exe, f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s",
-             "--timeout", "10s", "-s", str(script), url],
-            capture_output=True, text=True, check=False, timeout=seconds + 60,
-        )  # fmt: skip
+            [
+                exe,
+                f"-t{threads}",
+                f"-c{connections}",
+                f"-d{max(1, round(seconds))}s",
+                "--timeout",
+                "10s",
+                "-s",
+                str(script),
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=seconds + 60,
+        )
     finally:
         script.unlink()
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -114,9 +134,18 @@ def rate(url: str, payload: dict[str, Any], headers: dict[str, str], connections
     if done.returncode != 0 or line is None:
         raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr.strip()[:300]}")
     got = json.loads(line.removeprefix("bench-wrk "))
-    errors = {why: got[key] for why, key in (("connect", "connect"), ("read", "read"),
-              ("write", "write"), ("non-2xx", "status"), ("timeout", "timeout"),
-              ("stream cut", "cut")) if got[key]}  # fmt: skip
+    errors = {
+        why: got[key]
+        for why, key in (
+            ("connect", "connect"),
+            ("read", "read"),
+            ("write", "write"),
+            ("non-2xx", "status"),
+            ("timeout", "timeout"),
+            ("stream cut", "cut"),
+        )
+        if got[key]
+    }
     # a non-2xx answer is counted in requests; a socket error is not
     failed = got["status"] + got["cut"]
     return Rate(

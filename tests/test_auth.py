@@ -43,8 +43,14 @@ def request_with(secret: str) -> Request:
     async def no_body() -> bytes:
         return b""
 
-    return Request("POST", "/v1/chat/completions", "", {"authorization": f"Bearer {secret}"},
-                   no_body, "10.0.0.1:5000")  # fmt: skip
+    return Request(
+        "POST",
+        "/v1/chat/completions",
+        "",
+        {"authorization": f"Bearer {secret}"},
+        no_body,
+        "10.0.0.1:5000",
+    )
 
 
 async def test_requests_that_find_a_key_expired_share_one_lookup(keys: CountingKeys) -> None:

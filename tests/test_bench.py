@@ -20,8 +20,11 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_quick_bench_runs() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "bench.run", "--quick"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     # the quick mode says what it leaves out, and why
     assert "the peers (hono-bun, elysia-bun" in result.stderr
@@ -126,8 +129,10 @@ def test_report_explains_from_the_quick_results(tmp_path: Path) -> None:
     assert f"| floor relay (uvloop + llhttp) | {floor['version']} | {floor['rps']:,.0f} |" in text
     p99 = floor["ours_over"]["p99_ms"]
     conns = results["plan"]["connections"]
-    assert (f"| p99 at {conns} connections <= 1.5x the floor relay's | noroshi/floor relay "
-            f"{p99['median']:.2f}x") in text  # fmt: skip
+    assert (
+        f"| p99 at {conns} connections <= 1.5x the floor relay's | noroshi/floor relay "
+        f"{p99['median']:.2f}x"
+    ) in text
     added = results["turns"]["first_byte"]["contenders"]["noroshi"]["added_over_direct_ms"]
     assert f"| +{added['median']:.3f} ms (rounds" in text
     # no Bun in the quick mode: its targets are not measured, and say so
@@ -146,21 +151,34 @@ def _as_full(results: dict[str, Any]) -> dict[str, Any]:
     for name, cpu in (("hono-bun", 0.5), ("elysia-bun", 2.0)):
         for r in streams["rounds"]:
             ours = r["noroshi"]
-            r[name] = {"rps": ours["rps"] / 2, "p99_ms": 30.0, "success_rate": 1.0,
-                       "cpu_us_per_request": ours["cpu_us_per_request"] * cpu,
-                       "errors": {}}  # fmt: skip
+            r[name] = {
+                "rps": ours["rps"] / 2,
+                "p99_ms": 30.0,
+                "success_rate": 1.0,
+                "cpu_us_per_request": ours["cpu_us_per_request"] * cpu,
+                "errors": {},
+            }
         ours = streams["contenders"]["noroshi"]
         streams["contenders"][name] = {
-            "version": "x, bun 1.4.4", "rps": ours["rps"] / 2, "cpu_us": ours["cpu_us"] * cpu,
-            "p99_ms": 30.0, "loadgen_cpu_us": None, "success_rate": 1.0, "errors": {},
-            "ours_over": {"rps": {"median": 2.0, "range": [2.0, 2.0]},
-                          "cpu_us": {"median": 1 / cpu, "range": [1 / cpu, 1 / cpu]},
-                          "p99_ms": {"median": 1.0, "range": [0.9, 1.1]}},
-        }  # fmt: skip
+            "version": "x, bun 1.4.4",
+            "rps": ours["rps"] / 2,
+            "cpu_us": ours["cpu_us"] * cpu,
+            "p99_ms": 30.0,
+            "loadgen_cpu_us": None,
+            "success_rate": 1.0,
+            "errors": {},
+            "ours_over": {
+                "rps": {"median": 2.0, "range": [2.0, 2.0]},
+                "cpu_us": {"median": 1 / cpu, "range": [1 / cpu, 1 / cpu]},
+                "p99_ms": {"median": 1.0, "range": [0.9, 1.1]},
+            },
+        }
     full["contenders"]["noroshi"]["streams10000"] = {"peak_rss_mb": 2048.0, "success_rate": 0.25}
-    full["instructions"] = {"requests": 200, "concurrency": 8,
-                            "k_instructions_per_request": {"noroshi": 900.0, "floor-relay": 300.0,
-                                                           "bare-relay": 750.0}}  # fmt: skip
+    full["instructions"] = {
+        "requests": 200,
+        "concurrency": 8,
+        "k_instructions_per_request": {"noroshi": 900.0, "floor-relay": 300.0, "bare-relay": 750.0},
+    }
     return full
 
 
@@ -206,8 +224,11 @@ def test_readme_keeps_the_speed_markers() -> None:
 def test_instruction_counts_run() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "bench.instructions", "--requests", "20", "--concurrency", "4"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr
     counted = json.loads(result.stdout)
     per_request = counted["k_instructions_per_request"]
@@ -230,8 +251,9 @@ def test_rates_fall_back_to_the_python_load_generator(monkeypatch: pytest.Monkey
     upstream = Upstream(20, 0)
     try:
         payload = {"model": "m", "messages": MESSAGES, "stream": True}
-        got = rates.rate(f"{upstream.url}/v1/chat/completions", payload, {}, 2, 0.3,
-                         upstream.proc, warmup=0.1)  # fmt: skip
+        got = rates.rate(
+            f"{upstream.url}/v1/chat/completions", payload, {}, 2, 0.3, upstream.proc, warmup=0.1
+        )
     finally:
         upstream.proc.stop()
     assert got["loadgen"] == rates.PYTHON and got["success_rate"] == 1.0

@@ -23,11 +23,14 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 async def run(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "noroshi", *args,
+        sys.executable,
+        "-m",
+        "noroshi",
+        *args,
         env=env or clean_env(),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
+    )
     out, _ = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode is not None
     return proc.returncode, out.decode()
@@ -126,9 +129,22 @@ async def test_keys_create_list_revoke(tmp_path: Path, upstream: FakeOpenAI) -> 
     path = tmp_path / "c.toml"
     path.write_text(openai_config(upstream.base_url) + '\n[auth]\nmaster_key = "sk-m"\n')
     env = clean_env(NOROSHI_SERVER__DATA_DIR=str(tmp_path / "data"))
-    code, out = await run("keys", "create", "ci bot", "--config", str(path), "--rpm", "7",
-                          "--model", "fast", "--budget", '{"tokens_per_day": 1000}',
-                          "--expires-at", "2099-01-01T09:00:00+09:00", env=env)  # fmt: skip
+    code, out = await run(
+        "keys",
+        "create",
+        "ci bot",
+        "--config",
+        str(path),
+        "--rpm",
+        "7",
+        "--model",
+        "fast",
+        "--budget",
+        '{"tokens_per_day": 1000}',
+        "--expires-at",
+        "2099-01-01T09:00:00+09:00",
+        env=env,
+    )
     assert code == 0, out
     secret = out.strip().splitlines()[-1]
     assert secret.startswith("nrs-")
@@ -143,9 +159,18 @@ async def test_keys_create_list_revoke(tmp_path: Path, upstream: FakeOpenAI) -> 
     # the key works on a server over the same store, and stops working once revoked
     port = free_port()
     server = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "noroshi", "serve", "--config", str(path), "--port", str(port),
-        env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
+        sys.executable,
+        "-m",
+        "noroshi",
+        "serve",
+        "--config",
+        str(path),
+        "--port",
+        str(port),
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
     try:
         url = f"http://127.0.0.1:{port}/v1/chat/completions"
         payload = {"model": "fast", "messages": [{"role": "user", "content": "Hi"}]}
@@ -216,9 +241,11 @@ async def test_the_served_app_starts_without_aiohttp(tmp_path: Path, module: str
 async def _python(code: str, data_dir: Path) -> bytes:
     """What `code` prints in a fresh interpreter, as a server's worker would start."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", code,
+        sys.executable,
+        "-c",
+        code,
         env=clean_env(NOROSHI_SERVER__DATA_DIR=str(data_dir)),
         stdout=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+    )
     out, _ = await asyncio.wait_for(proc.communicate(), 60)
     return out

@@ -209,10 +209,18 @@ def test_roles_need_the_internal_secret_and_cores(tmp_path: Path) -> None:
         path, {"NOROSHI_SERVER__ROLE": "core", "NOROSHI_SERVER__HOST": "0.0.0.0", **secret}
     )
     assert core.providers["up"].type == "openai"
-    edge = load_config(path, {"NOROSHI_SERVER__ROLE": "edge", **secret,
-                              "NOROSHI_SERVER__CORES": '["http://a:1", "http://b:2/"]'})  # fmt: skip
+    edge = load_config(
+        path,
+        {
+            "NOROSHI_SERVER__ROLE": "edge",
+            **secret,
+            "NOROSHI_SERVER__CORES": '["http://a:1", "http://b:2/"]',
+        },
+    )
     assert {n: p.base_url for n, p in edge.providers.items()} == {
-        "core0": "http://a:1/v1", "core1": "http://b:2/v1"}  # fmt: skip
+        "core0": "http://a:1/v1",
+        "core1": "http://b:2/v1",
+    }
     assert [(d.provider, d.model) for d in edge.models[0].deployments] == [
         ("core0", "fast"),
         ("core1", "fast"),

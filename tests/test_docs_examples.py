@@ -44,11 +44,16 @@ BLOCK = re.compile(
 )
 ADDRESS = re.compile(r"(?:http://)?(?:127\.0\.0\.1|localhost):8080")
 ENV = {  # the secrets the examples read from the environment
-    "UP_KEY": "k", "FORECAST_KEY": "k", "TELEGRAM_BOT_TOKEN": "1:x",
-    "TELEGRAM_WEBHOOK_SECRET": "s", "SLACK_BOT_TOKEN": "xoxb-1", "SLACK_SIGNING_SECRET": "s",
-    "DISCORD_APPLICATION_ID": "1", "DISCORD_PUBLIC_KEY": "0" * 64,
+    "UP_KEY": "k",
+    "FORECAST_KEY": "k",
+    "TELEGRAM_BOT_TOKEN": "1:x",
+    "TELEGRAM_WEBHOOK_SECRET": "s",
+    "SLACK_BOT_TOKEN": "xoxb-1",
+    "SLACK_SIGNING_SECRET": "s",
+    "DISCORD_APPLICATION_ID": "1",
+    "DISCORD_PUBLIC_KEY": "0" * 64,
     "NOROSHI_INTERNAL_SECRET": "s" * 32,
-}  # fmt: skip
+}
 
 
 @dataclass
@@ -143,16 +148,26 @@ async def live(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Live]:
         try:
             servers = [
                 await start_server(work / "open", config, env=base, name="open"),
-                await start_server(work / "keyed", config,
-                                   env={**base, "NOROSHI_MASTER_KEY": MASTER_KEY}, name="keyed"),
-            ]  # fmt: skip
+                await start_server(
+                    work / "keyed",
+                    config,
+                    env={**base, "NOROSHI_MASTER_KEY": MASTER_KEY},
+                    name="keyed",
+                ),
+            ]
         finally:
             os.chdir(cwd)
-        env = {**base, "NOROSHI_CONFIG": str(work / "open" / "open.toml"),
-               "NOROSHI_SERVER__DATA_DIR": str(work / "open" / "data")}  # fmt: skip
-        keyed_env = {**base, "NOROSHI_CONFIG": str(work / "keyed" / "keyed.toml"),
-                     "NOROSHI_SERVER__DATA_DIR": str(work / "keyed" / "data"),
-                     "NOROSHI_MASTER_KEY": MASTER_KEY}  # fmt: skip
+        env = {
+            **base,
+            "NOROSHI_CONFIG": str(work / "open" / "open.toml"),
+            "NOROSHI_SERVER__DATA_DIR": str(work / "open" / "data"),
+        }
+        keyed_env = {
+            **base,
+            "NOROSHI_CONFIG": str(work / "keyed" / "keyed.toml"),
+            "NOROSHI_SERVER__DATA_DIR": str(work / "keyed" / "data"),
+            "NOROSHI_MASTER_KEY": MASTER_KEY,
+        }
         try:
             yield Live(work, servers[0][1], servers[1][1], env, keyed_env)
         finally:
@@ -184,8 +199,9 @@ async def test_example(example: Example, live: Live, tmp_path: Path) -> None:
         argv = ["bash", "-c", CURL + body]
     else:
         argv = [sys.executable, "-c", ADDRESS.sub(url, example.before) + body]
-    proc = await asyncio.create_subprocess_exec(*argv, cwd=live.work, env=env,
-                                                stdout=PIPE, stderr=PIPE)  # fmt: skip
+    proc = await asyncio.create_subprocess_exec(
+        *argv, cwd=live.work, env=env, stdout=PIPE, stderr=PIPE
+    )
     out, err = await asyncio.wait_for(proc.communicate(), 120)
     said = f"{out.decode()}\n{err.decode()}"
     assert proc.returncode == 0, f"{example.where} failed:\n{body}\n{said}"

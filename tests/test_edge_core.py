@@ -35,8 +35,9 @@ class Cluster:
 
     async def start_core(self, i: int) -> None:
         env = {"NOROSHI_SERVER__ROLE": "core"}
-        self.cores[i], _ = await start_server(self.tmp_path, self.config, env, f"core{i}",
-                                              self.ports[i])  # fmt: skip
+        self.cores[i], _ = await start_server(
+            self.tmp_path, self.config, env, f"core{i}", self.ports[i]
+        )
 
     async def start(self) -> None:
         await asyncio.gather(self.start_core(0), self.start_core(1))
@@ -71,24 +72,31 @@ async def served(port: int) -> int:
     """How many chat completions a core has answered, from its own metrics."""
     async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}/metrics") as r:
         text = await r.text()
-    return sum(int(float(n)) for n in re.findall(
-        r'noroshi_requests_total\{model="",route="/v1/chat/completions",status="200"\} (\S+)', text))  # fmt: skip
+    return sum(
+        int(float(n))
+        for n in re.findall(
+            r'noroshi_requests_total\{model="",route="/v1/chat/completions",status="200"\} (\S+)',
+            text,
+        )
+    )
 
 
 async def test_edge_relays_and_bills(cluster: Cluster, upstream: FakeOpenAI) -> None:
     async with aiohttp.ClientSession() as s:
-        async with s.post(f"{cluster.base}/v1/chat/completions", headers=auth(),
-                          json={"model": "fast", "messages": HI}) as r:  # fmt: skip
+        async with s.post(
+            f"{cluster.base}/v1/chat/completions",
+            headers=auth(),
+            json={"model": "fast", "messages": HI},
+        ) as r:
             assert r.status == 200
             assert (await r.json())["choices"][0]["message"]["content"] == upstream.default.text
         upstream.default = Reply(chunks=5, token_delay=0.05)
-        bodies = await asyncio.gather(*(
-            _stream(s, cluster.base) for _ in range(6)
-        ))  # fmt: skip
+        bodies = await asyncio.gather(*(_stream(s, cluster.base) for _ in range(6)))
         assert all(b.endswith(b"data: [DONE]\n\n") for b in bodies)
         # unauthenticated at the edge: refused there
-        async with s.post(f"{cluster.base}/v1/chat/completions",
-                          json={"model": "fast", "messages": HI}) as r:  # fmt: skip
+        async with s.post(
+            f"{cluster.base}/v1/chat/completions", json={"model": "fast", "messages": HI}
+        ) as r:
             assert r.status == 401
         async with s.get(f"{cluster.base}/admin/usage?group_by=model", headers=auth()) as r:
             usage = await r.json()
@@ -98,15 +106,19 @@ async def test_edge_relays_and_bills(cluster: Cluster, upstream: FakeOpenAI) -> 
 
 
 async def _chat(s: aiohttp.ClientSession, base: str) -> int:
-    async with s.post(f"{base}/v1/chat/completions", headers=auth(),
-                      json={"model": "fast", "messages": HI}) as r:  # fmt: skip
+    async with s.post(
+        f"{base}/v1/chat/completions", headers=auth(), json={"model": "fast", "messages": HI}
+    ) as r:
         await r.read()
         return r.status
 
 
 async def _stream(s: aiohttp.ClientSession, base: str) -> bytes:
-    async with s.post(f"{base}/v1/chat/completions", headers=auth(),
-                      json={"model": "fast", "messages": HI, "stream": True}) as r:  # fmt: skip
+    async with s.post(
+        f"{base}/v1/chat/completions",
+        headers=auth(),
+        json={"model": "fast", "messages": HI, "stream": True},
+    ) as r:
         assert r.status == 200
         return await r.read()
 
@@ -142,8 +154,11 @@ async def test_core_killed_mid_stream_then_taken_back(
 ) -> None:
     upstream.default = Reply(chunks=40, token_delay=0.1)
     async with aiohttp.ClientSession() as s:
-        r = await s.post(f"{cluster.base}/v1/chat/completions", headers=auth(),
-                         json={"model": "fast", "messages": HI, "stream": True})  # fmt: skip
+        r = await s.post(
+            f"{cluster.base}/v1/chat/completions",
+            headers=auth(),
+            json={"model": "fast", "messages": HI, "stream": True},
+        )
         first = await r.content.readuntil(b"\n\n")
         assert first.startswith(b"data: {")
         # the core serving it is the one with an active stream
@@ -162,8 +177,11 @@ async def test_core_killed_mid_stream_then_taken_back(
         # new requests go to the other core
         upstream.default = Reply()
         for _ in range(4):
-            async with s.post(f"{cluster.base}/v1/chat/completions", headers=auth(),
-                              json={"model": "fast", "messages": HI}) as r2:  # fmt: skip
+            async with s.post(
+                f"{cluster.base}/v1/chat/completions",
+                headers=auth(),
+                json={"model": "fast", "messages": HI},
+            ) as r2:
                 assert r2.status == 200
 
         # restarted, it is taken back once its health check passes
@@ -178,8 +196,9 @@ async def test_core_killed_mid_stream_then_taken_back(
 async def test_agent_requests_run_on_a_core(cluster: Cluster, upstream: FakeOpenAI) -> None:
     upstream.default = Reply(text="Hello from a core.", chunks=3)
     async with aiohttp.ClientSession() as s:
-        async with s.post(f"{cluster.base}/api/v1/agent/chat", headers=auth(),
-                          json={"prompt": "Hi"}) as r:  # fmt: skip
+        async with s.post(
+            f"{cluster.base}/api/v1/agent/chat", headers=auth(), json={"prompt": "Hi"}
+        ) as r:
             assert r.status == 200 and r.headers["content-type"].startswith("text/event-stream")
             session_id = r.headers["x-noroshi-session-id"]
             run_id = r.headers["x-noroshi-run-id"]

@@ -13,8 +13,9 @@ from tests.fakes.upstream import FakeOpenAI
 from tests.processes import start_server, stop
 
 
-async def served_lines(tmp_path: Path, upstream: FakeOpenAI, logging: str,
-                       env: dict[str, str] | None = None) -> list[str]:  # fmt: skip
+async def served_lines(
+    tmp_path: Path, upstream: FakeOpenAI, logging: str, env: dict[str, str] | None = None
+) -> list[str]:
     """Start a server with `logging`, make one chat request, stop it: what it wrote."""
     config = openai_config(upstream.base_url, extra=logging)
     proc, base = await start_server(tmp_path, config, env=env)

@@ -118,8 +118,15 @@ def test_a_changed_request_type_shows_in_spec_and_client() -> None:
     class PromptWithTone(PromptBody, kw_only=True):
         tone: str = "plain"
 
-    endpoint = Endpoint(api.CHAT.method, api.CHAT.path, "chat", "x", tag="simple",
-                        access="model", body=PromptWithTone)  # fmt: skip
+    endpoint = Endpoint(
+        api.CHAT.method,
+        api.CHAT.path,
+        "chat",
+        "x",
+        tag="simple",
+        access="model",
+        body=PromptWithTone,
+    )
     spec = openapi([endpoint], "test")
     fields = spec["components"]["schemas"]["PromptWithTone"]["properties"]
     assert fields["tone"] == {"type": "string", "default": "plain"}
@@ -141,14 +148,29 @@ async def test_schemathesis_finds_no_server_error_and_no_answer_outside_the_spec
     those 400s are the documented error answer."""
     schemathesis = Path(sys.executable).with_name("schemathesis")
     proc = await asyncio.create_subprocess_exec(
-        str(schemathesis), "run", f"{base}/openapi.json",
-        "--header", f"Authorization: Bearer {MASTER}",
-        "--checks", "all", "--exclude-checks", "positive_data_acceptance",
-        "--max-examples", "15", "--workers", "1", "--request-timeout", "20",
-        "--seed", "1", "--no-color",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=tmp_path,
+        str(schemathesis),
+        "run",
+        f"{base}/openapi.json",
+        "--header",
+        f"Authorization: Bearer {MASTER}",
+        "--checks",
+        "all",
+        "--exclude-checks",
+        "positive_data_acceptance",
+        "--max-examples",
+        "15",
+        "--workers",
+        "1",
+        "--request-timeout",
+        "20",
+        "--seed",
+        "1",
+        "--no-color",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        cwd=tmp_path,
         env={**os.environ, "SCHEMATHESIS_HOOKS": ""},
-    )  # fmt: skip
+    )
     out, _ = await asyncio.wait_for(proc.communicate(), 300)
     report = out.decode(errors="replace")
     assert proc.returncode == 0, report

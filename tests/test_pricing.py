@@ -26,9 +26,13 @@ def test_each_kind_is_billed_at_its_own_price() -> None:
 
 def test_a_kind_without_a_price_costs_what_it_is_part_of() -> None:
     price = Price(input=2.0, output=8.0)
-    usage = Usage(prompt_tokens=1_000_000, completion_tokens=1_000_000,
-                  cache_read_tokens=400_000, cache_write_tokens=100_000,
-                  reasoning_tokens=600_000)  # fmt: skip
+    usage = Usage(
+        prompt_tokens=1_000_000,
+        completion_tokens=1_000_000,
+        cache_read_tokens=400_000,
+        cache_write_tokens=100_000,
+        reasoning_tokens=600_000,
+    )
     assert cost(usage, price) == pytest.approx(2.0 + 8.0)
 
 

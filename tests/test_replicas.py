@@ -45,9 +45,12 @@ async def post(s: aiohttp.ClientSession, url: str, key: str, **payload: Any) -> 
 async def create_key(base: str, **spec: Any) -> tuple[str, str]:
     async with (
         aiohttp.ClientSession() as s,
-        s.post(f"{base}/admin/keys", json={"name": "shared", **spec},
-               headers={"authorization": f"Bearer {MASTER}"}) as r,
-    ):  # fmt: skip
+        s.post(
+            f"{base}/admin/keys",
+            json={"name": "shared", **spec},
+            headers={"authorization": f"Bearer {MASTER}"},
+        ) as r,
+    ):
         body = await r.json()
         assert r.status == 201, body
         return body["id"], body["key"]
@@ -56,10 +59,12 @@ async def create_key(base: str, **spec: Any) -> tuple[str, str]:
 async def test_rpm_is_exact_across_three_replicas(replicas: list[str]) -> None:
     _, secret = await create_key(replicas[0], rpm=100)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
-        statuses = await asyncio.gather(*(
-            post(s, f"{replicas[i % 3]}/v1/chat/completions", secret, model="fast", messages=HI)
-            for i in range(600)
-        ))  # fmt: skip
+        statuses = await asyncio.gather(
+            *(
+                post(s, f"{replicas[i % 3]}/v1/chat/completions", secret, model="fast", messages=HI)
+                for i in range(600)
+            )
+        )
     assert Counter(statuses) == {200: 100, 429: 500}
 
 
@@ -68,8 +73,9 @@ async def test_revocation_reaches_every_replica_within_a_second(replicas: list[s
     url = f"{replicas[1]}/v1/chat/completions"
     async with aiohttp.ClientSession() as s:
         assert await post(s, url, secret, model="fast", messages=HI) == 200  # cached there now
-        async with s.delete(f"{replicas[0]}/admin/keys/{key_id}",
-                            headers={"authorization": f"Bearer {MASTER}"}) as r:  # fmt: skip
+        async with s.delete(
+            f"{replicas[0]}/admin/keys/{key_id}", headers={"authorization": f"Bearer {MASTER}"}
+        ) as r:
             assert r.status == 200
         revoked_at = time.monotonic()
         while (status := await post(s, url, secret, model="fast", messages=HI)) == 200:
@@ -84,8 +90,9 @@ async def test_sigterm_loses_no_usage_record(tmp_path: Path, upstream: FakeOpenA
     upstream.script(*[Reply()] * 40, Reply(chunks=10, token_delay=0.05))
     async with aiohttp.ClientSession() as s:
         url = f"{base}/v1/chat/completions"
-        statuses = await asyncio.gather(*(post(s, url, "", model="fast", messages=HI)
-                                          for _ in range(40)))  # fmt: skip
+        statuses = await asyncio.gather(
+            *(post(s, url, "", model="fast", messages=HI) for _ in range(40))
+        )
         assert set(statuses) == {200}
         payload = {"model": "fast", "messages": HI, "stream": True}
         async with s.post(url, json=payload) as r:

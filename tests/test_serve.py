@@ -28,9 +28,17 @@ async def serve(tmp_path: Path, config: str, *args: str, **env: str) -> tuple[in
     environ = {k: v for k, v in os.environ.items() if not k.startswith("NOROSHI_")}
     environ |= {"NOROSHI_SERVER__DATA_DIR": str(tmp_path / "data"), **env}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "noroshi", "serve", "--config", str(path), *args,
-        env=environ, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
+        sys.executable,
+        "-m",
+        "noroshi",
+        "serve",
+        "--config",
+        str(path),
+        *args,
+        env=environ,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
     out, _ = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode is not None
     return proc.returncode, out.decode()

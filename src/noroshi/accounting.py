@@ -210,24 +210,26 @@ class Accountant:
         now = time.monotonic()
         duration = now - meter.started
         if meter.admitted or not self.usage.full:  # else refused, nothing billed: not kept
-            self.usage.record(UsageRecord(
-                request_id=meter.request_id,
-                key_id=key.id if key is not None else None,
-                model=meter.model,
-                deployment=deployment,
-                route=meter.route,
-                prompt_tokens=prompt,
-                completion_tokens=completion,
-                cache_read_tokens=usage.cache_read_tokens,
-                cache_write_tokens=usage.cache_write_tokens,
-                reasoning_tokens=usage.reasoning_tokens,
-                cost=cost,
-                ttft_ms=ttft_s * 1000 if ttft_s is not None else None,
-                duration_ms=duration * 1000,
-                status=status,
-                outcome=outcome,
-                created_at=Timestamp.now(),
-            ))  # fmt: skip
+            self.usage.record(
+                UsageRecord(
+                    request_id=meter.request_id,
+                    key_id=key.id if key is not None else None,
+                    model=meter.model,
+                    deployment=deployment,
+                    route=meter.route,
+                    prompt_tokens=prompt,
+                    completion_tokens=completion,
+                    cache_read_tokens=usage.cache_read_tokens,
+                    cache_write_tokens=usage.cache_write_tokens,
+                    reasoning_tokens=usage.reasoning_tokens,
+                    cost=cost,
+                    ttft_ms=ttft_s * 1000 if ttft_s is not None else None,
+                    duration_ms=duration * 1000,
+                    status=status,
+                    outcome=outcome,
+                    created_at=Timestamp.now(),
+                )
+            )
         self.metrics.answered(
             meter.route, meter.model, status, duration, ttft_s, prompt, completion
         )

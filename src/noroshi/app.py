@@ -90,8 +90,9 @@ class App:
         self.config = config if config is not None else load_config()
         self.started = time.monotonic()
         self.streams: dict[StreamResponse, asyncio.Task[Any] | None] = {}
-        self.metrics = Metrics(active_streams=lambda: len(self.streams),
-                               shared_dir=os.environ.get(SHARED_DIR_ENV))  # fmt: skip
+        self.metrics = Metrics(
+            active_streams=lambda: len(self.streams), shared_dir=os.environ.get(SHARED_DIR_ENV)
+        )
         self.role = self.config.server.role
         self.providers = {n: build_provider(n, p) for n, p in self.config.providers.items()}
         self.relay: Relay | None = None
@@ -158,8 +159,11 @@ class App:
     def default_embedding_model(self) -> str:
         name = self.config.defaults.embedding_model
         if not name:
-            raise BadRequest("No embedding model is configured: name one in `model`, or set "
-                             "defaults.embedding_model.", param="model")  # fmt: skip
+            raise BadRequest(
+                "No embedding model is configured: name one in `model`, or set "
+                "defaults.embedding_model.",
+                param="model",
+            )
         return name
 
     async def dispatch(self, request: Request, sink: Sink) -> None:
@@ -178,8 +182,9 @@ class App:
             except NoroshiError as exc:
                 response = self.error_response(request, exc)
             except Exception:
-                log.exception("unhandled error in %s %s [%s]",
-                              request.method, request.path, request.id)  # fmt: skip
+                log.exception(
+                    "unhandled error in %s %s [%s]", request.method, request.path, request.id
+                )
                 failed = NoroshiError("The gateway failed to handle the request.")
                 response = self.error_response(request, failed)
             status = response.status
@@ -258,16 +263,23 @@ class App:
     async def _open(self) -> None:
         config = self.config
         storage = config.storage
-        self.db = await open_database(storage.url, data_dir(config), storage.timeout_s,
-                                      storage.connect_timeout_s)  # fmt: skip
+        self.db = await open_database(
+            storage.url, data_dir(config), storage.timeout_s, storage.connect_timeout_s
+        )
         self.keys = KeyStore(self.db)
-        self.usage = UsageLog(self.db, storage.usage_batch_size, storage.usage_flush_s,
-                              storage.usage_max_pending)  # fmt: skip
+        self.usage = UsageLog(
+            self.db, storage.usage_batch_size, storage.usage_flush_s, storage.usage_max_pending
+        )
         self.usage.start()
         redis = config.redis
         if redis.url:
-            self.limiter = SharedLimiter(redis.url, redis.prefix, redis.local_share,
-                                         redis.retry_s, lease_ttl_s=redis.lease_ttl_s)  # fmt: skip
+            self.limiter = SharedLimiter(
+                redis.url,
+                redis.prefix,
+                redis.local_share,
+                redis.retry_s,
+                lease_ttl_s=redis.lease_ttl_s,
+            )
         else:
             self.limiter = LocalLimiter()
         self.auth = Authenticator(config.auth, self.keys, self.limiter)
@@ -284,15 +296,21 @@ class App:
             self.auth.changes = KeyChanges(redis.url, redis.prefix, self.auth.forget)
             self.auth.changes.start()
         self.accountant = Accountant(config, self.limiter, self.usage, self.metrics)
-        self.guards = Guards(self.auth, self.accountant, self.cors,
-                             bills=self.role != "core", vouches=self.role == "edge")  # fmt: skip
+        self.guards = Guards(
+            self.auth,
+            self.accountant,
+            self.cors,
+            bills=self.role != "core",
+            vouches=self.role == "edge",
+        )
         self.sessions = SessionStore(self.db)
         self.run_events: EventStore = (
             RedisEvents(redis.url, redis.prefix) if redis.url else DatabaseEvents(self.db)
         )
         store = open_store(self.db, data_dir(config), config.retrieval)
-        self.knowledge = Knowledge(store, self.models, config.retrieval,
-                                   self.default_embedding_model)  # fmt: skip
+        self.knowledge = Knowledge(
+            store, self.models, config.retrieval, self.default_embedding_model
+        )
         await self.knowledge.open()
         self._closers.append(self.knowledge.store.close)
         self.runner = Runner(self.models, self.sessions, self.run_events, config=config.runs)
@@ -312,14 +330,16 @@ class App:
             if config.schedules or config.hooks:  # cron parsing only when it is used
                 from noroshi.agent.triggers import Triggers
 
-                self.triggers = Triggers(config.schedules, config.hooks, self.db, self.sessions,
-                                         self.runner, self.agents)  # fmt: skip
+                self.triggers = Triggers(
+                    config.schedules, config.hooks, self.db, self.sessions, self.runner, self.agents
+                )
                 self.triggers.start()
         if self.channels is not None:
             from noroshi.channels.store import ChannelStore
 
-            await self.channels.start(ChannelStore(self.db), self.runner, self.sessions,
-                                      self.agents, self.accountant)  # fmt: skip
+            await self.channels.start(
+                ChannelStore(self.db), self.runner, self.sessions, self.agents, self.accountant
+            )
         self.warm()
 
     def warm(self) -> None:
@@ -334,8 +354,11 @@ class App:
             states = await asyncio.gather(*(core.health() for core in cores))
             for core, healthy in zip(cores, states, strict=True):
                 if core.healthy != healthy:
-                    log.warning("core %s is %s", core.config.base_url,
-                                "back" if healthy else "out of the pool")  # fmt: skip
+                    log.warning(
+                        "core %s is %s",
+                        core.config.base_url,
+                        "back" if healthy else "out of the pool",
+                    )
                 if healthy:  # answering its checks: whatever failed before, it is back
                     self.models.revive(core)
                 core.healthy = healthy
@@ -399,7 +422,12 @@ class App:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """An ASGI application, for uvicorn and other ASGI servers."""
         if self._asgi is None:
-            self._asgi = ASGIAdapter(self.dispatch, self.websocket, self.startup, self.shutdown,
-                                     self.config.server.max_body_bytes)  # fmt: skip
+            self._asgi = ASGIAdapter(
+                self.dispatch,
+                self.websocket,
+                self.startup,
+                self.shutdown,
+                self.config.server.max_body_bytes,
+            )
             self.server = self._asgi.name
         await self._asgi(scope, receive, send)

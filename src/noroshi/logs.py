@@ -110,21 +110,34 @@ class AccessLog:
         if _direct is None:
             self.log.info(
                 "%s %s %d %.1fms key=%s model=%s id=%s tokens=%d+%d",
-                request.method, request.path, status, ms, key or "-", model or "-",
-                request.id, prompt, completion, extra=_fields(request, status, ms, key, model,
-                                                              prompt, completion),
-            )  # fmt: skip
+                request.method,
+                request.path,
+                status,
+                ms,
+                key or "-",
+                model or "-",
+                request.id,
+                prompt,
+                completion,
+                extra=_fields(request, status, ms, key, model, prompt, completion),
+            )
             return
         now = time.time()
         if _direct[0] == "json":
-            entry = {"time": self._time(now), "level": "info", "logger": "noroshi.access",
-                     "message": f"{request.method} {request.path} {status}",
-                     **_fields(request, status, ms, key, model, prompt, completion)}  # fmt: skip
+            entry = {
+                "time": self._time(now),
+                "level": "info",
+                "logger": "noroshi.access",
+                "message": f"{request.method} {request.path} {status}",
+                **_fields(request, status, ms, key, model, prompt, completion),
+            }
             line = _ENCODE(entry).decode()
         else:
-            line = (f"{self._time(now)} INFO noroshi.access: {request.method} {request.path} "
-                    f"{status} {ms:.1f}ms key={key or '-'} model={model or '-'} id={request.id} "
-                    f"tokens={prompt}+{completion}")  # fmt: skip
+            line = (
+                f"{self._time(now)} INFO noroshi.access: {request.method} {request.path} "
+                f"{status} {ms:.1f}ms key={key or '-'} model={model or '-'} id={request.id} "
+                f"tokens={prompt}+{completion}"
+            )
         self._pending.append(line)
         if len(self._pending) == 1:
             try:
@@ -147,9 +160,17 @@ class AccessLog:
             stream.flush()
 
 
-def _fields(request: Request, status: int, ms: float, key: str, model: str, prompt: int,
-            completion: int) -> dict[str, Any]:  # fmt: skip
-    return {"method": request.method, "path": request.path, "status": status,
-            "duration_ms": ms, "key_id": key or None, "model": model or None,
-            "request_id": request.id, "prompt_tokens": prompt,
-            "completion_tokens": completion}  # fmt: skip
+def _fields(
+    request: Request, status: int, ms: float, key: str, model: str, prompt: int, completion: int
+) -> dict[str, Any]:
+    return {
+        "method": request.method,
+        "path": request.path,
+        "status": status,
+        "duration_ms": ms,
+        "key_id": key or None,
+        "model": model or None,
+        "request_id": request.id,
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+    }

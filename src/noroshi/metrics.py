@@ -155,10 +155,20 @@ class Metrics:
 
     def figures(self) -> _Figures:
         rows = [
-            _Row(route, model, status, a.requests, a.latency.counts, a.latency.sum,
-                 a.ttft.counts, a.ttft.sum, a.tokens_in, a.tokens_out)
+            _Row(
+                route,
+                model,
+                status,
+                a.requests,
+                a.latency.counts,
+                a.latency.sum,
+                a.ttft.counts,
+                a.ttft.sum,
+                a.tokens_in,
+                a.tokens_out,
+            )
             for (route, model, status), a in self._answered.items()
-        ]  # fmt: skip
+        ]
         counters = {
             family.name: [
                 (list(sample.labels.values()), sample.value)
@@ -277,9 +287,10 @@ class _AnsweredCollector(Collector):
             "noroshi_requests", "Answered requests.", labels=("route", "model", "status")
         )
         tokens = CounterMetricFamily(
-            "noroshi_tokens", "Tokens in (prompt) and out (completion).",
+            "noroshi_tokens",
+            "Tokens in (prompt) and out (completion).",
             labels=("model", "direction"),
-        )  # fmt: skip
+        )
         latency: dict[str, _Histogram] = {}
         ttft: dict[str, _Histogram] = {}
         spent: dict[str, tuple[int, int]] = {}
@@ -296,13 +307,15 @@ class _AnsweredCollector(Collector):
         yield _histogram(
             "noroshi_request_duration_seconds",
             "Time from request to the end of the answer (streams: the last byte).",
-            "route", latency,
-        )  # fmt: skip
+            "route",
+            latency,
+        )
         yield _histogram(
             "noroshi_time_to_first_token_seconds",
             "Time from request to the first chunk of a streamed answer.",
-            "model", ttft,
-        )  # fmt: skip
+            "model",
+            ttft,
+        )
         yield tokens
         yield GaugeMetricFamily(
             "noroshi_active_streams", "Streams being sent now.", value=self.active()

@@ -24,7 +24,7 @@ _PARAM = re.compile(r"\{([a-zA-Z_][a-zA-Z0-9_]*)\}")
 _SECURITY = {
     "bearer": {"type": "http", "scheme": "bearer", "description": "A virtual or master key."},
     "apiKey": {"type": "apiKey", "in": "header", "name": "x-api-key"},
-}  # fmt: skip
+}
 _STREAM_NOTE = (
     "Server-Sent Events: each event's `data` is one JSON value. OpenAI-style streams end with "
     "`data: [DONE]`, which only a complete stream earns; an error after the first event is "
@@ -85,8 +85,10 @@ def _operation(
     ]
     if e.query is not None:
         params += _query_params(of[id(e.query)], components)
-    params += [{"name": h, "in": "header", "required": False, "schema": {"type": "string"}}
-               for h in e.headers]  # fmt: skip
+    params += [
+        {"name": h, "in": "header", "required": False, "schema": {"type": "string"}}
+        for h in e.headers
+    ]
     if params:
         op["parameters"] = params
     if e.body is not None:

@@ -268,8 +268,7 @@ class _Supervisor:
                     signal.signal(sig, signal.SIG_DFL)
                 for fd in (read, wake_r, wake_w, *(w.pipe for w in self.workers.values())):
                     os.close(fd)
-                code = _serve_here(self.config, self.sockets, _Report(self.on_ready, write),
-                                   parent)  # fmt: skip
+                code = _serve_here(self.config, self.sockets, _Report(self.on_ready, write), parent)
             except BaseException:
                 import traceback
 
@@ -308,8 +307,10 @@ class _Supervisor:
                 now = time.monotonic()
                 self.deaths = [t for t in self.deaths if now - t < RESTART_WINDOW_S] + [now]
                 if len(self.deaths) > RESTARTS:
-                    say(f"workers died {len(self.deaths)} times in {RESTART_WINDOW_S:.0f} s; "
-                        "stopping")  # fmt: skip
+                    say(
+                        f"workers died {len(self.deaths)} times in {RESTART_WINDOW_S:.0f} s; "
+                        "stopping"
+                    )
                     return 1
                 self._spawn(worker.index, wake_r, wake_w)
             if not announced and all(w.ready for w in self.workers.values()):

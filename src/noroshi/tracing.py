@@ -72,9 +72,12 @@ class Tracing:
         span = self.tracer.start_span(
             f"{request.method} {request.path}",
             kind=self._trace.SpanKind.SERVER,
-            attributes={"http.request.method": request.method, "url.path": request.path,
-                        "noroshi.request_id": request.id},
-        )  # fmt: skip
+            attributes={
+                "http.request.method": request.method,
+                "url.path": request.path,
+                "noroshi.request_id": request.id,
+            },
+        )
         token = self._context.attach(self._trace.set_span_in_context(span))
         return span, token
 

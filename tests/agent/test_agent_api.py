@@ -96,10 +96,14 @@ async def test_tool_loop_streams_steps_and_stores_the_session(
     client: AsyncClient, upstream: FakeOpenAI
 ) -> None:
     upstream.script(
-        Reply(tool_calls=[{"name": "lookup_city", "arguments": {"city": "Lyon"}},
-                          {"name": "lookup_city", "arguments": {"city": "Oslo"}}]),
+        Reply(
+            tool_calls=[
+                {"name": "lookup_city", "arguments": {"city": "Lyon"}},
+                {"name": "lookup_city", "arguments": {"city": "Oslo"}},
+            ]
+        ),
         Reply(text="Lyon and Oslo have 1000 people each."),
-    )  # fmt: skip
+    )
     events = await turn(client, prompt="How big are Lyon and Oslo?", agent="helper")
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
     types = [kind(e) for e in events]
@@ -118,8 +122,7 @@ async def test_tool_loop_streams_steps_and_stores_the_session(
     started = events[0]
     assert isinstance(started, RunStarted) and started.agent == "helper"
     session = await client.sessions.get(started.session_id)
-    assert [role(m) for m in session.messages] == ["user", "assistant", "tool", "tool",
-                                                    "assistant"]  # fmt: skip
+    assert [role(m) for m in session.messages] == ["user", "assistant", "tool", "tool", "assistant"]
     assert session.runs[0].status == "completed" and session.runs[0].steps == 2
     assert session.runs[0].id == started.run_id
 
@@ -133,8 +136,10 @@ async def test_tool_loop_streams_steps_and_stores_the_session(
 async def test_native_stream_framing(base: str, upstream: FakeOpenAI) -> None:
     """The bytes of `POST /api/v1/agent/chat`: each event's `id:` is its `seq`, its `event:`
     its `type`; the run's ids come as headers."""
-    upstream.script(Reply(tool_calls=[{"name": "lookup_city", "arguments": {"city": "Lyon"}}]),
-                    Reply(text="Lyon has 1000 people."))  # fmt: skip
+    upstream.script(
+        Reply(tool_calls=[{"name": "lookup_city", "arguments": {"city": "Lyon"}}]),
+        Reply(text="Lyon has 1000 people."),
+    )
     async with (
         aiohttp.ClientSession() as s,
         s.post(f"{base}/api/v1/agent/chat", json={"prompt": "Lyon?", "agent": "helper"}) as r,
@@ -155,8 +160,10 @@ async def test_native_stream_framing(base: str, upstream: FakeOpenAI) -> None:
 async def test_failing_tool_goes_back_to_the_model(
     client: AsyncClient, upstream: FakeOpenAI
 ) -> None:
-    upstream.script(Reply(tool_calls=[{"name": "broken_tool", "arguments": {}}]),
-                    Reply(text="The tool failed, sorry."))  # fmt: skip
+    upstream.script(
+        Reply(tool_calls=[{"name": "broken_tool", "arguments": {}}]),
+        Reply(text="The tool failed, sorry."),
+    )
     events = await turn(client, prompt="Try it", agent="helper")
     assert isinstance(events[-1], RunFinished)
     result = next(e for e in events if isinstance(e, ToolResult))
@@ -191,8 +198,9 @@ async def test_busy_session_is_409_and_disconnect_cancels(
         session_id = r.headers["x-noroshi-session-id"]
         run_id = r.headers["x-noroshi-run-id"]
         await r.content.readuntil(b"event: tool.call")
-        async with s.post(f"{base}/api/v1/agent/chat",
-                          json={"prompt": "Again", "session_id": session_id}) as busy:  # fmt: skip
+        async with s.post(
+            f"{base}/api/v1/agent/chat", json={"prompt": "Again", "session_id": session_id}
+        ) as busy:
             body = await busy.json()
             assert busy.status == 409 and run_id in body["error"]["message"]
             assert body["error"]["param"] == "session_id"
@@ -333,7 +341,7 @@ async def test_ai_sdk_stream_for_use_chat(base: str, upstream: FakeOpenAI) -> No
     upstream.script(
         Reply(tool_calls=[{"name": "lookup_city", "arguments": {"city": "Nice"}}]),
         Reply(text="Nice has 1000 people."),
-    )  # fmt: skip
+    )
     body = {  # what useChat's default transport sends
         "id": "chat-123",
         "messages": [{"id": "m1", "role": "user", "parts": [{"type": "text", "text": "Nice?"}]}],
@@ -394,16 +402,19 @@ model = "fast"
 tools = ["mcp:calc"]
 """
     base = await serve(write_config(tmp_path, openai_config(upstream.base_url, extra=extra)))
-    upstream.script(Reply(tool_calls=[{"name": "calc__add", "arguments": {"a": 2, "b": 3}}]),
-                    Reply(text="2 + 3 = 5"))  # fmt: skip
+    upstream.script(
+        Reply(tool_calls=[{"name": "calc__add", "arguments": {"a": 2, "b": 3}}]),
+        Reply(text="2 + 3 = 5"),
+    )
     async with AsyncClient(base, max_retries=0) as c:
         events = await turn(c, prompt="2 + 3?", agent="maths")
     assert isinstance(events[-1], RunFinished)
     offered = {t["function"]["name"] for t in upstream.requests[0].body["tools"]}
     assert {"calc__add", "calc__echo"} <= offered
     result = next(e for e in events if isinstance(e, ToolResult))
-    assert result == ToolResult(seq=result.seq, id="call_fake0", name="calc__add", content="5",
-                                is_error=False)  # fmt: skip
+    assert result == ToolResult(
+        seq=result.seq, id="call_fake0", name="calc__add", content="5", is_error=False
+    )
 
 
 async def test_sessions_belong_to_the_key_that_made_them(
@@ -445,9 +456,10 @@ async def test_sessions_belong_to_the_key_that_made_them(
     }
     async with (
         aiohttp.ClientSession() as s,
-        s.post(f"{base}/api/v1/agent/chat", json=ui,
-               headers={"authorization": f"Bearer {keys[1]}"}) as r,
-    ):  # fmt: skip
+        s.post(
+            f"{base}/api/v1/agent/chat", json=ui, headers={"authorization": f"Bearer {keys[1]}"}
+        ) as r,
+    ):
         assert r.status == 404
 
 

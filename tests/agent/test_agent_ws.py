@@ -33,8 +33,10 @@ async def frames_until(ws: aiohttp.ClientWebSocketResponse, *last: str) -> list[
 
 
 async def test_run_over_websocket(base: str, upstream: FakeOpenAI) -> None:
-    upstream.script(Reply(tool_calls=[{"name": "lookup_city", "arguments": {"city": "Kyoto"}}]),
-                    Reply(text="Kyoto has 1000 people."))  # fmt: skip
+    upstream.script(
+        Reply(tool_calls=[{"name": "lookup_city", "arguments": {"city": "Kyoto"}}]),
+        Reply(text="Kyoto has 1000 people."),
+    )
     url = f"{base.replace('http', 'ws')}/api/v1/agent/ws?api_key={MASTER}"
     async with aiohttp.ClientSession() as s, s.ws_connect(url) as ws:
         await ws.send_json({"type": "run", "prompt": "Kyoto?", "agent": "helper"})

@@ -66,8 +66,9 @@ async def answer(s: aiohttp.ClientSession, base: str, run_id: str, **body: Any) 
 
 
 async def rest(s: aiohttp.ClientSession, base: str, run_id: str, after: int) -> Events:
-    async with s.get(f"{base}/api/v1/runs/{run_id}/stream",
-                     headers={"last-event-id": str(after)}) as r:  # fmt: skip
+    async with s.get(
+        f"{base}/api/v1/runs/{run_id}/stream", headers={"last-event-id": str(after)}
+    ) as r:
         return parse_sse(await asyncio.wait_for(r.read(), 10))
 
 
@@ -164,8 +165,13 @@ async def test_an_unanswered_call_expires_as_a_denial(
             await asyncio.sleep(0.1)
         after = await rest(s, base, run_id, events[-1][0])
     decision = next(d for _, t, d in after if t == "tool.approval")
-    assert decision == {"type": "tool.approval", "seq": decision["seq"], "id": "t1",
-                        "approved": False, "reason": "expired"}  # fmt: skip
+    assert decision == {
+        "type": "tool.approval",
+        "seq": decision["seq"],
+        "id": "t1",
+        "approved": False,
+        "reason": "expired",
+    }
     assert after[-1][1] == "run.finished" and calls(counted) == []
     assert run["status"] == "completed"
 
@@ -181,7 +187,7 @@ async def test_a_waiting_run_is_cancelled_and_frees_its_session(
             f"{base}/api/v1/agent/chat",
             json={"agent": "bank", "prompt": "x", "session_id": "bank-chat"},
         ) as r:
-            busy = r.status  # fmt: skip
+            busy = r.status
         async with s.post(f"{base}/api/v1/runs/{run_id}/cancel") as r:
             cancelled = (await r.json())["cancelled"]
         after = await rest(s, base, run_id, events[-1][0])
@@ -217,9 +223,16 @@ async def test_use_chat_approval_flow_through_the_ai_sdk_client(
     base = await bank(serve, tmp_path, upstream)
     upstream.script(Reply(tool_calls=[TRANSFER]), Reply(text="Done."))
     node = await asyncio.create_subprocess_exec(
-        "node", "approval.mjs", f"{base}/api/v1/agent/chat", "chat-ui", str(approved).lower(), "bank",
-        cwd=AISDK, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )  # fmt: skip
+        "node",
+        "approval.mjs",
+        f"{base}/api/v1/agent/chat",
+        "chat-ui",
+        str(approved).lower(),
+        "bank",
+        cwd=AISDK,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     out, err = await asyncio.wait_for(node.communicate(), 30)
     assert node.returncode == 0, err.decode()
     seen = json.loads(out)

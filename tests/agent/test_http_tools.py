@@ -536,8 +536,7 @@ async def test_close_and_reopen(upstream: Upstream, make_tool: MakeTool) -> None
 async def test_a_tool_safe_to_repeat_sends_the_calls_idempotency_key(
     upstream: Upstream, make_tool: MakeTool
 ) -> None:
-    safe = make_tool(f"{upstream.base}/echo/pay", method="POST", allow_hosts=LOCAL,
-                     idempotent=True)  # fmt: skip
+    safe = make_tool(f"{upstream.base}/echo/pay", method="POST", allow_hosts=LOCAL, idempotent=True)
     plain = make_tool(f"{upstream.base}/echo/pay", method="POST", allow_hosts=LOCAL)
     CALL_KEY.set("run_1:call_9")  # what the loop sets for each call it runs
     sent = [echoed(await run_tool(t, {"amount": 5}))["headers"] for t in (safe, plain)]

@@ -39,8 +39,9 @@ async def test_join_resume_and_cancel_from_another_replica(
     a, b = replicas
     upstream.script(Reply(text="one two three four five six", chunks=6, token_delay=0.1))
     async with aiohttp.ClientSession() as s:
-        async with s.post(f"{a}/api/v1/runs",
-                          json={"prompt": "Count", "agent": "helper", "background": True}) as r:  # fmt: skip
+        async with s.post(
+            f"{a}/api/v1/runs", json={"prompt": "Count", "agent": "helper", "background": True}
+        ) as r:
             assert r.status == 202
             run_id = (await r.json())["run_id"]
         # joined on the other replica while it runs: a replay, then the rest, to the end
@@ -52,14 +53,14 @@ async def test_join_resume_and_cancel_from_another_replica(
         text = "".join(d["text"] for _, t, d in events if t == "text.delta")
         assert text == "one two three four five six"
         # a client that lost its connection after event 4 resumes there, on either replica
-        async with s.get(f"{b}/api/v1/runs/{run_id}/stream",
-                         headers={"last-event-id": "4"}) as r:  # fmt: skip
+        async with s.get(f"{b}/api/v1/runs/{run_id}/stream", headers={"last-event-id": "4"}) as r:
             assert parse_sse(await r.read()) == events[4:]
 
         # a run on replica a, cancelled through replica b, stops there
         upstream.script(Reply(tool_calls=[{"name": "slow_tool", "arguments": {"seconds": 60}}]))
-        async with s.post(f"{a}/api/v1/runs",
-                          json={"prompt": "Wait", "agent": "helper", "background": True}) as r:  # fmt: skip
+        async with s.post(
+            f"{a}/api/v1/runs", json={"prompt": "Wait", "agent": "helper", "background": True}
+        ) as r:
             run_id = (await r.json())["run_id"]
         async with s.get(f"{b}/api/v1/runs/{run_id}/stream") as r:  # until the tool runs
             await asyncio.wait_for(r.content.readuntil(b"event: tool.call"), 10)
@@ -82,8 +83,9 @@ async def test_a_session_id_the_client_chose_across_replicas(
 ) -> None:
     upstream.script(Reply(text="Noted: blue."), Reply(text="You said blue."))
     async with aiohttp.ClientSession() as s:
-        for base, prompt in zip(replicas, ("My colour is blue.", "What is my colour?"),
-                                strict=True):  # fmt: skip
+        for base, prompt in zip(
+            replicas, ("My colour is blue.", "What is my colour?"), strict=True
+        ):
             body = {"prompt": prompt, "session_id": "team-chat", "agent": "helper"}
             async with s.post(f"{base}/api/v1/agent/chat", json=body) as r:
                 assert r.status == 200 and r.headers["x-noroshi-session-id"] == "team-chat"

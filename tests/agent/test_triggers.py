@@ -56,8 +56,9 @@ async def test_a_signed_webhook_starts_a_run_once(
             last = (await r.read()).rstrip().rsplit(b"\n\n", 1)[-1]
         replayed = await deliver(s, base, body, timestamp=now)  # the same request again
         forged = await deliver(s, base, body, signature="sha256=" + "0" * 64)
-        tampered = await deliver(s, base, body + b" ", timestamp=now,
-                                 signature=sign(SECRET, now, body))  # fmt: skip
+        tampered = await deliver(
+            s, base, body + b" ", timestamp=now, signature=sign(SECRET, now, body)
+        )
         old = str(int(time.time()) - 3600)
         stale = await deliver(s, base, body, timestamp=old)
         unknown = await deliver(s, base, body, name="nobody")
@@ -78,10 +79,12 @@ async def test_a_signed_webhook_starts_a_run_once(
 def test_triggers_are_checked_at_start(tmp_path: Path) -> None:
     for extra, where in [
         ('[[schedules]]\nname = "x"\ncron = "61 * * * *"\nprompt = "p"\n', "schedules.0.cron"),
-        ('[[schedules]]\nname = "x"\ncron = "* * * * *"\nprompt = "p"\nagent = "no"\n',
-         "schedules.0.agent"),
+        (
+            '[[schedules]]\nname = "x"\ncron = "* * * * *"\nprompt = "p"\nagent = "no"\n',
+            "schedules.0.agent",
+        ),
         ('[[hooks]]\nname = "x"\nsecret = "short"\n', "hooks.0.secret"),
-    ]:  # fmt: skip
+    ]:
         with pytest.raises(ConfigError, match=where):
             write_config(tmp_path, openai_config("http://127.0.0.1:1/v1", extra=extra))
 

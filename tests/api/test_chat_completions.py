@@ -195,9 +195,12 @@ async def test_json_nested_too_deeply_is_400_naming_the_field(
 ) -> None:
     async with (
         aiohttp.ClientSession() as s,
-        s.post(f"{base}/v1/chat/completions", data=chat_body(field, nested(depth)),
-               headers={"content-type": "application/json"}) as r,
-    ):  # fmt: skip
+        s.post(
+            f"{base}/v1/chat/completions",
+            data=chat_body(field, nested(depth)),
+            headers={"content-type": "application/json"},
+        ) as r,
+    ):
         assert r.status == 400
         error = (await r.json())["error"]
     assert error["type"] == "invalid_request_error" and error["code"] == "json_too_deep"

@@ -78,8 +78,15 @@ async def usage(base: str, model: str) -> list[dict[str, Any]]:
 async def test_anthropic_cache_reads_and_writes_are_kept_apart_and_priced(
     base: str, claude: FakeAnthropic
 ) -> None:
-    claude.script(Reply(text="ok", prompt_tokens=100, cache_read_tokens=10_000,
-                        cache_write_tokens=2_000, completion_tokens=50))  # fmt: skip
+    claude.script(
+        Reply(
+            text="ok",
+            prompt_tokens=100,
+            cache_read_tokens=10_000,
+            cache_write_tokens=2_000,
+            completion_tokens=50,
+        )
+    )
     answer = await post(base, {"model": "sonnet", "messages": HI})
     assert answer["usage"]["prompt_tokens"] == 12_100
     assert answer["usage"]["prompt_tokens_details"] == {
@@ -88,8 +95,10 @@ async def test_anthropic_cache_reads_and_writes_are_kept_apart_and_priced(
     }
     (row,) = await usage(base, "sonnet")
     assert (row["prompt_tokens"], row["cache_read_tokens"], row["cache_write_tokens"]) == (
-        12_100, 10_000, 2_000,
-    )  # fmt: skip
+        12_100,
+        10_000,
+        2_000,
+    )
     # claude-sonnet-4-5 from the shipped table: 3 input, 0.3 cache read, 3.75 write, 15 output
     expected = (100 * 3 + 10_000 * 0.3 + 2_000 * 3.75 + 50 * 15) / 1e6
     assert row["cost"] == pytest.approx(expected)
@@ -98,8 +107,15 @@ async def test_anthropic_cache_reads_and_writes_are_kept_apart_and_priced(
 async def test_openai_cached_and_reasoning_tokens_are_kept_and_priced(
     base: str, gpt: FakeOpenAI
 ) -> None:
-    gpt.script(Reply(text="ok", prompt_tokens=1000, cache_read_tokens=3000,
-                     completion_tokens=20, reasoning_tokens=80))  # fmt: skip
+    gpt.script(
+        Reply(
+            text="ok",
+            prompt_tokens=1000,
+            cache_read_tokens=3000,
+            completion_tokens=20,
+            reasoning_tokens=80,
+        )
+    )
     await post(base, {"model": "mini", "messages": HI})
     (row,) = await usage(base, "mini")
     assert (row["prompt_tokens"], row["cache_read_tokens"]) == (4000, 3000)

@@ -258,14 +258,18 @@ async def test_concurrency_limit(base: str, upstream: FakeOpenAI) -> None:
 
 async def test_budget_exhausted_and_running_stream_counted(base: str, upstream: FakeOpenAI) -> None:
     secret = await new_key(base, budget={"tokens_per_day": 25})
-    upstream.script(Reply(text="one two three four five six", chunks=6, token_delay=0.05),
-                    Reply(text="a b c d e f g h i j", chunks=10, token_delay=0.05))  # fmt: skip
+    upstream.script(
+        Reply(text="one two three four five six", chunks=6, token_delay=0.05),
+        Reply(text="a b c d e f g h i j", chunks=10, token_delay=0.05),
+    )
     async with client(base, secret) as c:
         streams = [c.chat.stream(model="fast", messages=HI) for _ in range(2)]
         firsts = [await anext(s) for s in streams]  # both admitted, both running
         rests = [[chunk async for chunk in s] for s in streams]
-    texts = ["".join(chunk.choices[0].delta.content or "" for chunk in [first, *rest]
-                     if chunk.choices) for first, rest in zip(firsts, rests, strict=True)]  # fmt: skip
+    texts = [
+        "".join(chunk.choices[0].delta.content or "" for chunk in [first, *rest] if chunk.choices)
+        for first, rest in zip(firsts, rests, strict=True)
+    ]
     assert all(texts)  # both were admitted, and both finish although they pass the budget
     with pytest.raises(RateLimitError) as err:
         await chat(base, secret)
@@ -311,8 +315,9 @@ async def test_usage_records_every_request(base: str, upstream: FakeOpenAI) -> N
     await asyncio.sleep(0.2)
     async with client(base) as admin:
         usage = await admin.admin.usage(key=key_id, since=str(since))
-        rows = sorted((r for r in usage.data if isinstance(r, UsageRecord)),
-                      key=lambda r: r.created_at)  # fmt: skip
+        rows = sorted(
+            (r for r in usage.data if isinstance(r, UsageRecord)), key=lambda r: r.created_at
+        )
         assert len(rows) == len(usage.data) == 3
         assert [r.status for r in rows] == [200, 400, 499 if rows[2].status == 499 else 200]
         assert [r.outcome for r in rows] == ["ok", "error", "cut"]
@@ -375,9 +380,12 @@ async def guess(base: str, *forwarded_for: str) -> int:
     headers = [("x-forwarded-for", line) for line in forwarded_for]
     async with (
         aiohttp.ClientSession() as s,
-        s.post(f"{base}/v1/chat/completions", json={"model": "fast", "messages": HI},
-               headers=[("authorization", "Bearer nrs-guess"), *headers]) as r,
-    ):  # fmt: skip
+        s.post(
+            f"{base}/v1/chat/completions",
+            json={"model": "fast", "messages": HI},
+            headers=[("authorization", "Bearer nrs-guess"), *headers],
+        ) as r,
+    ):
         return r.status
 
 
@@ -418,24 +426,44 @@ async def test_cors_preflight_and_exposed_headers(
     text = openai_config(upstream.base_url, extra=cors)
     base = await serve(write_config(tmp_path, text, {"NOROSHI_MASTER_KEY": MASTER}))
     origin = {"origin": "https://app.example"}
-    status, _, headers = await call(base, "OPTIONS", "/v1/chat/completions", None, headers={
-        **origin, "access-control-request-method": "POST",
-        "access-control-request-headers": "authorization, content-type",
-    })  # fmt: skip
+    status, _, headers = await call(
+        base,
+        "OPTIONS",
+        "/v1/chat/completions",
+        None,
+        headers={
+            **origin,
+            "access-control-request-method": "POST",
+            "access-control-request-headers": "authorization, content-type",
+        },
+    )
     assert status == 204
     assert headers["access-control-allow-origin"] == "https://app.example"
     assert "POST" in headers["access-control-allow-methods"]
     assert "authorization" in headers["access-control-allow-headers"]
     assert headers["access-control-allow-credentials"] == "true"
     # the error of an unauthenticated call is readable by the page, with its headers
-    status, _, headers = await call(base, "POST", "/v1/chat/completions", None, headers=origin,
-                                    json={"model": "fast", "messages": HI})  # fmt: skip
+    status, _, headers = await call(
+        base,
+        "POST",
+        "/v1/chat/completions",
+        None,
+        headers=origin,
+        json={"model": "fast", "messages": HI},
+    )
     assert status == 401 and headers["access-control-allow-origin"] == "https://app.example"
     assert "x-request-id" in headers["access-control-expose-headers"]
     assert "x-ratelimit-remaining-requests" in headers["access-control-expose-headers"]
-    status, _, headers = await call(base, "OPTIONS", "/v1/chat/completions", None, headers={
-        "origin": "https://evil.example", "access-control-request-method": "POST",
-    })  # fmt: skip
+    status, _, headers = await call(
+        base,
+        "OPTIONS",
+        "/v1/chat/completions",
+        None,
+        headers={
+            "origin": "https://evil.example",
+            "access-control-request-method": "POST",
+        },
+    )
     assert status == 403 and "access-control-allow-origin" not in headers
 
 

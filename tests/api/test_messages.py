@@ -210,8 +210,7 @@ async def test_tools_round_trip(
         assert json.loads(sent["messages"][1]["tool_calls"][0]["function"]["arguments"]) == {
             "city": "Oslo"
         }
-        assert sent["messages"][2] == {"role": "tool", "tool_call_id": "toolu_1",
-                                       "content": "-3 C"}  # fmt: skip
+        assert sent["messages"][2] == {"role": "tool", "tool_call_id": "toolu_1", "content": "-3 C"}
     else:
         assert sent["messages"][2]["content"][0]["tool_use_id"] == "toolu_1"
 
@@ -225,8 +224,11 @@ async def test_count_tokens(client: anthropic.AsyncAnthropic, claude: FakeAnthro
 
 
 def claude_count(body: dict[str, Any]) -> int:
-    text = json.dumps([body.get("system"), body["messages"], body.get("tools")],
-                      separators=(",", ":"), ensure_ascii=False)  # fmt: skip
+    text = json.dumps(
+        [body.get("system"), body["messages"], body.get("tools")],
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
     return len(text) // 4 + 1
 
 
@@ -246,9 +248,10 @@ async def test_errors_in_anthropics_envelope_and_classes(
     assert "nope" in unknown.value.message
     with pytest.raises(anthropic.BadRequestError) as bad_block:
         await client.messages.create(
-            model="claude", max_tokens=5,
+            model="claude",
+            max_tokens=5,
             messages=[{"role": "user", "content": [{"type": "image", "source": {"type": "x"}}]}],  # type: ignore[list-item, typeddict-item]
-        )  # fmt: skip
+        )
     assert "messages.0.content.0.source.type" in bad_block.value.message
     claude.script(Reply(status=500))
     with pytest.raises(anthropic.InternalServerError) as failed:

@@ -85,9 +85,13 @@ async def key_storage(base: str, tmp_path: Path, legacy_key: str = "") -> dict[s
         (tmp_path / "api.mjs").write_bytes(await r.read())
     (tmp_path / "harness.mjs").write_text(KEY_STORAGE)
     run = await asyncio.create_subprocess_exec(
-        node(), str(tmp_path / "harness.mjs"), (tmp_path / "api.mjs").as_uri(), legacy_key,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+        node(),
+        str(tmp_path / "harness.mjs"),
+        (tmp_path / "api.mjs").as_uri(),
+        legacy_key,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     out, err = await run.communicate()
     assert run.returncode == 0, err.decode()
     result: dict[str, Any] = json.loads(out)

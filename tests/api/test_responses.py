@@ -104,9 +104,14 @@ async def test_stream_events_each_have_a_sequence_number(
     kinds = [e.type for e in events]
     assert kinds[:2] == ["response.created", "response.in_progress"]
     assert kinds[-1] == "response.completed"
-    for kind in ("response.output_item.added", "response.content_part.added",
-                 "response.output_text.delta", "response.output_text.done",
-                 "response.content_part.done", "response.output_item.done"):  # fmt: skip
+    for kind in (
+        "response.output_item.added",
+        "response.content_part.added",
+        "response.output_text.delta",
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+    ):
         assert kind in kinds
     assert [e.sequence_number for e in events] == list(range(len(events)))
     assert final.output_text == "one two three"
@@ -132,8 +137,11 @@ async def test_function_tools_round_trip_with_previous_response_id(
     assert "response.function_call_arguments.delta" in kinds
     assert "response.function_call_arguments.done" in kinds
     (fc,) = [item for item in first.output if item.type == "function_call"]
-    assert (fc.call_id, fc.name, json.loads(fc.arguments)) == ("call_1", "get_weather",
-                                                               {"city": "Oslo"})  # fmt: skip
+    assert (fc.call_id, fc.name, json.loads(fc.arguments)) == (
+        "call_1",
+        "get_weather",
+        {"city": "Oslo"},
+    )
     second = await client.responses.create(
         model=model,
         previous_response_id=first.id,
@@ -148,8 +156,11 @@ async def test_function_tools_round_trip_with_previous_response_id(
         assert sent[2] == {"role": "tool", "tool_call_id": "call_1", "content": "-3 C"}
     else:
         assert sent[1]["content"][0]["type"] == "tool_use"
-        assert sent[2]["content"][0] == {"type": "tool_result", "tool_use_id": "call_1",
-                                         "content": "-3 C"}  # fmt: skip
+        assert sent[2]["content"][0] == {
+            "type": "tool_result",
+            "tool_use_id": "call_1",
+            "content": "-3 C",
+        }
 
 
 class Weather(BaseModel):
@@ -170,8 +181,9 @@ async def test_structured_output(
         fmt = sent.body["response_format"]
         assert fmt["type"] == "json_schema" and fmt["json_schema"]["name"] == "Weather"
         assert fmt["json_schema"]["schema"]["properties"]["degrees"] == {
-            "title": "Degrees", "type": "integer",
-        }  # fmt: skip
+            "title": "Degrees",
+            "type": "integer",
+        }
     else:
         assert sent.body["output_format"]["type"] == "json_schema"
         assert "degrees" in sent.body["output_format"]["schema"]["properties"]
@@ -192,8 +204,11 @@ async def test_reasoning_keeps_its_signature_across_turns(
     assert claude.requests[-1].body["thinking"] == {"type": "enabled", "budget_tokens": 1024}
     await client.responses.create(model="claude", input="Double it", previous_response_id=first.id)
     assistant = claude.requests[-1].body["messages"][1]
-    assert assistant["content"][0] == {"type": "thinking", "thinking": "2+2 is 4",
-                                       "signature": "sig-xyz"}  # fmt: skip
+    assert assistant["content"][0] == {
+        "type": "thinking",
+        "thinking": "2+2 is 4",
+        "signature": "sig-xyz",
+    }
 
 
 async def test_stored_responses_are_the_keys_own(base: str, client: openai.AsyncOpenAI) -> None:
@@ -320,8 +335,10 @@ async def test_compaction_folds_a_conversation_into_one_item(
     (item,) = compacted.output
     assert item.type == "compaction"
     asked = gpt.chats()[-1]
-    assert asked[:2] == [{"role": "user", "content": "We launch on Tuesday."},
-                         {"role": "assistant", "content": "Noted: Tuesday."}]  # fmt: skip
+    assert asked[:2] == [
+        {"role": "user", "content": "We launch on Tuesday."},
+        {"role": "assistant", "content": "Noted: Tuesday."},
+    ]
     assert "Summarize the conversation" in asked[-1]["content"]
     answer = await client.responses.create(
         model="gpt",
@@ -337,9 +354,11 @@ async def test_a_compaction_item_from_elsewhere_is_refused(client: openai.AsyncO
     with pytest.raises(openai.BadRequestError) as bad:
         await client.responses.create(
             model="gpt",
-            input=[{"type": "compaction", "encrypted_content": "opaque"},  # type: ignore[list-item]
-                   {"role": "user", "content": "Hi"}],
-        )  # fmt: skip
+            input=[
+                {"type": "compaction", "encrypted_content": "opaque"},  # type: ignore[list-item]
+                {"role": "user", "content": "Hi"},
+            ],
+        )
     assert bad.value.body["param"] == "input.0.encrypted_content"  # type: ignore[index]
 
 

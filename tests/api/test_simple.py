@@ -47,8 +47,11 @@ async def client(base: str) -> AsyncIterator[AsyncClient]:
 
 async def send(c: AsyncClient, path: str, payload: dict[str, Any]) -> None:
     """`payload` to the simple endpoint at `path` through the client, streams read to the end."""
-    streams = {"/api/chat": c.simple.api_chat, "/api/generate": c.generate,
-               "/chat/stream": c.simple.chat_stream}  # fmt: skip
+    streams = {
+        "/api/chat": c.simple.api_chat,
+        "/api/generate": c.generate,
+        "/chat/stream": c.simple.chat_stream,
+    }
     if path in streams:
         async for _ in streams[path](**payload):
             pass
@@ -63,9 +66,15 @@ async def send(c: AsyncClient, path: str, payload: dict[str, Any]) -> None:
 async def test_api_chat_streams_text_events(client: AsyncClient, upstream: FakeOpenAI) -> None:
     upstream.script(Reply(text="hello there world"))
     # the client raises if the stream ends without its `[DONE]`
-    events = [e async for e in client.simple.api_chat(messages=[
-        {"role": "system", "content": "x"}, {"role": "user", "content": "hi"},
-    ])]  # fmt: skip
+    events = [
+        e
+        async for e in client.simple.api_chat(
+            messages=[
+                {"role": "system", "content": "x"},
+                {"role": "user", "content": "hi"},
+            ]
+        )
+    ]
     assert "".join(e.text for e in events) == "hello there world"
     assert upstream.requests[-1].body["model"] == "m1"  # the default chat model, `fast`
     assert [m["role"] for m in upstream.requests[-1].body["messages"]] == ["system", "user"]
@@ -121,8 +130,11 @@ async def test_chat_and_chat_stream(client: AsyncClient, upstream: FakeOpenAI) -
     answer = await client.simple.chat(prompt="q", model="fast")
     assert answer.message == "short answer"
     assert answer.model == "m1"
-    assert (answer.usage.prompt_tokens, answer.usage.completion_tokens,
-            answer.usage.total_tokens) == (7, 2, 9)  # fmt: skip
+    assert (
+        answer.usage.prompt_tokens,
+        answer.usage.completion_tokens,
+        answer.usage.total_tokens,
+    ) == (7, 2, 9)
 
     upstream.script(Reply(text="streamed answer"))
     chunks = [

@@ -379,8 +379,11 @@ async def test_agent_answer_lists_its_sources(gateway: Gateway, page: Page) -> N
     async with aiohttp.ClientSession(headers=gateway.auth) as http:
         async with http.post(f"{gateway.url}/api/v1/kb", json={"name": "handbook"}) as r:
             assert r.status == 201, await r.text()
-        doc = {"source": "handbook.md", "format": "markdown",
-               "text": "# Handbook\n\n## Holidays\n\nTwenty-five days of paid holiday."}  # fmt: skip
+        doc = {
+            "source": "handbook.md",
+            "format": "markdown",
+            "text": "# Handbook\n\n## Holidays\n\nTwenty-five days of paid holiday.",
+        }
         async with http.post(f"{gateway.url}/api/v1/kb/handbook/documents", json=doc) as r:
             assert r.status == 200, await r.text()
     gateway.upstream.script(

@@ -67,8 +67,13 @@ class MemoServer(LoopbackServer):
     def message(
         self, text: str, chat: str = "c1", user: str = "alice", thread: str = "", id: str = ""
     ) -> dict[str, Any]:
-        return {"id": id or f"m{next(self._ids)}", "chat": chat, "user": user, "text": text,
-                "thread": thread}  # fmt: skip
+        return {
+            "id": id or f"m{next(self._ids)}",
+            "chat": chat,
+            "user": user,
+            "text": text,
+            "thread": thread,
+        }
 
     def say(self, text: str, **kw: str) -> dict[str, Any]:
         """Queue a message for the bot's next poll."""
@@ -80,9 +85,10 @@ class MemoServer(LoopbackServer):
     async def deliver(
         self, webhook: str, message: dict[str, Any], secret: str = "memo-secret"
     ) -> tuple[int, str]:
-        async with aiohttp.ClientSession() as s, s.post(
-            webhook, json=message, headers={"x-memo-secret": secret}
-        ) as r:  # fmt: skip
+        async with (
+            aiohttp.ClientSession() as s,
+            s.post(webhook, json=message, headers={"x-memo-secret": secret}) as r,
+        ):
             return r.status, await r.text()
 
     def fail_next(self, status: int, retry_after: float | None = None, times: int = 1) -> None:

@@ -34,9 +34,13 @@ async def discord() -> AsyncIterator[FakeDiscord]:
 
 @pytest.fixture
 async def hook(serve: Serve, tmp_path: Path, upstream: FakeOpenAI, discord: FakeDiscord) -> str:
-    channel = CHANNEL.format(user=discord.user_id, app=discord.application_id,
-                             key=discord.public_key_hex, api_base=discord.api_base,
-                             fast=FAST_CHANNEL_KEYS)  # fmt: skip
+    channel = CHANNEL.format(
+        user=discord.user_id,
+        app=discord.application_id,
+        key=discord.public_key_hex,
+        api_base=discord.api_base,
+        fast=FAST_CHANNEL_KEYS,
+    )
     base = await serve(write_config(tmp_path, openai_config(upstream.base_url, extra=channel)))
     return f"{base}/channels/discord"
 

@@ -84,8 +84,10 @@ async def test_an_answer_streams_into_the_chat_by_edits(
     partial = [t for t in reply.edits if t.endswith("…")]
     assert partial, "the answer was shown while it was being written"
     assert all(answer.startswith(t.removesuffix("…").strip()) for t in partial)
-    assert said(upstream.chats()[0]) == [("system", "You help on chat."),
-                                        ("user", "How is the weather?")]  # fmt: skip
+    assert said(upstream.chats()[0]) == [
+        ("system", "You help on chat."),
+        ("user", "How is the weather?"),
+    ]
 
 
 @own_server
@@ -166,8 +168,10 @@ async def test_a_conversation_keeps_its_session_and_queues_its_messages(
     assert memo.answer_text(one["id"]) == "first answer"
     # the second run began after the first had ended, in the same session
     assert said(upstream.chats()[1])[1:] == [
-        ("user", "one"), ("assistant", "first answer"), ("user", "two")
-    ]  # fmt: skip
+        ("user", "one"),
+        ("assistant", "first answer"),
+        ("user", "two"),
+    ]
     other_chat = memo.message("echo: elsewhere", chat="c2")
     in_thread = memo.message("echo: in a thread", chat="c1", thread="t1")
     for message in (other_chat, in_thread):
@@ -184,9 +188,11 @@ async def test_new_starts_a_fresh_session(
     serve: Serve, tmp_path: Path, upstream: FakeOpenAI, memo: MemoServer
 ) -> None:
     hook = await webhook_of(serve, tmp_path, config_text(upstream, memo))
-    for text, answer in (("echo: remember me", "remember me"),
-                         ("/new", "Started a new conversation."),
-                         ("echo: who am I", "who am I")):  # fmt: skip
+    for text, answer in (
+        ("echo: remember me", "remember me"),
+        ("/new", "Started a new conversation."),
+        ("echo: who am I", "who am I"),
+    ):
         message = memo.message(text)
         await memo.deliver(hook, message)
         await memo.answered(message, answer)
@@ -355,8 +361,9 @@ async def test_a_channel_lost_to_another_replica_stops_answering_here(
     line = app.channels.lines["memo"]
     cut = memo.say("tell me a long story")
     await memo.wait_for(lambda: any(m.edits for m in memo.answers(cut["id"])))
-    await app.db.execute("UPDATE channel_state SET owner = 'elsewhere', lease_until = ?",
-                         (time.time() + 3600,))  # fmt: skip
+    await app.db.execute(
+        "UPDATE channel_state SET owner = 'elsewhere', lease_until = ?", (time.time() + 3600,)
+    )
     await memo.wait_for(lambda: not line.owned and not app.runner.by_session)
     upstream.script(Reply(text="finished by the next holder"))
     await app.db.execute("UPDATE channel_state SET lease_until = 0")  # that replica is gone
@@ -412,17 +419,25 @@ async def test_another_replica_takes_the_channel_over(
     [
         ('[[channels]]\ntype = "nope"', "channels.1.type: no channel plugin 'nope' (installed:"),
         ('[[channels]]\ntype = "memo"\nurl = "http://x"', "channels.1: "),
-        ('[[channels]]\ntype = "memo"\nname = "b"\nurl = "http://x"\nsecret = "s"\nagent = "x"',
-         "channels.1.agent: no agent named 'x'"),
-        ('[[channels]]\ntype = "memo"\nurl = "http://x"\nsecret = "s"',
-         "channels.1.name: the name 'memo' is used twice"),
-        ('[[channels]]\ntype = "memo"\nname = "b"\nurl = "http://x"\nsecret = "s"\ntoken = "t"',
-         "channels.1: object contains unknown field `token`"),
-        ('[server]\nrole = "edge"\ncores = ["http://127.0.0.1:9"]\n'
-         '[internal]\nsecret = "0123456789abcdef0123"',
-         "channels: channels run where agents run; give them to a core"),
+        (
+            '[[channels]]\ntype = "memo"\nname = "b"\nurl = "http://x"\nsecret = "s"\nagent = "x"',
+            "channels.1.agent: no agent named 'x'",
+        ),
+        (
+            '[[channels]]\ntype = "memo"\nurl = "http://x"\nsecret = "s"',
+            "channels.1.name: the name 'memo' is used twice",
+        ),
+        (
+            '[[channels]]\ntype = "memo"\nname = "b"\nurl = "http://x"\nsecret = "s"\ntoken = "t"',
+            "channels.1: object contains unknown field `token`",
+        ),
+        (
+            '[server]\nrole = "edge"\ncores = ["http://127.0.0.1:9"]\n'
+            '[internal]\nsecret = "0123456789abcdef0123"',
+            "channels: channels run where agents run; give them to a core",
+        ),
     ],
-)  # fmt: skip
+)
 def test_channel_config_errors_name_the_key(
     tmp_path: Path, upstream: FakeOpenAI, memo: MemoServer, more: str, problem: str
 ) -> None:

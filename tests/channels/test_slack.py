@@ -276,8 +276,11 @@ async def test_deliver_signs_requests_the_way_the_plugin_checks_them(
         except NoroshiError as exc:
             return web.Response(status=exc.status, body=exc.body())
         texts = [m.text for m in received.messages]
-        return web.Response(status=received.response.status, body=received.response.body,
-                            headers={"X-Texts": json.dumps(texts)})  # fmt: skip
+        return web.Response(
+            status=received.response.status,
+            body=received.response.body,
+            headers={"X-Texts": json.dumps(texts)},
+        )
 
     app = web.Application()
     app.router.add_post("/channels/slack", webhook)

@@ -37,8 +37,12 @@ async def slack() -> AsyncIterator[FakeSlack]:
 
 @pytest.fixture
 async def hook(serve: Serve, tmp_path: Path, upstream: FakeOpenAI, slack: FakeSlack) -> str:
-    channel = CHANNEL.format(token=slack.bot_token, secret=slack.signing_secret,
-                             api_base=slack.api_base, fast=FAST_CHANNEL_KEYS)  # fmt: skip
+    channel = CHANNEL.format(
+        token=slack.bot_token,
+        secret=slack.signing_secret,
+        api_base=slack.api_base,
+        fast=FAST_CHANNEL_KEYS,
+    )
     base = await serve(write_config(tmp_path, openai_config(upstream.base_url, extra=channel)))
     return f"{base}/channels/slack"
 
@@ -67,9 +71,12 @@ async def test_retries_and_the_mention_twin_are_answered_once(
     hook: str, upstream: FakeOpenAI, slack: FakeSlack
 ) -> None:
     payload = slack.event("echo: only once", channel="C123")
-    deliveries = [slack.deliver(hook, payload), slack.deliver(hook, slack.twin(payload)),
-                  slack.deliver(hook, payload, retry_num=1),
-                  slack.deliver(hook, payload, retry_num=2)]  # fmt: skip
+    deliveries = [
+        slack.deliver(hook, payload),
+        slack.deliver(hook, slack.twin(payload)),
+        slack.deliver(hook, payload, retry_num=1),
+        slack.deliver(hook, payload, retry_num=2),
+    ]
     assert [status for status, _ in await asyncio.gather(*deliveries)] == [200] * 4
     await slack.wait_for(lambda: thread_texts(slack, payload) == ["only once"])
     later = slack.event("echo: later")

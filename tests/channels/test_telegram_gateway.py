@@ -38,15 +38,23 @@ async def telegram() -> AsyncIterator[FakeTelegram]:
 
 
 def config_text(upstream: FakeOpenAI, telegram: FakeTelegram, mode: str = "webhook") -> str:
-    channel = CHANNEL.format(token=telegram.token, api_base=telegram.api_base, mode=mode,
-                             secret=SECRET, fast=FAST_CHANNEL_KEYS)  # fmt: skip
+    channel = CHANNEL.format(
+        token=telegram.token,
+        api_base=telegram.api_base,
+        mode=mode,
+        secret=SECRET,
+        fast=FAST_CHANNEL_KEYS,
+    )
     return openai_config(upstream.base_url, extra=channel)
 
 
 def answers(telegram: FakeTelegram, update: dict[str, Any]) -> list[Sent]:
     message = update["message"]
-    return [s for s in telegram.messages_in(message["chat"]["id"])
-            if s.reply_to == message["message_id"]]  # fmt: skip
+    return [
+        s
+        for s in telegram.messages_in(message["chat"]["id"])
+        if s.reply_to == message["message_id"]
+    ]
 
 
 async def answered(telegram: FakeTelegram, update: dict[str, Any], text: str) -> Sent:
@@ -85,9 +93,11 @@ async def test_new_forgets_the_conversation_and_a_busy_api_is_waited_for(
     hook = f"{base}/channels/telegram"
     telegram.fail_next("sendMessage", status=429, retry_after=1)
     telegram.fail_next("sendMessage", status=502)
-    steps = [("echo: my name is Ada", "my name is Ada"),
-             ("/new@NoroshiBot", "Started a new conversation."),
-             ("echo: what is my name?", "what is my name?")]  # fmt: skip
+    steps = [
+        ("echo: my name is Ada", "my name is Ada"),
+        ("/new@NoroshiBot", "Started a new conversation."),
+        ("echo: what is my name?", "what is my name?"),
+    ]
     for text, answer in steps:
         update = telegram.message(text)
         await telegram.deliver(hook, update, secret=SECRET)
@@ -129,8 +139,11 @@ async def test_a_killed_server_answers_once_after_its_restart(
     telegram.push(cut)
 
     def edited() -> bool:  # an edit: the answer's message is sent, and its id stored
-        return any(mid == sent.message_id for sent in answers(telegram, cut)
-                   for _, mid, _ in telegram.edits)  # fmt: skip
+        return any(
+            mid == sent.message_id
+            for sent in answers(telegram, cut)
+            for _, mid, _ in telegram.edits
+        )
 
     await telegram.wait_for(edited)
     kill_tree(proc.pid)

@@ -52,8 +52,12 @@ async def test_chat_create_and_stream(api: Api, upstream: FakeOpenAI) -> None:
 
 
 async def test_simple_surfaces(api: Api, upstream: FakeOpenAI) -> None:
-    upstream.script(Reply(text="a plain answer"), Reply(text="streamed as chunks"),
-                    Reply(text="text events here"), Reply(text="generated words"))  # fmt: skip
+    upstream.script(
+        Reply(text="a plain answer"),
+        Reply(text="streamed as chunks"),
+        Reply(text="text events here"),
+        Reply(text="generated words"),
+    )
     answer = await api("simple.chat", prompt="Hi")
     assert isinstance(answer, sp.SimpleAnswer)
     assert answer.message == "a plain answer" and answer.model == "m1"  # as the upstream named it
@@ -165,8 +169,9 @@ async def test_sessions_list_get_delete(api: Api, upstream: FakeOpenAI) -> None:
 
 
 async def test_admin_keys_and_usage(api: Api, connect: Connect, base: str) -> None:
-    created = await api("admin.keys.create", name="app", models=["fast"], rpm=100,
-                        metadata={"team": "a"})  # fmt: skip
+    created = await api(
+        "admin.keys.create", name="app", models=["fast"], rpm=100, metadata={"team": "a"}
+    )
     assert isinstance(created, adm.CreatedKey)
     assert created.key.startswith("nrs-") and created.metadata == {"team": "a"}
     listed = await api("admin.keys.list")
@@ -251,8 +256,11 @@ async def test_bad_key_is_authentication_error(
         ("chat.create", {"model": "m", "messages": []}, "messages"),
         ("chat.create", {"messages": HI}, "model"),
         ("chat.create", {"model": "m", "messages": HI, "temperature": 5}, "temperature"),
-        ("chat.create", {"model": "m", "messages": [{"role": "wizard", "content": "x"}]},
-         "messages.0.role"),
+        (
+            "chat.create",
+            {"model": "m", "messages": [{"role": "wizard", "content": "x"}]},
+            "messages.0.role",
+        ),
         ("simple.chat", {}, "prompt"),
         ("embed", {"text": ""}, "text"),
         ("admin.keys.create", {"name": "k", "rpm": 0}, "rpm"),
@@ -264,7 +272,7 @@ async def test_bad_key_is_authentication_error(
         ("agent.stream", {"prompt": ""}, "prompt"),
         ("runs.start", {"prompt": "x", "session_id": "no spaces"}, "session_id"),
     ],
-)  # fmt: skip
+)
 @pytest.mark.parametrize("kind", ["sync", "async"])
 async def test_invalid_request_is_refused_before_sending(
     kind: str, method: str, kw: dict[str, object], param: str
@@ -280,8 +288,9 @@ async def test_invalid_request_is_refused_before_sending(
     if kind == "sync":
         client = Client("http://test", "k", http_client=httpx2.Client(transport=transport))
     else:
-        client = AsyncClient("http://test", "k",
-                             http_client=httpx2.AsyncClient(transport=transport))  # fmt: skip
+        client = AsyncClient(
+            "http://test", "k", http_client=httpx2.AsyncClient(transport=transport)
+        )
     api = Api(client)
     try:
         with pytest.raises(InvalidRequestError) as info:

@@ -55,8 +55,12 @@ class Flaky:
             headers = {"x-request-id": f"req-{len(self.seen)}"}
             if self.retry_after is not None:
                 headers["Retry-After"] = self.retry_after
-            error = {"message": f"try again ({status})", "type": "rate_limit_error",
-                     "code": "busy", "param": None}  # fmt: skip
+            error = {
+                "message": f"try again ({status})",
+                "type": "rate_limit_error",
+                "code": "busy",
+                "param": None,
+            }
             return web.json_response({"error": error}, status=status, headers=headers)
         return web.json_response(HEALTH if request.path == "/health" else MODELS)
 
@@ -199,8 +203,9 @@ class CuttingProxy:
                     line, *fields = buffer[:end].decode("latin-1").split("\r\n")
                     buffer = buffer[end + 4 :]
                     method, target, _ = line.split(" ", 2)
-                    headers = {k.strip().lower(): v.strip()
-                               for k, v in (f.split(":", 1) for f in fields)}  # fmt: skip
+                    headers = {
+                        k.strip().lower(): v.strip() for k, v in (f.split(":", 1) for f in fields)
+                    }
                     body_left = int(headers.get("content-length", "0"))
                     self.heads.append(Head(method, target, headers))
                     if target.endswith("/stream") and self.cut_at is None and not self._armed:

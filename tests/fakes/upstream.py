@@ -842,8 +842,9 @@ class FakeAnthropic(_FakeServer):
                 (block_delta(0, {"type": "thinking_delta", "thinking": p}), True)
                 for p in split_text(reply.reasoning)
             ]
-            frames.append((block_delta(0, {"type": "signature_delta",
-                                           "signature": reply.signature}), False))  # fmt: skip
+            frames.append(
+                (block_delta(0, {"type": "signature_delta", "signature": reply.signature}), False)
+            )
             frames.append((block_stop(0), False))
         if calls:
             for i, c in enumerate(calls, start=first):

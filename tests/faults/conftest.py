@@ -44,9 +44,12 @@ class Fleet:
     async def create_key(self, **spec: Any) -> tuple[str, str]:
         async with (
             aiohttp.ClientSession() as s,
-            s.post(self.url(0, "/admin/keys"), json={"name": "faults", **spec},
-                   headers={"authorization": f"Bearer {MASTER}"}) as r,
-        ):  # fmt: skip
+            s.post(
+                self.url(0, "/admin/keys"),
+                json={"name": "faults", **spec},
+                headers={"authorization": f"Bearer {MASTER}"},
+            ) as r,
+        ):
             body = await r.json()
             assert r.status == 201, body
             return body["id"], body["key"]
@@ -56,8 +59,10 @@ class Fleet:
         deadline = time.monotonic() + wait_s
         async with aiohttp.ClientSession() as s:
             while True:
-                async with s.get(self.url(0, f"/admin/usage?key={key_id}&limit=1000"),
-                                 headers={"authorization": f"Bearer {MASTER}"}) as r:  # fmt: skip
+                async with s.get(
+                    self.url(0, f"/admin/usage?key={key_id}&limit=1000"),
+                    headers={"authorization": f"Bearer {MASTER}"},
+                ) as r:
                     body = await r.json()
                     assert r.status in (200, 503), body  # 503: the database is not back yet
                     rows: list[dict[str, Any]] = body.get("data", [])
@@ -77,9 +82,16 @@ class Fleet:
 
 @contextlib.asynccontextmanager
 async def start_fleet(
-    tmp_path: Path, upstream: FakeOpenAI, storage_url: str, redis_url: str, prefix: str,
-    redis: str = "", storage: str = "", extra: str = "", count: int = 3,
-) -> AsyncIterator[Fleet]:  # fmt: skip
+    tmp_path: Path,
+    upstream: FakeOpenAI,
+    storage_url: str,
+    redis_url: str,
+    prefix: str,
+    redis: str = "",
+    storage: str = "",
+    extra: str = "",
+    count: int = 3,
+) -> AsyncIterator[Fleet]:
     """`count` replicas on one database and one Redis (none when `redis_url` is empty),
     behind a fake OpenAI."""
     if redis_url:

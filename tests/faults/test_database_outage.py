@@ -49,8 +49,9 @@ async def through_an_outage(
         )
         unknown = await timed_post(s, fleet.url(0), "nrs-never-seen-by-any-replica")
         assert unknown[0] == 503 and int(unknown[2]) >= 1  # not cached: refused, cleanly
-        async with s.get(fleet.url(1, "/admin/keys"),
-                         headers={"authorization": f"Bearer {MASTER}"}) as r:  # fmt: skip
+        async with s.get(
+            fleet.url(1, "/admin/keys"), headers={"authorization": f"Bearer {MASTER}"}
+        ) as r:
             body = await r.json()
             assert r.status == 503 and body["error"]["code"] == "store_unavailable", body
             assert r.headers["retry-after"]
@@ -66,8 +67,14 @@ async def test_a_database_down_for_a_while(
     proxy, url = postgres_proxy
     async with fleet_of(tmp_path, upstream, url, "", "", storage=STORAGE) as fleet:
         statuses, slowest, billed = await through_an_outage(fleet, proxy, hang=False)
-    figure("database down", tried=60, served=statuses[200], failed=60 - statuses[200],
-           slowest_s=round(slowest, 2), billed=billed - 3)  # fmt: skip
+    figure(
+        "database down",
+        tried=60,
+        served=statuses[200],
+        failed=60 - statuses[200],
+        slowest_s=round(slowest, 2),
+        billed=billed - 3,
+    )
     assert statuses == {200: 60}
     assert billed == 63  # written once the database was back
 
@@ -78,8 +85,14 @@ async def test_a_database_that_hangs(
     proxy, url = postgres_proxy
     async with fleet_of(tmp_path, upstream, url, "", "", storage=STORAGE) as fleet:
         statuses, slowest, billed = await through_an_outage(fleet, proxy, hang=True)
-    figure("database hung", tried=60, served=statuses[200], failed=60 - statuses[200],
-           slowest_s=round(slowest, 2), billed=billed - 3)  # fmt: skip
+    figure(
+        "database hung",
+        tried=60,
+        served=statuses[200],
+        failed=60 - statuses[200],
+        slowest_s=round(slowest, 2),
+        billed=billed - 3,
+    )
     assert statuses == {200: 60}
     assert slowest < 1.0 + 2.0  # storage.timeout_s, and a margin for a busy machine
     assert billed == 63
@@ -100,8 +113,13 @@ async def test_an_outage_longer_than_the_usage_backlog_refuses_rather_than_not_b
             await proxy.heal()
         rows = await fleet.usage(key_id, 11, wait_s=20)
     statuses = Counter(status for status, _, _ in results)
-    figure("usage backlog full", tried=30, served=statuses[200], refused=statuses[503],
-           billed=len(rows) - 1)  # fmt: skip
+    figure(
+        "usage backlog full",
+        tried=30,
+        served=statuses[200],
+        refused=statuses[503],
+        billed=len(rows) - 1,
+    )
     assert statuses == {200: 10, 503: 20}
     assert all(int(retry) >= 1 for status, _, retry in results if status == 503)
     assert len(rows) == 11  # every request served was billed; the refused ones were not kept

@@ -79,9 +79,13 @@ def check_sequence(events: Events) -> None:
 
 
 async def test_a_replica_killed_mid_tool_hands_its_run_to_another(
-    tmp_path: Path, upstream: FakeOpenAI, postgres_url: str, redis_url: str, redis_prefix: str,
+    tmp_path: Path,
+    upstream: FakeOpenAI,
+    postgres_url: str,
+    redis_url: str,
+    redis_prefix: str,
     counted: Path,
-) -> None:  # fmt: skip
+) -> None:
     state = shared_state(postgres_url, redis_url, redis_prefix)
     config = openai_config(upstream.base_url, extra=state + AGENTS)
     (dying, a), (living, b) = await asyncio.gather(
@@ -89,11 +93,15 @@ async def test_a_replica_killed_mid_tool_hands_its_run_to_another(
     )
     upstream.script(
         Reply(tool_calls=[{"id": "q", "name": "quick", "arguments": {"word": "one"}}]),
-        Reply(tool_calls=[{"id": "s", "name": "slow", "arguments": {"seconds": 30}},
-                          {"id": "i", "name": "slow_safe", "arguments": {"seconds": 2}}]),
+        Reply(
+            tool_calls=[
+                {"id": "s", "name": "slow", "arguments": {"seconds": 30}},
+                {"id": "i", "name": "slow_safe", "arguments": {"seconds": 2}},
+            ]
+        ),
         Reply(text="All done."),
         Reply(text="Nothing more."),
-    )  # fmt: skip
+    )
     try:
         async with aiohttp.ClientSession() as s:
             run_id, session_id = await start_run(s, a)
@@ -113,8 +121,12 @@ async def test_a_replica_killed_mid_tool_hands_its_run_to_another(
         kill_tree(dying.pid)
         living.terminate()
         await stop(living)
-    figure("kill -9 mid-tool, taken over by another replica", lease_s=LEASE_S,
-           finished_within_s=round(finished_after, 1), tools_run=len(calls(counted)))  # fmt: skip
+    figure(
+        "kill -9 mid-tool, taken over by another replica",
+        lease_s=LEASE_S,
+        finished_within_s=round(finished_after, 1),
+        tools_run=len(calls(counted)),
+    )
     check_sequence(events)
     assert events[-1][1] == "run.finished" and run["status"] == "completed"
     results = {d["id"]: d for _, t, d in events if t == "tool.result"}
@@ -234,9 +246,13 @@ async def test_a_run_waiting_for_approval_survives_a_restart(
 
 
 async def test_a_process_that_cannot_renew_its_leases_stops_its_runs(
-    tmp_path: Path, upstream: FakeOpenAI, postgres_proxy: tuple[TCPProxy, str], redis_url: str,
-    redis_prefix: str, counted: Path,
-) -> None:  # fmt: skip
+    tmp_path: Path,
+    upstream: FakeOpenAI,
+    postgres_proxy: tuple[TCPProxy, str],
+    redis_url: str,
+    redis_prefix: str,
+    counted: Path,
+) -> None:
     """Cut off from the database past most of a lease, a replica stops its runs itself, for
     another (here: itself, once the database is back) may take them over: one run never runs
     in two places."""
@@ -275,8 +291,9 @@ async def test_a_process_that_cannot_renew_its_leases_stops_its_runs(
     assert calls(counted) == ["slow_safe", "slow_safe"] and len(upstream.chats()) == 2
 
 
-async def sigterm_during(proc: asyncio.subprocess.Process, base: str, s: aiohttp.ClientSession,
-                         run_id: str) -> None:  # fmt: skip
+async def sigterm_during(
+    proc: asyncio.subprocess.Process, base: str, s: aiohttp.ClientSession, run_id: str
+) -> None:
     """SIGTERM once the run's tools are running; the process exits by itself."""
     async with s.get(f"{base}/api/v1/runs/{run_id}/stream") as r:
         await asyncio.wait_for(r.content.readuntil(b"event: tool.call"), 10)
@@ -305,10 +322,13 @@ async def test_sigterm_lets_a_background_run_finish_or_ends_it_interrupted(
     )
     proc, base = await start_server(tmp_path, config)
     upstream.script(
-        Reply(tool_calls=[{"id": "s", "name": "slow", "arguments": {"seconds": 2}}],
-              prompt_tokens=11, completion_tokens=5),
+        Reply(
+            tool_calls=[{"id": "s", "name": "slow", "arguments": {"seconds": 2}}],
+            prompt_tokens=11,
+            completion_tokens=5,
+        ),
         Reply(text="Done."),
-    )  # fmt: skip
+    )
     async with aiohttp.ClientSession() as s:
         run_id, _ = await start_run(s, base)
         await sigterm_during(proc, base, s, run_id)
@@ -335,9 +355,13 @@ async def test_sigterm_lets_a_background_run_finish_or_ends_it_interrupted(
 
 
 async def test_sigterm_hands_a_run_over_to_another_replica(
-    tmp_path: Path, upstream: FakeOpenAI, postgres_url: str, redis_url: str, redis_prefix: str,
+    tmp_path: Path,
+    upstream: FakeOpenAI,
+    postgres_url: str,
+    redis_url: str,
+    redis_prefix: str,
     counted: Path,
-) -> None:  # fmt: skip
+) -> None:
     state = shared_state(postgres_url, redis_url, redis_prefix)
     config = "[server]\ndrain_timeout_s = 0.5\n" + openai_config(
         upstream.base_url, extra=state + AGENTS
@@ -346,10 +370,13 @@ async def test_sigterm_hands_a_run_over_to_another_replica(
         start_server(tmp_path, config, name="a"), start_server(tmp_path, config, name="b")
     )
     upstream.script(
-        Reply(tool_calls=[{"id": "i", "name": "slow_safe", "arguments": {"seconds": 3}}],
-              prompt_tokens=11, completion_tokens=5),
+        Reply(
+            tool_calls=[{"id": "i", "name": "slow_safe", "arguments": {"seconds": 3}}],
+            prompt_tokens=11,
+            completion_tokens=5,
+        ),
         Reply(text="Done.", prompt_tokens=13, completion_tokens=2),
-    )  # fmt: skip
+    )
     try:
         async with aiohttp.ClientSession() as s:
             run_id, _ = await start_run(s, a)
@@ -362,8 +389,11 @@ async def test_sigterm_hands_a_run_over_to_another_replica(
     finally:
         staying.terminate()
         await stop(staying)
-    figure("SIGTERM with a background run, another replica", drain_s=0.5,
-           finished_after_s=round(taken_after, 1))  # fmt: skip
+    figure(
+        "SIGTERM with a background run, another replica",
+        drain_s=0.5,
+        finished_after_s=round(taken_after, 1),
+    )
     check_sequence(events)
     assert events[-1][1] == "run.finished" and run["status"] == "completed"
     assert [t for _, t, _ in events].count("run.resumed") == 1

@@ -75,8 +75,16 @@ async def test_an_outage_lets_through_at_most_each_replicas_share_more(
         tmp_path, upstream, postgres_url, redis_server, down, up
     )
     total = before + during + after
-    figure(f"Redis {how}", limit=LIMIT, before=before, during=during, after=after,
-           admitted=total, bound=BOUND, over_limit=total - LIMIT)  # fmt: skip
+    figure(
+        f"Redis {how}",
+        limit=LIMIT,
+        before=before,
+        during=during,
+        after=after,
+        admitted=total,
+        bound=BOUND,
+        over_limit=total - LIMIT,
+    )
     assert before == LIMIT  # exact while Redis is up
     assert 0 < during <= REPLICAS * math.ceil(LIMIT * SHARE)
     assert total <= BOUND
@@ -118,8 +126,14 @@ async def test_streams_through_a_redis_outage_are_billed_and_leave_no_lease(
             await streams(s, 0, 3)  # every replica finds Redis again, and sends what it kept
         rows = await fleet.usage(key_id, 163, wait_s=20)
         leases = await fleet.leases(key_id)
-    figure(f"streams, Redis {how}", tried=163, served=statuses[200],
-           refused=statuses[429], billed=len(rows), leases_left=leases)  # fmt: skip
+    figure(
+        f"streams, Redis {how}",
+        tried=163,
+        served=statuses[200],
+        refused=statuses[429],
+        billed=len(rows),
+        leases_left=leases,
+    )
     assert set(statuses) <= {200, 429} and statuses[200] >= 100
     assert len(rows) == 163
     assert leases == 0

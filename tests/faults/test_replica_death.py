@@ -107,8 +107,12 @@ async def test_kill_9_frees_a_replicas_slots_within_the_lease(
         rows = await fleet.usage(key_id, 1, wait_s=1)
     finally:
         await stop_all(procs)
-    figure("kill -9 with two slots held", lease_ttl_s=LEASE_TTL_S,
-           refused_at_first=refused_at_first, freed_after_s=round(freed_after, 1),
-           unbilled_killed_streams=2 - len([r for r in rows if r["completion_tokens"] > 4]))  # fmt: skip
+    figure(
+        "kill -9 with two slots held",
+        lease_ttl_s=LEASE_TTL_S,
+        refused_at_first=refused_at_first,
+        freed_after_s=round(freed_after, 1),
+        unbilled_killed_streams=2 - len([r for r in rows if r["completion_tokens"] > 4]),
+    )
     assert refused_at_first == 1  # one slot was free
     assert freed_after <= LEASE_TTL_S + 5  # the lease's life, and a margin for a busy machine

@@ -31,12 +31,15 @@ async def test_a_schedule_fires_once_across_three_replicas(
         await asyncio.sleep(7)
         async with (
             aiohttp.ClientSession() as s,
-            s.get(fleet.url(0, "/api/v1/sessions/schedule-tick"),
-                  headers={"authorization": f"Bearer {MASTER}"}) as r,
-        ):  # fmt: skip
+            s.get(
+                fleet.url(0, "/api/v1/sessions/schedule-tick"),
+                headers={"authorization": f"Bearer {MASTER}"},
+            ) as r,
+        ):
             runs = (await r.json())["runs"]
-    conn = await asyncpg.connect(postgres_url.split("?")[0],
-                                 server_settings={"search_path": postgres_url.split("=")[-1]})  # fmt: skip
+    conn = await asyncpg.connect(
+        postgres_url.split("?")[0], server_settings={"search_path": postgres_url.split("=")[-1]}
+    )
     try:
         fires = await conn.fetch(
             "SELECT due, run_id FROM trigger_fires WHERE trigger = 'schedule:tick' ORDER BY due"
@@ -44,8 +47,12 @@ async def test_a_schedule_fires_once_across_three_replicas(
     finally:
         await conn.close()
     dues = [f["due"] for f in fires]
-    figure("a two-second schedule on three replicas for 7 s", occurrences=len(fires),
-           runs=len(runs), model_calls=len(upstream.chats()))  # fmt: skip
+    figure(
+        "a two-second schedule on three replicas for 7 s",
+        occurrences=len(fires),
+        runs=len(runs),
+        model_calls=len(upstream.chats()),
+    )
     assert len(fires) >= 2  # it did fire, every two seconds
     assert all(b - a == 2 for a, b in itertools.pairwise(dues))
     # each occurrence ran once: one run each, one model call each, three replicas or not

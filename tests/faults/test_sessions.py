@@ -38,27 +38,43 @@ async def test_a_second_turn_on_another_replica_waits_its_turn(
             Reply(text="The first answer."),
         )
         async with aiohttp.ClientSession() as s:
-            status, first = await post(s, fleet.url(0, "/api/v1/runs"), prompt="One",
-                                       agent="helper", background=True)  # fmt: skip
+            status, first = await post(
+                s, fleet.url(0, "/api/v1/runs"), prompt="One", agent="helper", background=True
+            )
             assert status == 202
             session = first["session_id"]
-            tries = [await post(s, fleet.url(i, "/api/v1/runs"), prompt="Two", agent="helper",
-                                session_id=session, background=True) for i in (1, 2)]  # fmt: skip
+            tries = [
+                await post(
+                    s,
+                    fleet.url(i, "/api/v1/runs"),
+                    prompt="Two",
+                    agent="helper",
+                    session_id=session,
+                    background=True,
+                )
+                for i in (1, 2)
+            ]
             async with s.delete(fleet.url(2, f"/api/v1/sessions/{session}"), headers=AUTH) as r:
                 deleted = r.status  # not while it runs, wherever it runs
             while True:  # the first run ends
-                async with s.get(fleet.url(1, f"/api/v1/runs/{first['run_id']}"),
-                                 headers=AUTH) as r:  # fmt: skip
+                async with s.get(
+                    fleet.url(1, f"/api/v1/runs/{first['run_id']}"), headers=AUTH
+                ) as r:
                     if (await r.json())["status"] != "running":
                         break
                 await asyncio.sleep(0.1)
             upstream.script(Reply(text="The second answer."))
-            status, _ = await post(s, fleet.url(1, "/api/v1/runs"), prompt="Two",
-                                        agent="helper", session_id=session, background=True)  # fmt: skip
+            status, _ = await post(
+                s,
+                fleet.url(1, "/api/v1/runs"),
+                prompt="Two",
+                agent="helper",
+                session_id=session,
+                background=True,
+            )
             assert status == 202
             while True:
-                async with s.get(fleet.url(2, f"/api/v1/sessions/{session}"),
-                                 headers=AUTH) as r:  # fmt: skip
+                async with s.get(fleet.url(2, f"/api/v1/sessions/{session}"), headers=AUTH) as r:
                     detail = await r.json()
                 if all(run["status"] != "running" for run in detail["runs"]):
                     break

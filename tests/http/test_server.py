@@ -597,15 +597,27 @@ class Flood(asyncio.Protocol):
 
     async def stream(self) -> None:
         assert self.transport is not None
-        self.transport.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
-                             b"transfer-encoding: chunked\r\n\r\n")  # fmt: skip
+        self.transport.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+            b"transfer-encoding: chunked\r\n\r\n"
+        )
         delta = {"content": "x" * 1000}
         for i in range(self.chunks + 2):
             if i == self.chunks:
                 delta = {}
-            event = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m1",
-                     "choices": [{"index": 0, "delta": delta,
-                                  "finish_reason": "stop" if i == self.chunks else None}]}  # fmt: skip
+            event = {
+                "id": "c",
+                "object": "chat.completion.chunk",
+                "created": 1,
+                "model": "m1",
+                "choices": [
+                    {
+                        "index": 0,
+                        "delta": delta,
+                        "finish_reason": "stop" if i == self.chunks else None,
+                    }
+                ],
+            }
             data = (
                 b"data: %s\n\n" % msgspec.json.encode(event)
                 if i <= self.chunks
@@ -637,9 +649,12 @@ async def test_a_slow_reader_pauses_the_upstream(tmp_path: Path) -> None:
             sock.setblocking(False)
             await loop.sock_connect(sock, sockets[0].getsockname())
             body = b'{"model": "fast", "stream": true, "messages": [{"role": "user", "content": "hi"}]}'
-            await loop.sock_sendall(sock, b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
-                                    b"content-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
-                                    % (len(body), body))  # fmt: skip
+            await loop.sock_sendall(
+                sock,
+                b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
+                b"content-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+                % (len(body), body),
+            )
             held = await asyncio.wait_for(_held(flood), 30)
             assert held < CHUNKS * 1000 / 2  # the rest waits at the upstream
             [conn] = server.connections

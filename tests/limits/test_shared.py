@@ -79,8 +79,12 @@ async def test_a_local_share_while_redis_is_down_then_shared_again(
 async def test_after_an_outage_the_local_share_holds_for_one_window(
     redis_server: RedisServer,
 ) -> None:
-    pair = [SharedLimiter(redis_server.url, "t:", local_share=0.5, retry_s=0.1, timeout_s=0.3,
-                          window_s=1.0) for _ in range(2)]  # fmt: skip
+    pair = [
+        SharedLimiter(
+            redis_server.url, "t:", local_share=0.5, retry_s=0.1, timeout_s=0.3, window_s=1.0
+        )
+        for _ in range(2)
+    ]
     rules = [Rule("key:k1", rpm=10)]
     try:
         await redis_server.stop()

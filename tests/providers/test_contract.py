@@ -22,8 +22,11 @@ from tests.conftest import Serve, _serve_noroshi, write_config
 from tests.fakes.upstream import FakeAnthropic, FakeOpenAI, Reply
 
 MASTER = "sk-contract"
-WEATHER = {"name": "get_weather", "description": "Weather in a city",
-           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}  # fmt: skip
+WEATHER = {
+    "name": "get_weather",
+    "description": "Weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+}
 FORMATS = ["chat", "messages", "responses"]
 
 
@@ -55,14 +58,20 @@ class Result:
 
 async def _openai(serve: Serve, tmp_path: Path) -> AsyncIterator[Gateway]:
     async with FakeOpenAI() as fake:
-        yield Gateway(await serve(write_config(tmp_path, _config("openai", fake.base_url))),
-                      fake.script, fake.wait_disconnect)  # fmt: skip
+        yield Gateway(
+            await serve(write_config(tmp_path, _config("openai", fake.base_url))),
+            fake.script,
+            fake.wait_disconnect,
+        )
 
 
 async def _anthropic(serve: Serve, tmp_path: Path) -> AsyncIterator[Gateway]:
     async with FakeAnthropic() as fake:
-        yield Gateway(await serve(write_config(tmp_path, _config("anthropic", fake.origin))),
-                      fake.script, fake.wait_disconnect)  # fmt: skip
+        yield Gateway(
+            await serve(write_config(tmp_path, _config("anthropic", fake.origin))),
+            fake.script,
+            fake.wait_disconnect,
+        )
 
 
 async def _local(serve: Serve, tmp_path: Path) -> AsyncIterator[Gateway]:
@@ -81,9 +90,16 @@ async def _core(serve: Serve, tmp_path: Path) -> AsyncIterator[Gateway]:
         edge_dir.mkdir()
         text = _config("openai", fake.base_url, tail=secret)
         core = await serve(write_config(core_dir, text, {"NOROSHI_SERVER__ROLE": "core"}))
-        edge = await serve(write_config(edge_dir, text, {
-            "NOROSHI_SERVER__ROLE": "edge", "NOROSHI_SERVER__CORES": f'["{core}"]',
-        }))  # fmt: skip
+        edge = await serve(
+            write_config(
+                edge_dir,
+                text,
+                {
+                    "NOROSHI_SERVER__ROLE": "edge",
+                    "NOROSHI_SERVER__CORES": f'["{core}"]',
+                },
+            )
+        )
         yield Gateway(edge, fake.script, fake.wait_disconnect)
 
 
@@ -144,19 +160,32 @@ def scripted(gw: Gateway) -> Callable[..., None]:
 
 def _request(fmt: str, prompt: str, stream: bool, tools: bool) -> tuple[str, dict[str, Any]]:
     if fmt == "chat":
-        body: dict[str, Any] = {"model": "m", "messages": [{"role": "user", "content": prompt}],
-                                "stream": stream, "max_tokens": 64}  # fmt: skip
+        body: dict[str, Any] = {
+            "model": "m",
+            "messages": [{"role": "user", "content": prompt}],
+            "stream": stream,
+            "max_tokens": 64,
+        }
         if stream:
             body["stream_options"] = {"include_usage": True}
         if tools:
             body["tools"] = [{"type": "function", "function": WEATHER}]
         return "/v1/chat/completions", body
     if fmt == "messages":
-        body = {"model": "m", "max_tokens": 64, "stream": stream,
-                "messages": [{"role": "user", "content": prompt}]}  # fmt: skip
+        body = {
+            "model": "m",
+            "max_tokens": 64,
+            "stream": stream,
+            "messages": [{"role": "user", "content": prompt}],
+        }
         if tools:
-            body["tools"] = [{"name": WEATHER["name"], "description": WEATHER["description"],
-                              "input_schema": WEATHER["parameters"]}]  # fmt: skip
+            body["tools"] = [
+                {
+                    "name": WEATHER["name"],
+                    "description": WEATHER["description"],
+                    "input_schema": WEATHER["parameters"],
+                }
+            ]
         return "/v1/messages", body
     body = {"model": "m", "input": prompt, "stream": stream, "max_output_tokens": 64}
     if tools:
@@ -164,8 +193,9 @@ def _request(fmt: str, prompt: str, stream: bool, tools: bool) -> tuple[str, dic
     return "/v1/responses", body
 
 
-async def ask(gw: Gateway, fmt: str, prompt: str = "Hi", *, stream: bool = False,
-              tools: bool = False) -> Result:  # fmt: skip
+async def ask(
+    gw: Gateway, fmt: str, prompt: str = "Hi", *, stream: bool = False, tools: bool = False
+) -> Result:
     path, body = _request(fmt, prompt, stream, tools)
     headers = {"authorization": f"Bearer {MASTER}"}
     async with (
@@ -196,15 +226,22 @@ def _events(raw: bytes) -> list[tuple[str, Any]]:
 
 def _chat(body: dict[str, Any]) -> Result:
     message = body["choices"][0]["message"]
-    calls = [(c["id"], c["function"]["name"], json.loads(c["function"]["arguments"]))
-             for c in message.get("tool_calls") or ()]  # fmt: skip
+    calls = [
+        (c["id"], c["function"]["name"], json.loads(c["function"]["arguments"]))
+        for c in message.get("tool_calls") or ()
+    ]
     stop = {"stop": "end", "tool_calls": "tool", "length": "length"}[
         body["choices"][0]["finish_reason"]
     ]
     usage = body["usage"]
-    return Result(text=message.get("content") or "", thinking=message.get("reasoning_content", ""),
-                  calls=calls, stop=stop, complete=True,
-                  usage=(usage["prompt_tokens"], usage["completion_tokens"]))  # fmt: skip
+    return Result(
+        text=message.get("content") or "",
+        thinking=message.get("reasoning_content", ""),
+        calls=calls,
+        stop=stop,
+        complete=True,
+        usage=(usage["prompt_tokens"], usage["completion_tokens"]),
+    )
 
 
 def _fold_chat(events: list[tuple[str, Any]]) -> Result:
@@ -342,14 +379,20 @@ async def test_a_text_answer(gateway: Gateway, fmt: str, stream: bool) -> None:
 @pytest.mark.parametrize("stream", [False, True])
 @pytest.mark.parametrize("fmt", FORMATS)
 async def test_parallel_tool_calls(gateway: Gateway, fmt: str, stream: bool) -> None:
-    scripted(gateway)(Reply(tool_calls=[
-        {"id": "call_a", "name": "get_weather", "arguments": '{"city": "Oslo"}'},
-        {"id": "call_b", "name": "get_weather", "arguments": '{"city": "Lima"}'},
-    ]))  # fmt: skip
+    scripted(gateway)(
+        Reply(
+            tool_calls=[
+                {"id": "call_a", "name": "get_weather", "arguments": '{"city": "Oslo"}'},
+                {"id": "call_b", "name": "get_weather", "arguments": '{"city": "Lima"}'},
+            ]
+        )
+    )
     result = await ask(gateway, fmt, "Oslo and Lima?", stream=stream, tools=True)
     assert result.complete and result.stop == "tool"
-    assert result.calls == [("call_a", "get_weather", {"city": "Oslo"}),
-                            ("call_b", "get_weather", {"city": "Lima"})]  # fmt: skip
+    assert result.calls == [
+        ("call_a", "get_weather", {"city": "Oslo"}),
+        ("call_b", "get_weather", {"city": "Lima"}),
+    ]
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -409,8 +452,14 @@ async def test_usage_is_recorded_by_kind(gateway: Gateway, fmt: str) -> None:
                 break
             await asyncio.sleep(0.02)
     (row,) = rows
-    assert row["route"] == {"chat": "/v1/chat/completions", "messages": "/v1/messages",
-                            "responses": "/v1/responses"}[fmt]  # fmt: skip
+    assert (
+        row["route"]
+        == {
+            "chat": "/v1/chat/completions",
+            "messages": "/v1/messages",
+            "responses": "/v1/responses",
+        }[fmt]
+    )
     assert (row["prompt_tokens"], row["completion_tokens"]) == result.usage
     if gateway.script is not None and gateway.kinds:
         assert (row["prompt_tokens"], row["cache_read_tokens"]) == (40, 30)

@@ -33,8 +33,14 @@ class Raw:
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
-                length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                               if line.lower().startswith(b"content-length:")), 0)  # fmt: skip
+                length = next(
+                    (
+                        int(line.split(b":")[1])
+                        for line in head.split(b"\r\n")
+                        if line.lower().startswith(b"content-length:")
+                    ),
+                    0,
+                )
                 self.requests.append(head + await reader.readexactly(length))
                 await self.answer(reader, writer, len(self.requests))
                 if writer.is_closing():
@@ -80,8 +86,10 @@ SSE_HEAD = (
 
 async def json_answer(_r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
     body = b'{"n": %d}' % n
-    w.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
-            b"content-length: %d\r\n\r\n%s" % (len(body), body))  # fmt: skip
+    w.write(
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+        b"content-length: %d\r\n\r\n%s" % (len(body), body)
+    )
     await w.drain()
 
 
@@ -155,8 +163,10 @@ async def test_a_gzip_answer_is_decoded() -> None:
     body = gzip.compress(b'{"ok": true}' * 100)
 
     async def answer(_r: asyncio.StreamReader, w: asyncio.StreamWriter, _n: int) -> None:
-        w.write(b"HTTP/1.1 200 OK\r\ncontent-encoding: gzip\r\n"
-                b"content-length: %d\r\n\r\n%s" % (len(body), body))  # fmt: skip
+        w.write(
+            b"HTTP/1.1 200 OK\r\ncontent-encoding: gzip\r\n"
+            b"content-length: %d\r\n\r\n%s" % (len(body), body)
+        )
         await w.drain()
 
     async with raw(answer) as up, client() as c:

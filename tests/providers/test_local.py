@@ -74,9 +74,12 @@ def provider(served: tuple[App, str]) -> LocalProvider:
 async def test_streams_tokens_with_usage(base: str) -> None:
     async with openai.AsyncOpenAI(base_url=f"{base}/v1", api_key="x", max_retries=0) as c:
         stream = await c.chat.completions.create(
-            model="local", messages=HI, max_tokens=5, stream=True,  # type: ignore[arg-type]
+            model="local",
+            messages=HI,
+            max_tokens=5,
+            stream=True,  # type: ignore[arg-type]
             stream_options={"include_usage": True},
-        )  # fmt: skip
+        )
         chunks = [chunk async for chunk in stream]
     text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
     assert text.strip()

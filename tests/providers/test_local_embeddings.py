@@ -41,8 +41,9 @@ def norm(vector: list[float]) -> float:
 
 async def test_openai_embeddings(base: str) -> None:
     async with openai.AsyncOpenAI(base_url=f"{base}/v1", api_key="x", max_retries=0) as c:
-        full = await c.embeddings.create(model="e5-small", input=["a cat", "a dog"],
-                                         encoding_format="float")  # fmt: skip
+        full = await c.embeddings.create(
+            model="e5-small", input=["a cat", "a dog"], encoding_format="float"
+        )
         assert [len(d.embedding) for d in full.data] == [384, 384]
         assert norm(full.data[0].embedding) == pytest.approx(1.0, abs=1e-3)
         assert full.usage.prompt_tokens > 0

@@ -17,8 +17,12 @@ from noroshi.wire.sse import SSEDecoder
 
 
 def chunk(text: str, usage: bool = False) -> bytes:
-    body = {"id": "c1", "object": "chat.completion.chunk",
-            "choices": [{"index": 0, "delta": {"content": text}}], "usage": None}  # fmt: skip
+    body = {
+        "id": "c1",
+        "object": "chat.completion.chunk",
+        "choices": [{"index": 0, "delta": {"content": text}}],
+        "usage": None,
+    }
     return b"data: " + msgspec.json.encode(body) + b"\n\n"
 
 
@@ -31,8 +35,10 @@ STREAM = chunk("Hel") + chunk("lo") + chunk(" there") + USAGE + b"data: [DONE]\n
 
 def new_call(include_usage: bool) -> Call:
     options = {"stream_options": {"include_usage": True}} if include_usage else {}
-    request = msgspec.convert({"model": "m", "stream": True, **options,
-                               "messages": [{"role": "user", "content": "hi"}]}, ChatRequest)  # fmt: skip
+    request = msgspec.convert(
+        {"model": "m", "stream": True, **options, "messages": [{"role": "user", "content": "hi"}]},
+        ChatRequest,
+    )
     return Call(request, {})
 
 

@@ -190,8 +190,10 @@ async def test_a_retry_after_an_empty_stream_ends_the_answer_once(
     async with EmptyThenSlow() as up:
         base = await serve(write_config(tmp_path, openai_config(f"{up.origin}/v1")))
         payload = {"model": "fast", "messages": HI, "stream": True}
-        async with aiohttp.ClientSession() as s, s.post(f"{base}/v1/chat/completions",
-                                                        json=payload) as r:  # fmt: skip
+        async with (
+            aiohttp.ClientSession() as s,
+            s.post(f"{base}/v1/chat/completions", json=payload) as r,
+        ):
             body = await r.read()
     assert up.answered == 2
     assert body.count(b"data: [DONE]") == 1 and body.endswith(b"data: [DONE]\n\n")

@@ -88,16 +88,22 @@ async def test_knowledge_base_lifecycle(base: str, admin: AsyncClient) -> None:
         await admin.kb.create(name="Bad Name!")
     assert bad.value.param == "name"
 
-    added = await admin.kb.add("handbook", source="handbook.md", text=HANDBOOK,
-                               format="markdown", metadata={"team": "people"})  # fmt: skip
+    added = await admin.kb.add(
+        "handbook",
+        source="handbook.md",
+        text=HANDBOOK,
+        format="markdown",
+        metadata={"team": "people"},
+    )
     assert added.changed and added.document.chunks == 2
     assert added.document.title == "Handbook" and added.document.format == "markdown"
     again = await admin.kb.add("handbook", source="handbook.md", text=HANDBOOK, format="markdown")
     assert not again.changed and again.document.id == added.document.id
 
     html = b"<html><title>Desk</title><body><h1>Desk</h1><p>The travel desk is on floor 2.</p>"
-    page = await admin.kb.add("handbook", source="desk.html", data=html,
-                              metadata={"team": "travel"})  # fmt: skip
+    page = await admin.kb.add(
+        "handbook", source="desk.html", data=html, metadata={"team": "travel"}
+    )
     assert page.document.format == "html" and page.document.title == "Desk"
 
     docs = await admin.kb.documents("handbook")
@@ -118,8 +124,9 @@ async def test_knowledge_base_lifecycle(base: str, admin: AsyncClient) -> None:
     assert page.document.id in {r.document_id for r in hybrid.results}
     text_first = await admin.kb.search("handbook", query="travel desk floor", k=5, mode="text")
     assert text_first.results[0].document_id == page.document.id
-    assert [r.score for r in hybrid.results] == sorted((r.score for r in hybrid.results),
-                                                       reverse=True)  # fmt: skip
+    assert [r.score for r in hybrid.results] == sorted(
+        (r.score for r in hybrid.results), reverse=True
+    )
     filtered = await admin.kb.search("handbook", query="travel", filter={"team": "people"})
     assert filtered.results and {r.source for r in filtered.results} == {"handbook.md"}
 
@@ -158,8 +165,11 @@ async def test_bad_documents_and_keys(admin: AsyncClient, base: str) -> None:
             await reader.kb.add("handbook", source="x.txt", text="hello")
     async with aiohttp.ClientSession() as http:  # the raw wire: base64 `data` in JSON
         body = {"source": "raw.txt", "data": base64.b64encode(b"plain words").decode()}
-        async with http.post(f"{base}/api/v1/kb/handbook/documents", json=body,
-                             headers={"authorization": f"Bearer {MASTER}"}) as r:  # fmt: skip
+        async with http.post(
+            f"{base}/api/v1/kb/handbook/documents",
+            json=body,
+            headers={"authorization": f"Bearer {MASTER}"},
+        ) as r:
             assert r.status == 200 and (await r.json())["document"]["format"] == "text"
 
 
@@ -191,8 +201,10 @@ async def test_agent_searches_and_cites_sources(
         Reply(tool_calls=[{"name": "search_knowledge", "arguments": {"query": "expenses"}}]),
         Reply(text="Thirty days."),
     )
-    body = {"messages": [{"role": "user", "parts": [{"type": "text", "text": "Receipts?"}]}],
-            "agent": "librarian"}  # fmt: skip
+    body = {
+        "messages": [{"role": "user", "parts": [{"type": "text", "text": "Receipts?"}]}],
+        "agent": "librarian",
+    }
     async with (
         aiohttp.ClientSession() as http,
         http.post(
@@ -200,16 +212,16 @@ async def test_agent_searches_and_cites_sources(
         ) as r,
     ):
         raw = (await r.read()).decode()
-    chunks = [json.loads(line[6:]) for line in raw.splitlines()
-              if line.startswith("data: {")]  # fmt: skip
+    chunks = [json.loads(line[6:]) for line in raw.splitlines() if line.startswith("data: {")]
     docs = [c for c in chunks if c["type"] == "source-document"]
     assert docs and docs[0]["filename"] == "handbook.md" and docs[0]["title"] == "Handbook"
 
 
 async def test_ingest_cli_resumes_by_content_hash(tmp_path: Path, upstream: FakeOpenAI) -> None:
     config = tmp_path / "noroshi.toml"
-    config.write_text(openai_config(upstream.base_url, EXTRA.replace(f'master_key = "{MASTER}"',
-                                                                      "")))  # fmt: skip
+    config.write_text(
+        openai_config(upstream.base_url, EXTRA.replace(f'master_key = "{MASTER}"', ""))
+    )
     folder = tmp_path / "docs"
     (folder / "sub").mkdir(parents=True)
     (folder / "a.md").write_text(HANDBOOK)
@@ -221,10 +233,19 @@ async def test_ingest_cli_resumes_by_content_hash(tmp_path: Path, upstream: Fake
     async def ingest() -> tuple[int, str, str]:
         env = {**os.environ, "NOROSHI_SERVER__DATA_DIR": str(tmp_path / "data")}
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "noroshi", "ingest", str(folder), "--kb", "handbook",
-            "--config", str(config), env=env,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
+            sys.executable,
+            "-m",
+            "noroshi",
+            "ingest",
+            str(folder),
+            "--kb",
+            "handbook",
+            "--config",
+            str(config),
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
         out, err = await asyncio.wait_for(proc.communicate(), 120)
         assert proc.returncode is not None
         return proc.returncode, out.decode(), err.decode()

@@ -106,9 +106,23 @@ async def test_records_round_trip(usage: UsageLog, db: Database) -> None:
     rows = await usage.query()
     assert rows == list(reversed(records))  # newest first
     assert [type(v) for v in msgspec.structs.astuple(rows[1])] == [
-        str, str, str, str, str, int, int, int, int, int, float, float, float, int, str,
+        str,
+        str,
+        str,
+        str,
+        str,
+        int,
+        int,
+        int,
+        int,
+        int,
+        float,
+        float,
+        float,
+        int,
+        str,
         Timestamp,
-    ]  # fmt: skip
+    ]
     assert await db.fetch("SELECT day FROM usage") == [("2025-03-01",)] * 2
 
 

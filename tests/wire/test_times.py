@@ -22,8 +22,15 @@ def test_one_format() -> None:
     assert Timestamp(0).iso() == "1970-01-01T00:00:00.000Z"  # the milliseconds always shown
     # cut, never rounded up into the next second (or day)
     assert Timestamp(86_399.9999).iso() == "1970-01-01T23:59:59.999Z"
-    run = Run(id="run_1", session_id="ses_1", agent="a", status="completed", background=False,
-              created_at=Timestamp(MOMENT), finished_at=None)  # fmt: skip
+    run = Run(
+        id="run_1",
+        session_id="ses_1",
+        agent="a",
+        status="completed",
+        background=False,
+        created_at=Timestamp(MOMENT),
+        finished_at=None,
+    )
     shown = msgspec.json.decode(times.encode(run))
     assert shown["created_at"] == "2026-12-07T09:15:02.123Z" and shown["finished_at"] is None
 

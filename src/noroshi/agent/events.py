@@ -130,8 +130,10 @@ class RedisEvents(EventStore):
         try:
             return bool(await self.cancels.publish(run_id))
         except self.failed as exc:
-            raise Unavailable("The run's replica cannot be asked to cancel it (Redis is "
-                              "away); retry shortly.", retry_after=1.0) from exc  # fmt: skip
+            raise Unavailable(
+                "The run's replica cannot be asked to cancel it (Redis is away); retry shortly.",
+                retry_after=1.0,
+            ) from exc
 
     def listen_cancels(self, cancel: Callable[[str], None]) -> None:
         self.cancels.on_message = cancel
@@ -151,8 +153,14 @@ class RedisEvents(EventStore):
     async def read(self, run_id: str) -> list[Row]:
         async with asyncio.timeout(REDIS_TIMEOUT_S):
             entries: Any = await self.client.xrange(self._key(run_id))
-        return [(int(entry_id.decode().split("-")[0]), fields[b"t"].decode(),
-                 _decode.decode(fields[b"d"])) for entry_id, fields in entries]  # fmt: skip
+        return [
+            (
+                int(entry_id.decode().split("-")[0]),
+                fields[b"t"].decode(),
+                _decode.decode(fields[b"d"]),
+            )
+            for entry_id, fields in entries
+        ]
 
     async def follow(self, run_id: str, after: int, running: Running) -> AsyncIterator[Row]:
         key, last = self._key(run_id), f"{after}-0"

@@ -129,8 +129,10 @@ async def run_turn(
             turn.steps += 1
             emit("step.started", {"step": turn.steps})
         # a step, the model call and the tools it asked for, is one span
-        with tracing.span(f"agent step {turn.steps}", **{"noroshi.step": turn.steps,
-                          "gen_ai.request.model": model}):  # fmt: skip
+        with tracing.span(
+            f"agent step {turn.steps}",
+            **{"noroshi.step": turn.steps, "gen_ai.request.model": model},
+        ):
             if step is None:
                 chat = oa.ChatRequest(
                     model=model,
@@ -153,8 +155,10 @@ async def run_turn(
                     return turn
                 turn.pending = step = Step(message, finish)
                 for c in calls:
-                    emit("tool.call", {"id": c.id, "name": c.function.name,
-                                       "arguments": c.function.arguments})  # fmt: skip
+                    emit(
+                        "tool.call",
+                        {"id": c.id, "name": c.function.name, "arguments": c.function.arguments},
+                    )
             await _run_tools(toolbox, step, emit, request_id)
         turn.messages.append(step.message)
         turn.messages.extend(
@@ -236,16 +240,26 @@ async def _run_tools(toolbox: Toolbox, step: Step, emit: Emit, run_id: str) -> N
     async def run(call: oa.ToolCall) -> None:
         CALL_KEY.set(f"{run_id}:{call.id}")  # this task's own context: gather copies it
         name = call.function.name
-        attributes = {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": name,
-                      "gen_ai.tool.call.id": call.id}  # fmt: skip
+        attributes = {
+            "gen_ai.operation.name": "execute_tool",
+            "gen_ai.tool.name": name,
+            "gen_ai.tool.call.id": call.id,
+        }
         with tracing.span(f"execute_tool {name}", **attributes):
             result = await toolbox.run(name, call.function.arguments)
         settle(call, result)
 
     def settle(call: oa.ToolCall, result: ToolResult) -> None:
         step.results[call.id] = result
-        emit("tool.result", {"id": call.id, "name": call.function.name,
-                             "content": result.content, "is_error": result.is_error})  # fmt: skip
+        emit(
+            "tool.result",
+            {
+                "id": call.id,
+                "name": call.function.name,
+                "content": result.content,
+                "is_error": result.is_error,
+            },
+        )
         for source in result.sources:
             emit("source", {"tool_call_id": call.id, **source})
 
@@ -280,8 +294,14 @@ async def _run_tools(toolbox: Toolbox, step: Step, emit: Emit, run_id: str) -> N
         for call in asked:
             if call.id not in step.asked:
                 step.asked.add(call.id)
-                emit("tool.approval_requested", {"id": call.id, "name": call.function.name,
-                                                 "arguments": call.function.arguments})  # fmt: skip
+                emit(
+                    "tool.approval_requested",
+                    {
+                        "id": call.id,
+                        "name": call.function.name,
+                        "arguments": call.function.arguments,
+                    },
+                )
         raise Waiting(asked)
 
 

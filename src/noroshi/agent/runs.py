@@ -165,10 +165,19 @@ class Runner:
         if busy is not None:
             raise _busy(session.id, busy.run.id)
         placeholder = ActiveRun(
-            Run(id="", session_id=session.id, agent=agent.name, status="running",
-                background=background, created_at=Timestamp(0)),
-            session, agent, routed, None,
-        )  # fmt: skip
+            Run(
+                id="",
+                session_id=session.id,
+                agent=agent.name,
+                status="running",
+                background=background,
+                created_at=Timestamp(0),
+            ),
+            session,
+            agent,
+            routed,
+            None,
+        )
         self.by_session[session.id] = placeholder  # held while the run row is written
         run_id = new_run_id()
         try:
@@ -324,8 +333,15 @@ class Runner:
         if resumed:
             emit("run.resumed", {"run_id": run.id, "step": turn.steps})
         else:
-            emit("run.started", {"run_id": run.id, "session_id": run.session_id,
-                                 "agent": agent.name, "model": agent.model})  # fmt: skip
+            emit(
+                "run.started",
+                {
+                    "run_id": run.id,
+                    "session_id": run.session_id,
+                    "agent": agent.name,
+                    "model": agent.model,
+                },
+            )
         end: tuple[str, dict[str, Any]] | None = None
         waiting: Waiting | None = None
         try:
@@ -348,11 +364,23 @@ class Runner:
             _count(active, turn)
             await self.sessions.append(run.session_id, run.id, turn.messages)
             run.status = "completed"
-            emit("usage", {"prompt_tokens": run.prompt_tokens,
-                           "completion_tokens": run.completion_tokens,
-                           "total_tokens": run.prompt_tokens + run.completion_tokens})  # fmt: skip
-            end = ("run.finished", {"run_id": run.id, "status": run.status,
-                                    "finish_reason": turn.finish, "steps": turn.steps})  # fmt: skip
+            emit(
+                "usage",
+                {
+                    "prompt_tokens": run.prompt_tokens,
+                    "completion_tokens": run.completion_tokens,
+                    "total_tokens": run.prompt_tokens + run.completion_tokens,
+                },
+            )
+            end = (
+                "run.finished",
+                {
+                    "run_id": run.id,
+                    "status": run.status,
+                    "finish_reason": turn.finish,
+                    "steps": turn.steps,
+                },
+            )
         except Waiting as exc:
             waiting = exc
         except asyncio.CancelledError:
@@ -383,15 +411,27 @@ class Runner:
         part so far billed; the answer takes it up again wherever it comes."""
         run = active.run
         expires = Timestamp(time.time() + self.config.approval_timeout_s)
-        calls = [PendingApproval(tool_call_id=c.id, name=c.function.name,
-                                 arguments=c.function.arguments, expires_at=expires)
-                 for c in waiting.calls]  # fmt: skip
+        calls = [
+            PendingApproval(
+                tool_call_id=c.id,
+                name=c.function.name,
+                arguments=c.function.arguments,
+                expires_at=expires,
+            )
+            for c in waiting.calls
+        ]
         self._forget(active, "ok")
         try:
             await self.approvals.ask(run.id, turn.steps, calls)
-            active.log.emit("run.waiting", {"run_id": run.id, "expires_at": expires,
-                                            "tool_call_ids": [c.tool_call_id for c in calls]},
-                            last=True)  # fmt: skip
+            active.log.emit(
+                "run.waiting",
+                {
+                    "run_id": run.id,
+                    "expires_at": expires,
+                    "tool_call_ids": [c.tool_call_id for c in calls],
+                },
+                last=True,
+            )
             if active.log.keep is not None:  # kept before anyone can take it up again
                 await active.log.keep.close()
             run.status = "waiting"
@@ -500,8 +540,9 @@ class Runner:
                 reason = "its session went on without it"
         if reason is not None or agent is None or session is None or kept.prompt is None:
             log.warning("run %s ends interrupted: %s", run_id, reason)
-            await self._end_kept(run, "interrupted", f"{INTERRUPTED}: {reason}.", "interrupted",
-                                 events=events)  # fmt: skip
+            await self._end_kept(
+                run, "interrupted", f"{INTERRUPTED}: {reason}.", "interrupted", events=events
+            )
             return
         turn, done = replay(kept.prompt, [(e.seq, e.type, e.data) for e in events])
         if turn.pending is not None:
@@ -513,8 +554,12 @@ class Runner:
         run.status = "running"
         active = ActiveRun(run, session, agent, routed, self.events.writer(run_id), events)
         active.on_end = on_end
-        log.info("run %s goes on from step %d (%s)", run_id, turn.steps,
-                 "answered" if woken else "taken over")  # fmt: skip
+        log.info(
+            "run %s goes on from step %d (%s)",
+            run_id,
+            turn.steps,
+            "answered" if woken else "taken over",
+        )
         self._launch(active, turn, done, resumed=True)
 
     async def _end_kept(

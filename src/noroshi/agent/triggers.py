@@ -85,18 +85,23 @@ class Triggers:
         except ValueError:
             raise BadRequest("X-Noroshi-Timestamp is not a number.") from None
         if age > hook.tolerance_s:
-            raise BadRequest(f"The signed timestamp is more than {hook.tolerance_s:g} s away.",
-                             code="stale_signature")  # fmt: skip
+            raise BadRequest(
+                f"The signed timestamp is more than {hook.tolerance_s:g} s away.",
+                code="stale_signature",
+            )
         await self._forget_old(hook)
         if not await self._take(f"hook:{name}", signature, float(timestamp)):
             raise Conflict("This delivery was received before.", code="replayed")
         prompt = hook.prompt.replace("{body}", body.decode(errors="replace"))
         try:
-            active = await self._run(hook.agent, hook.session, f"hook {name}", prompt,
-                                     f"hook:{name}:{signature[7:23]}")  # fmt: skip
+            active = await self._run(
+                hook.agent, hook.session, f"hook {name}", prompt, f"hook:{name}:{signature[7:23]}"
+            )
         except NoroshiError:  # not taken up: the sender may send it again
-            await self.db.execute("DELETE FROM trigger_fires WHERE trigger = ? AND key = ?",
-                                  (f"hook:{name}", signature))  # fmt: skip
+            await self.db.execute(
+                "DELETE FROM trigger_fires WHERE trigger = ? AND key = ?",
+                (f"hook:{name}", signature),
+            )
             raise
         await self._ran(f"hook:{name}", signature, active.run.id)
         return active
@@ -146,12 +151,16 @@ class Triggers:
             if not await self._take(trigger, key, due):
                 return  # another replica has it
             session = schedule.session or f"schedule-{schedule.name}"
-            active = await self._run(schedule.agent, session, f"schedule {schedule.name}",
-                                     schedule.prompt, f"{trigger}:{key}")  # fmt: skip
+            active = await self._run(
+                schedule.agent,
+                session,
+                f"schedule {schedule.name}",
+                schedule.prompt,
+                f"{trigger}:{key}",
+            )
             await self._ran(trigger, key, active.run.id)
         except Conflict:
-            log.warning("schedule %s: skipped at %s, its session is still busy",
-                        schedule.name, key)  # fmt: skip
+            log.warning("schedule %s: skipped at %s, its session is still busy", schedule.name, key)
         except NoroshiError as exc:
             log.warning("schedule %s: could not start its run: %s", schedule.name, exc)
 

@@ -121,8 +121,13 @@ def install(router: Router, app: Services) -> None:
             raise NotFound(f"No agent named '{name}' (configured: {known}).", param="agent")
         return agent
 
-    async def begin(request: Request, body: AgentChatBody, prompt: str,
-                    session_id: str | None, bill_at_end: bool = False) -> ActiveRun:  # fmt: skip
+    async def begin(
+        request: Request,
+        body: AgentChatBody,
+        prompt: str,
+        session_id: str | None,
+        bill_at_end: bool = False,
+    ) -> ActiveRun:
         """Admit and start a run. `bill_at_end`: no response waits for the run (background, or
         a WebSocket), so the run itself bills when it ends."""
         key_id = _key_id(request)
@@ -200,8 +205,12 @@ def install(router: Router, app: Services) -> None:
 
         return stream(active.run.id, ids, 0, format, leave)
 
-    async def answer(request: Request, session_id: str | None,
-                     answers: list[tuple[str, bool, str]], format: Format) -> Response:  # fmt: skip
+    async def answer(
+        request: Request,
+        session_id: str | None,
+        answers: list[tuple[str, bool, str]],
+        format: Format,
+    ) -> Response:
         """useChat's answers to the calls its chat's run waits on: record them, then stream
         the rest of the run, from where it paused."""
         key_id = _key_id(request)
@@ -210,8 +219,11 @@ def install(router: Router, app: Services) -> None:
             raise NotFound(f"No session '{session_id}'.", param="id")
         waiting = [r for r in await app.sessions.runs(session.id) if r.status == "waiting"]
         if not waiting:
-            raise Conflict(f"Session {session.id} has no run waiting for approval.",
-                           param="messages", code="not_waiting")  # fmt: skip
+            raise Conflict(
+                f"Session {session.id} has no run waiting for approval.",
+                param="messages",
+                code="not_waiting",
+            )
         run = waiting[-1]
         after = len(await app.run_events.read(run.id))
         for tool_call_id, approved, reason in answers:
@@ -226,8 +238,9 @@ def install(router: Router, app: Services) -> None:
         body.background = False
         answers = body.answers()
         if answers:
-            return await answer(request, body.session_id or body.id, answers,
-                                body.format or "ai-sdk")  # fmt: skip
+            return await answer(
+                request, body.session_id or body.id, answers, body.format or "ai-sdk"
+            )
         prompt, session_id, format = body.turn()
         active = await begin(request, body, prompt, session_id)
         return live(active, format)
@@ -297,10 +310,15 @@ def install(router: Router, app: Services) -> None:
     async def approve(request: Request) -> Response:
         stored = await owned_run(request)
         body = await request.json(_decode_approval)
-        status = await app.runner.decide(stored.id, body.tool_call_id, body.approved,
-                                         body.reason)  # fmt: skip
-        return JSONResponse(ApprovalAnswer(run_id=stored.id, tool_call_id=body.tool_call_id,
-                                           approved=body.approved, status=status))  # fmt: skip
+        status = await app.runner.decide(stored.id, body.tool_call_id, body.approved, body.reason)
+        return JSONResponse(
+            ApprovalAnswer(
+                run_id=stored.id,
+                tool_call_id=body.tool_call_id,
+                approved=body.approved,
+                status=status,
+            )
+        )
 
     async def hook(request: Request) -> Response:
         if app.triggers is None:
@@ -323,11 +341,13 @@ def install(router: Router, app: Services) -> None:
         session = await app.sessions.get(_key_id(request), request.params["id"])
         if session is None:
             raise NotFound(f"No session '{request.params['id']}'.", param="id")
-        return JSONResponse(SessionDetail(
-            **msgspec.structs.asdict(session),
-            messages=await app.sessions.messages(session.id),
-            runs=await app.sessions.runs(session.id),
-        ))  # fmt: skip
+        return JSONResponse(
+            SessionDetail(
+                **msgspec.structs.asdict(session),
+                messages=await app.sessions.messages(session.id),
+                runs=await app.sessions.runs(session.id),
+            )
+        )
 
     async def delete_session(request: Request) -> Response:
         session_id = request.params["id"]
@@ -338,8 +358,11 @@ def install(router: Router, app: Services) -> None:
         active = app.runner.by_session.get(session_id)
         busy = active.run.id if active is not None else await app.sessions.busy(session_id)
         if busy:  # here, or on another replica
-            raise Conflict(f"Session {session_id} is running {busy}; cancel it first.",
-                           param="id", code="session_busy")  # fmt: skip
+            raise Conflict(
+                f"Session {session_id} is running {busy}; cancel it first.",
+                param="id",
+                code="session_busy",
+            )
         if not await app.sessions.delete(key_id, session_id):
             raise NotFound(f"No session '{session_id}'.", param="id")
         return JSONResponse(Deleted(id=session_id))
@@ -365,8 +388,13 @@ def install(router: Router, app: Services) -> None:
                 app.runner.cancel(current)
 
         async def refuse(exc: NoroshiError) -> None:
-            frame = {"type": "error", "message": exc.message, "code": exc.code,
-                     "param": exc.param, "status": exc.status}  # fmt: skip
+            frame = {
+                "type": "error",
+                "message": exc.message,
+                "code": exc.code,
+                "param": exc.param,
+                "status": exc.status,
+            }
             await ws.send_text(_encode(frame).decode())
 
         try:
@@ -379,8 +407,9 @@ def install(router: Router, app: Services) -> None:
                         continue
                     if message.type == "approve":  # a call the socket's run waits on
                         if active is None or message.tool_call_id is None:
-                            raise Conflict("No run on this socket waits for approval.",
-                                           code="not_waiting")  # fmt: skip
+                            raise Conflict(
+                                "No run on this socket waits for approval.", code="not_waiting"
+                            )
                         run_id = active.run.id
                         after = len(await app.run_events.read(run_id))
                         status = await app.runner.decide(

@@ -37,18 +37,20 @@ def install(router: Router, app: Services) -> None:
 
     async def health(request: Request) -> Response:
         defaults = app.config.defaults
-        return JSONResponse(Health(
-            status="draining" if app.draining else "ok",
-            version=__version__,
-            uptime_s=round(time.monotonic() - app.started, 3),
-            runtime=Runtime(python=python, server=app.server, role=app.role),
-            auth="on" if app.auth.enabled else "off (no master key; loopback only)",
-            models=DefaultModels(
-                chat=defaults.chat_model or next(iter(app.models.routes), None),
-                embedding=defaults.embedding_model or None,
-            ),
-            providers={name: p.describe() for name, p in app.providers.items()},
-        ))  # fmt: skip
+        return JSONResponse(
+            Health(
+                status="draining" if app.draining else "ok",
+                version=__version__,
+                uptime_s=round(time.monotonic() - app.started, 3),
+                runtime=Runtime(python=python, server=app.server, role=app.role),
+                auth="on" if app.auth.enabled else "off (no master key; loopback only)",
+                models=DefaultModels(
+                    chat=defaults.chat_model or next(iter(app.models.routes), None),
+                    embedding=defaults.embedding_model or None,
+                ),
+                providers={name: p.describe() for name, p in app.providers.items()},
+            )
+        )
 
     async def metrics(request: Request) -> Response:
         return Response(app.metrics.render(), headers=[("content-type", CONTENT_TYPE_LATEST)])

@@ -41,14 +41,20 @@ def install(router: Router, app: Services) -> None:
     app.error_formats["/v1/messages"] = error_response
     limit = app.config.server.max_stream_bytes
 
-    def call_of(request: Request, conv_request: wire.MessagesRequest | wire.CountTokensRequest,
-                body: bytes) -> Call:  # fmt: skip
+    def call_of(
+        request: Request, conv_request: wire.MessagesRequest | wire.CountTokensRequest, body: bytes
+    ) -> Call:
         if conv_request.model not in app.models:
             raise ModelNotFound(conv_request.model)
         passed = {h: v for h in PASSED_HEADERS if (v := request.headers.get(h))}
-        return Call(wire.decode_request(conv_request), _decode_any.decode(body), request.id,
-                    wire=wire.MessagesWire(conv_request.model), headers=passed,
-                    query=request.query)  # fmt: skip
+        return Call(
+            wire.decode_request(conv_request),
+            _decode_any.decode(body),
+            request.id,
+            wire=wire.MessagesWire(conv_request.model),
+            headers=passed,
+            query=request.query,
+        )
 
     async def create(request: Request) -> Response:
         req = await request.json(_decode)
@@ -63,8 +69,11 @@ def install(router: Router, app: Services) -> None:
         req = await request.json(_decode_count)
         key = request.principal.key if request.principal is not None else None
         if key is not None and key.models and req.model not in key.models:
-            raise Forbidden(f"This API key may not use the model '{req.model}'.", param="model",
-                            code="model_not_allowed")  # fmt: skip
+            raise Forbidden(
+                f"This API key may not use the model '{req.model}'.",
+                param="model",
+                code="model_not_allowed",
+            )
         call = call_of(request, req, await request.body())
         tokens = await app.models.count_tokens(call)
         return JSONResponse(wire.CountTokensAnswer(input_tokens=tokens))

@@ -49,8 +49,14 @@ def chunk_stream(
     goes in the same write as the last events when the provider says which those are. An error
     after the first byte is the format's own error event."""
     wire = call.wire
-    return StreamResponse(rest, head=first, tail=wire.terminator, on_error=wire.error,
-                          max_bytes=max_bytes, ended=lambda: call.finished)  # fmt: skip
+    return StreamResponse(
+        rest,
+        head=first,
+        tail=wire.terminator,
+        on_error=wire.error,
+        max_bytes=max_bytes,
+        ended=lambda: call.finished,
+    )
 
 
 async def new_call(

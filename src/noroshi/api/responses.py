@@ -65,8 +65,9 @@ def _create_message(raw: str | bytes) -> wire.ResponsesRequest:
         raise BadRequest("Send `response.create` messages.", param="type", code="invalid_value")
     for field in ("stream", "stream_options", "background"):
         if field in data:
-            raise BadRequest(f"`{field}` is not sent in WebSocket mode.", param=field,
-                             code="invalid_value")  # fmt: skip
+            raise BadRequest(
+                f"`{field}` is not sent in WebSocket mode.", param=field, code="invalid_value"
+            )
     del data["type"]
     try:
         return msgspec.convert(data, wire.ResponsesRequest)
@@ -111,13 +112,19 @@ def install(router: Router, app: Services) -> None:
         if found is None:
             found = await store().history(previous, _owner(request))
         if found is None:
-            raise NotFound(f"No response with id '{previous}'.", param="previous_response_id",
-                           code="previous_response_not_found")  # fmt: skip
+            raise NotFound(
+                f"No response with id '{previous}'.",
+                param="previous_response_id",
+                code="previous_response_not_found",
+            )
         return found
 
-    async def conversation(request: Request, req: wire.ResponsesRequest,
-                           items: list[dict[str, Any]], before: list[dict[str, Any]]
-                           ) -> Conversation:  # fmt: skip
+    async def conversation(
+        request: Request,
+        req: wire.ResponsesRequest,
+        items: list[dict[str, Any]],
+        before: list[dict[str, Any]],
+    ) -> Conversation:
         """The request's conversation: the items `before` it (its previous responses'), then
         its own; a tool output must answer a call made in them."""
         if req.model not in app.models:
@@ -125,13 +132,16 @@ def install(router: Router, app: Services) -> None:
         calls, outputs = wire.function_call_ids([*before, *items])
         for n, call_id in outputs:
             if call_id not in calls:
-                raise BadRequest(f"No tool call found for the function call output with "
-                                 f"call_id '{call_id}'.", param=f"input.{n - len(before)}.call_id",
-                                 code="invalid_value")  # fmt: skip
+                raise BadRequest(
+                    f"No tool call found for the function call output with call_id '{call_id}'.",
+                    param=f"input.{n - len(before)}.call_id",
+                    code="invalid_value",
+                )
         conv = wire.decode_request(req, before, items)
         if not conv.turns:
-            raise BadRequest("The input has no message to answer.", param="input",
-                             code="invalid_value")  # fmt: skip
+            raise BadRequest(
+                "The input has no message to answer.", param="input", code="invalid_value"
+            )
         return conv
 
     async def compact(request: Request) -> Response:
@@ -144,21 +154,31 @@ def install(router: Router, app: Services) -> None:
         await app.models.complete(call)
         assert call.answer is not None
         summary = "".join(p.text for p in call.answer.parts if isinstance(p, Text))
-        return JSONResponse({
-            "id": new_id("resp"), "object": "response.compaction",
-            "created_at": responses.created_at, "output": [wire.compaction_item(summary)],
-            "usage": wire.usage_out(call.answer.usage),
-        })  # fmt: skip
+        return JSONResponse(
+            {
+                "id": new_id("resp"),
+                "object": "response.compaction",
+                "created_at": responses.created_at,
+                "output": [wire.compaction_item(summary)],
+                "usage": wire.usage_out(call.answer.usage),
+            }
+        )
 
     async def create(request: Request) -> Response:
         req = await request.json(_decode)
         if req.background and not req.store:
-            raise BadRequest("A background response must be stored: `store` cannot be false.",
-                             param="background", code="invalid_value")  # fmt: skip
+            raise BadRequest(
+                "A background response must be stored: `store` cannot be false.",
+                param="background",
+                code="invalid_value",
+            )
         if req.background and req.stream:
-            raise BadRequest("Streaming a background response is not supported; poll "
-                             "GET /v1/responses/{id} instead.", param="stream",
-                             code="unsupported_value")  # fmt: skip
+            raise BadRequest(
+                "Streaming a background response is not supported; poll "
+                "GET /v1/responses/{id} instead.",
+                param="stream",
+                code="unsupported_value",
+            )
         owner = _owner(request)
         items = wire.input_items(req)
         conv = await conversation(request, req, items, await history(request, req))
@@ -207,8 +227,13 @@ def install(router: Router, app: Services) -> None:
         finally:
             await rest.aclose()
 
-    async def start_background(request: Request, call: Call, responses: wire.ResponsesWire,
-                               owner: str, items: list[dict[str, Any]]) -> Response:  # fmt: skip
+    async def start_background(
+        request: Request,
+        call: Call,
+        responses: wire.ResponsesWire,
+        owner: str,
+        items: list[dict[str, Any]],
+    ) -> Response:
         queued = responses.resource("queued", [])
         await store().create(owner, queued, items, background=True)
         meter, request.meter = request.meter, None  # billed when the run ends, not now
@@ -217,8 +242,9 @@ def install(router: Router, app: Services) -> None:
         task.add_done_callback(lambda _: running.pop(responses.id, None))
         return JSONResponse(queued)
 
-    async def run_background(call: Call, responses: wire.ResponsesWire,
-                             meter: Meter | None) -> None:  # fmt: skip
+    async def run_background(
+        call: Call, responses: wire.ResponsesWire, meter: Meter | None
+    ) -> None:
         status, outcome = 200, "ok"
         watcher = asyncio.create_task(watch_cancel(responses.id, asyncio.current_task()))
         try:
@@ -276,12 +302,15 @@ def install(router: Router, app: Services) -> None:
             ids = [item.get("id") for item in items]
             items = items[ids.index(query.after) + 1 :] if query.after in ids else []
         page = items[: query.limit]
-        return JSONResponse({
-            "object": "list", "data": page,
-            "first_id": page[0]["id"] if page else None,
-            "last_id": page[-1]["id"] if page else None,
-            "has_more": len(items) > len(page),
-        })  # fmt: skip
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": page,
+                "first_id": page[0]["id"] if page else None,
+                "last_id": page[-1]["id"] if page else None,
+                "has_more": len(items) > len(page),
+            }
+        )
 
     async def delete(request: Request) -> Response:
         response_id = request.params["id"]
@@ -294,8 +323,9 @@ def install(router: Router, app: Services) -> None:
     async def cancel(request: Request) -> Response:
         stored_response = await found(request)
         if not stored_response.background:
-            raise BadRequest("Only a background response can be cancelled.", param="id",
-                             code="invalid_value")  # fmt: skip
+            raise BadRequest(
+                "Only a background response can be cancelled.", param="id", code="invalid_value"
+            )
         if stored_response.status not in RUNNING:
             return JSONResponse(stored_response.response)
         cancelled = {**stored_response.response, "status": "cancelled"}

@@ -155,8 +155,11 @@ def install(router: Router, app: Services) -> None:
     async def chat_stream(request: Request) -> Response:
         body = await request.json(_stream_body)
         if (body.prompt is None) == (body.messages is None):
-            raise BadRequest("Send either `prompt` or `messages`, not both or neither.",
-                             param="prompt", code="invalid_value")  # fmt: skip
+            raise BadRequest(
+                "Send either `prompt` or `messages`, not both or neither.",
+                param="prompt",
+                code="invalid_value",
+            )
         messages: list[oa.Message] = (
             _messages(body.messages)
             if body.messages

@@ -64,9 +64,11 @@ class ChannelLine:
         kind = plugin(config.type)
         self.channel: Channel[Any] = kind(config.name, config.settings, None)
         self.channel.http = Outbound(
-            self.channel.retry_hint, config.retries, config.backoff_base_s,
+            self.channel.retry_hint,
+            config.retries,
+            config.backoff_base_s,
             config.max_retry_after_s,
-        )  # fmt: skip
+        )
         interval = config.edit_interval_s
         self.edit_interval_s = interval if interval is not None else self.channel.edit_interval_s
         self.owned = False
@@ -114,8 +116,10 @@ class ChannelGateway:
         loop = asyncio.get_running_loop()
         for line in self.lines.values():
             if not line.config.allow_users and not line.config.allow_chats:
-                log.warning("channel %s allows nobody: set allow_users or allow_chats "
-                            "(\"*\" for anyone)", line.name)  # fmt: skip
+                log.warning(
+                    'channel %s allows nobody: set allow_users or allow_chats ("*" for anyone)',
+                    line.name,
+                )
             try:
                 await line.channel.open()
             except ChannelError as exc:  # the platform is away: polls and sends try again
@@ -157,8 +161,12 @@ class ChannelGateway:
 
     async def _take(self, line: ChannelLine, message: Inbound) -> None:
         if not allowed(line.config, message):
-            log.info("channel %s: ignored a message from %s in %s (not in the allow-list)",
-                     line.name, message.sender, message.chat)  # fmt: skip
+            log.info(
+                "channel %s: ignored a message from %s in %s (not in the allow-list)",
+                line.name,
+                message.sender,
+                message.chat,
+            )
             return
         if await self.store.add(line.name, conversation_of(message), message):
             line.wake.set()
@@ -241,8 +249,14 @@ class ChannelGateway:
     async def _answer(self, line: ChannelLine, pending: Pending) -> None:
         message = pending.message
         agent = self.agents[line.config.agent]
-        reply = StreamedReply(line.channel, message, pending.handles, line.edit_interval_s,
-                              lambda: self.store.sent(pending), line.sending)  # fmt: skip
+        reply = StreamedReply(
+            line.channel,
+            message,
+            pending.handles,
+            line.edit_interval_s,
+            lambda: self.store.sent(pending),
+            line.sending,
+        )
         words = message.text.split()
         if words and words[0].lower() in NEW_SESSION:
             await self._new_session(line, pending.conversation, agent)
@@ -267,8 +281,9 @@ class ChannelGateway:
 
         while True:
             try:
-                active = await self.runner.start(None, session, agent, message.text, routed,
-                                                 background=True, on_end=bill)  # fmt: skip
+                active = await self.runner.start(
+                    None, session, agent, message.text, routed, background=True, on_end=bill
+                )
                 break
             except Conflict:  # a run started on this session through the API
                 await asyncio.sleep(0.5)
@@ -298,8 +313,12 @@ class ChannelGateway:
         try:
             await reply.finish(text)
         except ChannelError as exc:
-            log.warning("channel %s: the answer to %s was refused: %s",
-                        pending.channel, pending.message.id, exc)  # fmt: skip
+            log.warning(
+                "channel %s: the answer to %s was refused: %s",
+                pending.channel,
+                pending.message.id,
+                exc,
+            )
             await self.store.finish(pending, "failed")
             return
         await self.store.finish(pending, "answered")
@@ -312,8 +331,11 @@ class ChannelGateway:
             return None
         if run.status == "completed":
             messages = await self.sessions.run_messages(run_id)
-            texts = [m.content for m in messages
-                     if isinstance(m, AssistantMessage) and isinstance(m.content, str)]  # fmt: skip
+            texts = [
+                m.content
+                for m in messages
+                if isinstance(m, AssistantMessage) and isinstance(m.content, str)
+            ]
             return "\n\n".join(t.strip() for t in texts if t.strip()) or "(no answer)"
         if run.status == "running":  # its process died
             run.status, run.error = "failed", "The server stopped during the run."

@@ -81,8 +81,13 @@ class Outbound:
                 hint = self.retry_hint(response)
                 wait = self._backoff(attempt) if hint is None else hint
                 wait = min(max(wait, 0.0), self.max_retry_after_s)
-                log.info("%s %s: %d, trying again in %.2f s",
-                         method, _path(url), response.status_code, wait)  # fmt: skip
+                log.info(
+                    "%s %s: %d, trying again in %.2f s",
+                    method,
+                    _path(url),
+                    response.status_code,
+                    wait,
+                )
             attempt += 1
             await asyncio.sleep(wait)
 

@@ -38,8 +38,14 @@ class Pending(msgspec.Struct, kw_only=True):
 
 
 def _pending(row: tuple[Any, ...]) -> Pending:
-    return Pending(channel=row[0], conversation=row[1], message=_decode_inbound.decode(row[2]),
-                   state=row[3], run_id=row[4], handles=_decode_handles.decode(row[5]))  # fmt: skip
+    return Pending(
+        channel=row[0],
+        conversation=row[1],
+        message=_decode_inbound.decode(row[2]),
+        state=row[3],
+        run_id=row[4],
+        handles=_decode_handles.decode(row[5]),
+    )
 
 
 class ChannelStore:

@@ -142,8 +142,15 @@ def status_error(status: int, body: bytes, headers: Mapping[str, str]) -> APISta
     except msgspec.MsgspecError:
         text = body.decode("utf-8", "replace")[:500] or f"HTTP {status}"
         return kind(text, status=status, request_id=request_id, headers=headers)
-    return kind(detail.message, status=status, type=detail.type, code=detail.code,
-                param=detail.param, request_id=request_id, headers=headers)  # fmt: skip
+    return kind(
+        detail.message,
+        status=status,
+        type=detail.type,
+        code=detail.code,
+        param=detail.param,
+        request_id=request_id,
+        headers=headers,
+    )
 
 
 class Call:

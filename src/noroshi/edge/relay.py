@@ -57,9 +57,12 @@ class Relay:
             headers = {**passed, **core.signer.sign(request.method, target, body, CALLER.get())}
             try:
                 resp = await core.transport.send(
-                    request.method, core.root + target, headers, body or None,
+                    request.method,
+                    core.root + target,
+                    headers,
+                    body or None,
                     core.config.total_timeout_s,
-                )  # fmt: skip
+                )
             except (UpstreamError, UpstreamTimeout) as exc:
                 last = exc
                 continue

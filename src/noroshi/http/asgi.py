@@ -256,8 +256,13 @@ class _WebSocketBackend:
                 await self._emit({"type": "websocket.close", "code": 1008, "reason": reason})
                 return
             response = Response.error(error)
-            await self._emit({"type": "websocket.http.response.start", "status": response.status,
-                              "headers": _encode_headers(response.headers)})  # fmt: skip
+            await self._emit(
+                {
+                    "type": "websocket.http.response.start",
+                    "status": response.status,
+                    "headers": _encode_headers(response.headers),
+                }
+            )
             await self._emit({"type": "websocket.http.response.body", "body": response.body})
         except WebSocketDisconnect:
             pass

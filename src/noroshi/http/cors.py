@@ -14,16 +14,18 @@ from noroshi.types import Headers
 
 __all__ = ["Cors"]
 
-EXPOSED = ", ".join((
-    "x-request-id",
-    "retry-after",
-    "x-ratelimit-limit-requests",
-    "x-ratelimit-remaining-requests",
-    "x-ratelimit-reset-requests",
-    "x-ratelimit-limit-tokens",
-    "x-ratelimit-remaining-tokens",
-    "x-ratelimit-reset-tokens",
-))  # fmt: skip
+EXPOSED = ", ".join(
+    (
+        "x-request-id",
+        "retry-after",
+        "x-ratelimit-limit-requests",
+        "x-ratelimit-remaining-requests",
+        "x-ratelimit-reset-requests",
+        "x-ratelimit-limit-tokens",
+        "x-ratelimit-remaining-tokens",
+        "x-ratelimit-reset-tokens",
+    )
+)
 
 
 class Cors:
@@ -54,12 +56,16 @@ class Cors:
         allow_headers = self.allow_headers
         if self.any_header:
             allow_headers = request.headers.get("access-control-request-headers", "")
-        return Response(b"", 204, [
-            *self._common(allowed),
-            ("access-control-allow-methods", self.methods),
-            ("access-control-allow-headers", allow_headers),
-            ("access-control-max-age", str(self.config.max_age_s)),
-        ])  # fmt: skip
+        return Response(
+            b"",
+            204,
+            [
+                *self._common(allowed),
+                ("access-control-allow-methods", self.methods),
+                ("access-control-allow-headers", allow_headers),
+                ("access-control-max-age", str(self.config.max_age_s)),
+            ],
+        )
 
     def headers(self, request: Request) -> Headers:
         """What an answer to `request` carries for the browser that sent it, if any."""

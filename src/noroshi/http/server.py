@@ -364,8 +364,9 @@ class HttpConnection(asyncio.Protocol):
         self.head_bytes = self.head_size = self.header_count = 0
         self.deadline = 0.0
         if self.refused:
-            raise Unavailable("The server has too many open connections; try again.",
-                              code="too_many_connections")  # fmt: skip
+            raise Unavailable(
+                "The server has too many open connections; try again.", code="too_many_connections"
+            )
         if url[:1] == b"/":
             path, _, query = url.partition(b"?")
         else:  # absolute-form, or `*`
@@ -681,8 +682,11 @@ class Server:
         self._sockets: list[socket.socket] = []
         self._ticker: asyncio.TimerHandle | None = None
         self._empty: asyncio.Event | None = None
-        limits_s = (self.limits.header_timeout_s, self.limits.keepalive_timeout_s,
-                    self.limits.send_timeout_s)  # fmt: skip
+        limits_s = (
+            self.limits.header_timeout_s,
+            self.limits.keepalive_timeout_s,
+            self.limits.send_timeout_s,
+        )
         self._tick_s = max(0.05, min(1.0, *(t / 4 for t in limits_s)))
 
     @property

@@ -428,8 +428,7 @@ class RedisLimiter(Limiter):
                     keys += self._rate_keys(rule.scope)[1:]
                 for period in write.periods:
                     keys.append(self._spend_key(write.subject, period))
-                    args += ["p", write.tokens, repr(float(write.cost)),
-                             _ms(period_ttl_s(period))]  # fmt: skip
+                    args += ["p", write.tokens, repr(float(write.cost)), _ms(period_ttl_s(period))]
             else:
                 keys.append(write.key)
                 args += ["c" if write.claim else "r", write.lease]
@@ -489,8 +488,11 @@ class _Outbox:
             self._done([self.writes.popleft()])
             self.dropped += 1
             if self.dropped == 1 or self.dropped % 10_000 == 0:
-                log.error("Redis has been away too long: %d writes dropped (leases expire "
-                          "on their own; budget counters undercount)", self.dropped)  # fmt: skip
+                log.error(
+                    "Redis has been away too long: %d writes dropped (leases expire "
+                    "on their own; budget counters undercount)",
+                    self.dropped,
+                )
         self.writes.append(write)
         if isinstance(write, Settlement):
             self.scopes.update(rule.scope for rule in write.rules)
@@ -547,8 +549,7 @@ class _Outbox:
                             self.on_unreachable(exc)
                         await asyncio.sleep(self.retry_s)
                     except Exception:
-                        log.exception("a batch of %d writes to Redis failed; dropped",
-                                      len(batch))  # fmt: skip
+                        log.exception("a batch of %d writes to Redis failed; dropped", len(batch))
                         break
                 self._done(batch)
             self._idle.set()

@@ -40,8 +40,15 @@ class SharedLimiter(Limiter):
         timeout_s: float = 0.5,
         window_s: float = WINDOW_S,
     ) -> None:
-        self.redis = RedisLimiter(url, prefix, lease_ttl_s, timeout_s, window_s=window_s,
-                                  retry_s=retry_s, on_unreachable=self._lost)  # fmt: skip
+        self.redis = RedisLimiter(
+            url,
+            prefix,
+            lease_ttl_s,
+            timeout_s,
+            window_s=window_s,
+            retry_s=retry_s,
+            on_unreachable=self._lost,
+        )
         self.unreachable = self.redis.unreachable
         self.local = LocalLimiter(local_share, window_s=window_s)
         self.local_share = local_share

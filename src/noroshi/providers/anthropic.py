@@ -135,8 +135,9 @@ class AnthropicProvider(HTTPProvider):
         else:
             body = wire.encode_request(call.conversation, model, False)
             del body["max_tokens"]
-        raw = await self.fetch("POST", "/v1/messages/count_tokens",
-                               _encode({**body, "model": model}))  # fmt: skip
+        raw = await self.fetch(
+            "POST", "/v1/messages/count_tokens", _encode({**body, "model": model})
+        )
         try:
             return int(_decode(raw)["input_tokens"])
         except (msgspec.DecodeError, KeyError, TypeError, ValueError):

@@ -72,8 +72,19 @@ class Call(Routed):
     as do `headers` (such as `anthropic-beta`) and `query`. `wire` writes the answer in the
     client's format."""
 
-    __slots__ = ("_conversation", "answer", "body", "chunks", "deadline", "finished",
-                 "first_byte_at", "headers", "query", "request", "wire")  # fmt: skip
+    __slots__ = (
+        "_conversation",
+        "answer",
+        "body",
+        "chunks",
+        "deadline",
+        "finished",
+        "first_byte_at",
+        "headers",
+        "query",
+        "request",
+        "wire",
+    )
 
     def __init__(
         self,
@@ -118,8 +129,12 @@ class Call(Routed):
         logged once."""
         dropped = self.conversation.dropped
         if dropped:
-            log.warning("request %s to %s: dropped %s", self.request_id, provider,
-                        "; ".join(dict.fromkeys(dropped)))  # fmt: skip
+            log.warning(
+                "request %s to %s: dropped %s",
+                self.request_id,
+                provider,
+                "; ".join(dict.fromkeys(dropped)),
+            )
             dropped.clear()
         return body
 
@@ -206,8 +221,9 @@ class Provider(abc.ABC):
 
     async def count_tokens(self, call: Call, model: str) -> int:
         """The request's input tokens; by default an estimate, four bytes a token."""
-        conv = msgspec.json.encode([call.conversation.system, call.conversation.turns,
-                                    call.conversation.tools])  # fmt: skip
+        conv = msgspec.json.encode(
+            [call.conversation.system, call.conversation.turns, call.conversation.tools]
+        )
         return len(conv) // 4 + 1
 
     async def embed(self, texts: list[str], model: str, dimensions: int | None) -> Embedded:

@@ -437,9 +437,12 @@ class Pool:
         try:
             async with asyncio.timeout(self.connect_s):
                 _, conn = await loop.create_connection(
-                    lambda: Connection(self, loop), self.host, self.port, ssl=self.tls,
+                    lambda: Connection(self, loop),
+                    self.host,
+                    self.port,
+                    ssl=self.tls,
                     server_hostname=self.host if self.tls else None,
-                )  # fmt: skip
+                )
         except TimeoutError:
             self._closed()
             raise UpstreamConnectError(

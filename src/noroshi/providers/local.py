@@ -202,8 +202,15 @@ class Answer:
     """One answer in the making, on the worker thread: its prompt, then its text as it comes,
     cut at a stop string, at a loop, at max_tokens or at the model's own end."""
 
-    def __init__(self, backend: Backend, messages: Messages, style: str, max_tokens: int,
-                 stop: list[str], context_tokens: int) -> None:  # fmt: skip
+    def __init__(
+        self,
+        backend: Backend,
+        messages: Messages,
+        style: str,
+        max_tokens: int,
+        stop: list[str],
+        context_tokens: int,
+    ) -> None:
         prompt, stops = format_prompt(messages, style)
         self.backend = backend
         self.tokens = backend.tokenize(prompt)
@@ -363,10 +370,21 @@ class LocalEngine:
         if backend is None:
             raise Unavailable(self.load_error or "The local model is not loaded.")
         params = job.params
-        answer = Answer(backend, job.messages, self.style, params["max_tokens"],
-                        params["stop"], self.config.context_tokens)  # fmt: skip
-        sampling = Sampling(params["temperature"], params["top_p"], self.config.top_k,
-                            self.config.repeat_penalty, params["seed"])  # fmt: skip
+        answer = Answer(
+            backend,
+            job.messages,
+            self.style,
+            params["max_tokens"],
+            params["stop"],
+            self.config.context_tokens,
+        )
+        sampling = Sampling(
+            params["temperature"],
+            params["top_p"],
+            self.config.top_k,
+            self.config.repeat_penalty,
+            params["seed"],
+        )
 
         def cancelled() -> bool:
             if job.cancel.is_set():
@@ -431,8 +449,12 @@ class LocalProvider(Provider):
                     continue
                 _, finish, prompt, completion = event
                 call.finished = True
-                yield [*head, BlockStop(0), Finish(STOP_REASONS.get(finish, "end_turn")),
-                       UsageUpdate(Usage(prompt, completion))]  # fmt: skip
+                yield [
+                    *head,
+                    BlockStop(0),
+                    Finish(STOP_REASONS.get(finish, "end_turn")),
+                    UsageUpdate(Usage(prompt, completion)),
+                ]
         finally:
             await job.aclose()
 

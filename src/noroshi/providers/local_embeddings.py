@@ -59,19 +59,28 @@ class LocalEmbeddingsProvider(Provider):
     async def embed(self, texts: list[str], model: str, dimensions: int | None) -> Embedded:
         variant = MODELS.get(model)
         if variant is None:
-            raise BadRequest(f"Unknown local embedding model '{model}'; known: "
-                             f"{', '.join(MODELS)}.", param="model")  # fmt: skip
+            raise BadRequest(
+                f"Unknown local embedding model '{model}'; known: {', '.join(MODELS)}.",
+                param="model",
+            )
         if dimensions is not None and dimensions > DIMENSIONS:
-            raise BadRequest(f"'{model}' gives at most {DIMENSIONS} dimensions.",
-                             param="dimensions", code="invalid_value")  # fmt: skip
+            raise BadRequest(
+                f"'{model}' gives at most {DIMENSIONS} dimensions.",
+                param="dimensions",
+                code="invalid_value",
+            )
         if self._pending >= self.config.queue_size:
-            raise Unavailable("The local embedding model is busy: its queue is full.",
-                              code="queue_full", headers={"retry-after": "1"})  # fmt: skip
+            raise Unavailable(
+                "The local embedding model is busy: its queue is full.",
+                code="queue_full",
+                headers={"retry-after": "1"},
+            )
         self._pending += 1
         try:
             loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._executor, self._embed, variant, texts,
-                                              dimensions)  # fmt: skip
+            return await loop.run_in_executor(
+                self._executor, self._embed, variant, texts, dimensions
+            )
         finally:
             self._pending -= 1
 

@@ -123,8 +123,9 @@ class OpenAIProvider(HTTPProvider):
             resp.finish(relay.finished)
 
     def _translated(self, call: Call, model: str, stream: bool) -> bytes:
-        body = chat.encode_request(call.conversation, model, stream,
-                                   keep_thinking=self.keeps_thinking)  # fmt: skip
+        body = chat.encode_request(
+            call.conversation, model, stream, keep_thinking=self.keeps_thinking
+        )
         return _encode(call.translated(body, self.name))
 
     async def answer(self, call: Call, model: str) -> Answer:

@@ -241,11 +241,43 @@ def _markdown(text: str) -> tuple[str, list[Section]]:
 _SKIP = frozenset({"script", "style", "noscript", "template", "head"})
 _IN_HEAD = frozenset({"title", "meta", "link", "base", "style", "script", "noscript", "template"})
 _HEADINGS = {f"h{n}": n for n in range(1, 7)}
-_BLOCKS = frozenset({
-    "p", "li", "pre", "blockquote", "td", "th", "tr", "div", "br", "hr", "ul", "ol", "dl", "dt",
-    "dd", "table", "caption", "section", "article", "header", "footer", "main", "nav", "aside",
-    "figure", "figcaption", "details", "summary", "address", "form", "fieldset", "legend", "body",
-})  # fmt: skip
+_BLOCKS = frozenset(
+    {
+        "p",
+        "li",
+        "pre",
+        "blockquote",
+        "td",
+        "th",
+        "tr",
+        "div",
+        "br",
+        "hr",
+        "ul",
+        "ol",
+        "dl",
+        "dt",
+        "dd",
+        "table",
+        "caption",
+        "section",
+        "article",
+        "header",
+        "footer",
+        "main",
+        "nav",
+        "aside",
+        "figure",
+        "figcaption",
+        "details",
+        "summary",
+        "address",
+        "form",
+        "fieldset",
+        "legend",
+        "body",
+    }
+)
 
 
 class _HTMLText(HTMLParser):

@@ -184,9 +184,16 @@ class PostgresKnowledge(KnowledgeStore):
             "INSERT INTO kb (name, embedding_model, dimensions, description, chunk_tokens, "
             "overlap_tokens, created_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (name) DO NOTHING RETURNING name",
-            (kb.name, kb.embedding_model, dimensions, kb.description, kb.chunk_tokens,
-             kb.overlap_tokens, kb.created_at),
-        )  # fmt: skip
+            (
+                kb.name,
+                kb.embedding_model,
+                dimensions,
+                kb.description,
+                kb.chunk_tokens,
+                kb.overlap_tokens,
+                kb.created_at,
+            ),
+        )
         return row is not None
 
     async def get(self, name: str) -> KnowledgeBase | None:
@@ -233,18 +240,26 @@ class PostgresKnowledge(KnowledgeStore):
             await tx.execute(
                 "INSERT INTO kb_documents (id, kb, source, title, content_hash, format, "
                 "metadata, chunks, created_at) VALUES (?, ?, ?, ?, ?, ?, ?::jsonb, ?, ?)",
-                (doc.id, doc.kb, doc.source, doc.title, doc.content_hash, doc.format, metadata,
-                 len(chunks), doc.created_at),
-            )  # fmt: skip
+                (
+                    doc.id,
+                    doc.kb,
+                    doc.source,
+                    doc.title,
+                    doc.content_hash,
+                    doc.format,
+                    metadata,
+                    len(chunks),
+                    doc.created_at,
+                ),
+            )
             await tx.executemany(
                 "INSERT INTO kb_chunks (id, kb, document_id, idx, text, heading, tokens, "
                 f"embedding) VALUES (?, ?, ?, ?, ?, ?, ?, ?::text::{self._vector})",
                 [
-                    (f"{doc.id}:{c.index}", doc.kb, doc.id, c.index, c.text, c.heading, c.tokens,
-                     v)
+                    (f"{doc.id}:{c.index}", doc.kb, doc.id, c.index, c.text, c.heading, c.tokens, v)
                     for c, v in zip(chunks, texts, strict=True)
                 ],
-            )  # fmt: skip
+            )
 
     async def get_document(self, kb: str, document_id: str) -> StoredDocument | None:
         row = await self.db.fetchone(
@@ -320,9 +335,14 @@ class PostgresKnowledge(KnowledgeStore):
             return [(r[0], float(r[1])) for r in rows]
 
         ranked = await rank(
-            k=k, mode=mode, vector=query, text=text, by_vector=by_vector, by_text=by_text,
+            k=k,
+            mode=mode,
+            vector=query,
+            text=text,
+            by_vector=by_vector,
+            by_text=by_text,
             weights=self.weights,
-        )  # fmt: skip
+        )
         if not ranked:
             return []
         rows = await self.db.fetch(

@@ -90,8 +90,10 @@ class Knowledge:
         chunk_tokens = spec.chunk_tokens or self.config.chunk_tokens
         overlap = self.config.overlap_tokens if spec.overlap_tokens is None else spec.overlap_tokens
         if overlap >= chunk_tokens // 2:
-            raise BadRequest(f"overlap_tokens must be under half of chunk_tokens ({chunk_tokens}).",
-                             param="overlap_tokens")  # fmt: skip
+            raise BadRequest(
+                f"overlap_tokens must be under half of chunk_tokens ({chunk_tokens}).",
+                param="overlap_tokens",
+            )
         kb = KnowledgeBase(
             name=spec.name,
             embedding_model=model,
@@ -133,8 +135,11 @@ class Knowledge:
         title, chunks, fmt = await asyncio.to_thread(self._cut, kb, upload.source, data, fmt)
         if not chunks:
             raise BadRequest("The document has no text to index.", param="source")
-        vectors = await self._embed(routed or Routed(kb.embedding_model), kb.embedding_model,
-                                    [_embedded_text(c) for c in chunks])  # fmt: skip
+        vectors = await self._embed(
+            routed or Routed(kb.embedding_model),
+            kb.embedding_model,
+            [_embedded_text(c) for c in chunks],
+        )
         doc = StoredDocument(
             id=stored.id if stored is not None else f"doc_{secrets.token_hex(8)}",
             kb=name,

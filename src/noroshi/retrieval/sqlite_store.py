@@ -243,9 +243,16 @@ class SQLiteKnowledge(KnowledgeStore):
                 "INSERT INTO kb (name, embedding_model, dimensions, description, chunk_tokens, "
                 "overlap_tokens, created_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (name) DO NOTHING RETURNING id",
-                (kb.name, kb.embedding_model, dimensions, kb.description, kb.chunk_tokens,
-                 kb.overlap_tokens, kb.created_at),
-            )  # fmt: skip
+                (
+                    kb.name,
+                    kb.embedding_model,
+                    dimensions,
+                    kb.description,
+                    kb.chunk_tokens,
+                    kb.overlap_tokens,
+                    kb.created_at,
+                ),
+            )
             rows = list(rows)
             if not rows:
                 return False
@@ -304,9 +311,18 @@ class SQLiteKnowledge(KnowledgeStore):
             await tx.execute(
                 "INSERT INTO kb_documents (id, kb_id, source, title, content_hash, format, "
                 "metadata, chunks, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (doc.id, kb_id, doc.source, doc.title, doc.content_hash, doc.format, metadata,
-                 len(chunks), doc.created_at),
-            )  # fmt: skip
+                (
+                    doc.id,
+                    kb_id,
+                    doc.source,
+                    doc.title,
+                    doc.content_hash,
+                    doc.format,
+                    metadata,
+                    len(chunks),
+                    doc.created_at,
+                ),
+            )
             # rowids of our own, so the vectors can be written beside them in one batch: the
             # write lock is ours, nobody else takes one
             ((top,),) = await tx.execute_fetchall("SELECT COALESCE(MAX(rowid), 0) FROM kb_chunks")
@@ -314,11 +330,19 @@ class SQLiteKnowledge(KnowledgeStore):
                 "INSERT INTO kb_chunks (rowid, id, kb_id, document_id, idx, text, heading, tokens) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [
-                    (top + i, f"{doc.id}:{c.index}", kb_id, doc.id, c.index, c.text, c.heading,
-                     c.tokens)
+                    (
+                        top + i,
+                        f"{doc.id}:{c.index}",
+                        kb_id,
+                        doc.id,
+                        c.index,
+                        c.text,
+                        c.heading,
+                        c.tokens,
+                    )
                     for i, c in enumerate(chunks, 1)
                 ],
-            )  # fmt: skip
+            )
             await tx.executemany(
                 f"INSERT INTO {vector_table(kb_id)} (rowid, embedding) VALUES (?, ?)",
                 [(top + i, blob) for i, blob in enumerate(blobs, 1)],
@@ -418,9 +442,14 @@ class SQLiteKnowledge(KnowledgeStore):
             return [(r[0], r[1]) for r in rows]
 
         ranked = await rank(
-            k=k, mode=mode, vector=query, text=text, by_vector=by_vector, by_text=by_text,
+            k=k,
+            mode=mode,
+            vector=query,
+            text=text,
+            by_vector=by_vector,
+            by_text=by_text,
             weights=self.weights,
-        )  # fmt: skip
+        )
         if not ranked:
             return []
         rows = await self._fetch(

@@ -65,5 +65,11 @@ def _passages(hits: list[Hit]) -> str:
 
 
 def _source(hit: Hit) -> dict[str, Any]:
-    return {"id": hit.chunk_id, "document_id": hit.document_id, "source": hit.source,
-            "title": hit.title, "heading": hit.heading, "score": hit.score}  # fmt: skip
+    return {
+        "id": hit.chunk_id,
+        "document_id": hit.document_id,
+        "source": hit.source,
+        "title": hit.title,
+        "heading": hit.heading,
+        "score": hit.score,
+    }

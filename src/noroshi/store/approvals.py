@@ -25,9 +25,8 @@ class Approvals:
             "INSERT INTO run_approvals (run_id, step, tool_call_id, name, arguments, "
             "requested_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (run_id, step, tool_call_id) DO NOTHING",
-            [(run_id, step, c.tool_call_id, c.name, c.arguments, now, c.expires_at)
-             for c in calls],
-        )  # fmt: skip
+            [(run_id, step, c.tool_call_id, c.name, c.arguments, now, c.expires_at) for c in calls],
+        )
 
     async def decide(self, run_id: str, tool_call_id: str, approved: bool, reason: str) -> bool:
         """Answer a call still waiting; False when there is none (answered, or never asked)."""
@@ -44,8 +43,12 @@ class Approvals:
             "WHERE run_id = ? AND approved IS NULL ORDER BY tool_call_id",
             (run_id,),
         )
-        return [PendingApproval(tool_call_id=r[0], name=r[1], arguments=r[2],
-                                expires_at=Timestamp(r[3])) for r in rows]  # fmt: skip
+        return [
+            PendingApproval(
+                tool_call_id=r[0], name=r[1], arguments=r[2], expires_at=Timestamp(r[3])
+            )
+            for r in rows
+        ]
 
     async def decisions(self, run_id: str, step: int) -> dict[str, tuple[bool, str]]:
         """The answers given for a step's calls, by call id."""

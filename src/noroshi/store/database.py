@@ -590,8 +590,12 @@ class _Breaker:
 
     def failed(self, reason: str) -> StoreUnavailable:
         if not self._retry_at:
-            log.warning("%s is unavailable (%s); failing fast, trying again every %g s",
-                        self.what, reason, self.retry_s)  # fmt: skip
+            log.warning(
+                "%s is unavailable (%s); failing fast, trying again every %g s",
+                self.what,
+                reason,
+                self.retry_s,
+            )
         self._retry_at = time.monotonic() + self.retry_s
         self._reason = reason
         return _unavailable(self.what, reason)
@@ -619,8 +623,11 @@ async def open_database(
     elif scheme == "sqlite" and rest.startswith("///") and len(rest) > 3:
         db = await SQLiteDatabase.connect(Path(rest[2:]), timeout_s)
     elif scheme in ("postgresql", "postgres"):
-        db = await _reach(lambda: PostgresDatabase.connect(url, timeout_s), connect_timeout_s,
-                          f"PostgreSQL at {_where(url)}")  # fmt: skip
+        db = await _reach(
+            lambda: PostgresDatabase.connect(url, timeout_s),
+            connect_timeout_s,
+            f"PostgreSQL at {_where(url)}",
+        )
     else:
         # not the URL itself: it may hold a password
         raise ValueError(

@@ -79,9 +79,16 @@ class KeyStore:
         await self.db.execute(
             "INSERT INTO api_keys (id, name, key_hash, hint, settings, created_at, expires_at, "
             "revoked_at, revision) VALUES (?, ?, ?, ?, ?, ?, ?, NULL, 0)",
-            (key.id, key.name, hash_key(secret), key.hint, _settings(key),
-             float(now), _epoch(key.expires_at)),
-        )  # fmt: skip
+            (
+                key.id,
+                key.name,
+                hash_key(secret),
+                key.hint,
+                _settings(key),
+                float(now),
+                _epoch(key.expires_at),
+            ),
+        )
         return key, secret
 
     async def get(self, id: str) -> ApiKey | None:

@@ -49,15 +49,29 @@ class ResponseStore:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    async def create(self, owner: str, response: dict[str, Any], items: list[dict[str, Any]],
-                     background: bool = False) -> None:  # fmt: skip
+    async def create(
+        self,
+        owner: str,
+        response: dict[str, Any],
+        items: list[dict[str, Any]],
+        background: bool = False,
+    ) -> None:
         now = time.time()
         await self.db.execute(
             "INSERT INTO responses (id, owner, previous_id, background, status, input, response,"
             " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (response["id"], owner, response.get("previous_response_id"), int(background),
-             response["status"], _encode(items).decode(), _encode(response).decode(), now, now),
-        )  # fmt: skip
+            (
+                response["id"],
+                owner,
+                response.get("previous_response_id"),
+                int(background),
+                response["status"],
+                _encode(items).decode(),
+                _encode(response).decode(),
+                now,
+                now,
+            ),
+        )
 
     async def update(self, response: dict[str, Any], running: bool = True) -> bool:
         """Write a response's new state; with `running`, only over a response still running,

@@ -36,15 +36,29 @@ _RUN = (
 
 
 def _session(row: tuple[Any, ...]) -> Session:
-    return Session(id=row[0], agent=row[1], title=row[2], created_at=Timestamp(row[3]),
-                   updated_at=Timestamp(row[4]))  # fmt: skip
+    return Session(
+        id=row[0],
+        agent=row[1],
+        title=row[2],
+        created_at=Timestamp(row[3]),
+        updated_at=Timestamp(row[4]),
+    )
 
 
 def _run(row: tuple[Any, ...]) -> Run:
-    return Run(id=row[0], session_id=row[1], agent=row[2], status=row[3],
-               background=bool(row[4]), prompt_tokens=row[5], completion_tokens=row[6],
-               steps=row[7], error=row[8], created_at=Timestamp(row[9]),
-               finished_at=Timestamp.maybe(row[10]))  # fmt: skip
+    return Run(
+        id=row[0],
+        session_id=row[1],
+        agent=row[2],
+        status=row[3],
+        background=bool(row[4]),
+        prompt_tokens=row[5],
+        completion_tokens=row[6],
+        steps=row[7],
+        error=row[8],
+        created_at=Timestamp(row[9]),
+        finished_at=Timestamp.maybe(row[10]),
+    )
 
 
 class Kept(NamedTuple):
@@ -75,8 +89,13 @@ class SessionStore:
         """A new session, named `session_id` when the client names its chats itself; None
         when another key has a session by that id (a race for one id makes one session)."""
         now = Timestamp.now()
-        session = Session(id=session_id or f"ses_{secrets.token_hex(8)}", agent=agent,
-                          title=title[:200], created_at=now, updated_at=now)  # fmt: skip
+        session = Session(
+            id=session_id or f"ses_{secrets.token_hex(8)}",
+            agent=agent,
+            title=title[:200],
+            created_at=now,
+            updated_at=now,
+        )
         made = await self.db.fetchone(
             f"INSERT INTO sessions (key_id, {_SESSION}) VALUES (?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (id) DO NOTHING RETURNING id",
@@ -104,8 +123,11 @@ class SessionStore:
     async def delete(self, key_id: str | None, session_id: str) -> bool:
         if await self.get(key_id, session_id) is None:
             return False
-        for table, column in (("session_messages", "session_id"), ("runs", "session_id"),
-                              ("sessions", "id")):  # fmt: skip
+        for table, column in (
+            ("session_messages", "session_id"),
+            ("runs", "session_id"),
+            ("sessions", "id"),
+        ):
             await self.db.execute(f"DELETE FROM {table} WHERE {column} = ?", (session_id,))
         return True
 
@@ -135,9 +157,11 @@ class SessionStore:
         await self.db.executemany(
             "INSERT INTO session_messages (session_id, seq, run_id, message, created_at) "
             "VALUES (?, ?, ?, ?, ?)",
-            [(session_id, start + i + 1, run_id, _encode(m).decode(), now)
-             for i, m in enumerate(messages)],
-        )  # fmt: skip
+            [
+                (session_id, start + i + 1, run_id, _encode(m).decode(), now)
+                for i, m in enumerate(messages)
+            ],
+        )
         await self.db.execute("UPDATE sessions SET updated_at = ? WHERE id = ?", (now, session_id))
 
     async def claim(self, session_id: str, run_id: str, hold_s: float) -> str | None:
@@ -258,14 +282,34 @@ class SessionStore:
         prompt: str = "",
         hold_s: float = 0.0,
     ) -> Run:
-        run = Run(id=run_id or new_run_id(), session_id=session.id, agent=session.agent,
-                  status="running", background=background, created_at=Timestamp.now())  # fmt: skip
+        run = Run(
+            id=run_id or new_run_id(),
+            session_id=session.id,
+            agent=session.agent,
+            status="running",
+            background=background,
+            created_at=Timestamp.now(),
+        )
         await self.db.execute(
             f"INSERT INTO runs (key_id, prompt, lease_until, {_RUN}) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (key_id, prompt, run.created_at + hold_s, run.id, run.session_id, run.agent,
-             run.status, int(background), 0, 0, 0, None, run.created_at, None),
-        )  # fmt: skip
+            (
+                key_id,
+                prompt,
+                run.created_at + hold_s,
+                run.id,
+                run.session_id,
+                run.agent,
+                run.status,
+                int(background),
+                0,
+                0,
+                0,
+                None,
+                run.created_at,
+                None,
+            ),
+        )
         return run
 
     async def kept(self, run_id: str) -> Kept | None:
@@ -282,9 +326,16 @@ class SessionStore:
         await self.db.execute(
             "UPDATE runs SET status = ?, prompt_tokens = ?, completion_tokens = ?, steps = ?, "
             "error = ?, finished_at = ? WHERE id = ?",
-            (run.status, run.prompt_tokens, run.completion_tokens, run.steps, run.error,
-             run.finished_at, run.id),
-        )  # fmt: skip
+            (
+                run.status,
+                run.prompt_tokens,
+                run.completion_tokens,
+                run.steps,
+                run.error,
+                run.finished_at,
+                run.id,
+            ),
+        )
 
     async def get_run(self, key_id: str | None, run_id: str) -> Run | None:
         where, args = _key_is(key_id)

@@ -51,10 +51,25 @@ def _row(r: UsageRecord) -> tuple[Any, ...]:
     the same plain SQL on both dialects."""
     day = _day(int(r.created_at // 86_400))
     ttft = None if r.ttft_ms is None else float(r.ttft_ms)
-    return (r.request_id, r.key_id, r.model, r.deployment, r.route, int(r.prompt_tokens),
-            int(r.completion_tokens), int(r.cache_read_tokens), int(r.cache_write_tokens),
-            int(r.reasoning_tokens), float(r.cost), ttft, float(r.duration_ms), int(r.status),
-            r.outcome, float(r.created_at), day)  # fmt: skip
+    return (
+        r.request_id,
+        r.key_id,
+        r.model,
+        r.deployment,
+        r.route,
+        int(r.prompt_tokens),
+        int(r.completion_tokens),
+        int(r.cache_read_tokens),
+        int(r.cache_write_tokens),
+        int(r.reasoning_tokens),
+        float(r.cost),
+        ttft,
+        float(r.duration_ms),
+        int(r.status),
+        r.outcome,
+        float(r.created_at),
+        day,
+    )
 
 
 def _record(row: tuple[Any, ...]) -> UsageRecord:
@@ -175,12 +190,14 @@ class UsageLog:
                 await self.flush()
                 delay = 0.0
             except StoreUnavailable as exc:
-                log.warning("could not write %d usage records (%s); keeping them",
-                            self.pending, exc.reason)  # fmt: skip
+                log.warning(
+                    "could not write %d usage records (%s); keeping them", self.pending, exc.reason
+                )
                 delay = min(max(delay * 2, self.flush_interval_s), MAX_RETRY_DELAY_S)
             except Exception:
-                log.warning("could not write %d usage records; keeping them", self.pending,
-                            exc_info=True)  # fmt: skip
+                log.warning(
+                    "could not write %d usage records; keeping them", self.pending, exc_info=True
+                )
                 delay = min(max(delay * 2, self.flush_interval_s), MAX_RETRY_DELAY_S)
 
     async def query(

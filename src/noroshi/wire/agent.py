@@ -94,10 +94,14 @@ class AgentChatBody(Struct, kw_only=True):
         last = self.messages[-1] if self.messages else None
         if last is None or last.role != "assistant":
             return []
-        return [(p.tool_call_id, bool(p.approval.approved), p.approval.reason or "")
-                for p in last.parts
-                if p.state == "approval-responded" and p.tool_call_id and p.approval
-                and p.approval.approved is not None]  # fmt: skip
+        return [
+            (p.tool_call_id, bool(p.approval.approved), p.approval.reason or "")
+            for p in last.parts
+            if p.state == "approval-responded"
+            and p.tool_call_id
+            and p.approval
+            and p.approval.approved is not None
+        ]
 
     def turn(self) -> tuple[str, str | None, Format]:
         """The prompt, the session and the stream format this body asks for."""

@@ -148,8 +148,11 @@ class UIMessageStream:
             out.append(TextDelta(id=self._text, delta=data["text"]))
         elif type == "tool.call":
             out += self._close_text()
-            out.append(ToolInputAvailable(tool_call_id=data["id"], tool_name=data["name"],
-                                          input=_input(data["arguments"])))  # fmt: skip
+            out.append(
+                ToolInputAvailable(
+                    tool_call_id=data["id"], tool_name=data["name"], input=_input(data["arguments"])
+                )
+            )
         elif type == "tool.approval_requested":
             out.append(ToolApprovalRequest(approval_id=data["id"], tool_call_id=data["id"]))
         elif type == "tool.approval" and not data.get("approved"):
@@ -163,8 +166,14 @@ class UIMessageStream:
             else:
                 out.append(ToolOutputAvailable(tool_call_id=data["id"], output=data["content"]))
         elif type == "source":
-            out.append(SourceDocument(source_id=data["id"], media_type="text/plain",
-                                      title=data["title"], filename=data["source"]))  # fmt: skip
+            out.append(
+                SourceDocument(
+                    source_id=data["id"],
+                    media_type="text/plain",
+                    title=data["title"],
+                    filename=data["source"],
+                )
+            )
         elif type in ("step.finished", "run.waiting"):
             out += self._close_step()
         elif type == "run.resumed":  # a cut step starts over; a waiting one goes on

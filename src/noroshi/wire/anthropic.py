@@ -61,8 +61,13 @@ _encode = msgspec.json.encode
 DEFAULT_MAX_TOKENS = 4096
 MIN_THINKING_BUDGET = 1024
 STOP_REASONS: tuple[StopReason, ...] = (
-    "end_turn", "max_tokens", "stop_sequence", "tool_use", "refusal", "pause_turn",
-)  # fmt: skip
+    "end_turn",
+    "max_tokens",
+    "stop_sequence",
+    "tool_use",
+    "refusal",
+    "pause_turn",
+)
 ToolName = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[a-zA-Z0-9_-]+$")]
 
 
@@ -174,8 +179,9 @@ def _check(value: Any, kind: type[Any], path: str) -> Any:
     except msgspec.ValidationError as exc:
         message, param = where(exc)
         field = f"{path}.{param}" if param else path
-        raise BadRequest(f"{message.split(' at ')[0]} at '{field}'", param=field,
-                         code="invalid_value") from None  # fmt: skip
+        raise BadRequest(
+            f"{message.split(' at ')[0]} at '{field}'", param=field, code="invalid_value"
+        ) from None
 
 
 # --- requests ------------------------------------------------------------------------------
@@ -211,8 +217,11 @@ def _part(block: dict[str, Any], path: str, dropped: list[str]) -> Part | None:
     if kind == "redacted_thinking":
         return RedactedThinking(_check(block, _Redacted, path).data)
     if not isinstance(kind, str):
-        raise BadRequest(f"A content block needs a 'type' at '{path}.type'",
-                         param=f"{path}.type", code="invalid_value")  # fmt: skip
+        raise BadRequest(
+            f"A content block needs a 'type' at '{path}.type'",
+            param=f"{path}.type",
+            code="invalid_value",
+        )
     dropped.append(f"'{kind}' blocks")
     return None
 
@@ -247,8 +256,13 @@ def decode_request(req: MessagesRequest | CountTokensRequest) -> Conversation:
             continue
         tool = _check(raw, _Tool, f"tools.{i}")
         tools.append(Tool(tool.name, tool.description, tool.input_schema))
-    conv = Conversation(model=req.model, system=_system(req.system, dropped), turns=turns,
-                        tools=tools, dropped=dropped)  # fmt: skip
+    conv = Conversation(
+        model=req.model,
+        system=_system(req.system, dropped),
+        turns=turns,
+        tools=tools,
+        dropped=dropped,
+    )
     if req.tool_choice is not None:
         choice = _check(req.tool_choice, _ToolChoice, "tool_choice")
         mode = {"any": "required"}.get(choice.type, choice.type)
@@ -259,8 +273,11 @@ def decode_request(req: MessagesRequest | CountTokensRequest) -> Conversation:
     if thinking.get("type") == "enabled":
         budget = thinking.get("budget_tokens")
         if not isinstance(budget, int) or budget < MIN_THINKING_BUDGET:
-            raise BadRequest(f"thinking.budget_tokens: at least {MIN_THINKING_BUDGET} tokens",
-                             param="thinking.budget_tokens", code="invalid_value")  # fmt: skip
+            raise BadRequest(
+                f"thinking.budget_tokens: at least {MIN_THINKING_BUDGET} tokens",
+                param="thinking.budget_tokens",
+                code="invalid_value",
+            )
         conv.thinking_budget = budget
     elif thinking.get("type") == "disabled":
         conv.thinking_budget = 0
@@ -289,10 +306,14 @@ def _block(part: Part, dropped: list[str]) -> dict[str, Any] | None:
                 "type": "image",
                 "source": {"type": "base64", "media_type": media_type, "data": data},
             }
-        return {"type": "image", "source": {"type": "url", "url": url}}  # fmt: skip
+        return {"type": "image", "source": {"type": "url", "url": url}}
     if isinstance(part, ToolCall):
-        return {"type": "tool_use", "id": part.id, "name": part.name,
-                "input": _arguments(part.arguments)}  # fmt: skip
+        return {
+            "type": "tool_use",
+            "id": part.id,
+            "name": part.name,
+            "input": _arguments(part.arguments),
+        }
     if isinstance(part, ToolResult):
         content = [b for c in part.content if (b := _block(c, dropped)) is not None]
         result: dict[str, Any] = {"type": "tool_result", "tool_use_id": part.id}
@@ -363,8 +384,10 @@ def encode_request(conv: Conversation, model: str, stream: bool) -> dict[str, An
     if conv.user:
         body["metadata"] = {"user_id": conv.user}
     if conv.tools:
-        body["tools"] = [{"name": t.name, "description": t.description,
-                          "input_schema": t.parameters} for t in conv.tools]  # fmt: skip
+        body["tools"] = [
+            {"name": t.name, "description": t.description, "input_schema": t.parameters}
+            for t in conv.tools
+        ]
     choice = _choice_out(conv, bool(budget))
     if choice is not None:
         if choice["type"] == "none":
@@ -440,11 +463,21 @@ def decode_answer(body: dict[str, Any]) -> Answer:
         elif kind == "redacted_thinking":
             parts.append(RedactedThinking(str(block.get("data", ""))))
         elif kind == "tool_use":
-            parts.append(ToolCall(str(block.get("id", "")), str(block.get("name", "")),
-                                  _encode(block.get("input") or {}).decode()))  # fmt: skip
-    return Answer(id=str(body.get("id", "")), model=str(body.get("model", "")), parts=parts,
-                  stop=_stop(body.get("stop_reason")), stop_sequence=body.get("stop_sequence"),
-                  usage=usage_in(body.get("usage") or {}))  # fmt: skip
+            parts.append(
+                ToolCall(
+                    str(block.get("id", "")),
+                    str(block.get("name", "")),
+                    _encode(block.get("input") or {}).decode(),
+                )
+            )
+    return Answer(
+        id=str(body.get("id", "")),
+        model=str(body.get("model", "")),
+        parts=parts,
+        stop=_stop(body.get("stop_reason")),
+        stop_sequence=body.get("stop_sequence"),
+        usage=usage_in(body.get("usage") or {}),
+    )
 
 
 def _out_block(part: Text | Thinking | RedactedThinking | ToolCall) -> dict[str, Any]:
@@ -454,8 +487,12 @@ def _out_block(part: Text | Thinking | RedactedThinking | ToolCall) -> dict[str,
         return {"type": "thinking", "thinking": part.text, "signature": part.signature}
     if isinstance(part, RedactedThinking):
         return {"type": "redacted_thinking", "data": part.data}
-    return {"type": "tool_use", "id": part.id, "name": part.name,
-            "input": _arguments(part.arguments)}  # fmt: skip
+    return {
+        "type": "tool_use",
+        "id": part.id,
+        "name": part.name,
+        "input": _arguments(part.arguments),
+    }
 
 
 def _message_id(upstream: str) -> str:
@@ -463,13 +500,18 @@ def _message_id(upstream: str) -> str:
 
 
 def encode_answer(answer: Answer, model: str) -> bytes:
-    return _encode({
-        "id": _message_id(answer.id), "type": "message", "role": "assistant",
-        "model": answer.model or model,
-        "content": [_out_block(p) for p in answer.parts],
-        "stop_reason": answer.stop, "stop_sequence": answer.stop_sequence,
-        "usage": usage_out(answer.usage),
-    })  # fmt: skip
+    return _encode(
+        {
+            "id": _message_id(answer.id),
+            "type": "message",
+            "role": "assistant",
+            "model": answer.model or model,
+            "content": [_out_block(p) for p in answer.parts],
+            "stop_reason": answer.stop,
+            "stop_sequence": answer.stop_sequence,
+            "usage": usage_out(answer.usage),
+        }
+    )
 
 
 # --- streams -------------------------------------------------------------------------------
@@ -495,13 +537,20 @@ class StreamDecoder:
         if kind == "content_block_delta":
             index = self.blocks.get(int(event.get("index", 0)))
             delta = event.get("delta") or {}
-            dkind = {"text_delta": "text", "thinking_delta": "thinking",
-                     "signature_delta": "signature",
-                     "input_json_delta": "arguments"}.get(delta.get("type", ""))  # fmt: skip
+            dkind = {
+                "text_delta": "text",
+                "thinking_delta": "thinking",
+                "signature_delta": "signature",
+                "input_json_delta": "arguments",
+            }.get(delta.get("type", ""))
             if index is None or dkind is None:
                 return []
-            field = {"text": "text", "thinking": "thinking", "signature": "signature",
-                     "arguments": "partial_json"}[dkind]  # fmt: skip
+            field = {
+                "text": "text",
+                "thinking": "thinking",
+                "signature": "signature",
+                "arguments": "partial_json",
+            }[dkind]
             return [Delta(index, dkind, str(delta.get(field, "")))]  # type: ignore[arg-type]
         if kind == "content_block_start":
             return self._start(int(event.get("index", 0)), event.get("content_block") or {})
@@ -586,14 +635,20 @@ class StreamEncoder:
                     )
                 )
             elif isinstance(e, BlockStop):
-                out.append(_sse("content_block_stop",
-                                {"type": "content_block_stop", "index": e.index}))  # fmt: skip
+                out.append(
+                    _sse("content_block_stop", {"type": "content_block_stop", "index": e.index})
+                )
             elif isinstance(e, Start):
                 message: dict[str, Any] = {
-                    "id": _message_id(e.id), "type": "message", "role": "assistant",
-                    "model": e.model or self.model, "content": [], "stop_reason": None,
-                    "stop_sequence": None, "usage": usage_out(self.usage),
-                }  # fmt: skip
+                    "id": _message_id(e.id),
+                    "type": "message",
+                    "role": "assistant",
+                    "model": e.model or self.model,
+                    "content": [],
+                    "stop_reason": None,
+                    "stop_sequence": None,
+                    "usage": usage_out(self.usage),
+                }
                 out += [_sse("message_start", {"type": "message_start", "message": message}), PING]
             elif isinstance(e, Finish):
                 self.stop = e
@@ -610,16 +665,20 @@ class StreamEncoder:
             delta = {"type": "signature_delta", "signature": e.text}
         else:
             delta = {"type": "input_json_delta", "partial_json": e.text}
-        return _sse("content_block_delta",
-                    {"type": "content_block_delta", "index": e.index, "delta": delta})  # fmt: skip
+        return _sse(
+            "content_block_delta", {"type": "content_block_delta", "index": e.index, "delta": delta}
+        )
 
     def end(self) -> bytes:
         stop = self.stop or Finish("end_turn")
-        return _sse("message_delta", {
-            "type": "message_delta",
-            "delta": {"stop_reason": stop.reason, "stop_sequence": stop.stop_sequence},
-            "usage": usage_out(self.usage),
-        })  # fmt: skip
+        return _sse(
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": stop.reason, "stop_sequence": stop.stop_sequence},
+                "usage": usage_out(self.usage),
+            },
+        )
 
 
 # --- errors --------------------------------------------------------------------------------

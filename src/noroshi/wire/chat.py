@@ -91,8 +91,9 @@ def _thinking(blocks: list[dict[str, Any]] | None, text: str | None) -> list[Par
             if block.get("type") == "redacted_thinking":
                 parts.append(RedactedThinking(str(block.get("data", ""))))
             else:
-                parts.append(Thinking(str(block.get("thinking", "")),
-                                      str(block.get("signature") or "")))  # fmt: skip
+                parts.append(
+                    Thinking(str(block.get("thinking", "")), str(block.get("signature") or ""))
+                )
         return parts
     return [Thinking(text)] if text else []
 
@@ -129,8 +130,9 @@ def decode_request(chat: oa.ChatRequest) -> Conversation:
             parts = _thinking(m.thinking_blocks, m.reasoning_content)
             if text := _text(m.content) or (m.refusal or ""):
                 parts.append(Text(text))
-            parts += [ToolCall(c.id, c.function.name, c.function.arguments)
-                      for c in m.tool_calls or ()]  # fmt: skip
+            parts += [
+                ToolCall(c.id, c.function.name, c.function.arguments) for c in m.tool_calls or ()
+            ]
             add("assistant", parts)
         else:
             add("user", [ToolResult(m.tool_call_id, [Text(_text(m.content))])])
@@ -181,8 +183,9 @@ def _format_in(fmt: dict[str, Any] | None) -> OutputFormat | None:
     if fmt["type"] == "json_object":
         return OutputFormat("json_object")
     spec = fmt.get("json_schema") or {}
-    return OutputFormat("json_schema", str(spec.get("name") or "output"),
-                        spec.get("schema"), spec.get("strict"))  # fmt: skip
+    return OutputFormat(
+        "json_schema", str(spec.get("name") or "output"), spec.get("schema"), spec.get("strict")
+    )
 
 
 def _user_content(parts: list[Part]) -> str | list[dict[str, Any]]:
@@ -223,10 +226,13 @@ def encode_request(
         calls = [p for p in turn.parts if isinstance(p, ToolCall)]
         if calls:
             message["tool_calls"] = [
-                {"id": c.id, "type": "function",
-                 "function": {"name": c.name, "arguments": c.arguments}}
+                {
+                    "id": c.id,
+                    "type": "function",
+                    "function": {"name": c.name, "arguments": c.arguments},
+                }
                 for c in calls
-            ]  # fmt: skip
+            ]
         if keep_thinking:
             blocks = _thinking_blocks(turn.parts)
             if blocks:
@@ -252,8 +258,9 @@ def encode_request(
     if conv.stop:
         body["stop"] = conv.stop
     if conv.tools:
-        body["tools"] = [{"type": "function", "function": msgspec.to_builtins(t)}
-                         for t in conv.tools]  # fmt: skip
+        body["tools"] = [
+            {"type": "function", "function": msgspec.to_builtins(t)} for t in conv.tools
+        ]
     if conv.tool_choice is not None:
         choice = conv.tool_choice
         body["tool_choice"] = (
@@ -299,12 +306,19 @@ def decode_answer(body: dict[str, Any]) -> Answer:
         parts.append(Text(str(text)))
     for call in message.get("tool_calls") or ():
         fn = call.get("function") or {}
-        parts.append(ToolCall(str(call.get("id", "")), str(fn.get("name", "")),
-                              str(fn.get("arguments") or "")))  # fmt: skip
+        parts.append(
+            ToolCall(
+                str(call.get("id", "")), str(fn.get("name", "")), str(fn.get("arguments") or "")
+            )
+        )
     usage = msgspec.convert(body.get("usage") or {}, oa.Usage).tokens()
-    return Answer(id=str(body.get("id", "")), model=str(body.get("model", "")), parts=parts,
-                  stop=STOP_REASONS.get(choices[0].get("finish_reason") or "stop", "end_turn"),
-                  usage=usage)  # fmt: skip
+    return Answer(
+        id=str(body.get("id", "")),
+        model=str(body.get("model", "")),
+        parts=parts,
+        stop=STOP_REASONS.get(choices[0].get("finish_reason") or "stop", "end_turn"),
+        usage=usage,
+    )
 
 
 def encode_answer(answer: Answer, model: str) -> bytes:
@@ -322,15 +336,23 @@ def encode_answer(answer: Answer, model: str) -> bytes:
             p.text for p in answer.parts if isinstance(p, Thinking)
         )
         message["thinking_blocks"] = blocks
-    return _encode({
-        "id": _chat_id(answer.id),
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": answer.model or model,
-        "choices": [{"index": 0, "message": message, "logprobs": None,
-                     "finish_reason": FINISH_REASONS[answer.stop]}],
-        "usage": oa.Usage.of(answer.usage),
-    })  # fmt: skip
+    return _encode(
+        {
+            "id": _chat_id(answer.id),
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": answer.model or model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": message,
+                    "logprobs": None,
+                    "finish_reason": FINISH_REASONS[answer.stop],
+                }
+            ],
+            "usage": oa.Usage.of(answer.usage),
+        }
+    )
 
 
 def _chat_id(upstream: str) -> str:
@@ -478,10 +500,14 @@ class StreamEncoder:
         self.usage: oa.Usage | None = None
 
     def _chunk(self, delta: oa.Delta, finish: str | None = None) -> bytes:
-        return oa.frame_chunk(oa.ChatCompletionChunk(
-            id=self.id, created=self.created, model=self.model,
-            choices=[oa.ChunkChoice(index=0, delta=delta, finish_reason=finish)],
-        ))  # fmt: skip
+        return oa.frame_chunk(
+            oa.ChatCompletionChunk(
+                id=self.id,
+                created=self.created,
+                model=self.model,
+                choices=[oa.ChunkChoice(index=0, delta=delta, finish_reason=finish)],
+            )
+        )
 
     def feed(self, events: list[Event]) -> bytes:
         out: list[bytes] = []
@@ -497,7 +523,7 @@ class StreamEncoder:
                         type="function",
                         function=oa.DeltaToolCallFunction(e.part.name, ""),
                     )
-                    out.append(self._chunk(oa.Delta(tool_calls=[call])))  # fmt: skip
+                    out.append(self._chunk(oa.Delta(tool_calls=[call])))
                 elif isinstance(e.part, RedactedThinking):
                     block = {"type": "redacted_thinking", "data": e.part.data}
                     out.append(self._chunk(oa.Delta(thinking_blocks=[block])))
@@ -522,14 +548,20 @@ class StreamEncoder:
         call = oa.DeltaToolCall(
             index=self.tools.get(e.index, 0), function=oa.DeltaToolCallFunction(arguments=e.text)
         )
-        return oa.Delta(tool_calls=[call])  # fmt: skip
+        return oa.Delta(tool_calls=[call])
 
     def end(self) -> bytes:
         if not self.include_usage or self.usage is None:
             return b""
-        return oa.frame_chunk(oa.ChatCompletionChunk(
-            id=self.id, created=self.created, model=self.model, choices=[], usage=self.usage,
-        ))  # fmt: skip
+        return oa.frame_chunk(
+            oa.ChatCompletionChunk(
+                id=self.id,
+                created=self.created,
+                model=self.model,
+                choices=[],
+                usage=self.usage,
+            )
+        )
 
 
 class ChatWire:

@@ -281,8 +281,10 @@ def answer_events(answer: Answer) -> list[Event]:
             if part.signature:
                 events.append(Delta(i, "signature", part.signature))
         else:
-            events += [BlockStart(i, ToolCall(part.id, part.name, "")),
-                       Delta(i, "arguments", part.arguments)]  # fmt: skip
+            events += [
+                BlockStart(i, ToolCall(part.id, part.name, "")),
+                Delta(i, "arguments", part.arguments),
+            ]
         events.append(BlockStop(i))
     events += [Finish(answer.stop, answer.stop_sequence), UsageUpdate(answer.usage)]
     return events

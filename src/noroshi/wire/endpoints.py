@@ -99,25 +99,28 @@ def _e(method: str, path: str, name: str, summary: str, **kw: Any) -> Endpoint:
     return Endpoint(method, path, name, summary, **kw)
 
 
+# The table of routes, one entry in a few lines each: the formatter's one argument a line
+# would triple it.
+# fmt: off
 # OpenAI-compatible
 CHAT_COMPLETIONS = _e(
     "POST", "/v1/chat/completions", "createChatCompletion",
     "A chat completion; with `stream: true`, chunk events ending with `data: [DONE]`.",
     tag="openai", access="model", body=oa.ChatRequest, answer=oa.ChatCompletion,
     events=oa.ChatCompletionChunk,
-)  # fmt: skip
+)
 EMBEDDINGS = _e(
     "POST", "/v1/embeddings", "createEmbeddings", "Embeddings of one text or a list.",
     tag="openai", access="model", body=oa.EmbeddingRequest, answer=oa.EmbeddingList,
-)  # fmt: skip
+)
 MODELS = _e(
     "GET", "/v1/models", "listModels", "The models this key may use.",
     tag="openai", access="key", answer=oa.ModelList,
-)  # fmt: skip
+)
 MODEL = _e(
     "GET", "/v1/models/{model}", "getModel", "One model.",
     tag="openai", access="key", answer=oa.Model,
-)  # fmt: skip
+)
 
 # Anthropic Messages
 MESSAGES = _e(
@@ -126,13 +129,13 @@ MESSAGES = _e(
     "ending with `message_stop`. Errors in Anthropic's envelope; the key as `x-api-key`.",
     tag="anthropic", access="model", body=am.MessagesRequest, answer=dict[str, Any],
     events=dict[str, Any], error=am.ErrorEnvelope,
-)  # fmt: skip
+)
 MESSAGES_COUNT_TOKENS = _e(
     "POST", "/v1/messages/count_tokens", "countMessageTokens",
     "The input tokens a Messages request would use (the upstream's count, or an estimate).",
     tag="anthropic", access="key", body=am.CountTokensRequest, answer=am.CountTokensAnswer,
     error=am.ErrorEnvelope,
-)  # fmt: skip
+)
 
 # OpenAI Responses / Open Responses
 RESPONSES = _e(
@@ -141,54 +144,54 @@ RESPONSES = _e(
     "`stream: true`, its events, each with a `sequence_number`.",
     tag="responses", access="model", body=rs.ResponsesRequest, answer=dict[str, Any],
     events=dict[str, Any],
-)  # fmt: skip
+)
 RESPONSES_COMPACT = _e(
     "POST", "/v1/responses/compact", "compactResponse",
     "Fold a conversation into one compaction item, a summary the model wrote, to continue "
     "from with less context.",
     tag="responses", access="model", body=rs.CompactRequest, answer=dict[str, Any],
-)  # fmt: skip
+)
 RESPONSE = _e(
     "GET", "/v1/responses/{id}", "getResponse", "A stored response of this key.",
     tag="responses", access="key", answer=dict[str, Any],
-)  # fmt: skip
+)
 RESPONSE_INPUT_ITEMS = _e(
     "GET", "/v1/responses/{id}/input_items", "listResponseInputItems",
     "The input items of a stored response.",
     tag="responses", access="key", query=rs.InputItemsQuery, answer=dict[str, Any],
-)  # fmt: skip
+)
 RESPONSE_DELETE = _e(
     "DELETE", "/v1/responses/{id}", "deleteResponse", "Delete a stored response.",
     tag="responses", access="key", answer=dict[str, Any],
-)  # fmt: skip
+)
 RESPONSE_CANCEL = _e(
     "POST", "/v1/responses/{id}/cancel", "cancelResponse",
     "Cancel a background response, on whichever replica runs it.",
     tag="responses", access="key", answer=dict[str, Any],
-)  # fmt: skip
+)
 
 # simple
 API_CHAT = _e(
     "POST", "/api/chat", "chatText", "Chat; the answer streams as `{text}` events.",
     tag="simple", access="model", body=simple.ChatBody, events=simple.TextEvent,
-)  # fmt: skip
+)
 API_GENERATE = _e(
     "POST", "/api/generate", "generate", "Complete a prompt; streams `{text}` events.",
     tag="simple", access="model", body=simple.GenerateBody, events=simple.TextEvent,
-)  # fmt: skip
+)
 API_EMBED = _e(
     "POST", "/api/embed", "embed", "The embedding of one text.",
     tag="simple", access="model", body=simple.EmbedBody, answer=simple.EmbedAnswer,
-)  # fmt: skip
+)
 CHAT = _e(
     "POST", "/chat", "chat", "Answer a prompt in one JSON body.",
     tag="simple", access="model", body=simple.PromptBody, answer=simple.SimpleAnswer,
-)  # fmt: skip
+)
 CHAT_STREAM = _e(
     "POST", "/chat/stream", "chatStream",
     "Answer a prompt or messages as OpenAI chunk events, ending with `data: [DONE]`.",
     tag="simple", access="model", body=simple.StreamBody, events=oa.ChatCompletionChunk,
-)  # fmt: skip
+)
 
 # agents: native events, or the AI SDK's UI message chunks (`format: "ai-sdk"`, or useChat)
 _AGENT_STREAMS = (agent.AgentEvent, UIChunk)
@@ -196,141 +199,141 @@ AGENT_CHAT = _e(
     "POST", "/api/v1/agent/chat", "agentChat",
     "Run an agent turn and stream its events; leaving the stream cancels the run.",
     tag="agents", access="model", body=agent.AgentChatBody, events=_AGENT_STREAMS,
-)  # fmt: skip
+)
 AGENTS = _e(
     "GET", "/api/v1/agents", "listAgents", "The agents this server runs, with their tools.",
     tag="agents", access="key", answer=agent.AgentList,
-)  # fmt: skip
+)
 RUN_START = _e(
     "POST", "/api/v1/runs", "startRun",
     "Start a run: with `background: true` answers 202 and runs on without a client.",
     tag="agents", access="model", body=agent.AgentChatBody, answer=agent.RunAccepted,
     events=_AGENT_STREAMS, status=202,
-)  # fmt: skip
+)
 RUN = _e(
     "GET", "/api/v1/runs/{id}", "getRun", "A run's state.",
     tag="agents", access="key", answer=agent.Run,
-)  # fmt: skip
+)
 RUN_STREAM = _e(
     "GET", "/api/v1/runs/{id}/stream", "joinRun",
     "Replay and follow a run's events, after `Last-Event-ID` when sent.",
     tag="agents", access="key", query=agent.JoinQuery, events=_AGENT_STREAMS,
     headers=("last-event-id",),
-)  # fmt: skip
+)
 RUN_CANCEL = _e(
     "POST", "/api/v1/runs/{id}/cancel", "cancelRun", "Cancel a run, on whichever replica.",
     tag="agents", access="key", answer=agent.RunCancelled,
-)  # fmt: skip
+)
 RUN_APPROVE = _e(
     "POST", "/api/v1/runs/{id}/approvals", "approveToolCall",
     "Approve or deny a tool call the run waits on; once all are answered, the run goes on.",
     tag="agents", access="key", body=agent.ApprovalBody, answer=agent.ApprovalAnswer,
-)  # fmt: skip
+)
 HOOK = _e(
     "POST", "/api/v1/hooks/{name}", "deliverHook",
     "A signed webhook (`X-Noroshi-Timestamp`, `X-Noroshi-Signature`) starts a background run.",
     tag="agents", access="public", answer=agent.RunAccepted, status=202,
     headers=("x-noroshi-timestamp", "x-noroshi-signature"),
-)  # fmt: skip
+)
 SESSIONS = _e(
     "GET", "/api/v1/sessions", "listSessions", "This key's sessions, newest first.",
     tag="agents", access="key", answer=agent.SessionList,
-)  # fmt: skip
+)
 SESSION = _e(
     "GET", "/api/v1/sessions/{id}", "getSession", "A session with its messages and runs.",
     tag="agents", access="key", answer=agent.SessionDetail,
-)  # fmt: skip
+)
 SESSION_DELETE = _e(
     "DELETE", "/api/v1/sessions/{id}", "deleteSession", "Delete a session that is not running.",
     tag="agents", access="key", answer=agent.Deleted,
-)  # fmt: skip
+)
 
 # knowledge bases: the master key writes, any key reads and searches
 KB_CREATE = _e(
     "POST", "/api/v1/kb", "createKnowledgeBase", "Create a knowledge base.",
     tag="knowledge", access="admin", body=kb.KnowledgeBaseCreate, answer=kb.KnowledgeBase,
     status=201,
-)  # fmt: skip
+)
 KBS = _e(
     "GET", "/api/v1/kb", "listKnowledgeBases", "The knowledge bases, with their counts.",
     tag="knowledge", access="key", answer=kb.KnowledgeBaseList,
-)  # fmt: skip
+)
 KB = _e(
     "GET", "/api/v1/kb/{name}", "getKnowledgeBase", "One knowledge base.",
     tag="knowledge", access="key", answer=kb.KnowledgeBase,
-)  # fmt: skip
+)
 KB_DELETE = _e(
     "DELETE", "/api/v1/kb/{name}", "deleteKnowledgeBase", "Delete a base and all it holds.",
     tag="knowledge", access="admin", answer=agent.Deleted,
-)  # fmt: skip
+)
 KB_ADD = _e(
     "POST", "/api/v1/kb/{name}/documents", "addDocument",
     "Add or replace a document (by source): text, Markdown, HTML or PDF. Unchanged bytes "
     "are skipped.",
     tag="knowledge", access="admin", body=kb.DocumentUpload, answer=kb.DocumentAdded,
-)  # fmt: skip
+)
 KB_DOCUMENTS = _e(
     "GET", "/api/v1/kb/{name}/documents", "listDocuments", "A base's documents, newest first.",
     tag="knowledge", access="key", query=kb.DocumentQuery, answer=kb.DocumentList,
-)  # fmt: skip
+)
 KB_DOCUMENT = _e(
     "GET", "/api/v1/kb/{name}/documents/{id}", "getDocument", "One document.",
     tag="knowledge", access="key", answer=kb.StoredDocument,
-)  # fmt: skip
+)
 KB_DOCUMENT_DELETE = _e(
     "DELETE", "/api/v1/kb/{name}/documents/{id}", "deleteDocument", "Delete a document.",
     tag="knowledge", access="admin", answer=agent.Deleted,
-)  # fmt: skip
+)
 KB_SEARCH = _e(
     "POST", "/api/v1/kb/{name}/search", "searchKnowledgeBase",
     "The best chunks for a query, best first: vector and full-text rankings fused by rank.",
     tag="knowledge", access="model", body=kb.SearchBody, answer=kb.SearchAnswer,
-)  # fmt: skip
+)
 
 # admin (master key)
 KEY_CREATE = _e(
     "POST", "/admin/keys", "createKey", "A new virtual key; its secret is shown this once.",
     tag="admin", access="admin", body=admin.KeyCreate, answer=admin.CreatedKey, status=201,
-)  # fmt: skip
+)
 KEYS = _e(
     "GET", "/admin/keys", "listKeys", "Virtual keys, newest first.",
     tag="admin", access="admin", query=admin.KeyListQuery, answer=admin.KeyList,
-)  # fmt: skip
+)
 KEY = _e(
     "GET", "/admin/keys/{id}", "getKey", "One virtual key.",
     tag="admin", access="admin", answer=admin.ApiKey,
-)  # fmt: skip
+)
 KEY_UPDATE = _e(
     "PATCH", "/admin/keys/{id}", "updateKey",
     "Change a key: fields left out stay, `null` clears; every replica sees it within a second.",
     tag="admin", access="admin", body=admin.KeyUpdate, answer=admin.ApiKey,
-)  # fmt: skip
+)
 KEY_REVOKE = _e(
     "DELETE", "/admin/keys/{id}", "revokeKey", "Revoke a key, on every replica.",
     tag="admin", access="admin", answer=admin.ApiKey,
-)  # fmt: skip
+)
 USAGE = _e(
     "GET", "/admin/usage", "queryUsage", "Usage records, or their totals by key, model or day.",
     tag="admin", access="admin", query=admin.UsageQuery, answer=admin.UsageList,
-)  # fmt: skip
+)
 
 # service
 HEALTH = _e(
     "GET", "/health", "health", "Liveness and what is running.",
     tag="service", access="public", answer=Health,
-)  # fmt: skip
+)
 METRICS = _e(
     "GET", "/metrics", "metrics", "Prometheus metrics.",
     tag="service", access="public", media="text/plain",
-)  # fmt: skip
+)
 OPENAPI = _e(
     "GET", "/openapi.json", "openapi", "This API's OpenAPI 3.1 description.",
     tag="service", access="public", answer=dict[str, Any],
-)  # fmt: skip
+)
 DOCS = _e(
     "GET", "/docs", "docs", "This API's reference, as a web page.",
     tag="service", access="public", media="text/html",
-)  # fmt: skip
+)
 
 ENDPOINTS: tuple[Endpoint, ...] = (
     CHAT_COMPLETIONS, EMBEDDINGS, MODELS, MODEL, MESSAGES, MESSAGES_COUNT_TOKENS,
@@ -342,4 +345,5 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     KB_SEARCH,
     KEY_CREATE, KEYS, KEY, KEY_UPDATE, KEY_REVOKE, USAGE,
     HEALTH, METRICS, OPENAPI, DOCS,
-)  # fmt: skip
+)
+# fmt: on

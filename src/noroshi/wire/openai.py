@@ -193,8 +193,9 @@ class Usage(Struct):
             prompt = PromptTokensDetails(usage.cache_read_tokens, usage.cache_write_tokens or None)
         if usage.reasoning_tokens:
             completion = CompletionTokensDetails(usage.reasoning_tokens)
-        return cls(usage.prompt_tokens, usage.completion_tokens, usage.total_tokens,
-                   prompt, completion)  # fmt: skip
+        return cls(
+            usage.prompt_tokens, usage.completion_tokens, usage.total_tokens, prompt, completion
+        )
 
     def tokens(self) -> Tokens:
         """OpenAI's usage as the gateway's, by kind."""

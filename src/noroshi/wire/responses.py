@@ -103,9 +103,13 @@ class CompactRequest(Struct, kw_only=True):
     prompt_cache_key: str | None = None
 
     def as_request(self) -> ResponsesRequest:
-        return ResponsesRequest(model=self.model, input=self.input or [], store=False,
-                                instructions=self.instructions,
-                                previous_response_id=self.previous_response_id)  # fmt: skip
+        return ResponsesRequest(
+            model=self.model,
+            input=self.input or [],
+            store=False,
+            instructions=self.instructions,
+            previous_response_id=self.previous_response_id,
+        )
 
 
 COMPACT_PROMPT = (
@@ -125,13 +129,17 @@ def compaction_item(summary: str) -> dict[str, Any]:
 def _unseal(content: Any, path: str) -> str:
     field = f"{path}.encrypted_content"
     if not isinstance(content, str) or not content.startswith(_SEAL):
-        raise BadRequest(f"Not a compaction item made by this gateway at '{field}'",
-                         param=field, code="invalid_value")  # fmt: skip
+        raise BadRequest(
+            f"Not a compaction item made by this gateway at '{field}'",
+            param=field,
+            code="invalid_value",
+        )
     try:
         return base64.urlsafe_b64decode(content[len(_SEAL) :]).decode()
     except (ValueError, UnicodeDecodeError):
-        raise BadRequest(f"A damaged compaction item at '{field}'", param=field,
-                         code="invalid_value") from None  # fmt: skip
+        raise BadRequest(
+            f"A damaged compaction item at '{field}'", param=field, code="invalid_value"
+        ) from None
 
 
 class InputItemsQuery(Struct, forbid_unknown_fields=True, kw_only=True):
@@ -188,8 +196,9 @@ def _check(value: Any, kind: type[Any], path: str) -> Any:
     except msgspec.ValidationError as exc:
         message, param = where(exc)
         field = f"{path}.{param}" if param else path
-        raise BadRequest(f"{message.split(' at ')[0]} at '{field}'", param=field,
-                         code="invalid_value") from None  # fmt: skip
+        raise BadRequest(
+            f"{message.split(' at ')[0]} at '{field}'", param=field, code="invalid_value"
+        ) from None
 
 
 # --- requests ------------------------------------------------------------------------------
@@ -202,8 +211,13 @@ def input_items(req: ResponsesRequest) -> list[dict[str, Any]]:
     out = []
     for item in items:
         kind = item.get("type", "message")
-        prefix = {"message": "msg", "function_call": "fc", "function_call_output": "fco",
-                  "reasoning": "rs", "compaction": "cmp"}.get(kind, "item")  # fmt: skip
+        prefix = {
+            "message": "msg",
+            "function_call": "fc",
+            "function_call_output": "fco",
+            "reasoning": "rs",
+            "compaction": "cmp",
+        }.get(kind, "item")
         out.append({"id": new_id(prefix), **item, "type": kind})
     return out
 
@@ -217,8 +231,11 @@ def _content(content: str | list[dict[str, Any]], path: str, dropped: list[str])
         if kind in ("input_text", "output_text", "text", "summary_text", "reasoning_text"):
             text = part.get("text")
             if not isinstance(text, str):
-                raise BadRequest(f"Expected `str` at '{path}.{i}.text'",
-                                 param=f"{path}.{i}.text", code="invalid_value")  # fmt: skip
+                raise BadRequest(
+                    f"Expected `str` at '{path}.{i}.text'",
+                    param=f"{path}.{i}.text",
+                    code="invalid_value",
+                )
             parts.append(Text(text))
         elif kind == "refusal":
             parts.append(Text(str(part.get("refusal", ""))))
@@ -278,8 +295,9 @@ def decode_request(
                 add("assistant", [Thinking(text, r.encrypted_content or "")])
         else:
             dropped.append(f"'{kind}' items")
-    conv = Conversation(model=req.model, system="\n\n".join(system), turns=turns,
-                        dropped=dropped, stream=req.stream)  # fmt: skip
+    conv = Conversation(
+        model=req.model, system="\n\n".join(system), turns=turns, dropped=dropped, stream=req.stream
+    )
     for i, raw in enumerate(req.tools or ()):
         if raw.get("type") != "function":
             dropped.append(f"the '{raw.get('type')}' tool")
@@ -335,16 +353,28 @@ def _output_text(text: str) -> dict[str, Any]:
     return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
 
 
-def _item(part: Text | Thinking | RedactedThinking | ToolCall, item_id: str,
-          status: str = "completed") -> dict[str, Any]:  # fmt: skip
+def _item(
+    part: Text | Thinking | RedactedThinking | ToolCall, item_id: str, status: str = "completed"
+) -> dict[str, Any]:
     """One output item: its id, and all that streamed into it so far."""
     if isinstance(part, Text):
         content = [] if status == "in_progress" else [_output_text(part.text)]
-        return {"type": "message", "id": item_id, "status": status, "role": "assistant",
-                "content": content}  # fmt: skip
+        return {
+            "type": "message",
+            "id": item_id,
+            "status": status,
+            "role": "assistant",
+            "content": content,
+        }
     if isinstance(part, ToolCall):
-        return {"type": "function_call", "id": item_id, "call_id": part.id, "name": part.name,
-                "arguments": part.arguments, "status": status}  # fmt: skip
+        return {
+            "type": "function_call",
+            "id": item_id,
+            "call_id": part.id,
+            "name": part.name,
+            "arguments": part.arguments,
+            "status": status,
+        }
     item: dict[str, Any] = {"type": "reasoning", "id": item_id, "summary": []}
     if isinstance(part, RedactedThinking):
         item["encrypted_content"] = part.data
@@ -369,45 +399,66 @@ class ResponsesWire:
         self.current: StreamEncoder | None = None  # the attempt whose stream the client has
         self.response: dict[str, Any] | None = None  # the last state written
 
-    def resource(self, status: str, output: list[dict[str, Any]], usage: Usage | None = None,
-                 error: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+    def resource(
+        self,
+        status: str,
+        output: list[dict[str, Any]],
+        usage: Usage | None = None,
+        error: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
         """The response object, every field the specification requires."""
         req = self.req
         done = status in ("completed", "incomplete", "failed", "cancelled")
         text = req.text if req.text is not None else {"format": {"type": "text"}}
         reasoning = None
         if req.reasoning is not None:
-            reasoning = {"effort": req.reasoning.get("effort"),
-                         "summary": req.reasoning.get("summary")}  # fmt: skip
+            reasoning = {
+                "effort": req.reasoning.get("effort"),
+                "summary": req.reasoning.get("summary"),
+            }
         self.response = {
-            "id": self.id, "object": "response", "created_at": self.created_at,
+            "id": self.id,
+            "object": "response",
+            "created_at": self.created_at,
             "completed_at": int(time.time()) if status == "completed" else None,
             "status": status,
-            "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete"
+            "incomplete_details": {"reason": "max_output_tokens"}
+            if status == "incomplete"
             else None,
-            "model": req.model, "previous_response_id": req.previous_response_id,
-            "instructions": req.instructions, "output": output, "error": error,
+            "model": req.model,
+            "previous_response_id": req.previous_response_id,
+            "instructions": req.instructions,
+            "output": output,
+            "error": error,
             "tools": [_tool_echo(t) for t in req.tools or ()],
             "tool_choice": req.tool_choice if req.tool_choice is not None else "auto",
             "truncation": req.truncation or "disabled",
             "parallel_tool_calls": req.parallel_tool_calls is not False,
             "text": text,
             "top_p": req.top_p if req.top_p is not None else 1.0,
-            "presence_penalty": 0.0, "frequency_penalty": 0.0, "top_logprobs": 0,
+            "presence_penalty": 0.0,
+            "frequency_penalty": 0.0,
+            "top_logprobs": 0,
             "temperature": req.temperature if req.temperature is not None else 1.0,
             "reasoning": reasoning,
             "usage": usage_out(usage) if usage is not None and done else None,
-            "max_output_tokens": req.max_output_tokens, "max_tool_calls": req.max_tool_calls,
-            "store": req.store, "background": req.background, "service_tier": "default",
-            "metadata": req.metadata or {}, "safety_identifier": req.safety_identifier,
-            "prompt_cache_key": req.prompt_cache_key, "user": req.user,
-        }  # fmt: skip
+            "max_output_tokens": req.max_output_tokens,
+            "max_tool_calls": req.max_tool_calls,
+            "store": req.store,
+            "background": req.background,
+            "service_tier": "default",
+            "metadata": req.metadata or {},
+            "safety_identifier": req.safety_identifier,
+            "prompt_cache_key": req.prompt_cache_key,
+            "user": req.user,
+        }
         return self.response
 
     def finished(self, answer: Answer, ids: dict[int, str] | None = None) -> dict[str, Any]:
         """The response of a complete answer; `ids` are the items' ids as they streamed."""
-        output = [_item(p, (ids or {}).get(i) or _new_item_id(p))
-                  for i, p in enumerate(answer.parts)]  # fmt: skip
+        output = [
+            _item(p, (ids or {}).get(i) or _new_item_id(p)) for i, p in enumerate(answer.parts)
+        ]
         status = "incomplete" if answer.stop == "max_tokens" else "completed"
         return self.resource(status, output, answer.usage)
 
@@ -432,8 +483,13 @@ def _new_item_id(part: Any) -> str:
 def _tool_echo(tool: dict[str, Any]) -> dict[str, Any]:
     if tool.get("type") != "function":
         return tool
-    return {"type": "function", "name": tool.get("name"), "description": tool.get("description"),
-            "parameters": tool.get("parameters"), "strict": tool.get("strict")}  # fmt: skip
+    return {
+        "type": "function",
+        "name": tool.get("name"),
+        "description": tool.get("description"),
+        "parameters": tool.get("parameters"),
+        "strict": tool.get("strict"),
+    }
 
 
 def error_of(exc: NoroshiError) -> dict[str, Any]:
@@ -444,9 +500,12 @@ def error_payload(exc: NoroshiError) -> dict[str, Any]:
     """An `error` event's fields: OpenAI's (code, message and param at the top) and the Open
     Responses specification's (the same under `error`), so readers of either find them."""
     code = exc.code or exc.type
-    return {"code": code, "message": exc.message, "param": exc.param,
-            "error": {"type": exc.type, "code": code, "message": exc.message,
-                      "param": exc.param}}  # fmt: skip
+    return {
+        "code": code,
+        "message": exc.message,
+        "param": exc.param,
+        "error": {"type": exc.type, "code": code, "message": exc.message, "param": exc.param},
+    }
 
 
 # --- streams -------------------------------------------------------------------------------
@@ -496,14 +555,24 @@ class StreamEncoder:
         self.open.add(e.index)
         where = self._where(e.index)
         item = _item(part, where["item_id"], "in_progress")
-        out = [self._event("response.output_item.added", output_index=where["output_index"],
-                           item=item)]  # fmt: skip
+        out = [
+            self._event("response.output_item.added", output_index=where["output_index"], item=item)
+        ]
         if isinstance(part, Text):
-            out.append(self._event("response.content_part.added", **where, content_index=0,
-                                   part=_output_text("")))  # fmt: skip
+            out.append(
+                self._event(
+                    "response.content_part.added", **where, content_index=0, part=_output_text("")
+                )
+            )
         elif isinstance(part, Thinking):
-            out.append(self._event("response.content_part.added", **where, content_index=0,
-                                   part={"type": "reasoning_text", "text": ""}))  # fmt: skip
+            out.append(
+                self._event(
+                    "response.content_part.added",
+                    **where,
+                    content_index=0,
+                    part={"type": "reasoning_text", "text": ""},
+                )
+            )
         return out
 
     def _delta(self, e: Delta) -> bytes:
@@ -511,11 +580,13 @@ class StreamEncoder:
             return b""  # a signature goes out whole, as `encrypted_content`, with its item
         where = self._where(e.index)
         if e.kind == "text":
-            return self._event("response.output_text.delta", **where, content_index=0,
-                               delta=e.text, logprobs=[])  # fmt: skip
+            return self._event(
+                "response.output_text.delta", **where, content_index=0, delta=e.text, logprobs=[]
+            )
         if e.kind == "thinking":
-            return self._event("response.reasoning_text.delta", **where, content_index=0,
-                               delta=e.text)  # fmt: skip
+            return self._event(
+                "response.reasoning_text.delta", **where, content_index=0, delta=e.text
+            )
         return self._event("response.function_call_arguments.delta", **where, delta=e.text)
 
     def _stop(self, index: int) -> list[bytes]:
@@ -527,24 +598,41 @@ class StreamEncoder:
         out: list[bytes] = []
         if isinstance(part, Text):
             out += [
-                self._event("response.output_text.done", **where, content_index=0,
-                            text=part.text, logprobs=[]),
-                self._event("response.content_part.done", **where, content_index=0,
-                            part=_output_text(part.text)),
-            ]  # fmt: skip
+                self._event(
+                    "response.output_text.done",
+                    **where,
+                    content_index=0,
+                    text=part.text,
+                    logprobs=[],
+                ),
+                self._event(
+                    "response.content_part.done",
+                    **where,
+                    content_index=0,
+                    part=_output_text(part.text),
+                ),
+            ]
         elif isinstance(part, Thinking):
             text = {"type": "reasoning_text", "text": part.text}
             out += [
-                self._event("response.reasoning_text.done", **where, content_index=0,
-                            text=part.text),
+                self._event(
+                    "response.reasoning_text.done", **where, content_index=0, text=part.text
+                ),
                 self._event("response.content_part.done", **where, content_index=0, part=text),
-            ]  # fmt: skip
+            ]
         elif isinstance(part, ToolCall):
-            out.append(self._event("response.function_call_arguments.done", **where,
-                                   name=part.name, arguments=part.arguments))  # fmt: skip
+            out.append(
+                self._event(
+                    "response.function_call_arguments.done",
+                    **where,
+                    name=part.name,
+                    arguments=part.arguments,
+                )
+            )
         item = _item(part, where["item_id"])
-        out.append(self._event("response.output_item.done", output_index=where["output_index"],
-                               item=item))  # fmt: skip
+        out.append(
+            self._event("response.output_item.done", output_index=where["output_index"], item=item)
+        )
         return out
 
     def end(self) -> bytes:
@@ -557,8 +645,10 @@ class StreamEncoder:
     def failed(self, exc: NoroshiError) -> dict[str, Any]:
         """The response as a fault left it: failed, with what was answered until then."""
         answer = self.collector.answer
-        output = [_item(p, self.ids.get(i) or _new_item_id(p), "incomplete")
-                  for i, p in enumerate(answer.parts)]  # fmt: skip
+        output = [
+            _item(p, self.ids.get(i) or _new_item_id(p), "incomplete")
+            for i, p in enumerate(answer.parts)
+        ]
         return self.wire.resource("failed", output, answer.usage, error_of(exc))
 
     def fail(self, exc: NoroshiError) -> bytes:

@@ -64,8 +64,9 @@ class MemoChannel(Channel[MemoSettings]):
         return Received(Response(b"", 204), [_inbound(message)])
 
     async def poll(self, offset: str) -> Polled:
-        answer = await self.http.call("GET", f"{self.settings.url}/updates",
-                                      params={"offset": offset or "0"})  # fmt: skip
+        answer = await self.http.call(
+            "GET", f"{self.settings.url}/updates", params={"offset": offset or "0"}
+        )
         updates = _decode_updates.decode(answer.content)
         return Polled([_inbound(m) for m in updates.messages], str(updates.next))
 
@@ -77,7 +78,8 @@ class MemoChannel(Channel[MemoSettings]):
         return str(answer.json()["id"])
 
     async def edit(self, to: Inbound, handle: str, text: str) -> None:
-        answer = await self.http.call("PATCH", f"{self.settings.url}/messages/{handle}",
-                                      json={"text": text})  # fmt: skip
+        answer = await self.http.call(
+            "PATCH", f"{self.settings.url}/messages/{handle}", json={"text": text}
+        )
         if answer.status_code != 200:
             raise ChannelError(answer.text, answer.status_code)
