@@ -232,9 +232,11 @@ def test_instruction_counts_run() -> None:
     assert result.returncode == 0, result.stderr
     counted = json.loads(result.stdout)
     per_request = counted["k_instructions_per_request"]
-    # each server's worker did work for every request; the gateway does more than the floors
+    # each server's worker did work for every request; the gateway and the Granian + aiohttp
+    # relay both do more than the floor (which of those two costs more is what the bench measures)
     assert per_request["bare-relay"] > 100 and per_request["floor-relay"] > 10
-    assert per_request["noroshi"] > per_request["bare-relay"] > per_request["floor-relay"]
+    assert per_request["noroshi"] > per_request["floor-relay"]
+    assert per_request["bare-relay"] > per_request["floor-relay"]
     assert counted["ratio"] == round(per_request["noroshi"] / per_request["bare-relay"], 3)
     assert counted["ratio_to_floor"] == round(
         per_request["noroshi"] / per_request["floor-relay"], 3
