@@ -278,6 +278,19 @@ def where(exc: msgspec.ValidationError) -> tuple[str, str | None]:
     return (f"{message} at '{path}'" if path else message), (path or None)
 
 
+def convert_at(value: Any, kind: type[Any], path: str) -> Any:
+    """`value` converted to `kind`, or a 400 naming the field under `path` (a nested part of a
+    request that was decoded untyped first)."""
+    try:
+        return msgspec.convert(value, kind)
+    except msgspec.ValidationError as exc:
+        message, param = where(exc)
+        field = f"{path}.{param}" if param else path
+        raise BadRequest(
+            f"{message.split(' at ')[0]} at '{field}'", param=field, code="invalid_value"
+        ) from None
+
+
 class StartupError(Exception):
     """Not a client's error: something the configuration names could not be reached at start.
     The message names the key, so the server can exit with that one line."""

@@ -15,7 +15,13 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta, Struct
 
-from noroshi.errors import BadRequest, NoroshiError, UpstreamError, UpstreamProtocolError, where
+from noroshi.errors import (
+    BadRequest,
+    NoroshiError,
+    UpstreamError,
+    UpstreamProtocolError,
+    convert_at,
+)
 from noroshi.wire.conversation import (
     Answer,
     BlockStart,
@@ -173,17 +179,6 @@ class _ToolChoice(Struct):
     disable_parallel_tool_use: bool = False
 
 
-def _check(value: Any, kind: type[Any], path: str) -> Any:
-    try:
-        return msgspec.convert(value, kind)
-    except msgspec.ValidationError as exc:
-        message, param = where(exc)
-        field = f"{path}.{param}" if param else path
-        raise BadRequest(
-            f"{message.split(' at ')[0]} at '{field}'", param=field, code="invalid_value"
-        ) from None
-
-
 # --- requests ------------------------------------------------------------------------------
 
 
@@ -195,14 +190,14 @@ def _image(block: _ImageBlock) -> Image:
 def _part(block: dict[str, Any], path: str, dropped: list[str]) -> Part | None:
     kind = block.get("type")
     if kind == "text":
-        return Text(_check(block, _TextBlock, path).text)
+        return Text(convert_at(block, _TextBlock, path).text)
     if kind == "image":
-        return _image(_check(block, _ImageBlock, path))
+        return _image(convert_at(block, _ImageBlock, path))
     if kind == "tool_use":
-        use = _check(block, _ToolUse, path)
+        use = convert_at(block, _ToolUse, path)
         return ToolCall(use.id, use.name, _encode(use.input).decode())
     if kind == "tool_result":
-        result = _check(block, _ToolResult, path)
+        result = convert_at(block, _ToolResult, path)
         content: list[Text | Image] = []
         if isinstance(result.content, str):
             content.append(Text(result.content))
@@ -212,10 +207,10 @@ def _part(block: dict[str, Any], path: str, dropped: list[str]) -> Part | None:
                 content.append(part)
         return ToolResult(result.tool_use_id, content, result.is_error)
     if kind == "thinking":
-        thought = _check(block, _ThinkingBlock, path)
+        thought = convert_at(block, _ThinkingBlock, path)
         return Thinking(thought.thinking, thought.signature)
     if kind == "redacted_thinking":
-        return RedactedThinking(_check(block, _Redacted, path).data)
+        return RedactedThinking(convert_at(block, _Redacted, path).data)
     if not isinstance(kind, str):
         raise BadRequest(
             f"A content block needs a 'type' at '{path}.type'",
@@ -254,7 +249,7 @@ def decode_request(req: MessagesRequest | CountTokensRequest) -> Conversation:
         if raw.get("type") not in (None, "custom"):
             dropped.append(f"the server tool '{raw.get('type')}'")
             continue
-        tool = _check(raw, _Tool, f"tools.{i}")
+        tool = convert_at(raw, _Tool, f"tools.{i}")
         tools.append(Tool(tool.name, tool.description, tool.input_schema))
     conv = Conversation(
         model=req.model,
@@ -264,7 +259,7 @@ def decode_request(req: MessagesRequest | CountTokensRequest) -> Conversation:
         dropped=dropped,
     )
     if req.tool_choice is not None:
-        choice = _check(req.tool_choice, _ToolChoice, "tool_choice")
+        choice = convert_at(req.tool_choice, _ToolChoice, "tool_choice")
         mode = {"any": "required"}.get(choice.type, choice.type)
         conv.tool_choice = ToolChoice(mode, choice.name)
         if choice.disable_parallel_tool_use:

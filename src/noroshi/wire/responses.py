@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta, Struct
 
-from noroshi.errors import BadRequest, NoroshiError, where
+from noroshi.errors import BadRequest, NoroshiError, convert_at
 from noroshi.wire.conversation import (
     Answer,
     BlockStart,
@@ -190,17 +190,6 @@ class _ReasoningItem(Struct):
     encrypted_content: str | None = None
 
 
-def _check(value: Any, kind: type[Any], path: str) -> Any:
-    try:
-        return msgspec.convert(value, kind)
-    except msgspec.ValidationError as exc:
-        message, param = where(exc)
-        field = f"{path}.{param}" if param else path
-        raise BadRequest(
-            f"{message.split(' at ')[0]} at '{field}'", param=field, code="invalid_value"
-        ) from None
-
-
 # --- requests ------------------------------------------------------------------------------
 
 
@@ -269,17 +258,17 @@ def decode_request(
         path = f"input.{n - len(history)}" if n >= len(history) else f"history.{n}"
         kind = item.get("type", "message")
         if kind == "message":
-            m = _check(item, _Message, path)
+            m = convert_at(item, _Message, path)
             parts = _content(m.content, f"{path}.content", dropped)
             if m.role in ("system", "developer"):
                 system.append(_texts(parts))
             else:
                 add(m.role, parts)
         elif kind == "function_call":
-            fc = _check(item, _FunctionCall, path)
+            fc = convert_at(item, _FunctionCall, path)
             add("assistant", [ToolCall(fc.call_id, fc.name, fc.arguments)])
         elif kind == "function_call_output":
-            out = _check(item, _FunctionCallOutput, path)
+            out = convert_at(item, _FunctionCallOutput, path)
             content = _content(out.output, f"{path}.output", dropped)
             result = [p for p in content if isinstance(p, Text | Image)]
             add("user", [ToolResult(out.call_id, result)])
@@ -287,7 +276,7 @@ def decode_request(
             summary = _unseal(item.get("encrypted_content"), path)
             system.append(f"A summary of the conversation before this point:\n{summary}")
         elif kind == "reasoning":
-            r = _check(item, _ReasoningItem, path)
+            r = convert_at(item, _ReasoningItem, path)
             text = _texts(_content(r.content or r.summary, f"{path}.content", dropped))
             if not text and r.encrypted_content:
                 add("assistant", [RedactedThinking(r.encrypted_content)])
@@ -302,7 +291,7 @@ def decode_request(
         if raw.get("type") != "function":
             dropped.append(f"the '{raw.get('type')}' tool")
             continue
-        t = _check(raw, _FunctionTool, f"tools.{i}")
+        t = convert_at(raw, _FunctionTool, f"tools.{i}")
         params = t.parameters or {"type": "object", "properties": {}}
         conv.tools.append(Tool(t.name, t.description or "", params, t.strict))
     choice = req.tool_choice
@@ -315,11 +304,11 @@ def decode_request(
     conv.temperature, conv.top_p = req.temperature, req.top_p
     conv.user = req.safety_identifier or req.user
     if req.reasoning is not None:
-        effort = _check(req.reasoning, _Reasoning, "reasoning").effort
+        effort = convert_at(req.reasoning, _Reasoning, "reasoning").effort
         conv.effort = None if effort in (None, "none") else effort
     fmt = (req.text or {}).get("format")
     if fmt is not None:
-        f = _check(fmt, _Format, "text.format")
+        f = convert_at(fmt, _Format, "text.format")
         if f.type != "text":
             conv.output_format = OutputFormat(f.type, f.name, f.schema, f.strict)
     return conv
