@@ -5,7 +5,6 @@ what was sent."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -17,18 +16,6 @@ from tests.fakes.upstream import FakeAnthropic, FakeOpenAI, Reply
 
 MASTER = "sk-master-costs"
 HI = [{"role": "user", "content": "Hi"}]
-
-
-@pytest.fixture
-async def claude() -> AsyncIterator[FakeAnthropic]:
-    async with FakeAnthropic() as fake:
-        yield fake
-
-
-@pytest.fixture
-async def gpt() -> AsyncIterator[FakeOpenAI]:
-    async with FakeOpenAI() as fake:
-        yield fake
 
 
 @pytest.fixture

@@ -54,18 +54,6 @@ deployments = [{{ provider = "oai", model = "gpt-4o" }}]
 
 
 @pytest.fixture
-async def claude() -> AsyncIterator[FakeAnthropic]:
-    async with FakeAnthropic() as fake:
-        yield fake
-
-
-@pytest.fixture
-async def gpt() -> AsyncIterator[FakeOpenAI]:
-    async with FakeOpenAI() as fake:
-        yield fake
-
-
-@pytest.fixture
 async def base(serve: Serve, tmp_path: Path, claude: FakeAnthropic, gpt: FakeOpenAI) -> str:
     return await serve(write_config(tmp_path, config_text(claude, gpt)))
 
