@@ -114,6 +114,14 @@ async def _wait_listening(port: int) -> None:
 
 
 @pytest.fixture
+def counted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Where tests.agent.durable_tools count their calls: the servers inherit the variable."""
+    path = tmp_path / "calls"
+    monkeypatch.setenv("DURABLE_CALLS", str(path))
+    return path
+
+
+@pytest.fixture
 async def upstream() -> AsyncIterator[FakeOpenAI]:
     """A fake OpenAI on loopback that checks the key `openai_config` gives the gateway; modules
     that need another kind of fake define their own."""

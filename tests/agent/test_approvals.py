@@ -42,13 +42,6 @@ TRANSFER = {"id": "t1", "name": "transfer", "arguments": {"amount": 5}}
 Events = list[tuple[int, str, dict[str, Any]]]
 
 
-@pytest.fixture
-def counted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    path = tmp_path / "calls"
-    monkeypatch.setenv("DURABLE_CALLS", str(path))
-    return path
-
-
 async def bank(serve: Serve, tmp_path: Path, upstream: FakeOpenAI, expire_s: float = 60) -> str:
     extra = AGENTS.format(timeout=expire_s)
     return await serve(write_config(tmp_path, openai_config(upstream.base_url, extra=extra)))

@@ -37,14 +37,6 @@ tools = ["tests.agent.durable_tools:quick", "tests.agent.durable_tools:slow",
 Events = list[tuple[int, str, dict[str, Any]]]
 
 
-@pytest.fixture
-def counted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Where the servers' tools count their calls (the servers inherit the variable)."""
-    path = tmp_path / "calls"
-    monkeypatch.setenv("DURABLE_CALLS", str(path))
-    return path
-
-
 async def start_run(s: aiohttp.ClientSession, base: str, **body: Any) -> tuple[str, str]:
     body = {"prompt": "Go", "agent": "worker", "background": True, **body}
     async with s.post(f"{base}/api/v1/runs", json=body) as r:
